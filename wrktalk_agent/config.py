@@ -1,0 +1,194 @@
+"""The agent's own settings (``WRKTALK_AGENT_*``). Plugins declare theirs separately."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import tempfile
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import quote, urlsplit, urlunsplit
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+SslMode = Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"]
+CommaList = Annotated[list[str], NoDecode]
+
+
+def _split_commas(value: Any) -> Any:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+def default_agent_id() -> str:
+    # In a container the pid is stable (1), so hostname-pid survives restarts there.
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+class AgentSettings(BaseSettings):
+    """Settings of the agent core, read from ``WRKTALK_AGENT_*`` environment variables."""
+
+    model_config = SettingsConfigDict(env_prefix="WRKTALK_AGENT_", extra="ignore")
+
+    database_url: SecretStr | None = Field(
+        None, description="Full PostgreSQL DSN; when set, the DB_* parts are ignored."
+    )
+    db_host: str = Field("localhost", description="PostgreSQL host (or unix socket directory).")
+    db_port: int = Field(5432, ge=1, le=65535, description="PostgreSQL port.")
+    db_name: str = Field("wrktalk", description="Database name.")
+    db_user: str = Field("wrktalk", description="Database user.")
+    db_password: SecretStr | None = Field(None, description="Database password.")
+    db_ssl_mode: SslMode = Field("prefer", description="libpq-style TLS mode.")
+    db_pool_min_size: int = Field(2, ge=1, description="Connections kept open in the pool.")
+    db_pool_max_size: int = Field(10, ge=1, description="Upper bound of the pool.")
+
+    deployment_type: Literal["kubernetes", "docker"] = Field(
+        "docker", description="Where WrkTalk runs; picks the default deployer."
+    )
+    deployer: str | None = Field(
+        None, description="Deployer backend name (default: kubernetes→helm, docker→compose)."
+    )
+    maintenance_mode_handler: str = Field(
+        "nginx", description="Maintenance backend name (nginx, haproxy, ...) or 'none'."
+    )
+    notifiers: CommaList = Field(
+        default_factory=lambda: ["smtp"], description="Comma list of notifier backends."
+    )
+    extra_plugins: CommaList = Field(
+        default_factory=list,
+        description="Comma list of importable plugin modules loaded besides entry points.",
+    )
+
+    agent_id: str = Field(
+        default_factory=default_agent_id,
+        description="Stable identity of this agent (default hostname-pid).",
+    )
+    installation_name: str = Field(
+        "WrkTalk", description="Name of this installation, shown in emails and the TUI."
+    )
+    poll_interval: float = Field(30.0, gt=0, description="Seconds between polls (backstop).")
+    listen: bool = Field(True, description="Wake up on NOTIFY (LISTEN) besides polling.")
+    heartbeat_interval: float = Field(60.0, gt=0, description="Seconds between heartbeats.")
+    stale_after: float | None = Field(
+        None, gt=0, description="Seconds without heartbeat before a task is abandoned (3×)."
+    )
+    shutdown_grace: float = Field(
+        900.0, ge=0, description="Seconds a running task gets to finish after SIGTERM."
+    )
+
+    work_dir: Path = Field(
+        Path(tempfile.gettempdir()) / "wrktalk-agent",
+        description="Where artifacts are downloaded and extracted (private temp dirs).",
+    )
+    max_artifact_bytes: int = Field(
+        1024**3, gt=0, description="Largest artifact accepted (bytes)."
+    )
+    max_extracted_bytes: int = Field(
+        4 * 1024**3, gt=0, description="Largest total size of extracted files (bytes)."
+    )
+    max_members: int = Field(10_000, gt=0, description="Most members a release tarball may hold.")
+    trusted_keys: CommaList = Field(
+        default_factory=list,
+        description="Ed25519 public keys (PEM/base64 text or file paths); enables signatures.",
+    )
+
+    healthcheck_url: str | None = Field(None, description="HTTP URL checked after a deploy.")
+    healthcheck_status: int = Field(200, description="Expected HTTP status of the check.")
+    healthcheck_timeout: float = Field(5.0, gt=0, description="Seconds per health request.")
+    healthcheck_retries: int = Field(10, ge=1, description="Attempts before the check fails.")
+    healthcheck_interval: float = Field(3.0, ge=0, description="Seconds between attempts.")
+    auto_rollback: bool = Field(True, description="Roll back automatically after a failed deploy.")
+
+    http_port: int | None = Field(
+        None, ge=0, le=65535, description="Port of /healthz, /readyz, /metrics (off when unset)."
+    )
+    http_host: str = Field("0.0.0.0", description="Address the HTTP endpoint binds to.")  # noqa: S104
+
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", description="Minimum log level."
+    )
+    log_format: Literal["json", "console", "auto"] = Field(
+        "auto", description="json, console, or auto (console on a TTY)."
+    )
+
+    @field_validator("notifiers", "extra_plugins", "trusted_keys", mode="before")
+    @classmethod
+    def _commas(cls, value: Any) -> Any:
+        return _split_commas(value)
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower(cls, value: Any) -> Any:
+        return value.lower() if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> AgentSettings:
+        if self.db_pool_min_size > self.db_pool_max_size:
+            raise ValueError(
+                f"WRKTALK_AGENT_DB_POOL_MIN_SIZE ({self.db_pool_min_size}) is larger than "
+                f"WRKTALK_AGENT_DB_POOL_MAX_SIZE ({self.db_pool_max_size})"
+            )
+        if self.database_url is not None:
+            scheme = urlsplit(self.database_url.get_secret_value()).scheme
+            if scheme not in ("postgres", "postgresql"):
+                raise ValueError("WRKTALK_AGENT_DATABASE_URL must start with postgresql://")
+        return self
+
+    # -- derived values --------------------------------------------------------------
+    @property
+    def deployer_name(self) -> str:
+        if self.deployer:
+            return self.deployer
+        return "helm" if self.deployment_type == "kubernetes" else "compose"
+
+    @property
+    def maintenance_name(self) -> str | None:
+        name = self.maintenance_mode_handler.strip()
+        return None if name.lower() in ("", "none") else name
+
+    @property
+    def stale_after_seconds(self) -> float:
+        return self.stale_after if self.stale_after is not None else 3 * self.heartbeat_interval
+
+    def dsn(self) -> str:
+        """The connection string, password included. Never log it: use :meth:`masked_dsn`."""
+        if self.database_url is not None:
+            return self.database_url.get_secret_value()
+        password = self.db_password.get_secret_value() if self.db_password else ""
+        auth = quote(self.db_user, safe="")
+        if password:
+            auth += ":" + quote(password, safe="")
+        host = self.db_host
+        if host.startswith("/"):  # unix socket directory
+            return f"postgresql://{auth}@/{quote(self.db_name, safe='')}?host={quote(host)}&port={self.db_port}"
+        return f"postgresql://{auth}@{host}:{self.db_port}/{quote(self.db_name, safe='')}"
+
+    def masked_dsn(self) -> str:
+        return mask_dsn(self.dsn())
+
+    def server_label(self) -> str:
+        """host:port for messages about reachability (no credentials)."""
+        parts = urlsplit(self.dsn())
+        host = parts.hostname or ""
+        if not host:
+            query = dict(p.split("=", 1) for p in parts.query.split("&") if "=" in p)
+            host = query.get("host", "localhost")
+        return f"{host}:{parts.port or 5432}"
+
+
+def mask_dsn(dsn: str) -> str:
+    """Replace the password of a DSN (if any) with ``***``."""
+    parts = urlsplit(dsn)
+    if parts.password is None:
+        masked = dsn
+    else:
+        netloc = parts.netloc.rsplit("@", 1)
+        user = netloc[0].split(":", 1)[0]
+        masked = urlunsplit(parts._replace(netloc=f"{user}:***@{netloc[1]}"))
+    # a password may also hide in the query string
+    if "password=" in masked:
+        masked = re.sub(r"(password=)[^&]*", r"\1***", masked)
+    return masked

@@ -1,0 +1,175 @@
+"""Every SQL statement the agent runs, in one place."""
+
+TASK_COLUMNS = """t.id, t.type, t.status, t.release_artifact_id, t.execute_after, t.picked_up_at,
+    t.completed_at, t.last_heartbeat, t.result, t.error_message, t.created_at, t.claimed_by"""
+
+ARTIFACT_COLUMNS = """a.id, a.release_version, a.chart_type, a.sha256,
+    octet_length(a.artifact_data) AS size, a.is_current, a.is_previous, a.applied_at,
+    a.created_at, a.signature, a.env_data IS NOT NULL AS has_env,
+    a.values_data IS NOT NULL AS has_values"""
+
+# One statement per poll: record the agent and the poll, fail abandoned tasks, claim the
+# oldest due task unless a deployment is running, and say when the next one is due.
+# Two agents racing for the last free slot: the loser's claim hits the unique index
+# agent_task_one_in_progress and the whole statement fails with unique_violation.
+POLL = f"""
+WITH seen AS (
+    INSERT INTO agent_instance (agent_id, hostname, pid, version, last_poll, current_task_id)
+    VALUES ($1, $2, $3, $4, now(), NULL)
+    ON CONFLICT (agent_id) DO UPDATE
+        SET last_poll = now(), hostname = EXCLUDED.hostname, pid = EXCLUDED.pid,
+            version = EXCLUDED.version, current_task_id = NULL
+), polled AS (
+    UPDATE deployment_config SET last_agent_poll = now()
+), abandoned AS (
+    UPDATE agent_task t
+    SET status = 'failed', completed_at = now(),
+        error_message = 'abandoned: agent ' || coalesce(t.claimed_by, 'unknown')
+            || ' stopped heartbeating at '
+            || to_char(coalesce(t.last_heartbeat, t.picked_up_at) AT TIME ZONE 'UTC',
+                       'YYYY-MM-DD"T"HH24:MI:SS"Z"')
+    WHERE t.status = 'inProgress'
+      AND coalesce(t.last_heartbeat, t.picked_up_at, t.created_at)
+          < now() - make_interval(secs => $5)
+    RETURNING {TASK_COLUMNS}
+), candidate AS (
+    SELECT c.id FROM agent_task c
+    WHERE c.status = 'pending'
+      AND (c.execute_after IS NULL OR c.execute_after <= now())
+      AND NOT EXISTS (SELECT 1 FROM agent_task r WHERE r.status = 'inProgress')
+    ORDER BY c.created_at, c.id
+    LIMIT 1
+    FOR UPDATE SKIP LOCKED
+), claimed AS (
+    UPDATE agent_task t
+    SET status = 'inProgress', picked_up_at = now(), last_heartbeat = now(), claimed_by = $1
+    FROM candidate WHERE t.id = candidate.id
+    RETURNING {TASK_COLUMNS}
+)
+SELECT
+    (SELECT coalesce(jsonb_agg(to_jsonb(a)), '[]'::jsonb) FROM abandoned a) AS abandoned,
+    (SELECT to_jsonb(c) FROM claimed c) AS claimed,
+    (SELECT extract(epoch FROM min(p.execute_after) - clock_timestamp())::float8
+       FROM agent_task p
+      WHERE p.status = 'pending' AND p.execute_after > now()) AS next_due_in
+"""
+
+MARK_AGENT_BUSY = """
+UPDATE agent_instance SET current_task_id = $2, last_poll = now() WHERE agent_id = $1
+"""
+
+FAIL_OWN_LEFTOVERS = f"""
+UPDATE agent_task t
+SET status = 'failed', completed_at = now(),
+    error_message = 'abandoned: agent ' || t.claimed_by || ' stopped heartbeating at '
+        || to_char(coalesce(t.last_heartbeat, t.picked_up_at) AT TIME ZONE 'UTC',
+                   'YYYY-MM-DD"T"HH24:MI:SS"Z"')
+        || ' (restarted)'
+WHERE t.status = 'inProgress' AND t.claimed_by = $1
+RETURNING {TASK_COLUMNS}
+"""
+
+HEARTBEAT = """
+UPDATE agent_task SET last_heartbeat = now()
+WHERE id = $1 AND claimed_by = $2 AND status = 'inProgress'
+RETURNING id
+"""
+
+FINISH_TASK = f"""
+UPDATE agent_task t
+SET status = $3, completed_at = now(), result = $4, error_message = $5
+WHERE t.id = $1 AND t.claimed_by = $2 AND t.status = 'inProgress'
+RETURNING {TASK_COLUMNS}
+"""
+
+# Promote a release to current; the old current becomes previous, the old previous is
+# cleared. The same three steps serve deploys and rollbacks (where target = previous).
+# Separate statements because the partial unique indexes are checked row by row.
+CLEAR_PREVIOUS = "UPDATE release_artifact SET is_previous = false WHERE is_previous"
+DEMOTE_CURRENT = """
+UPDATE release_artifact SET is_current = false, is_previous = true
+WHERE is_current AND id <> $1
+"""
+PROMOTE = """
+UPDATE release_artifact SET is_current = true, is_previous = false, applied_at = now()
+WHERE id = $1
+"""
+CURRENT_ID = "SELECT id FROM release_artifact WHERE is_current"
+TOUCH_APPLIED = "UPDATE release_artifact SET applied_at = now() WHERE id = $1"
+
+INSERT_EVENT = """
+INSERT INTO agent_task_event (task_id, step, status, message, agent_id)
+VALUES ($1, $2, $3, $4, $5)
+"""
+
+TASK_EVENTS = """
+SELECT id, task_id, created_at, step, status, message, agent_id
+FROM agent_task_event WHERE task_id = $1 ORDER BY id
+"""
+
+GET_TASK = f"""
+SELECT {TASK_COLUMNS}, a.release_version
+FROM agent_task t LEFT JOIN release_artifact a ON a.id = t.release_artifact_id
+WHERE t.id = $1
+"""
+
+LIST_TASKS = f"""
+SELECT {TASK_COLUMNS}, a.release_version
+FROM agent_task t LEFT JOIN release_artifact a ON a.id = t.release_artifact_id
+WHERE ($1::text IS NULL OR t.status = $1) AND ($2::text IS NULL OR t.type = $2)
+ORDER BY t.created_at DESC, t.id DESC
+LIMIT $3
+"""
+
+INSERT_TASK = f"""
+INSERT INTO agent_task AS t (type, status, release_artifact_id, execute_after)
+VALUES ($1, 'pending', $2, $3)
+RETURNING {TASK_COLUMNS}
+"""
+
+CANCEL_TASK = f"""
+UPDATE agent_task t
+SET status = 'failed', completed_at = now(), error_message = $2
+WHERE t.id = $1 AND t.status = 'pending'
+RETURNING {TASK_COLUMNS}
+"""
+
+INSERT_RELEASE = f"""
+INSERT INTO release_artifact AS a
+    (release_version, chart_type, artifact_data, env_data, values_data, sha256, signature)
+VALUES ($1, $2, $3, $4, $5, $6, $7)
+RETURNING {ARTIFACT_COLUMNS}
+"""
+
+RELEASE_BY_ID = f"SELECT {ARTIFACT_COLUMNS} FROM release_artifact a WHERE a.id = $1"
+RELEASE_BY_VERSION = f"SELECT {ARTIFACT_COLUMNS} FROM release_artifact a WHERE a.release_version = $1"
+CURRENT_RELEASE = f"SELECT {ARTIFACT_COLUMNS} FROM release_artifact a WHERE a.is_current"
+PREVIOUS_RELEASE = f"SELECT {ARTIFACT_COLUMNS} FROM release_artifact a WHERE a.is_previous"
+LIST_RELEASES = f"""
+SELECT {ARTIFACT_COLUMNS} FROM release_artifact a ORDER BY a.created_at DESC, a.id DESC LIMIT $1
+"""
+
+RELEASE_SECRETS = "SELECT env_data, values_data FROM release_artifact WHERE id = $1"
+ARTIFACT_CHUNK = "SELECT substring(artifact_data FROM $2 FOR $3) FROM release_artifact WHERE id = $1"
+
+SET_MAINTENANCE_FLAG = "UPDATE deployment_config SET maintenance_mode_enabled = $1"
+GET_MAINTENANCE_FLAG = """
+SELECT coalesce(bool_or(maintenance_mode_enabled), false) FROM deployment_config
+"""
+
+SMTP_CONFIG = """
+SELECT smtp_host, smtp_port, smtp_user, smtp_password, smtp_from
+FROM deployment_config ORDER BY created_at LIMIT 1
+"""
+ACTIVE_ADMINS = "SELECT name, email FROM admin WHERE is_active ORDER BY email"
+
+IN_PROGRESS_COUNT = "SELECT count(*) FROM agent_task WHERE status = 'inProgress'"
+
+LIST_AGENTS = """
+SELECT i.agent_id, i.hostname, i.pid, i.version, i.started_at, i.last_poll,
+       i.current_task_id, t.last_heartbeat
+FROM agent_instance i
+LEFT JOIN agent_task t ON t.id = i.current_task_id AND t.status = 'inProgress'
+WHERE i.last_poll > now() - make_interval(secs => $1)
+ORDER BY i.last_poll DESC
+"""

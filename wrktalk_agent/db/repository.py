@@ -1,0 +1,293 @@
+"""The agent's only door to PostgreSQL: a pool and one method per question or change."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import datetime
+from typing import Any, Literal
+from uuid import UUID
+
+import asyncpg
+
+from wrktalk_agent import __version__
+from wrktalk_agent.config import AgentSettings
+from wrktalk_agent.db import queries as q
+from wrktalk_agent.db.models import AgentInstance, ArtifactInfo, PollResult, Task, TaskEvent
+from wrktalk_agent.db.schema import check_schema, init_schema
+from wrktalk_agent.interfaces import Recipient, SmtpConfig
+
+EventStatus = Literal["started", "succeeded", "failed", "skipped", "info"]
+
+#: Errors that mean "the database is not there right now" (as opposed to a bug in a query).
+CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+    asyncpg.TooManyConnectionsError,
+)
+
+
+class DatabaseUnavailable(Exception):
+    """PostgreSQL could not be reached; the message names host:port, never the password."""
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    for typename in ("json", "jsonb"):
+        await conn.set_type_codec(
+            typename, encoder=json.dumps, decoder=json.loads, schema="pg_catalog"
+        )
+
+
+async def connect_once(settings: AgentSettings, *, timeout: float = 10.0) -> asyncpg.Connection:
+    """A single connection (for LISTEN, or one-shot CLI commands)."""
+    try:
+        conn = await asyncpg.connect(
+            settings.dsn(), ssl=_ssl(settings), timeout=timeout, server_settings=_app_name()
+        )
+    except asyncpg.InvalidPasswordError as exc:
+        raise DatabaseUnavailable(
+            f"PostgreSQL at {settings.server_label()} refused the credentials: {exc}"
+        ) from None
+    except asyncpg.InvalidCatalogNameError as exc:
+        raise DatabaseUnavailable(f"PostgreSQL at {settings.server_label()}: {exc}") from None
+    except CONNECTION_ERRORS as exc:
+        raise DatabaseUnavailable(
+            f"cannot reach PostgreSQL at {settings.server_label()}: {_reason(exc)}"
+        ) from None
+    await _init_connection(conn)
+    return conn
+
+
+def _ssl(settings: AgentSettings) -> str | None:
+    if settings.database_url is not None and "sslmode=" in settings.dsn():
+        return None  # the DSN says it itself
+    return settings.db_ssl_mode
+
+
+def _app_name() -> dict[str, str]:
+    return {"application_name": "wrktalk-agent"}
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+class Repository:
+    """All reads and writes of the agent, over an asyncpg pool."""
+
+    def __init__(self, pool: asyncpg.Pool, settings: AgentSettings) -> None:
+        self.pool = pool
+        self.settings = settings
+
+    @classmethod
+    async def connect(cls, settings: AgentSettings, *, timeout: float = 10.0) -> Repository:
+        try:
+            pool = await asyncpg.create_pool(
+                settings.dsn(),
+                ssl=_ssl(settings),
+                min_size=settings.db_pool_min_size,
+                max_size=settings.db_pool_max_size,
+                timeout=timeout,
+                init=_init_connection,
+                server_settings=_app_name(),
+            )
+        except asyncpg.InvalidPasswordError as exc:
+            raise DatabaseUnavailable(
+                f"PostgreSQL at {settings.server_label()} refused the credentials: {exc}"
+            ) from None
+        except asyncpg.InvalidCatalogNameError as exc:
+            raise DatabaseUnavailable(f"PostgreSQL at {settings.server_label()}: {exc}") from None
+        except CONNECTION_ERRORS as exc:
+            raise DatabaseUnavailable(
+                f"cannot reach PostgreSQL at {settings.server_label()}: {_reason(exc)}"
+            ) from None
+        return cls(pool, settings)
+
+    async def close(self) -> None:
+        await self.pool.close()
+
+    @asynccontextmanager
+    async def connection(self) -> AsyncIterator[asyncpg.Connection]:
+        async with self.pool.acquire() as conn:
+            yield conn
+
+    # -- schema ----------------------------------------------------------------------
+    async def check_schema(self) -> list[str]:
+        async with self.pool.acquire() as conn:
+            return await check_schema(conn)
+
+    async def init_schema(self) -> list[str]:
+        async with self.pool.acquire() as conn:
+            return await init_schema(conn)
+
+    # -- the agent loop --------------------------------------------------------------
+    async def poll(self, agent_id: str, stale_after: float) -> PollResult:
+        row = await self.pool.fetchrow(
+            q.POLL, agent_id, socket.gethostname(), os.getpid(), __version__, stale_after
+        )
+        assert row is not None
+        return PollResult(
+            claimed=Task.model_validate(row["claimed"]) if row["claimed"] else None,
+            abandoned=[Task.model_validate(t) for t in row["abandoned"]],
+            next_due_in=row["next_due_in"],
+        )
+
+    async def mark_agent_busy(self, agent_id: str, task_id: UUID | None) -> None:
+        await self.pool.execute(q.MARK_AGENT_BUSY, agent_id, task_id)
+
+    async def fail_own_leftovers(self, agent_id: str) -> list[Task]:
+        rows = await self.pool.fetch(q.FAIL_OWN_LEFTOVERS, agent_id)
+        return [Task.model_validate(dict(r)) for r in rows]
+
+    async def heartbeat(self, task_id: UUID, agent_id: str) -> bool:
+        """True while this agent still owns the task."""
+        return await self.pool.fetchval(q.HEARTBEAT, task_id, agent_id) is not None
+
+    async def finish_task(
+        self,
+        task_id: UUID,
+        agent_id: str,
+        *,
+        status: Literal["completed", "failed"],
+        result: dict[str, Any],
+        error: str | None,
+        promote: UUID | None,
+    ) -> Task | None:
+        """Write the outcome (and promote a release) in one transaction, only if this agent
+        still owns the task. ``None`` means the task was taken away: nothing was written."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(q.FINISH_TASK, task_id, agent_id, status, result, error)
+            if row is None:
+                return None
+            if promote is not None:
+                await promote_release(conn, promote)
+            return Task.model_validate(dict(row))
+
+    async def add_event(
+        self,
+        task_id: UUID,
+        step: str,
+        status: EventStatus,
+        message: str = "",
+        agent_id: str | None = None,
+    ) -> None:
+        await self.pool.execute(q.INSERT_EVENT, task_id, step, status, message, agent_id)
+
+    # -- tasks -----------------------------------------------------------------------
+    async def create_task(
+        self,
+        task_type: Literal["deploy", "rollback"],
+        release_id: UUID | None,
+        execute_after: datetime | None = None,
+    ) -> Task:
+        row = await self.pool.fetchrow(q.INSERT_TASK, task_type, release_id, execute_after)
+        return Task.model_validate(dict(row))
+
+    async def get_task(self, task_id: UUID) -> Task | None:
+        row = await self.pool.fetchrow(q.GET_TASK, task_id)
+        return Task.model_validate(dict(row)) if row else None
+
+    async def list_tasks(
+        self, *, status: str | None = None, task_type: str | None = None, limit: int = 50
+    ) -> list[Task]:
+        rows = await self.pool.fetch(q.LIST_TASKS, status, task_type, limit)
+        return [Task.model_validate(dict(r)) for r in rows]
+
+    async def cancel_task(self, task_id: UUID, reason: str) -> Task | None:
+        row = await self.pool.fetchrow(q.CANCEL_TASK, task_id, reason)
+        return Task.model_validate(dict(row)) if row else None
+
+    async def task_events(self, task_id: UUID) -> list[TaskEvent]:
+        rows = await self.pool.fetch(q.TASK_EVENTS, task_id)
+        return [TaskEvent.model_validate(dict(r)) for r in rows]
+
+    async def in_progress_count(self) -> int:
+        return int(await self.pool.fetchval(q.IN_PROGRESS_COUNT))
+
+    async def list_agents(self, seen_within: float) -> list[AgentInstance]:
+        rows = await self.pool.fetch(q.LIST_AGENTS, seen_within)
+        return [AgentInstance.model_validate(dict(r)) for r in rows]
+
+    # -- releases --------------------------------------------------------------------
+    async def add_release(
+        self,
+        *,
+        version: str,
+        chart_type: str,
+        data: bytes,
+        sha256: str,
+        env_data: str | None = None,
+        values_data: str | None = None,
+        signature: str | None = None,
+    ) -> ArtifactInfo:
+        row = await self.pool.fetchrow(
+            q.INSERT_RELEASE, version, chart_type, data, env_data, values_data, sha256, signature
+        )
+        return ArtifactInfo.model_validate(dict(row))
+
+    async def release_by_id(self, release_id: UUID) -> ArtifactInfo | None:
+        return self._artifact(await self.pool.fetchrow(q.RELEASE_BY_ID, release_id))
+
+    async def release_by_version(self, version: str) -> ArtifactInfo | None:
+        return self._artifact(await self.pool.fetchrow(q.RELEASE_BY_VERSION, version))
+
+    async def current_release(self) -> ArtifactInfo | None:
+        return self._artifact(await self.pool.fetchrow(q.CURRENT_RELEASE))
+
+    async def previous_release(self) -> ArtifactInfo | None:
+        return self._artifact(await self.pool.fetchrow(q.PREVIOUS_RELEASE))
+
+    async def list_releases(self, limit: int = 100) -> list[ArtifactInfo]:
+        rows = await self.pool.fetch(q.LIST_RELEASES, limit)
+        return [ArtifactInfo.model_validate(dict(r)) for r in rows]
+
+    async def release_secrets(self, release_id: UUID) -> tuple[str | None, str | None]:
+        row = await self.pool.fetchrow(q.RELEASE_SECRETS, release_id)
+        return (row["env_data"], row["values_data"]) if row else (None, None)
+
+    @staticmethod
+    def _artifact(row: asyncpg.Record | None) -> ArtifactInfo | None:
+        return ArtifactInfo.model_validate(dict(row)) if row else None
+
+    # -- deployment_config / admins ----------------------------------------------------
+    async def set_maintenance_flag(self, enabled: bool) -> None:
+        await self.pool.execute(q.SET_MAINTENANCE_FLAG, enabled)
+
+    async def maintenance_flag(self) -> bool:
+        return bool(await self.pool.fetchval(q.GET_MAINTENANCE_FLAG))
+
+    async def smtp_config(self) -> SmtpConfig:
+        row = await self.pool.fetchrow(q.SMTP_CONFIG)
+        if row is None:
+            return SmtpConfig()
+        return SmtpConfig(
+            host=row["smtp_host"],
+            port=row["smtp_port"],
+            user=row["smtp_user"],
+            password=row["smtp_password"],
+            sender=row["smtp_from"],
+        )
+
+    async def active_admins(self) -> list[Recipient]:
+        rows = await self.pool.fetch(q.ACTIVE_ADMINS)
+        return [Recipient(name=r["name"], email=r["email"]) for r in rows]
+
+
+async def promote_release(conn: asyncpg.Connection, release_id: UUID) -> None:
+    """Make ``release_id`` current; the old current becomes previous. Call in a transaction."""
+    current = await conn.fetchval(q.CURRENT_ID)
+    if current == release_id:
+        await conn.execute(q.TOUCH_APPLIED, release_id)
+        return
+    await conn.execute(q.CLEAR_PREVIOUS)
+    await conn.execute(q.DEMOTE_CURRENT, release_id)
+    await conn.execute(q.PROMOTE, release_id)

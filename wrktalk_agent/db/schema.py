@@ -1,0 +1,98 @@
+"""Applying the schema (``db init``) and telling what a database lacks (``db check``)."""
+
+from __future__ import annotations
+
+from importlib import resources
+
+import asyncpg
+
+#: Columns the agent reads or writes, per table.
+EXPECTED_COLUMNS: dict[str, tuple[str, ...]] = {
+    "deployment_config": (
+        "id", "deployment_type", "smtp_host", "smtp_port", "smtp_user", "smtp_password",
+        "smtp_from", "maintenance_mode_enabled", "last_agent_poll", "created_at",
+    ),
+    "admin": ("id", "name", "email", "is_active", "role", "created_at"),
+    "release_artifact": (
+        "id", "release_version", "chart_type", "artifact_data", "env_data", "values_data",
+        "sha256", "is_current", "is_previous", "applied_at", "created_at", "signature",
+    ),
+    "agent_task": (
+        "id", "type", "status", "release_artifact_id", "execute_after", "picked_up_at",
+        "completed_at", "last_heartbeat", "result", "error_message", "created_at", "claimed_by",
+    ),
+    "agent_task_event": ("id", "task_id", "created_at", "step", "status", "message", "agent_id"),
+    "agent_instance": (
+        "agent_id", "hostname", "pid", "version", "started_at", "last_poll", "current_task_id",
+    ),
+}  # fmt: skip
+
+#: Indexes and what they are for, as shown by ``db check`` when missing.
+EXPECTED_INDEXES: dict[str, str] = {
+    "release_artifact_one_current": "at most one current release",
+    "release_artifact_one_previous": "at most one previous release",
+    "release_artifact_created_at": "artifact history",
+    "agent_task_one_in_progress": "one deployment at a time",
+    "agent_task_pending": "fast claims",
+    "agent_task_recent": "dashboard task list",
+    "agent_task_status_recent": "dashboard status filter",
+    "agent_task_event_task": "task timelines",
+}
+
+EXPECTED_TRIGGERS: dict[str, tuple[str, str]] = {
+    "agent_task_notify": ("agent_task", "immediate wake-up on new tasks (LISTEN/NOTIFY)"),
+}
+
+NOTIFY_CHANNEL = "wrktalk_agent_task"
+_INIT_LOCK = 0x77726B74  # advisory lock key: concurrent `db init` runs take turns
+
+
+def schema_sql() -> str:
+    return resources.files("wrktalk_agent.db").joinpath("schema.sql").read_text("utf-8")
+
+
+async def check_schema(conn: asyncpg.Connection) -> list[str]:
+    """Plain-words list of what the database lacks; empty when complete."""
+    problems: list[str] = []
+    rows = await conn.fetch(
+        """SELECT table_name, column_name FROM information_schema.columns
+           WHERE table_schema = current_schema() AND table_name = ANY($1::text[])""",
+        list(EXPECTED_COLUMNS),
+    )
+    present: dict[str, set[str]] = {}
+    for row in rows:
+        present.setdefault(row["table_name"], set()).add(row["column_name"])
+    for table, columns in EXPECTED_COLUMNS.items():
+        if table not in present:
+            problems.append(f"table {table} is missing")
+            continue
+        for column in columns:
+            if column not in present[table]:
+                problems.append(f"column {table}.{column} is missing")
+    index_rows = await conn.fetch(
+        "SELECT indexname FROM pg_indexes WHERE schemaname = current_schema()"
+    )
+    indexes = {r["indexname"] for r in index_rows}
+    for name, purpose in EXPECTED_INDEXES.items():
+        if name not in indexes:
+            problems.append(f"index {name} ({purpose}) is missing")
+    trigger_rows = await conn.fetch(
+        """SELECT t.tgname, c.relname FROM pg_trigger t
+           JOIN pg_class c ON c.oid = t.tgrelid
+           WHERE NOT t.tgisinternal AND c.relnamespace = current_schema()::regnamespace"""
+    )
+    triggers = {(r["tgname"], r["relname"]) for r in trigger_rows}
+    for name, (table, purpose) in EXPECTED_TRIGGERS.items():
+        if (name, table) not in triggers:
+            problems.append(f"trigger {name} on {table} ({purpose}) is missing")
+    return problems
+
+
+async def init_schema(conn: asyncpg.Connection) -> list[str]:
+    """Apply the schema; return what was missing before (empty: nothing was changed)."""
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", _INIT_LOCK)
+        missing = await check_schema(conn)
+        if missing:
+            await conn.execute(schema_sql())
+    return missing

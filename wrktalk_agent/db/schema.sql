@@ -1,0 +1,115 @@
+-- wrktalk-agent schema: the backend's tables plus what the agent adds.
+-- Every statement is idempotent: `wrktalk-agent db init` may run any number of times,
+-- also against a database whose tables the WrkTalk backend created.
+
+CREATE TABLE IF NOT EXISTS deployment_config (
+    id uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+    deployment_type text NOT NULL DEFAULT 'docker',
+    smtp_host text,
+    smtp_port integer,
+    smtp_user text,
+    smtp_password text,
+    smtp_from text,
+    maintenance_mode_enabled boolean NOT NULL DEFAULT false,
+    last_agent_poll timestamptz
+);
+
+CREATE TABLE IF NOT EXISTS admin (
+    id uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+    name text NOT NULL,
+    email text NOT NULL,
+    is_active boolean NOT NULL DEFAULT true,
+    role text NOT NULL DEFAULT 'admin'
+);
+
+CREATE TABLE IF NOT EXISTS release_artifact (
+    id uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+    release_version text NOT NULL UNIQUE,
+    chart_type text NOT NULL CHECK (chart_type IN ('helm', 'compose')),
+    artifact_data bytea NOT NULL,
+    env_data text,
+    values_data text,
+    sha256 text NOT NULL,
+    is_current boolean NOT NULL DEFAULT false,
+    is_previous boolean NOT NULL DEFAULT false,
+    applied_at timestamptz
+);
+
+CREATE TABLE IF NOT EXISTS agent_task (
+    id uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+    type text NOT NULL CHECK (type IN ('deploy', 'rollback')),
+    status text NOT NULL DEFAULT 'pending'
+        CHECK (status IN ('pending', 'inProgress', 'completed', 'failed')),
+    release_artifact_id uuid REFERENCES release_artifact (id),
+    execute_after timestamptz,
+    picked_up_at timestamptz,
+    completed_at timestamptz,
+    last_heartbeat timestamptz,
+    result jsonb,
+    error_message text
+);
+
+-- Agent additions to the backend's tables.
+ALTER TABLE deployment_config ADD COLUMN IF NOT EXISTS created_at timestamptz NOT NULL DEFAULT now();
+ALTER TABLE admin ADD COLUMN IF NOT EXISTS created_at timestamptz NOT NULL DEFAULT now();
+ALTER TABLE release_artifact ADD COLUMN IF NOT EXISTS created_at timestamptz NOT NULL DEFAULT now();
+ALTER TABLE release_artifact ADD COLUMN IF NOT EXISTS signature text;
+ALTER TABLE agent_task ADD COLUMN IF NOT EXISTS created_at timestamptz NOT NULL DEFAULT now();
+ALTER TABLE agent_task ADD COLUMN IF NOT EXISTS claimed_by text;
+
+-- Every step of a task, in order: the timeline operators read.
+CREATE TABLE IF NOT EXISTS agent_task_event (
+    id bigserial PRIMARY KEY,
+    task_id uuid NOT NULL REFERENCES agent_task (id) ON DELETE CASCADE,
+    created_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+    step text NOT NULL,
+    status text NOT NULL CHECK (status IN ('started', 'succeeded', 'failed', 'skipped', 'info')),
+    message text NOT NULL DEFAULT '',
+    agent_id text
+);
+
+-- Agents seen by the database: one row per agent id, refreshed on every poll.
+CREATE TABLE IF NOT EXISTS agent_instance (
+    agent_id text PRIMARY KEY,
+    hostname text NOT NULL,
+    pid integer NOT NULL,
+    version text NOT NULL,
+    started_at timestamptz NOT NULL DEFAULT now(),
+    last_poll timestamptz NOT NULL DEFAULT now(),
+    current_task_id uuid
+);
+
+-- At most one current and one previous release.
+CREATE UNIQUE INDEX IF NOT EXISTS release_artifact_one_current
+    ON release_artifact ((true)) WHERE is_current;
+CREATE UNIQUE INDEX IF NOT EXISTS release_artifact_one_previous
+    ON release_artifact ((true)) WHERE is_previous;
+CREATE INDEX IF NOT EXISTS release_artifact_created_at ON release_artifact (created_at DESC);
+
+-- One deployment at a time per installation, whatever the number of agents: the
+-- inProgress row itself is the lock.
+CREATE UNIQUE INDEX IF NOT EXISTS agent_task_one_in_progress
+    ON agent_task ((true)) WHERE status = 'inProgress';
+-- The claim: pending tasks, oldest first.
+CREATE INDEX IF NOT EXISTS agent_task_pending
+    ON agent_task (created_at, id) WHERE status = 'pending';
+-- The dashboard: recent tasks, with or without a status filter.
+CREATE INDEX IF NOT EXISTS agent_task_recent ON agent_task (created_at DESC, id DESC);
+CREATE INDEX IF NOT EXISTS agent_task_status_recent ON agent_task (status, created_at DESC);
+CREATE INDEX IF NOT EXISTS agent_task_event_task ON agent_task_event (task_id, id);
+
+-- Wake agents (and dashboards) when a task is created or changes status.
+CREATE OR REPLACE FUNCTION wrktalk_agent_task_notify() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify(
+        'wrktalk_agent_task',
+        json_build_object('id', NEW.id, 'status', NEW.status, 'type', NEW.type)::text
+    );
+    RETURN NULL;
+END;
+$$;
+
+CREATE OR REPLACE TRIGGER agent_task_notify
+    AFTER INSERT OR UPDATE OF status ON agent_task
+    FOR EACH ROW EXECUTE FUNCTION wrktalk_agent_task_notify();

