@@ -82,6 +82,11 @@ WHERE t.id = $1 AND t.claimed_by = $2 AND t.status = 'inProgress'
 RETURNING {TASK_COLUMNS}
 """
 
+ADD_NOTIFICATIONS = """
+UPDATE agent_task SET result = coalesce(result, '{}'::jsonb) || jsonb_build_object('notifications', $2::jsonb)
+WHERE id = $1
+"""
+
 # Promote a release to current; the old current becomes previous, the old previous is
 # cleared. The same three steps serve deploys and rollbacks (where target = previous).
 # Separate statements because the partial unique indexes are checked row by row.
@@ -172,4 +177,90 @@ FROM agent_instance i
 LEFT JOIN agent_task t ON t.id = i.current_task_id AND t.status = 'inProgress'
 WHERE i.last_poll > now() - make_interval(secs => $1)
 ORDER BY i.last_poll DESC
+"""
+
+
+# -- dashboard (wrktalk-agent tui) -----------------------------------------------------------
+# Read-only questions of the operator dashboard, asked every few seconds. None of them reads
+# artifact_data, env_data, values_data or smtp_password, and each is served by an index at
+# 100k tasks / 1M events / 1000 artifacts (benchmarks/bench_tui.py checks with EXPLAIN).
+
+DASHBOARD_OVERVIEW = """
+SELECT now() AS now,
+    (SELECT coalesce(bool_or(maintenance_mode_enabled), false) FROM deployment_config)
+        AS maintenance,
+    (SELECT max(last_agent_poll) FROM deployment_config) AS last_agent_poll,
+    (SELECT id FROM release_artifact WHERE is_current) AS current_id,
+    (SELECT release_version FROM release_artifact WHERE is_current) AS current_version,
+    (SELECT id FROM release_artifact WHERE is_previous) AS previous_id,
+    (SELECT release_version FROM release_artifact WHERE is_previous) AS previous_version,
+    (SELECT count(*) FROM agent_task WHERE status = 'pending') AS pending_count
+"""
+
+# The task list leaves out `result` (a deployer's output tail: only the detail screen shows
+# it). Two statements rather than `$1 IS NULL OR status = $1`, so that a prepared (generic)
+# plan never has to pick one index for both cases: agent_task_recent serves the unfiltered
+# list, agent_task_status_recent the status filter.
+_DASHBOARD_TASK_COLUMNS = """t.id, t.type, t.status, t.release_artifact_id, t.execute_after,
+    t.picked_up_at, t.completed_at, t.last_heartbeat, left(t.error_message, 300) AS error_message,
+    t.created_at, t.claimed_by, a.release_version"""
+
+DASHBOARD_TASKS = f"""
+SELECT {_DASHBOARD_TASK_COLUMNS}
+FROM agent_task t LEFT JOIN release_artifact a ON a.id = t.release_artifact_id
+WHERE ($1::text IS NULL OR t.type = $1)
+ORDER BY t.created_at DESC, t.id DESC
+LIMIT $2
+"""
+
+DASHBOARD_TASKS_BY_STATUS = f"""
+SELECT {_DASHBOARD_TASK_COLUMNS}
+FROM agent_task t LEFT JOIN release_artifact a ON a.id = t.release_artifact_id
+WHERE t.status = $1 AND ($2::text IS NULL OR t.type = $2)
+ORDER BY t.created_at DESC, t.id DESC
+LIMIT $3
+"""
+
+# Running tasks with their latest event (the step they are in): only inProgress rows are
+# looked at, and for each only the newest entry of agent_task_event_task.
+DASHBOARD_RUNNING = f"""
+SELECT {_DASHBOARD_TASK_COLUMNS},
+    e.id AS event_id, e.created_at AS event_at, e.step AS event_step,
+    e.status AS event_status, e.message AS event_message, e.agent_id AS event_agent
+FROM agent_task t
+LEFT JOIN release_artifact a ON a.id = t.release_artifact_id
+LEFT JOIN LATERAL (
+    SELECT x.id, x.created_at, x.step, x.status, x.message, x.agent_id
+    FROM agent_task_event x WHERE x.task_id = t.id ORDER BY x.id DESC LIMIT 1
+) e ON true
+WHERE t.status = 'inProgress'
+ORDER BY t.created_at DESC
+"""
+
+# Agents seen since $1, with the heartbeat of the task they are running (their sign of life
+# while a deploy keeps them from polling).
+DASHBOARD_AGENTS = """
+SELECT i.agent_id, i.hostname, i.pid, i.version, i.started_at, i.last_poll,
+       i.current_task_id, t.last_heartbeat
+FROM agent_instance i
+LEFT JOIN agent_task t ON t.id = i.current_task_id AND t.status = 'inProgress'
+WHERE i.last_poll > $1 OR t.id IS NOT NULL
+ORDER BY i.last_poll DESC
+LIMIT 100
+"""
+
+# Newest releases plus the current and previous ones however old they are. The size comes
+# from octet_length, which reads the TOAST header only, never the bytes.
+_DASHBOARD_RELEASE_COLUMNS = """a.id, a.release_version, a.chart_type, a.sha256,
+    octet_length(a.artifact_data) AS size, a.is_current, a.is_previous, a.applied_at,
+    a.created_at, a.signature"""
+
+DASHBOARD_RELEASES = f"""
+(SELECT {_DASHBOARD_RELEASE_COLUMNS} FROM release_artifact a
+ ORDER BY a.created_at DESC, a.id DESC LIMIT $1)
+UNION
+(SELECT {_DASHBOARD_RELEASE_COLUMNS} FROM release_artifact a WHERE a.is_current)
+UNION
+(SELECT {_DASHBOARD_RELEASE_COLUMNS} FROM release_artifact a WHERE a.is_previous)
+ORDER BY created_at DESC, id DESC
 """

@@ -161,16 +161,27 @@ class Repository:
         result: dict[str, Any],
         error: str | None,
         promote: UUID | None,
+        events: list[tuple[str, EventStatus, str]] | None = None,
     ) -> Task | None:
         """Write the outcome (and promote a release) in one transaction, only if this agent
-        still owns the task. ``None`` means the task was taken away: nothing was written."""
+        still owns the task. ``None`` means the task was taken away: nothing was written.
+        ``events`` are timeline entries that could not be written earlier (outage)."""
         async with self.pool.acquire() as conn, conn.transaction():
             row = await conn.fetchrow(q.FINISH_TASK, task_id, agent_id, status, result, error)
             if row is None:
                 return None
             if promote is not None:
                 await promote_release(conn, promote)
+            if events:
+                await conn.executemany(
+                    q.INSERT_EVENT, [(task_id, s, st, m, agent_id) for s, st, m in events]
+                )
             return Task.model_validate(dict(row))
+
+    async def add_notification_result(
+        self, task_id: UUID, outcomes: dict[str, list[dict[str, Any]]]
+    ) -> None:
+        await self.pool.execute(q.ADD_NOTIFICATIONS, task_id, outcomes)
 
     async def add_event(
         self,
@@ -280,6 +291,51 @@ class Repository:
     async def active_admins(self) -> list[Recipient]:
         rows = await self.pool.fetch(q.ACTIVE_ADMINS)
         return [Recipient(name=r["name"], email=r["email"]) for r in rows]
+
+    # -- dashboard (wrktalk-agent tui) -------------------------------------------------
+    async def dashboard_overview(self) -> dict[str, Any]:
+        """Server time, maintenance flag, current/previous release, number of pending tasks."""
+        row = await self.pool.fetchrow(q.DASHBOARD_OVERVIEW)
+        assert row is not None
+        return dict(row)
+
+    async def dashboard_tasks(
+        self, *, status: str | None = None, task_type: str | None = None, limit: int = 100
+    ) -> list[Task]:
+        """Newest tasks first, without ``result``; ``error_message`` cut to 300 characters."""
+        if status is None:
+            rows = await self.pool.fetch(q.DASHBOARD_TASKS, task_type, limit)
+        else:
+            rows = await self.pool.fetch(q.DASHBOARD_TASKS_BY_STATUS, status, task_type, limit)
+        return [Task.model_validate(dict(r)) for r in rows]
+
+    async def dashboard_running(self) -> list[tuple[Task, TaskEvent | None]]:
+        """Tasks in progress with their latest event (the step they are in), if any."""
+        running: list[tuple[Task, TaskEvent | None]] = []
+        for row in await self.pool.fetch(q.DASHBOARD_RUNNING):
+            event = None
+            if row["event_id"] is not None:
+                event = TaskEvent(
+                    id=row["event_id"],
+                    task_id=row["id"],
+                    created_at=row["event_at"],
+                    step=row["event_step"],
+                    status=row["event_status"],
+                    message=row["event_message"],
+                    agent_id=row["event_agent"],
+                )
+            running.append((Task.model_validate(dict(row)), event))
+        return running
+
+    async def dashboard_agents(self, seen_since: datetime) -> list[AgentInstance]:
+        """Agents that polled after ``seen_since`` or are running a task."""
+        rows = await self.pool.fetch(q.DASHBOARD_AGENTS, seen_since)
+        return [AgentInstance.model_validate(dict(r)) for r in rows]
+
+    async def dashboard_releases(self, limit: int = 200) -> list[ArtifactInfo]:
+        """The ``limit`` newest releases plus the current and previous ones, newest first."""
+        rows = await self.pool.fetch(q.DASHBOARD_RELEASES, limit)
+        return [ArtifactInfo.model_validate(dict(r)) for r in rows]
 
 
 async def promote_release(conn: asyncpg.Connection, release_id: UUID) -> None:

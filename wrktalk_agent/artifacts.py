@@ -1,0 +1,240 @@
+"""Release artifacts: streamed out of PostgreSQL, verified, safely extracted, securely deleted.
+
+The tarball is never held whole in memory: it is read in slices of the BYTEA column
+through one server-side cursor (so slices are pipelined, not one round trip each) and
+hashed while it is written to a file in a private (0700) directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import stat
+import tarfile
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+
+from wrktalk_agent.db.models import ArtifactInfo
+from wrktalk_agent.signing import verify_release
+
+CHUNK_BYTES = 4 * 1024 * 1024
+ARTIFACT_FILE = "artifact.tar"
+RELEASE_DIR = "release"
+ENV_FILE = ".env"
+VALUES_FILE = "values.yaml"
+
+# One query streams every slice: generate_series yields the offsets, substring() reads
+# only the slice's TOAST chunks (artifacts are compressed tarballs, stored uncompressed).
+_SLICES = """
+SELECT substring(a.artifact_data FROM o.off FOR $2::int)
+FROM release_artifact a, generate_series(1, $3::int, $2::int) AS o(off)
+WHERE a.id = $1
+ORDER BY o.off
+"""
+
+
+class ArtifactError(Exception):
+    """The artifact cannot be used; the message names the problem (and the member)."""
+
+
+@dataclass(frozen=True)
+class FetchedArtifact:
+    path: Path
+    size: int
+    sha256: str
+    seconds: float
+
+
+@dataclass(frozen=True)
+class ExtractedRelease:
+    root: Path
+    files: int
+    bytes: int
+    env_file: Path | None
+    values_file: Path | None
+
+
+def make_private_dir(parent: Path, prefix: str) -> Path:
+    """A fresh 0700 directory under ``parent`` (created 0700 if missing)."""
+    parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+
+
+async def fetch_artifact(
+    conn: asyncpg.Connection,
+    artifact: ArtifactInfo,
+    dest_dir: Path,
+    *,
+    max_bytes: int,
+    chunk_bytes: int = CHUNK_BYTES,
+) -> FetchedArtifact:
+    """Stream the artifact's bytes into ``dest_dir/artifact.tar`` and check its sha256."""
+    if artifact.size > max_bytes:
+        raise ArtifactError(
+            f"artifact {artifact.release_version} is {artifact.size} bytes, over the limit of "
+            f"{max_bytes} (WRKTALK_AGENT_MAX_ARTIFACT_BYTES)"
+        )
+    started = time.perf_counter()
+    digest = hashlib.sha256()
+    path = dest_dir / ARTIFACT_FILE
+    written = 0
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        if artifact.size > 0:
+            async with conn.transaction(readonly=True):
+                cursor = conn.cursor(
+                    _SLICES, artifact.id, chunk_bytes, artifact.size, prefetch=2
+                )
+                async for row in cursor:
+                    chunk: bytes = row[0]
+                    written += len(chunk)
+                    if written > max_bytes:  # the row changed under us
+                        raise ArtifactError(f"artifact grew past {max_bytes} bytes while read")
+                    digest.update(chunk)
+                    out.write(chunk)
+    if written != artifact.size:
+        raise ArtifactError(
+            f"artifact {artifact.release_version}: read {written} bytes, expected {artifact.size}"
+        )
+    actual = digest.hexdigest()
+    if actual != artifact.sha256.strip().lower():
+        raise ArtifactError(f"sha256 mismatch: expected {artifact.sha256.strip().lower()}, got {actual}")
+    return FetchedArtifact(path=path, size=written, sha256=actual, seconds=time.perf_counter() - started)
+
+
+def check_signature(artifact: ArtifactInfo, sha256_hex: str, trusted_keys: list) -> str:
+    """Verify the release signature when keys are configured; returns what was checked."""
+    if not trusted_keys:
+        return "signature not checked (no trusted keys configured)"
+    if not artifact.signature:
+        raise ArtifactError(
+            f"release {artifact.release_version} is not signed and trusted keys are configured"
+        )
+    if not verify_release(trusted_keys, artifact.signature, sha256_hex, artifact.release_version):
+        raise ArtifactError(
+            f"release {artifact.release_version}: signature does not verify with any trusted key"
+        )
+    return "signature verified"
+
+
+def extract_release(
+    archive: Path,
+    dest: Path,
+    *,
+    max_members: int,
+    max_bytes: int,
+) -> tuple[int, int]:
+    """Extract ``archive`` (.tar, .tar.gz, .tgz — detected by content) into ``dest``.
+
+    Python's ``data`` filter refuses absolute paths, ``..``, links leaving ``dest`` and
+    device/fifo members; on top of it this refuses setuid/setgid bits and enforces the
+    member-count and total-size limits while streaming, so a bomb is stopped early.
+    Returns (files extracted, bytes extracted).
+    """
+    dest.mkdir(mode=0o700, exist_ok=True)
+    count = total = 0
+    try:
+        with tarfile.open(archive, mode="r:*") as tar:
+            for member in tar:
+                count += 1
+                if count > max_members:
+                    raise ArtifactError(
+                        f"archive has more than {max_members} members "
+                        f"(WRKTALK_AGENT_MAX_MEMBERS); stopped at {member.name!r}"
+                    )
+                if member.mode & (stat.S_ISUID | stat.S_ISGID):
+                    raise ArtifactError(f"member {member.name!r} has a setuid/setgid bit")
+                if member.isfile():
+                    total += member.size
+                    if total > max_bytes:
+                        raise ArtifactError(
+                            f"archive expands past {max_bytes} bytes "
+                            f"(WRKTALK_AGENT_MAX_EXTRACTED_BYTES) at {member.name!r}"
+                        )
+                try:
+                    # Directory modes are not applied: a read-only directory would
+                    # block the members extracted into it after it.
+                    tar.extract(member, dest, set_attrs=not member.isdir(), filter="data")
+                except tarfile.FilterError as exc:
+                    raise ArtifactError(f"unsafe member {member.name!r}: {exc}") from None
+    except ArtifactError:
+        raise
+    except (tarfile.ReadError, tarfile.CompressionError, EOFError, OSError) as exc:
+        reason = str(exc) or type(exc).__name__
+        if count == 0:
+            raise ArtifactError(f"not a tar archive (.tar, .tar.gz or .tgz): {reason}") from None
+        raise ArtifactError(f"corrupt or truncated archive after {count} members: {reason}") from None
+    if count == 0:
+        raise ArtifactError("the archive is empty")
+    return count, total
+
+
+def write_secret_file(path: Path, content: str) -> Path:
+    """Write ``content`` to ``path`` with mode 0600, replacing a file the tarball shipped
+    (never following a link it may have planted)."""
+    with contextlib.suppress(FileNotFoundError):
+        if path.is_symlink() or path.is_dir():
+            raise ArtifactError(f"the release contains {path.name!r} as a link or directory")
+        path.unlink()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(content)
+    return path
+
+
+def secure_delete(root: Path) -> list[str]:
+    """Overwrite every regular file under ``root`` with zeros, then remove the tree.
+
+    Returns the problems met (logged by the caller, never raised over a task's outcome).
+    Overwriting in place is best effort: copy-on-write file systems, SSD wear levelling
+    and snapshots may keep old blocks; see docs/operator.md.
+    """
+    problems: list[str] = []
+    if not root.exists():
+        return problems
+    for dirpath, _, _ in os.walk(root):  # a read-only directory would keep its entries
+        with contextlib.suppress(OSError):
+            os.chmod(dirpath, 0o700)
+    for dirpath, dirnames, filenames in os.walk(root, topdown=False):
+        for name in filenames:
+            path = os.path.join(dirpath, name)
+            try:
+                info = os.lstat(path)
+                if stat.S_ISREG(info.st_mode) and info.st_size:
+                    os.chmod(path, 0o600)
+                    _overwrite(path, info.st_size)
+                os.unlink(path)
+            except OSError as exc:
+                problems.append(f"{path}: {exc.strerror or exc}")
+        for name in dirnames:
+            path = os.path.join(dirpath, name)
+            try:
+                if os.path.islink(path):
+                    os.unlink(path)
+                else:
+                    os.chmod(path, 0o700)
+                    os.rmdir(path)
+            except OSError as exc:
+                problems.append(f"{path}: {exc.strerror or exc}")
+    try:
+        os.rmdir(root)
+    except OSError as exc:
+        problems.append(f"{root}: {exc.strerror or exc}")
+    return problems
+
+
+def _overwrite(path: str, size: int) -> None:
+    zeros = bytes(min(size, 1024 * 1024))
+    fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW)
+    try:
+        remaining = size
+        while remaining > 0:
+            remaining -= os.write(fd, zeros[: min(remaining, len(zeros))])
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,148 @@
+"""The ``script`` deployer: runs the release's own deploy script on the local host.
+
+For installations that are neither Kubernetes nor Compose, and for the demo on a machine
+with no Docker: the release tarball carries an executable ``deploy`` script at its root.
+The release is copied to ``WORKING_DIR/releases/<version>/`` and the script runs there as
+
+    ./deploy deploy|rollback|auto-rollback
+
+with ``WRKTALK_RELEASE_VERSION``, ``WRKTALK_PREVIOUS_VERSION`` (may be empty),
+``WRKTALK_RELEASE_DIR`` and ``WRKTALK_LIVE_DIR`` in its environment. A non-zero exit
+fails the task. ``WORKING_DIR/current`` is a symlink to the live release's directory.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import ClassVar
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from wrktalk_agent.hookspecs import hookimpl
+from wrktalk_agent.interfaces import (
+    CheckResult,
+    DeployError,
+    DeployOutcome,
+    DeployRequest,
+    PluginContext,
+    validate_version,
+)
+from wrktalk_agent.process import run
+
+SCRIPT_NAME = "deploy"
+
+
+class ScriptSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="WRKTALK_AGENT_SCRIPT_", extra="ignore")
+
+    working_dir: Path = Field(
+        Path(tempfile.gettempdir()) / "wrktalk-agent-script",
+        description="Where releases are installed (releases/<version>/) and `current` points.",
+    )
+    timeout: float = Field(600.0, gt=0, description="Seconds the deploy script may run.")
+    keep_releases: int = Field(2, ge=2, description="Release directories kept (current and previous at least).")
+
+
+class ScriptDeployer:
+    """Deploys by running the release's ``deploy`` script."""
+
+    name: ClassVar[str] = "script"
+    chart_types: ClassVar[tuple[str, ...]] = ()  # any: the script knows what it ships
+    settings_model: ClassVar[type[BaseSettings]] = ScriptSettings
+
+    def __init__(self, settings: ScriptSettings, context: PluginContext) -> None:
+        self.settings = settings
+        self.context = context
+
+    async def check(self) -> Sequence[CheckResult]:
+        base = self.settings.working_dir
+        try:
+            base.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=base):
+                pass
+        except OSError as exc:
+            return [CheckResult("script working dir", False, f"{base}: {exc.strerror or exc}")]
+        return [CheckResult("script working dir", True, f"{base} writable")]
+
+    async def deploy(self, request: DeployRequest) -> DeployOutcome:
+        return await self._apply(request)
+
+    async def rollback(self, request: DeployRequest) -> DeployOutcome:
+        return await self._apply(request)
+
+    async def _apply(self, request: DeployRequest) -> DeployOutcome:
+        version = validate_version(request.release.version)
+        script = request.workdir / SCRIPT_NAME
+        info = script.lstat() if script.exists() or script.is_symlink() else None
+        if info is None or not stat.S_ISREG(info.st_mode):
+            raise DeployError(
+                f"release {version} has no '{SCRIPT_NAME}' script at its root", system_changed=False
+            )
+        target = self._install(request.workdir, version)
+        await request.report(f"installed into {target}")
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "HOME": os.environ.get("HOME", "/"),
+            "WRKTALK_RELEASE_VERSION": version,
+            "WRKTALK_PREVIOUS_VERSION": request.current.version if request.current else "",
+            "WRKTALK_RELEASE_DIR": str(target),
+            "WRKTALK_LIVE_DIR": str(self.settings.working_dir / "current"),
+        }
+        result = await run(
+            [str(target / SCRIPT_NAME), request.purpose],
+            cwd=target,
+            timeout=self.settings.timeout,
+            env=env,
+        )
+        if not result.ok:
+            raise DeployError(
+                f"{SCRIPT_NAME} {request.purpose} of {version} failed: {result.summary()}",
+                output=result.output,
+            )
+        self._point_current(target)
+        self._prune(keep={version, request.current.version if request.current else ""})
+        return DeployOutcome(output=result.output, details={"release_dir": str(target)})
+
+    def _install(self, source: Path, version: str) -> Path:
+        releases = self.settings.working_dir / "releases"
+        releases.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=releases))
+        try:
+            shutil.copytree(source, staging, symlinks=True, dirs_exist_ok=True)
+            target = releases / version
+            if target.exists():
+                shutil.rmtree(target)
+            staging.rename(target)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        return target
+
+    def _point_current(self, target: Path) -> None:
+        link = self.settings.working_dir / "current"
+        temp = link.with_name(".current.tmp")
+        temp.unlink(missing_ok=True)
+        temp.symlink_to(target)
+        os.replace(temp, link)  # atomic switch
+
+    def _prune(self, keep: set[str]) -> None:
+        releases = self.settings.working_dir / "releases"
+        dirs = sorted(
+            (p for p in releases.iterdir() if p.is_dir() and not p.name.startswith(".")),
+            key=lambda p: p.stat().st_mtime,
+            reverse=True,
+        )
+        room = self.settings.keep_releases - len([p for p in dirs if p.name in keep])
+        for path in [p for p in dirs if p.name not in keep][max(room, 0):]:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+@hookimpl
+def wrktalk_register_deployers(register: object) -> None:
+    register(ScriptDeployer)  # type: ignore[operator]

@@ -1,0 +1,482 @@
+"""`wrktalk-agent` command line (click).
+
+Exit codes: 0 success, 1 failure (task failed, database unreachable, check failed),
+2 bad input or configuration. Errors are one readable line each, never a traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import sys
+import tarfile
+from collections.abc import Awaitable, Callable, Coroutine
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+from uuid import UUID
+
+import asyncpg
+import click
+from pydantic import ValidationError
+
+from wrktalk_agent import __version__
+from wrktalk_agent.bootstrap import StartupError, make_registry, open_services, plugin_context
+from wrktalk_agent.config import AgentSettings
+from wrktalk_agent.db.repository import DatabaseUnavailable, Repository
+from wrktalk_agent.interfaces import BackendError, validate_version
+from wrktalk_agent.log import configure_logging, get_logger
+from wrktalk_agent.plugins import PluginError, SettingsError, format_validation_error
+
+T = TypeVar("T")
+
+
+class Failure(click.ClickException):
+    """An expected failure: message printed as ``error: ...``, exit code 1 (or given)."""
+
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"error: {self.format_message()}", err=True)
+
+
+def load_settings(**overrides: Any) -> AgentSettings:
+    try:
+        settings = AgentSettings(**overrides)
+    except ValidationError as exc:
+        raise Failure("\n".join(format_validation_error(exc, AgentSettings)), exit_code=2) from None
+    configure_logging(settings.log_level, settings.log_format)
+    return settings
+
+
+def run_async(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine, turning expected failures into one-line errors."""
+    try:
+        return asyncio.run(coro)
+    except DatabaseUnavailable as exc:
+        raise Failure(str(exc)) from None
+    except StartupError as exc:
+        raise Failure("\n".join(exc.lines), exit_code=exc.exit_code) from None
+    except SettingsError as exc:
+        raise Failure("\n".join(exc.lines), exit_code=2) from None
+    except PluginError as exc:
+        raise Failure(str(exc), exit_code=2) from None
+    except asyncpg.UndefinedTableError as exc:
+        raise Failure(f"{exc}; run `wrktalk-agent db init`") from None
+
+
+async def with_repo(settings: AgentSettings, work: Callable[[Repository], Awaitable[T]]) -> T:
+    repo = await Repository.connect(settings)
+    try:
+        return await work(repo)
+    finally:
+        await repo.close()
+
+
+def print_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, default=str))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="wrktalk-agent")
+def main() -> None:
+    """On-premises deployment agent for WrkTalk.
+
+    Settings come from WRKTALK_AGENT_* environment variables (see docs/operator.md).
+    """
+
+
+# -- plugins ---------------------------------------------------------------------------
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def plugins(as_json: bool) -> None:
+    """List installed plugins: name, version, distribution, hooks, backends."""
+    settings = load_settings()
+    try:
+        registry = make_registry(settings)
+    except PluginError as exc:
+        raise Failure(str(exc), exit_code=2) from None
+    infos = registry.infos()
+    if as_json:
+        print_json([info.as_dict() for info in infos])
+        return
+    for info in infos:
+        origin = f"{info.distribution} {info.version}" if info.distribution else "module"
+        click.echo(f"{info.name:10} {origin}")
+        if info.error:
+            click.echo(f"{'':10} warning: failed to import: {info.error}")
+            continue
+        click.echo(f"{'':10} hooks: {', '.join(info.hooks) or '-'}")
+        click.echo(f"{'':10} backends: {', '.join(info.backends) or '-'}")
+
+
+# -- db --------------------------------------------------------------------------------
+@main.group()
+def db() -> None:
+    """Create or check the database schema."""
+
+
+@db.command("init")
+def db_init() -> None:
+    """Apply the schema (idempotent)."""
+    settings = load_settings()
+    missing = run_async(with_repo(settings, lambda r: r.init_schema()))
+    if missing:
+        click.echo(f"schema applied to {settings.masked_dsn()}; it lacked:")
+        for line in missing:
+            click.echo(f"  - {line}")
+    else:
+        click.echo(f"schema already up to date at {settings.masked_dsn()}")
+
+
+@db.command("check")
+def db_check() -> None:
+    """Tell what the database lacks; exit 1 if anything."""
+    settings = load_settings()
+    problems = run_async(with_repo(settings, lambda r: r.check_schema()))
+    if problems:
+        click.echo(f"the database at {settings.masked_dsn()} lacks:")
+        for line in problems:
+            click.echo(f"  - {line}")
+        click.echo("run `wrktalk-agent db init` to add them")
+        sys.exit(1)
+    click.echo("schema complete")
+
+
+# -- releases --------------------------------------------------------------------------
+@main.group()
+def release() -> None:
+    """Store release artifacts and manage signing keys."""
+
+
+def _version(_ctx: Any, _param: Any, value: str) -> str:
+    try:
+        return validate_version(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+@release.command("add")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--version", "version", required=True, callback=_version, help="Release version.")
+@click.option("--chart-type", type=click.Choice(["helm", "compose"]), required=True)
+@click.option("--env-file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--values-file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--sign-key",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Ed25519 private key (PEM) to sign the release with.",
+)
+def release_add(
+    file: Path,
+    version: str,
+    chart_type: str,
+    env_file: Path | None,
+    values_file: Path | None,
+    sign_key: Path | None,
+) -> None:
+    """Store FILE (.tar, .tar.gz, .tgz) as release VERSION."""
+    from wrktalk_agent.signing import load_private_key, sign_release
+
+    settings = load_settings()
+    if not tarfile.is_tarfile(file):
+        raise Failure(f"{file} is not a tar archive (.tar, .tar.gz or .tgz)", exit_code=2)
+    # The backend normally writes releases; this command is for operators and tests and
+    # reads the file whole (the agent itself streams artifacts).
+    data = file.read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    signature = None
+    if sign_key is not None:
+        try:
+            signature = sign_release(load_private_key(sign_key.read_bytes()), digest, version)
+        except ValueError as exc:
+            raise Failure(f"--sign-key {sign_key}: {exc}", exit_code=2) from None
+
+    async def add(repo: Repository) -> Any:
+        if await repo.release_by_version(version) is not None:
+            raise Failure(f"release {version} already exists", exit_code=2)
+        try:
+            return await repo.add_release(
+                version=version,
+                chart_type=chart_type,
+                data=data,
+                sha256=digest,
+                env_data=env_file.read_text("utf-8") if env_file else None,
+                values_data=values_file.read_text("utf-8") if values_file else None,
+                signature=signature,
+            )
+        except asyncpg.UniqueViolationError:
+            raise Failure(f"release {version} already exists", exit_code=2) from None
+
+    info = run_async(with_repo(settings, add))
+    signed = ", signed" if signature else ""
+    click.echo(f"stored release {version} ({info.size} bytes, sha256 {digest[:12]}…{signed}) as {info.id}")
+
+
+@release.command("keygen")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=Path("wrktalk-release-key"),
+    show_default=True,
+    help="Writes OUT (private key, 0600) and OUT.pub.",
+)
+def release_keygen(out: Path) -> None:
+    """Create an Ed25519 key pair for signing releases."""
+    import os
+
+    from wrktalk_agent.signing import generate_keypair
+
+    public_path = out.with_name(out.name + ".pub")
+    for path in (out, public_path):
+        if path.exists():
+            raise Failure(f"{path} exists; refusing to overwrite a key", exit_code=2)
+    private_pem, public_pem = generate_keypair()
+    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(private_pem)
+    public_path.write_bytes(public_pem)
+    click.echo(f"private key: {out} (keep it secret)\npublic key:  {public_path}")
+    click.echo(f"agents verify with WRKTALK_AGENT_TRUSTED_KEYS={public_path.resolve()}")
+
+
+@release.command("list")
+@click.option("--json", "as_json", is_flag=True)
+def release_list(as_json: bool) -> None:
+    """List stored releases (newest first)."""
+    settings = load_settings()
+    releases = run_async(with_repo(settings, lambda r: r.list_releases()))
+    if as_json:
+        print_json([r.model_dump(mode="json") for r in releases])
+        return
+    for r in releases:
+        flag = "current" if r.is_current else "previous" if r.is_previous else ""
+        click.echo(f"{r.release_version:20} {r.chart_type:8} {r.size:>12} {r.sha256[:12]} {flag}")
+
+
+# -- tasks -----------------------------------------------------------------------------
+@main.group()
+def task() -> None:
+    """Create, list and cancel tasks."""
+
+
+def _when(_ctx: Any, _param: Any, value: str | None) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not an ISO time like 2026-01-31T22:00:00+00:00") from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC).astimezone(UTC)
+
+
+@task.command("deploy")
+@click.argument("version", callback=_version)
+@click.option("--after", callback=_when, help="Not before this ISO time (default: now).")
+def task_deploy(version: str, after: datetime | None) -> None:
+    """Ask the agent to deploy release VERSION."""
+    settings = load_settings()
+
+    async def create(repo: Repository) -> Any:
+        artifact = await repo.release_by_version(version)
+        if artifact is None:
+            raise Failure(f"no release {version}; store it first with `wrktalk-agent release add`", 2)
+        return await repo.create_task("deploy", artifact.id, after)
+
+    created = run_async(with_repo(settings, create))
+    click.echo(f"deploy task {created.id} for {version} is pending")
+
+
+@task.command("rollback")
+@click.option("--after", callback=_when, help="Not before this ISO time (default: now).")
+def task_rollback(after: datetime | None) -> None:
+    """Ask the agent to roll back to the previous release."""
+    settings = load_settings()
+
+    async def create(repo: Repository) -> Any:
+        previous = await repo.previous_release()
+        if previous is None:
+            raise Failure("no previous release to roll back to", exit_code=2)
+        return await repo.create_task("rollback", None, after), previous
+
+    created, previous = run_async(with_repo(settings, create))
+    click.echo(f"rollback task {created.id} to {previous.release_version} is pending")
+
+
+@task.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--status", type=click.Choice(["pending", "inProgress", "completed", "failed"]))
+@click.option("--type", "task_type", type=click.Choice(["deploy", "rollback"]))
+@click.option("--limit", type=click.IntRange(1, 10_000), default=50, show_default=True)
+def task_list(as_json: bool, status: str | None, task_type: str | None, limit: int) -> None:
+    """List recent tasks (newest first)."""
+    settings = load_settings()
+    tasks = run_async(
+        with_repo(settings, lambda r: r.list_tasks(status=status, task_type=task_type, limit=limit))
+    )
+    if as_json:
+        print_json([t.model_dump(mode="json") for t in tasks])
+        return
+    for t in tasks:
+        when = t.created_at.strftime("%Y-%m-%d %H:%M:%S") if t.created_at else ""
+        click.echo(
+            f"{t.id}  {t.type:8} {t.release_version or '-':16} {t.status:10} {when}  "
+            f"{(t.error_message or '')[:60]}"
+        )
+
+
+@task.command("show")
+@click.argument("task_id", type=click.UUID)
+def task_show(task_id: UUID) -> None:
+    """Show one task with its step timeline."""
+    settings = load_settings()
+
+    async def show(repo: Repository) -> Any:
+        return await repo.get_task(task_id), await repo.task_events(task_id)
+
+    found, events = run_async(with_repo(settings, show))
+    if found is None:
+        raise Failure(f"no task {task_id}", exit_code=2)
+    click.echo(f"{found.type} {found.release_version or ''} {found.status} (agent {found.claimed_by or '-'})")
+    if found.error_message:
+        click.echo(f"error: {found.error_message}")
+    for e in events:
+        click.echo(f"  {e.created_at:%H:%M:%S.%f}"[:-3] + f"  {e.step:22} {e.status:9} {e.message}")
+
+
+@task.command("cancel")
+@click.argument("task_id", type=click.UUID)
+def task_cancel(task_id: UUID) -> None:
+    """Cancel a pending task (it will never be claimed)."""
+    settings = load_settings()
+
+    async def cancel(repo: Repository) -> Any:
+        cancelled = await repo.cancel_task(task_id, "cancelled by operator (wrktalk-agent task cancel)")
+        if cancelled is None:
+            existing = await repo.get_task(task_id)
+            if existing is None:
+                raise Failure(f"no task {task_id}", exit_code=2)
+            raise Failure(f"task {task_id} is {existing.status}; only pending tasks can be cancelled", 2)
+        return cancelled
+
+    run_async(with_repo(settings, cancel))
+    click.echo(f"task {task_id} cancelled")
+
+
+# -- run -------------------------------------------------------------------------------
+@main.command()
+@click.option("--once", is_flag=True, help="Run at most one due task, then exit.")
+def run(once: bool) -> None:
+    """Run the agent: claim tasks and deploy them until stopped (SIGTERM/SIGINT)."""
+    settings = load_settings()
+    sys.exit(run_async(_run(settings, once=once)))
+
+
+async def _run(settings: AgentSettings, *, once: bool) -> int:
+    from wrktalk_agent.runtime import Agent
+
+    log = get_logger(agent_id=settings.agent_id)
+    services = await open_services(settings)
+    agent = Agent(services)
+    agent.install_signal_handlers()
+    http = None
+    try:
+        if settings.http_port is not None and not once:
+            http = await _start_http(agent, settings)
+        log.info(
+            "agent.started",
+            version=__version__,
+            database=settings.masked_dsn(),
+            deployer=services.deployer.name,
+            maintenance=services.maintenance.name if services.maintenance else None,
+            notifiers=[n.name for n in services.notifiers],
+        )
+        return await agent.run(once=once)
+    finally:
+        if http is not None:
+            await http.close()
+        await services.repo.close()
+
+
+async def _start_http(agent: Any, settings: AgentSettings) -> Any:
+    from wrktalk_agent.http import HealthState, start_http_server
+
+    state = HealthState(loop_stuck_after=max(60.0, 3 * settings.poll_interval))
+    agent.on_tick = state.tick
+
+    async def ready() -> bool:
+        async with agent.repo.pool.acquire(timeout=3) as conn:
+            await asyncio.wait_for(conn.fetchval("SELECT 1"), 3)
+        return True
+
+    return await start_http_server(settings.http_host, settings.http_port or 0, state, ready)
+
+
+# -- maintenance -----------------------------------------------------------------------
+@main.command()
+@click.argument("action", type=click.Choice(["on", "off", "status"]))
+@click.option("--reason", default="operator request", show_default=True)
+def maintenance(action: str, reason: str) -> None:
+    """Turn maintenance mode on or off by hand, or show it."""
+    settings = load_settings()
+    if settings.maintenance_name is None:
+        raise Failure("WRKTALK_AGENT_MAINTENANCE_MODE_HANDLER is 'none': nothing to switch", 2)
+    log = get_logger(agent_id=settings.agent_id)
+
+    async def act(repo: Repository) -> bool:
+        registry = make_registry(settings)
+        handler = registry.instantiate(
+            "maintenance handler", settings.maintenance_name or "", plugin_context(settings, repo)
+        )
+        try:
+            if action == "on":
+                await handler.enable(reason)
+                await repo.set_maintenance_flag(True)
+                log.info("maintenance.operator_on", reason=reason)
+            elif action == "off":
+                await handler.disable()
+                await repo.set_maintenance_flag(False)
+                log.info("maintenance.operator_off", reason=reason)
+            return bool(await handler.status())
+        except BackendError as exc:
+            raise Failure(f"{handler.name}: {exc}") from None
+
+    state = run_async(with_repo(settings, act))
+    click.echo(f"maintenance mode is {'ON' if state else 'off'} ({settings.maintenance_name})")
+
+
+# -- check -----------------------------------------------------------------------------
+@main.command()
+@click.option("--json", "as_json", is_flag=True)
+def check(as_json: bool) -> None:
+    """Preflight: database, schema, plugins, work dir, keys. Exit 1 on any failure."""
+    from wrktalk_agent.preflight import format_checks, run_checks
+
+    settings = load_settings()
+    results = run_async(run_checks(settings, make_registry(settings), None))
+    if as_json:
+        print_json([{"name": r.name, "ok": r.ok, "detail": r.detail} for r in results])
+    else:
+        click.echo(format_checks(results))
+    if not all(r.ok for r in results):
+        sys.exit(1)
+
+
+# -- tui -------------------------------------------------------------------------------
+@main.command()
+@click.option("--read-only", is_flag=True, help="Hide the actions (rollback, deploy, cancel).")
+def tui(read_only: bool) -> None:
+    """Live dashboard for operators (needs the `tui` extra)."""
+    settings = load_settings(log_format="json", log_level="error")
+    try:
+        from wrktalk_agent.tui import run as run_tui
+    except ImportError as exc:
+        raise Failure(f"the dashboard needs Textual: pip install 'wrktalk-agent[tui]' ({exc})", 2) from None
+    sys.exit(run_tui(settings, read_only=read_only))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main(prog_name="wrktalk-agent")

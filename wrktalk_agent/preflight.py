@@ -1,0 +1,170 @@
+"""``wrktalk-agent check``: everything the agent needs, one line per check.
+
+Every check runs even when an earlier one failed, so an operator fixes all problems in
+one round; a failing check is a line, never a traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+from wrktalk_agent.config import AgentSettings
+from wrktalk_agent.db import DatabaseUnavailable, Repository
+from wrktalk_agent.interfaces import CheckResult, PluginContext, Recipient, SmtpConfig
+from wrktalk_agent.plugins import Kind, PluginError, PluginRegistry, SettingsError
+from wrktalk_agent.signing import load_trusted_keys
+
+__all__ = ["format_checks", "run_checks"]
+
+
+class _UnreachableDirectory:
+    """The plugins' view of the database when it is down: every question fails the same
+    way, so a notifier check that needs the SMTP config says why it could not get it."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+    async def active_admins(self) -> list[Recipient]:
+        raise DatabaseUnavailable(self.reason)
+
+    async def smtp_config(self) -> SmtpConfig:
+        raise DatabaseUnavailable(self.reason)
+
+
+async def run_checks(
+    settings: AgentSettings,
+    registry: PluginRegistry,
+    context: PluginContext | None = None,
+    *,
+    db_timeout: float = 10.0,
+    plugin_timeout: float = 60.0,
+) -> list[CheckResult]:
+    """Run every preflight check; ``context`` defaults to one whose directory reads the
+    configured database. ``plugin_timeout`` bounds each plugin's own ``check()``."""
+    results: list[CheckResult] = []
+    repo: Repository | None = None
+    unreachable = ""
+    # Two connections are plenty for a check; the configured pool may be larger.
+    small = settings.model_copy(update={"db_pool_min_size": 1, "db_pool_max_size": 2})
+    try:
+        try:
+            repo = await Repository.connect(small, timeout=db_timeout)
+        except DatabaseUnavailable as exc:
+            unreachable = str(exc)
+        except Exception as exc:  # e.g. an unknown role: still one line, not a traceback
+            unreachable = f"cannot connect to PostgreSQL at {settings.server_label()}: {exc}"
+        if repo is None:
+            results.append(CheckResult("database", False, unreachable))
+            results.append(CheckResult("schema", False, "not checked: database unreachable"))
+        else:
+            detail = f"PostgreSQL at {settings.server_label()} reachable ({settings.masked_dsn()})"
+            results.append(CheckResult("database", True, detail))
+            results.append(await _schema_check(repo))
+
+        if context is None:
+            context = PluginContext(
+                agent_id=settings.agent_id,
+                installation=settings.installation_name,
+                work_dir=settings.work_dir,
+                directory=repo if repo is not None else _UnreachableDirectory(unreachable),
+            )
+        for kind, name in _selected_backends(settings):
+            results.extend(await _plugin_checks(registry, kind, name, context, plugin_timeout))
+        results.append(_work_dir_check(settings.work_dir))
+        results.append(_trusted_keys_check(settings.trusted_keys))
+    finally:
+        if repo is not None:
+            await repo.close()
+    return results
+
+
+async def _schema_check(repo: Repository) -> CheckResult:
+    try:
+        problems = await repo.check_schema()
+    except Exception as exc:
+        return CheckResult("schema", False, f"could not inspect the schema: {exc}")
+    if problems:
+        return CheckResult("schema", False, "; ".join(problems) + " (run `wrktalk-agent db init`)")
+    return CheckResult("schema", True, "all tables, columns, indexes and the trigger present")
+
+
+def _selected_backends(settings: AgentSettings) -> list[tuple[Kind, str]]:
+    selected: list[tuple[Kind, str]] = [("deployer", settings.deployer_name)]
+    if settings.maintenance_name is not None:
+        selected.append(("maintenance handler", settings.maintenance_name))
+    selected.extend(("notifier", name) for name in settings.notifiers)
+    return selected
+
+
+async def _plugin_checks(
+    registry: PluginRegistry, kind: Kind, name: str, context: PluginContext, timeout: float
+) -> list[CheckResult]:
+    label = f"{kind} {name}"
+    try:
+        backend = registry.instantiate(kind, name, context)
+    except SettingsError as exc:
+        return [CheckResult(label, False, "; ".join(exc.lines))]
+    except PluginError as exc:
+        return [CheckResult(label, False, str(exc))]
+    except Exception as exc:  # instantiate wraps most errors; third-party code may still surprise
+        return [CheckResult(label, False, f"could not start: {type(exc).__name__}: {exc}")]
+    try:
+        async with asyncio.timeout(timeout):
+            lines = list(await backend.check())
+    except TimeoutError:
+        return [CheckResult(label, False, f"check() did not finish within {timeout:g}s")]
+    except Exception as exc:
+        return [CheckResult(label, False, f"check() raised {type(exc).__name__}: {exc}")]
+    if not lines:
+        return [CheckResult(label, True, "loaded; the plugin has nothing to check")]
+    results = []
+    for line in lines:
+        if isinstance(line, CheckResult):
+            results.append(CheckResult(f"{label}: {line.name}", line.ok, line.detail))
+        else:
+            results.append(
+                CheckResult(label, False, f"check() returned {line!r}, not a CheckResult")
+            )
+    return results
+
+
+def _work_dir_check(work_dir: Path) -> CheckResult:
+    try:
+        work_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=work_dir, prefix=".check-") as probe:
+            probe.write(b"wrktalk-agent preflight\n")
+            probe.flush()
+        free = shutil.disk_usage(work_dir).free
+    except OSError as exc:
+        return CheckResult("work dir", False, f"{work_dir} is not writable: {exc.strerror or exc}")
+    return CheckResult("work dir", True, f"{work_dir} writable, {free / 1024**3:.1f} GiB free")
+
+
+def _trusted_keys_check(entries: Sequence[str]) -> CheckResult:
+    if not entries:
+        return CheckResult("trusted keys", True, "none configured: signatures are not verified")
+    try:
+        keys = load_trusted_keys(entries)
+    except ValueError as exc:
+        return CheckResult("trusted keys", False, str(exc))
+    return CheckResult("trusted keys", True, f"{len(keys)} Ed25519 key(s) loaded")
+
+
+def format_checks(results: Sequence[CheckResult]) -> str:
+    """A table for humans: status, check, detail; and a closing summary line."""
+    width = max((len(r.name) for r in results), default=0)
+    lines = []
+    for result in results:
+        detail = " ".join(result.detail.split())  # multi-line details stay on their row
+        status = "ok" if result.ok else "FAIL"
+        lines.append(f"{status:<4}  {result.name:<{width}}  {detail}".rstrip())
+    failed = sum(not r.ok for r in results)
+    if failed:
+        lines.append(f"{failed} of {len(results)} checks failed")
+    else:
+        lines.append(f"all {len(results)} checks passed")
+    return "\n".join(lines)

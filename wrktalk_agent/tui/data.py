@@ -1,0 +1,279 @@
+"""What the dashboard reads and writes, through the Repository; no Textual in here.
+
+The widgets never see SQL or a connection: the app's workers call :class:`DashboardSource`
+and turn its answers (or its :class:`SourceUnavailable`) into messages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+import socket
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Literal
+from uuid import UUID
+
+import asyncpg
+
+from wrktalk_agent.config import AgentSettings
+from wrktalk_agent.db.models import AgentInstance, ArtifactInfo, Task, TaskEvent, TaskStatus
+from wrktalk_agent.db.repository import (
+    CONNECTION_ERRORS,
+    DatabaseUnavailable,
+    Repository,
+    connect_once,
+)
+from wrktalk_agent.db.schema import NOTIFY_CHANNEL
+
+Clock = Callable[[], datetime]
+TaskTypeFilter = Literal["deploy", "rollback"]
+
+#: How many tasks and releases the tables show (newest first).
+TASK_LIMIT = 100
+RELEASE_LIMIT = 200
+#: Agents that have not polled for a day are gone, not merely stale.
+AGENT_WINDOW = timedelta(hours=24)
+#: A query that takes longer than this counts as a lost connection (a half-open TCP
+#: connection would otherwise hang the refresh loop forever).
+QUERY_TIMEOUT = 10.0
+#: The LISTEN connection is checked this often: a silent network drop sends no FIN.
+LISTENER_KEEPALIVE = 15.0
+
+
+class SourceUnavailable(Exception):
+    """The database could not answer; the message is fit for the status bar (no secrets)."""
+
+
+class ActionRefused(Exception):
+    """An action that makes no sense in the current state (e.g. no previous release)."""
+
+
+@dataclass(frozen=True)
+class Filters:
+    status: TaskStatus | None = None
+    task_type: TaskTypeFilter | None = None
+
+
+@dataclass(frozen=True)
+class Overview:
+    maintenance: bool
+    last_agent_poll: datetime | None
+    current_id: UUID | None
+    current_version: str | None
+    previous_id: UUID | None
+    previous_version: str | None
+    pending_count: int
+
+
+@dataclass(frozen=True)
+class Running:
+    """A task in progress and its latest timeline entry (the step it is in)."""
+
+    task: Task
+    step: TaskEvent | None
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Everything the main screen shows, read in one refresh."""
+
+    #: the instant ages are measured from: the database's clock, so that a laptop with a
+    #: wrong clock does not call a healthy agent stale (tests inject a fixed one)
+    now: datetime
+    filters: Filters
+    overview: Overview
+    tasks: list[Task]
+    running: list[Running]
+    agents: list[AgentInstance]
+    releases: list[ArtifactInfo]
+    stale_after: float
+    step_of: dict[UUID, TaskEvent] = field(init=False)
+
+    def __post_init__(self) -> None:
+        steps = {r.task.id: r.step for r in self.running if r.step is not None}
+        object.__setattr__(self, "step_of", steps)
+
+    def agent_last_seen(self, agent: AgentInstance) -> datetime:
+        """An agent busy with a deploy stops polling but keeps heartbeating its task."""
+        if agent.last_heartbeat is not None and agent.last_heartbeat > agent.last_poll:
+            return agent.last_heartbeat
+        return agent.last_poll
+
+
+@dataclass(frozen=True)
+class TaskDetail:
+    now: datetime
+    task: Task
+    events: list[TaskEvent]
+
+
+class DashboardSource:
+    """The dashboard's connection to PostgreSQL: connects lazily and reconnects after
+    outages (the asyncpg pool replaces broken connections), so no error here is fatal."""
+
+    def __init__(self, settings: AgentSettings, *, clock: Clock | None = None) -> None:
+        # A dashboard needs few connections; an idle one is enough between refreshes.
+        self.settings = settings.model_copy(update={"db_pool_min_size": 1, "db_pool_max_size": 3})
+        self.clock = clock
+        self._repo: Repository | None = None
+        self._connecting = asyncio.Lock()
+        self._skew = timedelta(0)
+
+    async def close(self) -> None:
+        if self._repo is not None:
+            repo, self._repo = self._repo, None
+            await repo.close()
+
+    # -- reads -------------------------------------------------------------------------
+    async def snapshot(self, filters: Filters) -> Snapshot:
+        async with self._repository() as repo:
+            overview = await repo.dashboard_overview()
+            now = self._now(overview["now"])
+            tasks = await repo.dashboard_tasks(
+                status=filters.status, task_type=filters.task_type, limit=TASK_LIMIT
+            )
+            running = [Running(t, e) for t, e in await repo.dashboard_running()]
+            agents = await repo.dashboard_agents(now - AGENT_WINDOW)
+            releases = await repo.dashboard_releases(RELEASE_LIMIT)
+        return Snapshot(
+            now=now,
+            filters=filters,
+            overview=Overview(
+                maintenance=overview["maintenance"],
+                last_agent_poll=overview["last_agent_poll"],
+                current_id=overview["current_id"],
+                current_version=overview["current_version"],
+                previous_id=overview["previous_id"],
+                previous_version=overview["previous_version"],
+                pending_count=overview["pending_count"],
+            ),
+            tasks=tasks,
+            running=running,
+            agents=agents,
+            releases=releases,
+            stale_after=self.settings.stale_after_seconds,
+        )
+
+    async def detail(self, task_id: UUID) -> TaskDetail | None:
+        async with self._repository() as repo:
+            task = await repo.get_task(task_id)
+            if task is None:
+                return None
+            events = await repo.task_events(task_id)
+        return TaskDetail(now=self.now(), task=task, events=events)
+
+    def now(self) -> datetime:
+        """The database's clock as of now (see :attr:`Snapshot.now`), or the injected one."""
+        if self.clock is not None:
+            return self.clock()
+        return datetime.now(UTC) + self._skew
+
+    def _now(self, database_now: datetime) -> datetime:
+        # Remember how far the local clock is off, so ages tick correctly between refreshes.
+        self._skew = database_now - datetime.now(UTC)
+        return self.now()
+
+    # -- actions -----------------------------------------------------------------------
+    async def request_rollback(self, previous_id: UUID) -> Task:
+        """Queue a rollback to ``previous_id``, the release the operator confirmed."""
+        async with self._repository() as repo:
+            previous = await repo.previous_release()
+            if previous is None or previous.id != previous_id:
+                raise ActionRefused(
+                    "the previous release changed since the dialog opened; nothing was queued"
+                )
+            return await repo.create_task("rollback", previous_id)
+
+    async def deploy(self, release_id: UUID, execute_after: datetime | None) -> Task:
+        async with self._repository() as repo:
+            return await repo.create_task("deploy", release_id, execute_after)
+
+    async def cancel(self, task_id: UUID) -> Task:
+        async with self._repository() as repo:
+            task = await repo.cancel_task(task_id, f"cancelled by {_operator()} (dashboard)")
+        if task is None:
+            raise ActionRefused("the task is no longer pending; nothing was cancelled")
+        return task
+
+    # -- live updates --------------------------------------------------------------------
+    async def listen(
+        self, on_change: Callable[[], None], on_state: Callable[[str | None], None]
+    ) -> None:
+        """LISTEN for task changes forever on a connection of its own, reconnecting with
+        backoff. ``on_state(None)`` means listening, a message means not listening; every
+        (re)connect calls ``on_change`` too, since changes may have been missed."""
+        delay = 1.0
+        while True:
+            try:
+                conn = await connect_once(self.settings, timeout=QUERY_TIMEOUT)
+            except (DatabaseUnavailable, asyncpg.PostgresError) as exc:
+                on_state(f"live updates off: {exc}")
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+                continue
+            try:
+                await self._listen_on(conn, on_change, on_state)
+                delay = 1.0
+            except (*CONNECTION_ERRORS, asyncpg.PostgresError) as exc:
+                on_state(f"live updates lost: {_reason(exc)}")
+            finally:
+                if not conn.is_closed():
+                    conn.terminate()
+
+    async def _listen_on(
+        self,
+        conn: asyncpg.Connection,
+        on_change: Callable[[], None],
+        on_state: Callable[[str | None], None],
+    ) -> None:
+        lost = asyncio.Event()
+        conn.add_termination_listener(lambda _conn: lost.set())
+        await conn.add_listener(NOTIFY_CHANNEL, lambda *_args: on_change())
+        on_state(None)
+        on_change()
+        while not lost.is_set():
+            try:
+                await asyncio.wait_for(lost.wait(), timeout=LISTENER_KEEPALIVE)
+            except TimeoutError:
+                await conn.execute("SELECT 1", timeout=QUERY_TIMEOUT)
+        raise ConnectionResetError("the LISTEN connection was closed")
+
+    # -- plumbing ------------------------------------------------------------------------
+    @asynccontextmanager
+    async def _repository(self) -> AsyncIterator[Repository]:
+        with self._translate_errors():
+            async with asyncio.timeout(QUERY_TIMEOUT):
+                async with self._connecting:
+                    if self._repo is None:
+                        self._repo = await Repository.connect(self.settings, timeout=5.0)
+                yield self._repo
+
+    @contextmanager
+    def _translate_errors(self) -> Iterator[None]:
+        server = self.settings.server_label()
+        try:
+            yield
+        except DatabaseUnavailable as exc:
+            raise SourceUnavailable(str(exc)) from None
+        except CONNECTION_ERRORS as exc:
+            raise SourceUnavailable(f"lost PostgreSQL at {server}: {_reason(exc)}") from None
+        except asyncpg.PostgresError as exc:
+            # e.g. a database being shut down, or a schema the agent has not migrated yet
+            raise SourceUnavailable(f"PostgreSQL at {server}: {_reason(exc)}") from None
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _operator() -> str:
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # a container user without a passwd entry
+        user = "operator"
+    return f"{user}@{socket.gethostname()}"
+

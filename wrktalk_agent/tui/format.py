@@ -1,0 +1,156 @@
+"""How the dashboard writes times, sizes, statuses and task results (pure functions)."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from rich.text import Text
+
+#: One colour per task status, so a failed deploy catches the eye among completed ones.
+STATUS_STYLES: dict[str, str] = {
+    "pending": "yellow",
+    "inProgress": "bold cyan",
+    "completed": "green",
+    "failed": "bold red",
+}
+
+EVENT_STYLES: dict[str, str] = {
+    "started": "cyan",
+    "succeeded": "green",
+    "failed": "bold red",
+    "skipped": "dim",
+    "info": "",
+}
+
+#: Keys whose values are never shown, wherever they sit in a task result.
+SECRET_KEY = re.compile(r"password|passwd|secret|token|credential|api[_-]?key|private[_-]?key|"
+                        r"authorization|dsn|env_data|values_data", re.I)  # fmt: skip
+#: ``user:password@`` in URLs and ``PASSWORD=...`` lines inside tool output.
+_URL_PASSWORD = re.compile(r"(\w+://[^:/@\s]+:)[^@\s]+@")
+_ASSIGNED_SECRET = re.compile(
+    r"(\b[\w.-]*(?:password|passwd|secret|token|api[_-]?key)[\w.-]*\s*[=:]\s*)(\"[^\"]*\"|\S+)",
+    re.I,
+)
+MASK = "***"
+
+
+def mask_secrets(value: Any) -> Any:
+    """A copy of a JSON value with secret-looking keys and embedded credentials masked.
+
+    The result column is written by plugins we do not control: the dashboard is the last
+    place a leaked password could be shown, so it masks whatever looks like one.
+    """
+    if isinstance(value, dict):
+        return {
+            key: MASK if SECRET_KEY.search(str(key)) and item is not None else mask_secrets(item)
+            for key, item in value.items()
+        }
+    if isinstance(value, list):
+        return [mask_secrets(item) for item in value]
+    if isinstance(value, str):
+        return _ASSIGNED_SECRET.sub(rf"\1{MASK}", _URL_PASSWORD.sub(rf"\1{MASK}@", value))
+    return value
+
+
+def clock_time(moment: datetime | None, now: datetime) -> str:
+    """UTC time of day for today's moments, month-day and minutes for older ones."""
+    if moment is None:
+        return "—"
+    moment, now = moment.astimezone(UTC), now.astimezone(UTC)
+    if moment.date() == now.date():
+        return moment.strftime("%H:%M:%S")
+    if moment.year == now.year:
+        return moment.strftime("%m-%d %H:%M")
+    return moment.strftime("%Y-%m-%d")
+
+
+def full_time(moment: datetime | None) -> str:
+    return "—" if moment is None else moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def span(seconds: float) -> str:
+    """A compact length of time: ``850ms``, ``42s``, ``3m05s``, ``2h10m``, ``3d4h``."""
+    if seconds < 0:
+        seconds = 0
+    if seconds < 1:
+        return f"{seconds * 1000:.0f}ms"
+    if seconds < 60:
+        return f"{seconds:.0f}s" if seconds >= 10 else f"{seconds:.1f}s"
+    minutes, secs = divmod(int(seconds), 60)
+    if minutes < 60:
+        return f"{minutes}m{secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 24:
+        return f"{hours}h{minutes:02d}m"
+    days, hours = divmod(hours, 24)
+    return f"{days}d{hours}h"
+
+
+def duration(start: datetime | None, end: datetime | None) -> str:
+    if start is None or end is None:
+        return "—"
+    return span((end - start).total_seconds())
+
+
+def age(moment: datetime | None, now: datetime) -> str:
+    return "—" if moment is None else span((now - moment).total_seconds()) + " ago"
+
+
+def is_stale(moment: datetime | None, now: datetime, stale_after: float) -> bool:
+    return moment is None or now - moment > timedelta(seconds=stale_after)
+
+
+def status_text(status: str) -> Text:
+    return Text(status, style=STATUS_STYLES.get(status, ""))
+
+
+def event_status_text(status: str) -> Text:
+    return Text(status, style=EVENT_STYLES.get(status, ""))
+
+
+def first_line(text: str | None, width: int = 120) -> str:
+    if not text:
+        return ""
+    line = text.strip().splitlines()[0] if text.strip() else ""
+    return line if len(line) <= width else line[: width - 1] + "…"
+
+
+def human_size(size: int) -> str:
+    if size < 1000:
+        return f"{size} B"
+    amount = size / 1000
+    for unit in ("kB", "MB"):
+        if amount < 1000:
+            return f"{amount:.1f} {unit}"
+        amount /= 1000
+    return f"{amount:.1f} GB"
+
+
+def short_sha(sha256: str) -> str:
+    return sha256[:12]
+
+
+def short_id(value: object) -> str:
+    return str(value)[:8]
+
+
+def parse_when(text: str, now: datetime) -> datetime | None:
+    """An operator's "when" for a deploy: empty means now (``None``); otherwise an ISO 8601
+    time, read as UTC when it has no offset. Raises ``ValueError`` for text that is not a
+    time or a time in the past (a mistyped year would otherwise deploy at once)."""
+    text = text.strip()
+    if not text:
+        return None
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"not an ISO 8601 time: {text!r} (e.g. 2025-06-01T22:00)") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    if moment <= now:
+        raise ValueError(
+            f"{full_time(moment)} is in the past; leave the field empty to deploy now"
+        )
+    return moment

@@ -1,0 +1,232 @@
+"""The main screen's widgets. They only display what they are given: no database here."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+from rich.text import Text
+from textual.binding import Binding
+from textual.widgets import DataTable, Static
+
+from wrktalk_agent.db.models import AgentInstance, ArtifactInfo, Task, TaskEvent
+from wrktalk_agent.tui import format as fmt
+from wrktalk_agent.tui.data import Filters, Snapshot
+
+Cells = tuple[Text, ...]
+
+
+class KeyedTable(DataTable[Text]):
+    """A row-cursor table refilled on every refresh that keeps the operator's place: the
+    selected row stays selected by key, not by position, when new rows arrive on top."""
+
+    def on_mount(self) -> None:
+        self.cursor_type = "row"
+        self.zebra_stripes = True
+
+    def replace_rows(self, rows: Sequence[tuple[str, Cells]]) -> None:
+        selected, row_index = self.selected_key, self.cursor_row
+        self.clear()
+        for key, cells in rows:
+            self.add_row(*cells, key=key)
+        keys = [key for key, _ in rows]
+        if selected in keys:
+            self.move_cursor(row=keys.index(selected))
+        elif rows:
+            self.move_cursor(row=min(row_index, len(rows) - 1))
+
+    @property
+    def selected_key(self) -> str | None:
+        if self.row_count == 0 or not self.is_valid_row_index(self.cursor_row):
+            return None
+        return self.coordinate_to_cell_key(self.cursor_coordinate).row_key.value
+
+
+class TasksTable(KeyedTable):
+    BINDINGS = [Binding("enter", "select_cursor", "Detail")]
+
+    def on_mount(self) -> None:
+        super().on_mount()
+        for label, key in (
+            ("Status", "status"), ("Type", "type"), ("Version", "version"),
+            ("Picked up / due", "when"), ("Took", "took"), ("Step / error", "info"),
+            ("Agent", "agent"),
+        ):  # fmt: skip
+            self.add_column(label, key=key)
+
+    def show(self, snapshot: Snapshot) -> None:
+        self.replace_rows([(str(t.id), task_cells(t, snapshot)) for t in snapshot.tasks])
+
+
+def task_cells(task: Task, snapshot: Snapshot) -> Cells:
+    now = snapshot.now
+    if task.status == "pending":
+        when = Text(
+            "due " + fmt.clock_time(task.execute_after, now) if task.execute_after else "queued",
+            style="yellow",
+        )
+    else:
+        when = Text(fmt.clock_time(task.picked_up_at, now))
+    end = task.completed_at or (now if task.status == "inProgress" else None)
+    if task.status == "inProgress":
+        info = running_info(task, snapshot.step_of.get(task.id), snapshot)
+    else:
+        info = Text(fmt.first_line(task.error_message, 200), style="red")
+    return (
+        fmt.status_text(task.status),
+        Text(task.type),
+        Text(task.release_version or "—"),
+        when,
+        Text(fmt.duration(task.picked_up_at, end)),
+        info,
+        Text(task.claimed_by or ""),
+    )
+
+
+def running_info(task: Task, step: TaskEvent | None, snapshot: Snapshot) -> Text:
+    """``▶ <step> 12s · ♥ 3s ago`` — the heartbeat turns red once the task counts as stale."""
+    text = Text("▶ ", style="cyan")
+    if step is None:
+        text.append("claimed", style="bold")
+    else:
+        text.append(step.step, style="bold")
+        text.append(f" {fmt.span((snapshot.now - step.created_at).total_seconds())}")
+    stale = fmt.is_stale(task.last_heartbeat, snapshot.now, snapshot.stale_after)
+    text.append(" · ♥ " + fmt.age(task.last_heartbeat, snapshot.now), style="bold red" if stale else "")
+    return text
+
+
+class AgentsTable(KeyedTable):
+    def on_mount(self) -> None:
+        super().on_mount()
+        for label in ("Agent", "State", "Last seen", "Heartbeat", "Task", "Host", "Version"):
+            self.add_column(label, key=label.lower())
+
+    def show(self, snapshot: Snapshot) -> None:
+        self.replace_rows([(a.agent_id, agent_cells(a, snapshot)) for a in snapshot.agents])
+
+
+def agent_cells(agent: AgentInstance, snapshot: Snapshot) -> Cells:
+    now = snapshot.now
+    stale = fmt.is_stale(snapshot.agent_last_seen(agent), now, snapshot.stale_after)
+    running = {r.task.id: r.task for r in snapshot.running}
+    task = running.get(agent.current_task_id) if agent.current_task_id else None
+    if task is not None:
+        task_text = Text(f"{task.type} {task.release_version or ''}".strip(), style="cyan")
+    else:
+        task_text = Text(fmt.short_id(agent.current_task_id) if agent.current_task_id else "idle")
+    return (
+        Text(agent.agent_id, style="bold red" if stale else "bold"),
+        Text("STALE", style="bold white on red") if stale else Text("alive", style="green"),
+        Text(fmt.age(agent.last_poll, now)),
+        Text(fmt.age(agent.last_heartbeat, now) if agent.last_heartbeat else "—"),
+        task_text,
+        Text(f"{agent.hostname}:{agent.pid}"),
+        Text(agent.version),
+    )
+
+
+class ReleasesTable(KeyedTable):
+    def on_mount(self) -> None:
+        super().on_mount()
+        for label in ("Version", "Live", "Chart", "Size", "SHA-256", "Signed", "Applied", "Created"):
+            self.add_column(label, key=label.lower())
+
+    def show(self, snapshot: Snapshot) -> None:
+        self.replace_rows([(str(r.id), release_cells(r, snapshot.now)) for r in snapshot.releases])
+
+    def selected_release(self, snapshot: Snapshot | None) -> ArtifactInfo | None:
+        key = self.selected_key
+        if snapshot is None or key is None:
+            return None
+        return next((r for r in snapshot.releases if str(r.id) == key), None)
+
+
+def release_cells(release: ArtifactInfo, now: datetime) -> Cells:
+    if release.is_current:
+        flag = Text("current", style="bold green")
+    elif release.is_previous:
+        flag = Text("previous", style="yellow")
+    else:
+        flag = Text("")
+    return (
+        Text(release.release_version, style="bold" if release.is_current else ""),
+        flag,
+        Text(release.chart_type),
+        Text(fmt.human_size(release.size), justify="right"),
+        Text(fmt.short_sha(release.sha256)),
+        Text("signed", style="green") if release.signature else Text("no", style="dim"),
+        Text(fmt.clock_time(release.applied_at, now)),
+        Text(fmt.clock_time(release.created_at, now)),
+    )
+
+
+class FilterBar(Static):
+    def show(self, filters: Filters) -> None:
+        self.update(
+            Text.assemble(
+                ("status ", "dim"), (filters.status or "all", "bold"),
+                ("  type ", "dim"), (filters.task_type or "all", "bold"),
+                ("   (s / t to change)", "dim"),
+            )  # fmt: skip
+        )
+
+
+class Overview(Static):
+    """Two lines an operator reads first: what is live, whether maintenance is on, whether
+    the agents are alive, and what is running right now."""
+
+    def show(self, snapshot: Snapshot, installation: str) -> None:
+        overview, now = snapshot.overview, snapshot.now
+        stale = sum(
+            fmt.is_stale(snapshot.agent_last_seen(a), now, snapshot.stale_after)
+            for a in snapshot.agents
+        )
+        alive = len(snapshot.agents) - stale
+        first = Text.assemble(
+            (f"{installation}  ", "bold"),
+            ("live ", "dim"), (overview.current_version or "none", "bold green"),
+            ("  previous ", "dim"), (overview.previous_version or "none", ""),
+            ("  agents ", "dim"), (f"{alive} alive", "green" if alive else "bold red"),
+        )  # fmt: skip
+        if stale:
+            first.append(f" · {stale} stale", style="bold red")
+        first.append("  pending ", style="dim")
+        first.append(str(overview.pending_count), style="yellow" if overview.pending_count else "")
+        second = Text()
+        for running in snapshot.running:
+            task = running.task
+            second.append(f"{task.type} {task.release_version or ''} ", style="bold cyan")
+            second.append_text(running_info(task, running.step, snapshot))
+            second.append(f" · {task.claimed_by or 'unknown agent'}  ", style="dim")
+        if not snapshot.running:
+            second.append("no task running", style="dim")
+        self.update(Text("\n").join([first, second]))
+
+
+class MaintenanceBadge(Static):
+    def show(self, enabled: bool) -> None:
+        self.set_class(enabled, "on")
+        self.update(" MAINTENANCE ON " if enabled else " maintenance off ")
+
+
+class StatusBar(Static):
+    """Connection state: healthy (with the time of the last refresh), or what went wrong
+    and when the next attempt is."""
+
+    def show_ok(self, refreshed: datetime, listener_error: str | None) -> None:
+        self.remove_class("error")
+        text = Text.assemble(("● ", "green"), "connected · refreshed ", fmt.full_time(refreshed))
+        if listener_error is None:
+            text.append(" · live updates on", style="dim")
+        else:
+            text.append(" · live updates reconnecting, polling meanwhile", style="yellow")
+        self.update(text)
+
+    def show_error(self, error: str, retry_in: float, last_good: datetime | None) -> None:
+        self.add_class("error")
+        text = Text.assemble("✖ ", error, f" · retrying in {fmt.span(retry_in)}")
+        if last_good is not None:
+            text.append(f" · data as of {fmt.full_time(last_good)}")
+        self.update(text)
+
