@@ -150,8 +150,11 @@ async def test_health_check_failure_triggers_rollback(
     make_agent, recording_settings, recording, repo
 ):
     settings = recording_settings.model_copy(
-        update={"healthcheck_url": "http://127.0.0.1:9/health", "healthcheck_retries": 2,
-                "healthcheck_timeout": 0.5}
+        update={
+            "healthcheck_url": "http://127.0.0.1:9/health",
+            "healthcheck_retries": 2,
+            "healthcheck_timeout": 0.5,
+        }
     )
     await repo.create_task("deploy", (await add_release(repo, "1.0.0")).id)
     agent = await make_agent(recording_settings)

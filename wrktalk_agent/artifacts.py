@@ -87,9 +87,7 @@ async def fetch_artifact(
     with os.fdopen(fd, "wb") as out:
         if artifact.size > 0:
             async with conn.transaction(readonly=True):
-                cursor = conn.cursor(
-                    _SLICES, artifact.id, chunk_bytes, artifact.size, prefetch=2
-                )
+                cursor = conn.cursor(_SLICES, artifact.id, chunk_bytes, artifact.size, prefetch=2)
                 async for row in cursor:
                     chunk: bytes = row[0]
                     written += len(chunk)
@@ -103,8 +101,12 @@ async def fetch_artifact(
         )
     actual = digest.hexdigest()
     if actual != artifact.sha256.strip().lower():
-        raise ArtifactError(f"sha256 mismatch: expected {artifact.sha256.strip().lower()}, got {actual}")
-    return FetchedArtifact(path=path, size=written, sha256=actual, seconds=time.perf_counter() - started)
+        raise ArtifactError(
+            f"sha256 mismatch: expected {artifact.sha256.strip().lower()}, got {actual}"
+        )
+    return FetchedArtifact(
+        path=path, size=written, sha256=actual, seconds=time.perf_counter() - started
+    )
 
 
 def check_signature(artifact: ArtifactInfo, sha256_hex: str, trusted_keys: list) -> str:
@@ -168,7 +170,9 @@ def extract_release(
         reason = str(exc) or type(exc).__name__
         if count == 0:
             raise ArtifactError(f"not a tar archive (.tar, .tar.gz or .tgz): {reason}") from None
-        raise ArtifactError(f"corrupt or truncated archive after {count} members: {reason}") from None
+        raise ArtifactError(
+            f"corrupt or truncated archive after {count} members: {reason}"
+        ) from None
     if count == 0:
         raise ArtifactError("the archive is empty")
     return count, total

@@ -213,7 +213,9 @@ def release_add(
 
     info = run_async(with_repo(settings, add))
     signed = ", signed" if signature else ""
-    click.echo(f"stored release {version} ({info.size} bytes, sha256 {digest[:12]}…{signed}) as {info.id}")
+    click.echo(
+        f"stored release {version} ({info.size} bytes, sha256 {digest[:12]}…{signed}) as {info.id}"
+    )
 
 
 @release.command("keygen")
@@ -269,7 +271,9 @@ def _when(_ctx: Any, _param: Any, value: str | None) -> datetime | None:
     try:
         parsed = datetime.fromisoformat(value)
     except ValueError:
-        raise click.BadParameter(f"{value!r} is not an ISO time like 2026-01-31T22:00:00+00:00") from None
+        raise click.BadParameter(
+            f"{value!r} is not an ISO time like 2026-01-31T22:00:00+00:00"
+        ) from None
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC).astimezone(UTC)
 
 
@@ -283,7 +287,9 @@ def task_deploy(version: str, after: datetime | None) -> None:
     async def create(repo: Repository) -> Any:
         artifact = await repo.release_by_version(version)
         if artifact is None:
-            raise Failure(f"no release {version}; store it first with `wrktalk-agent release add`", 2)
+            raise Failure(
+                f"no release {version}; store it first with `wrktalk-agent release add`", 2
+            )
         return await repo.create_task("deploy", artifact.id, after)
 
     created = run_async(with_repo(settings, create))
@@ -340,7 +346,10 @@ def task_show(task_id: UUID) -> None:
     found, events = run_async(with_repo(settings, show))
     if found is None:
         raise Failure(f"no task {task_id}", exit_code=2)
-    click.echo(f"{found.type} {found.release_version or ''} {found.status} (agent {found.claimed_by or '-'})")
+    click.echo(
+        f"{found.type} {found.release_version or ''} {found.status} "
+        f"(agent {found.claimed_by or '-'})"
+    )
     if found.error_message:
         click.echo(f"error: {found.error_message}")
     for e in events:
@@ -354,12 +363,16 @@ def task_cancel(task_id: UUID) -> None:
     settings = load_settings()
 
     async def cancel(repo: Repository) -> Any:
-        cancelled = await repo.cancel_task(task_id, "cancelled by operator (wrktalk-agent task cancel)")
+        cancelled = await repo.cancel_task(
+            task_id, "cancelled by operator (wrktalk-agent task cancel)"
+        )
         if cancelled is None:
             existing = await repo.get_task(task_id)
             if existing is None:
                 raise Failure(f"no task {task_id}", exit_code=2)
-            raise Failure(f"task {task_id} is {existing.status}; only pending tasks can be cancelled", 2)
+            raise Failure(
+                f"task {task_id} is {existing.status}; only pending tasks can be cancelled", 2
+            )
         return cancelled
 
     run_async(with_repo(settings, cancel))
@@ -474,7 +487,9 @@ def tui(read_only: bool) -> None:
     try:
         from wrktalk_agent.tui import run as run_tui
     except ImportError as exc:
-        raise Failure(f"the dashboard needs Textual: pip install 'wrktalk-agent[tui]' ({exc})", 2) from None
+        raise Failure(
+            f"the dashboard needs Textual: pip install 'wrktalk-agent[tui]' ({exc})", 2
+        ) from None
     sys.exit(run_tui(settings, read_only=read_only))
 
 

@@ -73,7 +73,7 @@ class AgentSettings(BaseSettings):
     listen: bool = Field(True, description="Wake up on NOTIFY (LISTEN) besides polling.")
     heartbeat_interval: float = Field(60.0, gt=0, description="Seconds between heartbeats.")
     stale_after: float | None = Field(
-        None, gt=0, description="Seconds without heartbeat before a task is abandoned (3×)."
+        None, gt=0, description="Seconds without heartbeat before a task is abandoned (default 3 x heartbeat)."
     )
     shutdown_grace: float = Field(
         900.0, ge=0, description="Seconds a running task gets to finish after SIGTERM."
@@ -83,9 +83,7 @@ class AgentSettings(BaseSettings):
         Path(tempfile.gettempdir()) / "wrktalk-agent",
         description="Where artifacts are downloaded and extracted (private temp dirs).",
     )
-    max_artifact_bytes: int = Field(
-        1024**3, gt=0, description="Largest artifact accepted (bytes)."
-    )
+    max_artifact_bytes: int = Field(1024**3, gt=0, description="Largest artifact accepted (bytes).")
     max_extracted_bytes: int = Field(
         4 * 1024**3, gt=0, description="Largest total size of extracted files (bytes)."
     )
@@ -163,7 +161,8 @@ class AgentSettings(BaseSettings):
             auth += ":" + quote(password, safe="")
         host = self.db_host
         if host.startswith("/"):  # unix socket directory
-            return f"postgresql://{auth}@/{quote(self.db_name, safe='')}?host={quote(host)}&port={self.db_port}"
+            database = quote(self.db_name, safe="")
+            return f"postgresql://{auth}@/{database}?host={quote(host)}&port={self.db_port}"
         return f"postgresql://{auth}@{host}:{self.db_port}/{quote(self.db_name, safe='')}"
 
     def masked_dsn(self) -> str:

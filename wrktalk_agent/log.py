@@ -14,7 +14,9 @@ _SECRET_KEYS = re.compile(r"password|secret|token|dsn|env_data|authorization", r
 _DSN_PASSWORD = re.compile(r"(postgres(?:ql)?://[^:/@\s]+:)[^@\s]+@")
 
 
-def redact_secrets(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+def redact_secrets(
+    _: Any, __: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
     """Last line of defence: mask values of secret-looking keys and passwords in DSNs."""
     for key, value in list(event_dict.items()):
         if _SECRET_KEYS.search(key) and value is not None:

@@ -247,7 +247,9 @@ class TaskRun:
             "resolve",
             "succeeded",
             f"{self.task.type} to {self.target.release_version}"
-            + (f" (current {self.current.release_version})" if self.current else " (first release)"),
+            + (
+                f" (current {self.current.release_version})" if self.current else " (first release)"
+            ),
         )
 
     async def _materialize(self, artifact: ArtifactInfo, step_name: str) -> Path:
@@ -266,7 +268,9 @@ class TaskRun:
                     f"fetched {fetched.size} bytes in {fetched.seconds:.3f}s",
                 )
                 signature = check_signature(artifact, fetched.sha256, self.s.trusted_keys)
-                await self.event(step_name, "info", f"verified sha256 {fetched.sha256[:12]}…; {signature}")
+                await self.event(
+                    step_name, "info", f"verified sha256 {fetched.sha256[:12]}…; {signature}"
+                )
                 root = workdir / RELEASE_DIR
                 files, size = await asyncio.to_thread(
                     extract_release,
@@ -329,7 +333,9 @@ class TaskRun:
             return await method(request)
         except DeployError as exc:
             self.result.setdefault("deployer", {})["output"] = tail(exc.output)
-            raise StepFailed(str(exc), system_changed=exc.system_changed, output=exc.output) from None
+            raise StepFailed(
+                str(exc), system_changed=exc.system_changed, output=exc.output
+            ) from None
         except BackendError as exc:
             raise StepFailed(str(exc), system_changed=True) from None
 
@@ -374,7 +380,11 @@ class TaskRun:
                 )
                 await self._health_check()
                 await self.event("auto-rollback", "succeeded", f"{version} restored")
-            self.result["auto_rollback"] = {"to": version, "ok": True, "output": tail(outcome.output)}
+            self.result["auto_rollback"] = {
+                "to": version,
+                "ok": True,
+                "output": tail(outcome.output),
+            }
             return None
         except StepFailed as exc:
             self.result["auto_rollback"] = {"to": version, "ok": False, "error": str(exc)}
@@ -521,7 +531,9 @@ def _kind_for(task_type: str, status: str) -> NotificationKind:
             else NotificationKind.ROLLBACK_FAILED
         )
     return (
-        NotificationKind.DEPLOY_SUCCEEDED if status == "completed" else NotificationKind.DEPLOY_FAILED
+        NotificationKind.DEPLOY_SUCCEEDED
+        if status == "completed"
+        else NotificationKind.DEPLOY_FAILED
     )
 
 
@@ -551,7 +563,10 @@ def summarize_deliveries(outcomes: dict[str, list[dict[str, Any]]]) -> str:
             continue
         ok = sum(1 for d in deliveries if d["ok"])
         failed = [f"{d['recipient']} ({d['detail']})" for d in deliveries if not d["ok"]]
-        parts.append(f"{name}: {ok}/{len(deliveries)} delivered" + (f"; failed: {', '.join(failed)}" if failed else ""))
+        parts.append(
+            f"{name}: {ok}/{len(deliveries)} delivered"
+            + (f"; failed: {', '.join(failed)}" if failed else "")
+        )
     return "; ".join(parts)
 
 

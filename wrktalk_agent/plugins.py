@@ -149,7 +149,9 @@ class PluginRegistry:
                 if info is not None:
                     info.hooks.append(hook_name)
 
-                def register(cls: type, *, _kind: Kind = kind, _plugin: str = impl.plugin_name) -> None:
+                def register(
+                    cls: type, *, _kind: Kind = kind, _plugin: str = impl.plugin_name
+                ) -> None:
                     self._register_backend(_kind, cls, _plugin)
 
                 impl.function(register)
@@ -190,7 +192,9 @@ class PluginRegistry:
                 f"({broken.distribution or 'module'}), which failed to import: {broken.error}"
             )
         installed = ", ".join(self.names(kind)) or "none"
-        message = f"no installed plugin provides a {kind} named {name!r}; installed {kind}s: {installed}"
+        message = (
+            f"no installed plugin provides a {kind} named {name!r}; installed {kind}s: {installed}"
+        )
         failures = [p for p in self.plugins.values() if p.error]
         if failures:
             message += "; plugins that failed to import: " + ", ".join(
@@ -234,7 +238,9 @@ def format_validation_error(exc: ValidationError, model: type[BaseSettings] | No
         field_name = ".".join(str(p) for p in err["loc"]) or "settings"
         env_name = _env_name(model, field_name, prefix)
         value = err.get("input")
-        shown = "" if _is_secret_field(field_name) or isinstance(value, dict) else f" (got {value!r})"
+        shown = (
+            "" if _is_secret_field(field_name) or isinstance(value, dict) else f" (got {value!r})"
+        )
         lines.append(f"{env_name}: {err['msg']}{shown}")
     return lines
 

@@ -19,7 +19,6 @@ from typing import Any
 import asyncpg
 
 from wrktalk_agent import __version__, metrics
-from wrktalk_agent.config import AgentSettings
 from wrktalk_agent.db.models import PollResult, Task
 from wrktalk_agent.db.repository import Repository, connect_once
 from wrktalk_agent.db.schema import NOTIFY_CHANNEL
@@ -89,7 +88,7 @@ class Agent:
                 except (*DB_ERRORS, asyncpg.PostgresError) as exc:
                     failures += 1
                     delay = min(self.settings.poll_interval, 0.5 * 2 ** min(failures, 6))
-                    delay *= random.uniform(0.8, 1.2)  # noqa: S311 - jitter, not crypto
+                    delay *= random.uniform(0.8, 1.2)
                     self.log.warning("poll.failed", error=_describe(exc), retry_in=round(delay, 2))
                     if once and failures >= 5:
                         return EXIT_TASK_FAILED
@@ -147,8 +146,9 @@ class Agent:
             stop_wait = asyncio.create_task(self.stop_event.wait(), name="stop-wait")
             while not job.done():
                 self._tick()
-                done, _ = await asyncio.wait({job, stop_wait}, timeout=5.0,
-                                             return_when=asyncio.FIRST_COMPLETED)
+                done, _ = await asyncio.wait(
+                    {job, stop_wait}, timeout=5.0, return_when=asyncio.FIRST_COMPLETED
+                )
                 if stop_wait in done:
                     break
             stop_wait.cancel()
@@ -168,8 +168,9 @@ class Agent:
             if remaining <= 0:
                 break
             self._tick()
-            await asyncio.wait({job, abort_wait}, timeout=min(remaining, 5.0),
-                               return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(
+                {job, abort_wait}, timeout=min(remaining, 5.0), return_when=asyncio.FIRST_COMPLETED
+            )
         abort_wait.cancel()
         if not job.done():
             self.log.warning("task.interrupting", reason="grace period over or second signal")
@@ -257,7 +258,7 @@ class Agent:
             try:
                 conn = await connect_once(self.settings, timeout=10)
                 lost = asyncio.Event()
-                conn.add_termination_listener(lambda _c: lost.set())
+                conn.add_termination_listener(lambda _c, lost=lost: lost.set())
                 await conn.add_listener(NOTIFY_CHANNEL, self._on_notify)
                 attempt = 0
                 self.listener_connected.set()
@@ -280,7 +281,7 @@ class Agent:
                     with contextlib.suppress(Exception):
                         await asyncio.wait_for(conn.close(), timeout=2)
             attempt += 1
-            delay = min(30.0, 0.25 * 2 ** min(attempt, 7)) * random.uniform(0.8, 1.2)  # noqa: S311
+            delay = min(30.0, 0.25 * 2 ** min(attempt, 7)) * random.uniform(0.8, 1.2)
             self.wake.set()  # poll at once: NOTIFYs may have been missed
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stop_event.wait(), timeout=delay)
@@ -295,4 +296,6 @@ class Agent:
 
     def _side_task_done(self, task: asyncio.Task[None]) -> None:
         if not task.cancelled() and task.exception() is not None:
-            self.log.error("side_task.crashed", task=task.get_name(), error=_describe(task.exception()))
+            self.log.error(
+                "side_task.crashed", task=task.get_name(), error=_describe(task.exception())
+            )

@@ -80,7 +80,9 @@ class RecordingDeployer:
             "version": request.release.version,
             "current": request.current.version if request.current else None,
             "env": (request.env_file.read_text() if request.env_file else None),
-            "env_mode": (oct(request.env_file.stat().st_mode & 0o777) if request.env_file else None),
+            "env_mode": (
+                oct(request.env_file.stat().st_mode & 0o777) if request.env_file else None
+            ),
             "workdir": str(request.workdir),
             "start": start,
         }
@@ -100,7 +102,9 @@ class RecordingDeployer:
                 output="line 1\nthe tool said: " + behaviour["fail"],
                 system_changed=behaviour.get("system_changed", True),
             )
-        return DeployOutcome(output=f"{action} {request.release.version} ok", details={"pid": os.getpid()})
+        return DeployOutcome(
+            output=f"{action} {request.release.version} ok", details={"pid": os.getpid()}
+        )
 
 
 class RecordingMaintenance:

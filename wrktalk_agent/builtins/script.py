@@ -46,7 +46,9 @@ class ScriptSettings(BaseSettings):
         description="Where releases are installed (releases/<version>/) and `current` points.",
     )
     timeout: float = Field(600.0, gt=0, description="Seconds the deploy script may run.")
-    keep_releases: int = Field(2, ge=2, description="Release directories kept (current and previous at least).")
+    keep_releases: int = Field(
+        2, ge=2, description="Release directories kept (current and previous at least)."
+    )
 
 
 class ScriptDeployer:
@@ -139,7 +141,7 @@ class ScriptDeployer:
             reverse=True,
         )
         room = self.settings.keep_releases - len([p for p in dirs if p.name in keep])
-        for path in [p for p in dirs if p.name not in keep][max(room, 0):]:
+        for path in [p for p in dirs if p.name not in keep][max(room, 0) :]:
             shutil.rmtree(path, ignore_errors=True)
 
 

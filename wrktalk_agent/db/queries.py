@@ -83,7 +83,8 @@ RETURNING {TASK_COLUMNS}
 """
 
 ADD_NOTIFICATIONS = """
-UPDATE agent_task SET result = coalesce(result, '{}'::jsonb) || jsonb_build_object('notifications', $2::jsonb)
+UPDATE agent_task
+SET result = coalesce(result, '{}'::jsonb) || jsonb_build_object('notifications', $2::jsonb)
 WHERE id = $1
 """
 
@@ -147,7 +148,9 @@ RETURNING {ARTIFACT_COLUMNS}
 """
 
 RELEASE_BY_ID = f"SELECT {ARTIFACT_COLUMNS} FROM release_artifact a WHERE a.id = $1"
-RELEASE_BY_VERSION = f"SELECT {ARTIFACT_COLUMNS} FROM release_artifact a WHERE a.release_version = $1"
+RELEASE_BY_VERSION = (
+    f"SELECT {ARTIFACT_COLUMNS} FROM release_artifact a WHERE a.release_version = $1"
+)
 CURRENT_RELEASE = f"SELECT {ARTIFACT_COLUMNS} FROM release_artifact a WHERE a.is_current"
 PREVIOUS_RELEASE = f"SELECT {ARTIFACT_COLUMNS} FROM release_artifact a WHERE a.is_previous"
 LIST_RELEASES = f"""
@@ -155,7 +158,9 @@ SELECT {ARTIFACT_COLUMNS} FROM release_artifact a ORDER BY a.created_at DESC, a.
 """
 
 RELEASE_SECRETS = "SELECT env_data, values_data FROM release_artifact WHERE id = $1"
-ARTIFACT_CHUNK = "SELECT substring(artifact_data FROM $2 FOR $3) FROM release_artifact WHERE id = $1"
+ARTIFACT_CHUNK = (
+    "SELECT substring(artifact_data FROM $2 FOR $3) FROM release_artifact WHERE id = $1"
+)
 
 SET_MAINTENANCE_FLAG = "UPDATE deployment_config SET maintenance_mode_enabled = $1"
 GET_MAINTENANCE_FLAG = """

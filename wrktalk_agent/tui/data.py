@@ -276,4 +276,3 @@ def _operator() -> str:
     except (KeyError, OSError):  # a container user without a passwd entry
         user = "operator"
     return f"{user}@{socket.gethostname()}"
-

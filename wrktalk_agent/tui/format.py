@@ -150,7 +150,5 @@ def parse_when(text: str, now: datetime) -> datetime | None:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     if moment <= now:
-        raise ValueError(
-            f"{full_time(moment)} is in the past; leave the field empty to deploy now"
-        )
+        raise ValueError(f"{full_time(moment)} is in the past; leave the field empty to deploy now")
     return moment

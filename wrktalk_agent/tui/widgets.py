@@ -92,7 +92,9 @@ def running_info(task: Task, step: TaskEvent | None, snapshot: Snapshot) -> Text
         text.append(step.step, style="bold")
         text.append(f" {fmt.span((snapshot.now - step.created_at).total_seconds())}")
     stale = fmt.is_stale(task.last_heartbeat, snapshot.now, snapshot.stale_after)
-    text.append(" · ♥ " + fmt.age(task.last_heartbeat, snapshot.now), style="bold red" if stale else "")
+    text.append(
+        " · ♥ " + fmt.age(task.last_heartbeat, snapshot.now), style="bold red" if stale else ""
+    )
     return text
 
 
@@ -129,7 +131,16 @@ def agent_cells(agent: AgentInstance, snapshot: Snapshot) -> Cells:
 class ReleasesTable(KeyedTable):
     def on_mount(self) -> None:
         super().on_mount()
-        for label in ("Version", "Live", "Chart", "Size", "SHA-256", "Signed", "Applied", "Created"):
+        for label in (
+            "Version",
+            "Live",
+            "Chart",
+            "Size",
+            "SHA-256",
+            "Signed",
+            "Applied",
+            "Created",
+        ):
             self.add_column(label, key=label.lower())
 
     def show(self, snapshot: Snapshot) -> None:
@@ -165,8 +176,10 @@ class FilterBar(Static):
     def show(self, filters: Filters) -> None:
         self.update(
             Text.assemble(
-                ("status ", "dim"), (filters.status or "all", "bold"),
-                ("  type ", "dim"), (filters.task_type or "all", "bold"),
+                ("status ", "dim"),
+                (filters.status or "all", "bold"),
+                ("  type ", "dim"),
+                (filters.task_type or "all", "bold"),
                 ("   (s / t to change)", "dim"),
             )  # fmt: skip
         )
@@ -229,4 +242,3 @@ class StatusBar(Static):
         if last_good is not None:
             text.append(f" · data as of {fmt.full_time(last_good)}")
         self.update(text)
-

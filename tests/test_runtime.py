@@ -1,0 +1,264 @@
+"""The daemon under concurrency and failure: real `wrktalk-agent run` processes."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import signal
+import time
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+import pytest
+from agent_helpers import agent_env, wait_until
+
+from wrktalk_agent.testing import add_release
+
+
+async def _status_counts(repo) -> dict[str, int]:
+    rows = await repo.pool.fetch("SELECT status, count(*) FROM agent_task GROUP BY status")
+    return {r["status"]: r["count"] for r in rows}
+
+
+async def test_four_agents_two_hundred_tasks_exactly_once_one_at_a_time(
+    recording_settings, recording, repo, spawn_agent
+):
+    release = await add_release(repo, "1.0.0")
+    await repo.pool.executemany(
+        "INSERT INTO agent_task (type, release_artifact_id) VALUES ('deploy', $1)",
+        [(release.id,)] * 200,
+    )
+    env = agent_env(recording_settings, recording, WRKTALK_AGENT_NOTIFIERS="")
+    agents = [spawn_agent({**env, "WRKTALK_AGENT_AGENT_ID": f"agent-{i}"}) for i in range(4)]
+
+    async def all_done() -> bool:
+        counts = await _status_counts(repo)
+        return counts.get("completed", 0) == 200
+
+    deadline = time.monotonic() + 240
+    while not await all_done():
+        assert time.monotonic() < deadline, await _status_counts(repo)
+        assert all(a.poll() is None for a in agents), "an agent died"
+        await asyncio.sleep(0.2)
+    for proc in agents:
+        proc.send_signal(signal.SIGTERM)
+    for proc in agents:
+        assert proc.wait(30) == 0
+
+    starts = recording.records("start")
+    ends = recording.records("end")
+    assert len(starts) == len(ends) == 200
+    assert len({r["task"] for r in starts}) == 200  # every task ran exactly once
+    spans = sorted((r["start"], r["end"]) for r in ends)
+    for (_, end), (next_start, _) in itertools.pairwise(spans):
+        assert next_start >= end, "two deploys overlapped"
+    claimed_by = await repo.pool.fetch("SELECT DISTINCT claimed_by FROM agent_task")
+    assert len(claimed_by) >= 2  # the work really was shared
+    assert await _status_counts(repo) == {"completed": 200}
+
+
+async def test_kill_9_mid_task_is_abandoned_by_another_agent(
+    recording_settings, recording, repo, spawn_agent, tmp_path
+):
+    started = tmp_path / "started"
+    release = await add_release(
+        repo,
+        "1.0.0",
+        {
+            "behaviour.json": json.dumps(
+                {"started": str(started), "wait_for": str(tmp_path / "never")}
+            )
+        },
+    )
+    task = await repo.create_task("deploy", release.id)
+    env = agent_env(recording_settings, recording, WRKTALK_AGENT_STALE_AFTER="2")
+    victim = spawn_agent({**env, "WRKTALK_AGENT_AGENT_ID": "victim"})
+    wait_until(started.exists, 30)
+    assert recording.flag.exists()  # maintenance is on during the deploy
+    victim.send_signal(signal.SIGKILL)
+    victim.wait(10)
+    killed_at = time.monotonic()
+    rescuer = spawn_agent({**env, "WRKTALK_AGENT_AGENT_ID": "rescuer"})
+
+    async def abandoned():
+        t = await repo.get_task(task.id)
+        return t if t.status == "failed" else None
+
+    while (found := await abandoned()) is None:
+        assert time.monotonic() - killed_at < 2 + 1 + 10, "not abandoned in time"
+        await asyncio.sleep(0.1)
+    assert found.error_message.startswith("abandoned: agent victim stopped heartbeating at ")
+    wait_until(lambda: not recording.flag.exists(), 5)
+    assert await repo.maintenance_flag() is False
+    wait_until(lambda: any(r["kind"] == "task_abandoned" for r in recording.records("notify")), 5)
+    # never re-run automatically
+    await asyncio.sleep(1.5)
+    assert len(recording.records("start")) == 1
+    rescuer.send_signal(signal.SIGTERM)
+    assert rescuer.wait(20) == 0
+
+
+async def test_restart_with_same_id_fails_own_leftover(
+    recording_settings, recording, repo, make_agent
+):
+    release = await add_release(repo, "1.0.0")
+    task = await repo.create_task("deploy", release.id)
+    await repo.pool.execute(
+        "UPDATE agent_task SET status='inProgress', claimed_by='test-agent', picked_up_at=now(),"
+        " last_heartbeat=now() WHERE id=$1",
+        task.id,
+    )
+    recording.flag.write_text("left on")
+    await repo.set_maintenance_flag(True)
+    agent = await make_agent(recording_settings)
+    assert await agent.run(once=True) == 0
+    failed = await repo.get_task(task.id)
+    assert failed.status == "failed"
+    assert failed.error_message.startswith("abandoned: agent test-agent stopped heartbeating at ")
+    assert not recording.flag.exists()
+    assert await repo.maintenance_flag() is False
+
+
+async def test_maintenance_left_on_is_reconciled_at_startup(
+    recording_settings, recording, repo, make_agent
+):
+    recording.flag.write_text("crash")
+    agent = await make_agent(recording_settings)
+    assert await agent.run(once=True) == 0
+    assert not recording.flag.exists()
+
+
+async def test_sigterm_drains_then_second_sigterm_aborts(
+    recording_settings, recording, repo, spawn_agent, tmp_path
+):
+    started = tmp_path / "started"
+    release_go = tmp_path / "go"
+    release = await add_release(
+        repo,
+        "1.0.0",
+        {"behaviour.json": json.dumps({"started": str(started), "wait_for": str(release_go)})},
+    )
+    env = agent_env(recording_settings, recording, WRKTALK_AGENT_SHUTDOWN_GRACE="30")
+
+    # 1: SIGTERM while deploying → the deploy finishes within the grace period, exit 0
+    first = await repo.create_task("deploy", release.id)
+    proc = spawn_agent(env)
+    wait_until(started.exists, 30)
+    proc.send_signal(signal.SIGTERM)
+    await asyncio.sleep(0.5)
+    assert proc.poll() is None  # still draining
+    release_go.touch()
+    assert proc.wait(20) == 0
+    assert (await repo.get_task(first.id)).status == "completed"
+
+    # 2: a second SIGTERM aborts at once: the task fails, maintenance is cleared
+    started.unlink()
+    release_go.unlink()
+    second = await repo.create_task("deploy", release.id)
+    proc = spawn_agent(env)
+    wait_until(started.exists, 30)
+    proc.send_signal(signal.SIGTERM)
+    await asyncio.sleep(0.3)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(20) == 0
+    failed = await repo.get_task(second.id)
+    assert failed.status == "failed"
+    assert failed.error_message == "interrupted by shutdown"
+    assert not recording.flag.exists()
+    assert await repo.maintenance_flag() is False
+
+
+async def test_grace_period_over_interrupts(
+    recording_settings, recording, repo, spawn_agent, tmp_path
+):
+    started = tmp_path / "started"
+    release = await add_release(
+        repo,
+        "1.0.0",
+        {
+            "behaviour.json": json.dumps(
+                {"started": str(started), "wait_for": str(tmp_path / "never")}
+            )
+        },
+    )
+    task = await repo.create_task("deploy", release.id)
+    proc = spawn_agent(agent_env(recording_settings, recording, WRKTALK_AGENT_SHUTDOWN_GRACE="1"))
+    wait_until(started.exists, 30)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(20) == 0
+    assert (await repo.get_task(task.id)).error_message == "interrupted by shutdown"
+
+
+async def test_execute_after_is_honoured_and_early_notify_ignored(
+    recording_settings, recording, repo, make_agent
+):
+    release = await add_release(repo, "1.0.0")
+    agent = await make_agent(recording_settings.model_copy(update={"poll_interval": 30.0}))
+    runner = asyncio.create_task(agent.run())
+    await asyncio.wait_for(agent.listener_connected.wait(), 10)
+    due = datetime.now(UTC) + timedelta(seconds=2)
+    task = await repo.create_task("deploy", release.id, due)  # the insert NOTIFYs at once
+    await asyncio.sleep(1.0)
+    assert (await repo.get_task(task.id)).status == "pending"  # not run early
+    while (await repo.get_task(task.id)).picked_up_at is None:
+        await asyncio.sleep(0.02)
+        assert datetime.now(UTC) < due + timedelta(seconds=5)
+    picked = (await repo.get_task(task.id)).picked_up_at
+    assert due <= picked <= due + timedelta(milliseconds=100)
+    agent.request_stop("test")
+    await asyncio.wait_for(runner, 20)
+
+
+async def test_listener_killed_server_side_pickup_still_immediate(
+    recording_settings, recording, repo, make_agent
+):
+    release = await add_release(repo, "1.0.0")
+    agent = await make_agent(recording_settings.model_copy(update={"poll_interval": 60.0}))
+    runner = asyncio.create_task(agent.run())
+    await asyncio.wait_for(agent.listener_connected.wait(), 10)
+    killed = await repo.pool.fetchval(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+        "WHERE datname = current_database() AND query LIKE 'LISTEN%'"
+    )
+    assert killed == 1
+    await asyncio.sleep(0.2)
+    await asyncio.wait_for(agent.listener_connected.wait(), 10)
+    await asyncio.sleep(0.3)  # let the reconnect poll pass
+    task = await repo.create_task("deploy", release.id)
+    began = time.monotonic()
+    while (await repo.get_task(task.id)).status != "completed":
+        await asyncio.sleep(0.05)
+        assert time.monotonic() - began < 5, "pickup waited for the 60 s poll"
+    agent.request_stop("test")
+    await asyncio.wait_for(runner, 20)
+
+
+async def test_postgres_restart_mid_task_outcome_written(
+    pg_server, recording_settings, recording, repo, make_agent, tmp_path
+):
+    if not pg_server.can_restart:
+        pytest.skip("needs the embedded PostgreSQL (the test stops and starts the server)")
+    started, go = tmp_path / "started", tmp_path / "go"
+    release = await add_release(
+        repo,
+        "1.0.0",
+        {"behaviour.json": json.dumps({"started": str(started), "wait_for": str(go)})},
+    )
+    task = await repo.create_task("deploy", release.id)
+    agent = await make_agent(recording_settings)
+    runner = asyncio.create_task(agent.run(once=True))
+    while not started.exists():
+        await asyncio.sleep(0.05)
+    await asyncio.to_thread(pg_server.stop)
+    go.touch()
+    await asyncio.sleep(2.0)  # the deploy ends while the database is down
+    assert not runner.done()
+    await asyncio.to_thread(pg_server.start)
+    assert await asyncio.wait_for(runner, 60) == 0
+    conn = await asyncpg.connect(recording_settings.dsn())
+    try:
+        row = await conn.fetchrow("SELECT status FROM agent_task WHERE id=$1", task.id)
+    finally:
+        await conn.close()
+    assert row["status"] == "completed"

@@ -1,0 +1,370 @@
+"""The dashboard app: one main screen (overview, tasks, agents, releases), a detail screen
+per task and confirmation dialogs for the actions.
+
+Refresh loop: a one-shot timer re-armed when a refresh finishes, so refreshes never overlap
+however slow the database is; a NOTIFY on the task channel refreshes at once (or right
+after the refresh in flight). Failures back off and show in the status bar, never crash.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import TypeVar, get_args
+from uuid import UUID
+
+from rich.text import Text
+from textual import on, work
+from textual.app import App, ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal
+from textual.screen import Screen
+from textual.timer import Timer
+from textual.widgets import DataTable, Footer, TabbedContent, TabPane
+
+from wrktalk_agent.config import AgentSettings
+from wrktalk_agent.db.models import TaskStatus
+from wrktalk_agent.tui import format as fmt
+from wrktalk_agent.tui.data import (
+    ActionRefused,
+    Clock,
+    DashboardSource,
+    Filters,
+    Snapshot,
+    SourceUnavailable,
+    TaskTypeFilter,
+)
+from wrktalk_agent.tui.messages import (
+    ActionFinished,
+    ListenerState,
+    RefreshFailed,
+    SnapshotLoaded,
+    TasksChanged,
+)
+from wrktalk_agent.tui.screens import ConfirmDialog, DeployChoice, DeployDialog, TaskDetailScreen
+from wrktalk_agent.tui.widgets import (
+    AgentsTable,
+    FilterBar,
+    MaintenanceBadge,
+    Overview,
+    ReleasesTable,
+    StatusBar,
+    TasksTable,
+)
+
+STATUS_CYCLE: tuple[TaskStatus | None, ...] = (None, *get_args(TaskStatus))
+TYPE_CYCLE: tuple[TaskTypeFilter | None, ...] = (None, *get_args(TaskTypeFilter))
+#: Longest wait between attempts while the database is unreachable.
+MAX_RETRY_DELAY = 15.0
+#: Actions that write; hidden in read-only mode.
+WRITE_ACTIONS = {"rollback", "deploy", "cancel_task"}
+
+
+class MainScreen(Screen[None]):
+    """Overview, tasks, agents and releases, refreshed live; the actions start here."""
+
+    BINDINGS = [
+        Binding("s", "cycle_status", "Status"),
+        Binding("t", "cycle_type", "Type"),
+        Binding("r", "rollback", "Rollback"),
+        Binding("d", "deploy", "Deploy"),
+        Binding("c", "cancel_task", "Cancel task"),
+        Binding("ctrl+r", "refresh_now", "Refresh"),
+        Binding("1", "show_tab('tasks')", "Tasks", show=False),
+        Binding("2", "show_tab('agents')", "Agents", show=False),
+        Binding("3", "show_tab('releases')", "Releases", show=False),
+    ]
+
+    def __init__(
+        self,
+        source: DashboardSource,
+        *,
+        installation: str,
+        read_only: bool,
+        refresh_interval: float,
+    ) -> None:
+        super().__init__()
+        self.source = source
+        self.installation = installation
+        self.read_only = read_only
+        self.refresh_interval = refresh_interval
+        self.filters = Filters()
+        self.snapshot: Snapshot | None = None
+        self.listener_error: str | None = "connecting"
+        self._timer: Timer | None = None
+        self._refreshing = False
+        self._refresh_again = False
+        self._failures = 0
+
+    def compose(self) -> ComposeResult:
+        with Horizontal(id="top"):
+            yield Overview(Text("connecting…"), id="overview")
+            yield MaintenanceBadge(id="maintenance")
+        with TabbedContent(id="tabs"):
+            with TabPane("1 Tasks", id="tasks"):
+                yield FilterBar(id="filters")
+                yield TasksTable(id="tasks-table")
+            with TabPane("2 Agents", id="agents"):
+                yield AgentsTable(id="agents-table")
+            with TabPane("3 Releases", id="releases"):
+                yield ReleasesTable(id="releases-table")
+        yield StatusBar(Text("connecting…"), id="status")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.query_one(FilterBar).show(self.filters)
+        self.query_one(TasksTable).focus()
+        self.request_refresh()
+        self.listen_for_changes()
+
+    # -- refresh loop ------------------------------------------------------------------
+    def request_refresh(self) -> None:
+        """Refresh now, or right after the refresh in flight (never two at once)."""
+        if self._refreshing:
+            self._refresh_again = True
+            return
+        if self._timer is not None:
+            self._timer.stop()
+            self._timer = None
+        self._refreshing = True
+        self.load_snapshot(self.filters)
+
+    @work(exclusive=True, group="refresh")
+    async def load_snapshot(self, filters: Filters) -> None:
+        try:
+            snapshot = await self.source.snapshot(filters)
+        except SourceUnavailable as exc:
+            self.post_message(RefreshFailed(str(exc)))
+        else:
+            self.post_message(SnapshotLoaded(snapshot))
+
+    @on(SnapshotLoaded)
+    def show_snapshot(self, message: SnapshotLoaded) -> None:
+        snapshot = self.snapshot = message.snapshot
+        self._failures = 0
+        self.query_one(Overview).show(snapshot, self.installation)
+        self.query_one(MaintenanceBadge).show(snapshot.overview.maintenance)
+        self.query_one(TasksTable).show(snapshot)
+        self.query_one(AgentsTable).show(snapshot)
+        self.query_one(ReleasesTable).show(snapshot)
+        self.query_one(StatusBar).show_ok(snapshot.now, self.listener_error)
+        self.refresh_bindings()
+        self._refresh_finished(self.refresh_interval)
+
+    @on(RefreshFailed)
+    def show_refresh_failure(self, message: RefreshFailed) -> None:
+        self._failures += 1
+        delay = min(self.refresh_interval * 2 ** (self._failures - 1), MAX_RETRY_DELAY)
+        last_good = self.snapshot.now if self.snapshot else None
+        self.query_one(StatusBar).show_error(message.error, delay, last_good)
+        self._refresh_finished(delay)
+
+    def _refresh_finished(self, delay: float) -> None:
+        self._refreshing = False
+        if self._refresh_again:
+            self._refresh_again = False
+            self.request_refresh()
+        else:
+            self._timer = self.set_timer(delay, self.request_refresh)
+
+    @work(exclusive=True, group="listen")
+    async def listen_for_changes(self) -> None:
+        await self.source.listen(
+            on_change=lambda: self.post_message(TasksChanged()),
+            on_state=lambda error: self.post_message(ListenerState(error)),
+        )
+
+    @on(TasksChanged)
+    def tasks_changed(self) -> None:
+        self.request_refresh()
+
+    @on(ListenerState)
+    def listener_state(self, message: ListenerState) -> None:
+        self.listener_error = message.error
+        if self.snapshot is not None and self._failures == 0:
+            self.query_one(StatusBar).show_ok(self.snapshot.now, message.error)
+
+    def action_refresh_now(self) -> None:
+        self.request_refresh()
+
+    # -- navigation and filters ----------------------------------------------------------
+    def action_show_tab(self, tab: str) -> None:
+        self.query_one(TabbedContent).active = tab
+        self.query_one(f"#{tab}-table", DataTable).focus()
+
+    @on(TabbedContent.TabActivated)
+    @on(DataTable.RowHighlighted)
+    def context_changed(self) -> None:
+        # "deploy" needs a release row, "cancel" a pending task: update the footer
+        self.refresh_bindings()
+
+    def action_cycle_status(self) -> None:
+        status = _next(STATUS_CYCLE, self.filters.status)
+        self._set_filters(Filters(status=status, task_type=self.filters.task_type))
+
+    def action_cycle_type(self) -> None:
+        task_type = _next(TYPE_CYCLE, self.filters.task_type)
+        self._set_filters(Filters(status=self.filters.status, task_type=task_type))
+
+    def _set_filters(self, filters: Filters) -> None:
+        self.filters = filters
+        self.query_one(FilterBar).show(filters)
+        self.action_show_tab("tasks")
+        self.request_refresh()
+
+    @on(TasksTable.RowSelected)
+    def open_detail(self, event: DataTable.RowSelected) -> None:
+        if event.row_key.value is not None:
+            self.app.push_screen(
+                TaskDetailScreen(self.source, UUID(event.row_key.value), self.refresh_interval)
+            )
+
+    # -- actions -----------------------------------------------------------------------
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action not in WRITE_ACTIONS:
+            return True
+        if self.read_only:
+            return False
+        active = self.query_one(TabbedContent).active
+        if action == "deploy":
+            return active == "releases"
+        if action == "cancel_task":
+            return active == "tasks"
+        return True
+
+    def action_rollback(self) -> None:
+        overview = self.snapshot.overview if self.snapshot else None
+        if overview is None or overview.previous_id is None:
+            self.notify("There is no previous release to roll back to.", severity="warning")
+            return
+        previous_id = overview.previous_id
+        body = Text.assemble(
+            "Queue a rollback from ", (overview.current_version or "none", "bold"),
+            " to ", (overview.previous_version or "?", "bold"), ".\n",
+            "An agent will put the site in maintenance mode while it runs.",
+        )  # fmt: skip
+        if overview.pending_count or (self.snapshot and self.snapshot.running):
+            body.append("\nOther tasks are queued or running: it runs after them.", "yellow")
+        self.app.push_screen(
+            ConfirmDialog("Request a rollback?", body, "Roll back"),
+            lambda yes: self.request_rollback(previous_id) if yes else None,
+        )
+
+    def action_deploy(self) -> None:
+        release = self.query_one(ReleasesTable).selected_release(self.snapshot)
+        if release is None or self.snapshot is None:
+            self.notify("Select a release in the Releases tab first.", severity="warning")
+            return
+        self.app.push_screen(
+            DeployDialog(release, self.snapshot.overview.current_version, self.source.now()),
+            self._deploy_chosen,
+        )
+
+    def _deploy_chosen(self, choice: DeployChoice | None) -> None:
+        if choice is not None:
+            self.queue_deploy(
+                choice.release.id, choice.release.release_version, choice.execute_after
+            )
+
+    def action_cancel_task(self) -> None:
+        key = self.query_one(TasksTable).selected_key
+        task = (
+            next((t for t in self.snapshot.tasks if str(t.id) == key), None)
+            if self.snapshot
+            else None
+        )
+        if task is None:
+            return
+        if task.status != "pending":
+            self.notify(
+                f"Only pending tasks can be cancelled (this one is {task.status}).",
+                severity="warning",
+            )
+            return
+        body = Text.assemble(
+            "Cancel the pending ", (f"{task.type} {task.release_version or ''}".strip(), "bold"),
+            f" (task {fmt.short_id(task.id)})?\nIt will be marked failed with a 'cancelled' message.",
+        )  # fmt: skip
+        task_id = task.id
+        self.app.push_screen(
+            ConfirmDialog("Cancel this task?", body, "Cancel task"),
+            lambda yes: self.cancel_pending(task_id) if yes else None,
+        )
+
+    @work(exclusive=True, group="action")
+    async def request_rollback(self, previous_id: UUID) -> None:
+        try:
+            task = await self.source.request_rollback(previous_id)
+        except (SourceUnavailable, ActionRefused) as exc:
+            self.post_message(ActionFinished(f"Rollback not requested: {exc}", ok=False))
+        else:
+            self.post_message(
+                ActionFinished(f"Rollback queued (task {fmt.short_id(task.id)}).", ok=True)
+            )
+
+    @work(exclusive=True, group="action")
+    async def queue_deploy(self, release_id: UUID, version: str, when: datetime | None) -> None:
+        try:
+            task = await self.source.deploy(release_id, when)
+        except SourceUnavailable as exc:
+            self.post_message(ActionFinished(f"Deploy not queued: {exc}", ok=False))
+        else:
+            due = f"for {fmt.full_time(when)}" if when else "to run now"
+            self.post_message(
+                ActionFinished(
+                    f"Deploy of {version} queued {due} (task {fmt.short_id(task.id)}).", ok=True
+                )
+            )
+
+    @work(exclusive=True, group="action")
+    async def cancel_pending(self, task_id: UUID) -> None:
+        try:
+            await self.source.cancel(task_id)
+        except (SourceUnavailable, ActionRefused) as exc:
+            self.post_message(ActionFinished(f"Not cancelled: {exc}", ok=False))
+        else:
+            self.post_message(ActionFinished(f"Task {fmt.short_id(task_id)} cancelled.", ok=True))
+
+    @on(ActionFinished)
+    def action_finished(self, message: ActionFinished) -> None:
+        self.notify(message.text, severity="information" if message.ok else "error")
+        self.request_refresh()
+
+
+class DashboardApp(App[None]):
+    """``wrktalk-agent tui``: see :func:`wrktalk_agent.tui.create_app`."""
+
+    CSS_PATH = "dashboard.tcss"
+    ENABLE_COMMAND_PALETTE = False
+    BINDINGS = [Binding("q", "quit", "Quit")]
+
+    def __init__(
+        self,
+        settings: AgentSettings,
+        *,
+        read_only: bool = False,
+        refresh_interval: float = 2.0,
+        clock: Clock | None = None,
+    ) -> None:
+        super().__init__()
+        self.source = DashboardSource(settings, clock=clock)
+        self.main = MainScreen(
+            self.source,
+            installation=settings.installation_name,
+            read_only=read_only,
+            refresh_interval=refresh_interval,
+        )
+        self.title = f"wrktalk-agent · {settings.installation_name}"
+        self.sub_title = "read-only" if read_only else ""
+
+    def get_default_screen(self) -> Screen[None]:
+        return self.main
+
+    async def on_unmount(self) -> None:
+        await self.source.close()
+
+
+T = TypeVar("T")
+
+
+def _next(cycle: tuple[T, ...], current: T) -> T:
+    return cycle[(cycle.index(current) + 1) % len(cycle)]

@@ -1,0 +1,284 @@
+"""The task detail screen and the confirmation dialogs."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from rich.text import Text
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.screen import ModalScreen, Screen
+from textual.timer import Timer
+from textual.widgets import Button, DataTable, Footer, Input, Label, Static
+
+from wrktalk_agent.db.models import ArtifactInfo, Task, TaskEvent
+from wrktalk_agent.tui import format as fmt
+from wrktalk_agent.tui.data import DashboardSource, SourceUnavailable, TaskDetail
+from wrktalk_agent.tui.messages import DetailFailed, DetailLoaded
+
+#: Lines of a tool's output shown in the detail screen (the result keeps a bounded tail).
+OUTPUT_TAIL_LINES = 40
+_FINISHED_STEP = {"succeeded", "failed", "skipped"}
+
+
+class TaskDetailScreen(Screen[None]):
+    """One task: its facts, the step timeline, the error and the (masked) result. Reloads
+    while the task is pending or running."""
+
+    BINDINGS = [
+        Binding("escape,backspace", "app.pop_screen", "Back"),
+        Binding("ctrl+r", "reload", "Refresh"),
+    ]
+
+    def __init__(self, source: DashboardSource, task_id: UUID, refresh_interval: float) -> None:
+        super().__init__()
+        self.source = source
+        self.task_id = task_id
+        self.refresh_interval = refresh_interval
+        self._timer: Timer | None = None
+        self.detail: TaskDetail | None = None
+
+    def compose(self) -> ComposeResult:
+        yield Static(Text(f"task {self.task_id} · loading…"), id="detail-header")
+        yield DataTable[Text](id="timeline", cursor_type="row", zebra_stripes=True)
+        with VerticalScroll(id="detail-body"):
+            yield Static(id="detail-error")
+            yield Static(id="detail-result")
+        yield Static(id="detail-status")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        timeline = self.query_one("#timeline", DataTable)
+        for label in ("Time", "Took", "Step", "Status", "Message"):
+            timeline.add_column(label, key=label.lower())
+        self.load()
+
+    def action_reload(self) -> None:
+        if self._timer is not None:
+            self._timer.stop()
+        self.load()
+
+    @work(exclusive=True, group="detail")
+    async def load(self) -> None:
+        try:
+            detail = await self.source.detail(self.task_id)
+        except SourceUnavailable as exc:
+            self.post_message(DetailFailed(str(exc)))
+        else:
+            self.post_message(DetailLoaded(detail))
+
+    @on(DetailLoaded)
+    def show_detail(self, message: DetailLoaded) -> None:
+        status = self.query_one("#detail-status", Static)
+        status.remove_class("error")
+        status.update("")
+        self.detail = message.detail
+        if message.detail is None:
+            self.query_one("#detail-header", Static).update(
+                Text(f"task {self.task_id} no longer exists", style="bold red")
+            )
+            return
+        task, events, now = message.detail.task, message.detail.events, message.detail.now
+        self.query_one("#detail-header", Static).update(header_text(task, now))
+        self.query_one("#timeline", DataTable).clear()
+        for event, took in zip(events, step_durations(events, task, now), strict=True):
+            self.query_one("#timeline", DataTable).add_row(
+                Text(fmt.clock_time(event.created_at, now)),
+                Text(took),
+                Text(event.step, style="bold"),
+                fmt.event_status_text(event.status),
+                Text(event.message),
+                key=str(event.id),
+            )
+        error = self.query_one("#detail-error", Static)
+        error.display = bool(task.error_message)
+        error.update(Text.assemble(("Error\n", "bold"), (task.error_message or "", "red")))
+        self.query_one("#detail-result", Static).update(result_text(task.result))
+        if task.status in ("pending", "inProgress"):
+            self._timer = self.set_timer(self.refresh_interval, self.load)
+
+    @on(DetailFailed)
+    def show_failure(self, message: DetailFailed) -> None:
+        status = self.query_one("#detail-status", Static)
+        status.add_class("error")
+        status.update(Text(f"✖ {message.error} · retrying"))
+        self._timer = self.set_timer(self.refresh_interval, self.load)
+
+
+def header_text(task: Task, now: datetime) -> Text:
+    end = task.completed_at or (now if task.status == "inProgress" else None)
+    text = Text.assemble(
+        (f"{task.type} {task.release_version or ''}".rstrip(), "bold"),
+        "  ",
+        fmt.status_text(task.status),
+        ("  task ", "dim"),
+        str(task.id),
+        "\n",
+        ("created ", "dim"), fmt.full_time(task.created_at),
+        ("   due ", "dim"), fmt.full_time(task.execute_after) if task.execute_after else "now",
+        "\n",
+        ("picked up ", "dim"), fmt.full_time(task.picked_up_at),
+        ("   by ", "dim"), task.claimed_by or "—",
+        ("   took ", "dim"), fmt.duration(task.picked_up_at, end),
+        "\n",
+        ("completed ", "dim"), fmt.full_time(task.completed_at),
+        ("   heartbeat ", "dim"), fmt.age(task.last_heartbeat, now),
+    )  # fmt: skip
+    return text
+
+
+def step_durations(events: list[TaskEvent], task: Task, now: datetime) -> list[str]:
+    """How long each step took, written on the row that started it: from a ``started``
+    event to the next finishing event of the same step. A step still open is counted up
+    to now while the task runs (``…`` marks it); other rows stay blank."""
+    took = [""] * len(events)
+    for index, event in enumerate(events):
+        if event.status != "started":
+            continue
+        end = next(
+            (
+                later.created_at
+                for later in events[index + 1 :]
+                if later.step == event.step and later.status in _FINISHED_STEP
+            ),
+            None,
+        )
+        if end is not None:
+            took[index] = fmt.duration(event.created_at, end)
+        elif task.status == "inProgress":
+            took[index] = fmt.duration(event.created_at, now) + "…"
+        elif task.completed_at is not None:
+            took[index] = fmt.duration(event.created_at, task.completed_at)
+    return took
+
+
+def result_text(result: dict[str, Any] | None) -> Text:
+    """The task result with secrets masked; multi-line strings (a deployer's output) are
+    taken out of the JSON and shown as text, their last lines only."""
+    if not result:
+        return Text("no result recorded", style="dim")
+    outputs: list[tuple[str, str]] = []
+    summary = _extract_outputs(fmt.mask_secrets(result), "", outputs)
+    text = Text("Result\n", style="bold")
+    text.append(json.dumps(summary, indent=2, ensure_ascii=False, default=str))
+    for path, output in outputs:
+        lines = output.rstrip("\n").splitlines()
+        shown = lines[-OUTPUT_TAIL_LINES:]
+        cut = f", last {len(shown)} of {len(lines)} lines" if len(shown) < len(lines) else ""
+        text.append(f"\n\n{path}{cut}\n", style="bold")
+        text.append("\n".join(shown))
+    return text
+
+
+def _extract_outputs(value: Any, path: str, outputs: list[tuple[str, str]]) -> Any:
+    if isinstance(value, dict):
+        return {
+            key: _extract_outputs(item, f"{path}.{key}" if path else str(key), outputs)
+            for key, item in value.items()
+        }
+    if isinstance(value, list):
+        return [_extract_outputs(item, f"{path}[{i}]", outputs) for i, item in enumerate(value)]
+    if isinstance(value, str) and "\n" in value.strip():
+        outputs.append((path, value))
+        return f"(see {path} below)"
+    return value
+
+
+class ConfirmDialog(ModalScreen[bool]):
+    """Yes or no for an action that writes to the database. The focus starts on "Back":
+    an operator woken at night should not confirm by pressing enter out of habit."""
+
+    BINDINGS = [
+        Binding("y", "answer(True)", "Confirm"),
+        Binding("n,escape", "answer(False)", "Back"),
+    ]
+
+    def __init__(self, title: str, body: Text, confirm_label: str) -> None:
+        super().__init__()
+        self.title_text = title
+        self.body = body
+        self.confirm_label = confirm_label
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="dialog"):
+            yield Label(Text(self.title_text), classes="dialog-title")
+            yield Static(self.body, classes="dialog-body")
+            with Horizontal(classes="dialog-buttons"):
+                yield Button(f"{self.confirm_label} (y)", variant="error", id="confirm")
+                yield Button("Back (n)", id="back")
+
+    def on_mount(self) -> None:
+        self.query_one("#back", Button).focus()
+
+    def action_answer(self, yes: bool) -> None:
+        self.dismiss(yes)
+
+    @on(Button.Pressed)
+    def pressed(self, event: Button.Pressed) -> None:
+        self.dismiss(event.button.id == "confirm")
+
+
+@dataclass(frozen=True)
+class DeployChoice:
+    """``execute_after`` ``None`` means as soon as an agent is free."""
+
+    release: ArtifactInfo
+    execute_after: datetime | None
+
+
+class DeployDialog(ModalScreen[DeployChoice | None]):
+    """Deploy a release now or at a time; the dialog is the confirmation."""
+
+    BINDINGS = [Binding("escape", "dismiss_dialog", "Back")]
+
+    def __init__(self, release: ArtifactInfo, current: str | None, now: datetime) -> None:
+        super().__init__()
+        self.release = release
+        self.current = current
+        self.now = now
+
+    def compose(self) -> ComposeResult:
+        release = self.release
+        body = Text.assemble(
+            (release.chart_type, "bold"), f" · {fmt.human_size(release.size)}",
+            f" · sha256 {fmt.short_sha(release.sha256)} · ",
+            ("signed", "green") if release.signature else ("not signed", "bold yellow"),
+            "\n", ("live now: ", "dim"), self.current or "none",
+        )  # fmt: skip
+        if release.is_current:
+            body.append("\nthis release is already live: it would be deployed again", "yellow")
+        with Vertical(classes="dialog"):
+            yield Label(Text(f"Deploy {release.release_version}?"), classes="dialog-title")
+            yield Static(body, classes="dialog-body")
+            yield Label("When (UTC, ISO 8601; empty = now):")
+            yield Input(placeholder="e.g. 2025-06-01T22:00", id="when")
+            yield Static(id="when-error")
+            with Horizontal(classes="dialog-buttons"):
+                yield Button("Deploy (enter)", variant="error", id="confirm")
+                yield Button("Back (esc)", id="back")
+
+    def on_mount(self) -> None:
+        self.query_one("#when", Input).focus()
+
+    def action_dismiss_dialog(self) -> None:
+        self.dismiss(None)
+
+    @on(Input.Submitted)
+    @on(Button.Pressed, "#confirm")
+    def confirm(self) -> None:
+        try:
+            when = fmt.parse_when(self.query_one("#when", Input).value, self.now)
+        except ValueError as exc:
+            self.query_one("#when-error", Static).update(Text(str(exc), style="bold red"))
+            return
+        self.dismiss(DeployChoice(self.release, when))
+
+    @on(Button.Pressed, "#back")
+    def back(self) -> None:
+        self.dismiss(None)
