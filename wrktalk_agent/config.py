@@ -73,7 +73,9 @@ class AgentSettings(BaseSettings):
     listen: bool = Field(True, description="Wake up on NOTIFY (LISTEN) besides polling.")
     heartbeat_interval: float = Field(60.0, gt=0, description="Seconds between heartbeats.")
     stale_after: float | None = Field(
-        None, gt=0, description="Seconds without heartbeat before a task is abandoned (default 3 x heartbeat)."
+        None,
+        gt=0,
+        description="Seconds without heartbeat before a task is abandoned (default 3 x heartbeat).",
     )
     shutdown_grace: float = Field(
         900.0, ge=0, description="Seconds a running task gets to finish after SIGTERM."

@@ -55,7 +55,10 @@ from wrktalk_agent.log import get_logger
 
 OUTPUT_TAIL_BYTES = 8 * 1024
 #: Errors worth retrying a write for: the database went away, not a bad statement.
-DB_ERRORS = (*CONNECTION_ERRORS, asyncpg.PostgresConnectionError)
+DB_ERRORS: tuple[type[BaseException], ...] = (
+    *CONNECTION_ERRORS,
+    asyncpg.PostgresConnectionError,
+)
 
 
 class StepFailed(Exception):
@@ -425,7 +428,7 @@ class TaskRun:
             async for attempt in db_retrying(self.log, "maintenance_flag"):
                 with attempt:
                     await asyncio.wait_for(self.repo.set_maintenance_flag(enabled), 30)
-        except (*DB_ERRORS, RuntimeError) as exc:
+        except asyncpg.PostgresError as exc:  # not an outage: retrying would not help
             self.log.warning("maintenance_flag.failed", error=_describe(exc))
 
     # -- heartbeat and outcome -----------------------------------------------------------

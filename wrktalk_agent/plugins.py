@@ -145,9 +145,9 @@ class PluginRegistry:
         for kind, hook_name in _HOOK_BY_KIND.items():
             hook = getattr(self.pm.hook, hook_name)
             for impl in hook.get_hookimpls():
-                info = self.plugins.get(impl.plugin_name)
-                if info is not None:
-                    info.hooks.append(hook_name)
+                owner = self.plugins.get(impl.plugin_name)
+                if owner is not None:
+                    owner.hooks.append(hook_name)
 
                 def register(
                     cls: type, *, _kind: Kind = kind, _plugin: str = impl.plugin_name

@@ -26,6 +26,8 @@ from wrktalk_agent.interfaces import MaintenanceHandler, NotificationEvent, Noti
 from wrktalk_agent.log import get_logger
 from wrktalk_agent.pipeline import DB_ERRORS, Services, TaskRun, _describe, notify_all
 
+#: A poll that fails with one of these is retried after a backoff; the agent never dies.
+POLL_ERRORS: tuple[type[BaseException], ...] = (*DB_ERRORS, asyncpg.PostgresError)
 #: Exit codes of ``run``.
 EXIT_OK, EXIT_TASK_FAILED = 0, 1
 
@@ -85,7 +87,7 @@ class Agent:
                 except asyncpg.UniqueViolationError:
                     # another agent claimed the one in-progress slot a moment before us
                     polled = PollResult()
-                except (*DB_ERRORS, asyncpg.PostgresError) as exc:
+                except POLL_ERRORS as exc:
                     failures += 1
                     delay = min(self.settings.poll_interval, 0.5 * 2 ** min(failures, 6))
                     delay *= random.uniform(0.8, 1.2)
@@ -286,9 +288,9 @@ class Agent:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stop_event.wait(), timeout=delay)
 
-    def _on_notify(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
+    def _on_notify(self, _conn: Any, _pid: int, _channel: str, payload: object) -> None:
         try:
-            status = json.loads(payload).get("status")
+            status = json.loads(str(payload)).get("status")
         except (ValueError, AttributeError):
             status = None
         if status != "inProgress":  # a claim frees nothing; anything else may

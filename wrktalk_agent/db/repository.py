@@ -201,6 +201,7 @@ class Repository:
         execute_after: datetime | None = None,
     ) -> Task:
         row = await self.pool.fetchrow(q.INSERT_TASK, task_type, release_id, execute_after)
+        assert row is not None
         return Task.model_validate(dict(row))
 
     async def get_task(self, task_id: UUID) -> Task | None:
@@ -243,6 +244,7 @@ class Repository:
         row = await self.pool.fetchrow(
             q.INSERT_RELEASE, version, chart_type, data, env_data, values_data, sha256, signature
         )
+        assert row is not None
         return ArtifactInfo.model_validate(dict(row))
 
     async def release_by_id(self, release_id: UUID) -> ArtifactInfo | None:

@@ -238,16 +238,21 @@ class MainScreen(Screen[None]):
             return
         previous_id = overview.previous_id
         body = Text.assemble(
-            "Queue a rollback from ", (overview.current_version or "none", "bold"),
-            " to ", (overview.previous_version or "?", "bold"), ".\n",
+            "Queue a rollback from ",
+            (overview.current_version or "none", "bold"),
+            " to ",
+            (overview.previous_version or "?", "bold"),
+            ".\n",
             "An agent will put the site in maintenance mode while it runs.",
-        )  # fmt: skip
+        )
         if overview.pending_count or (self.snapshot and self.snapshot.running):
             body.append("\nOther tasks are queued or running: it runs after them.", "yellow")
-        self.app.push_screen(
-            ConfirmDialog("Request a rollback?", body, "Roll back"),
-            lambda yes: self.request_rollback(previous_id) if yes else None,
-        )
+
+        def confirmed(yes: bool | None) -> None:
+            if yes:
+                self.request_rollback(previous_id)
+
+        self.app.push_screen(ConfirmDialog("Request a rollback?", body, "Roll back"), confirmed)
 
     def action_deploy(self) -> None:
         release = self.query_one(ReleasesTable).selected_release(self.snapshot)
@@ -281,14 +286,18 @@ class MainScreen(Screen[None]):
             )
             return
         body = Text.assemble(
-            "Cancel the pending ", (f"{task.type} {task.release_version or ''}".strip(), "bold"),
-            f" (task {fmt.short_id(task.id)})?\nIt will be marked failed with a 'cancelled' message.",
-        )  # fmt: skip
-        task_id = task.id
-        self.app.push_screen(
-            ConfirmDialog("Cancel this task?", body, "Cancel task"),
-            lambda yes: self.cancel_pending(task_id) if yes else None,
+            "Cancel the pending ",
+            (f"{task.type} {task.release_version or ''}".strip(), "bold"),
+            f" (task {fmt.short_id(task.id)})?\n",
+            "It will be marked failed with a 'cancelled' message.",
         )
+        task_id = task.id
+
+        def confirmed(yes: bool | None) -> None:
+            if yes:
+                self.cancel_pending(task_id)
+
+        self.app.push_screen(ConfirmDialog("Cancel this task?", body, "Cancel task"), confirmed)
 
     @work(exclusive=True, group="action")
     async def request_rollback(self, previous_id: UUID) -> None:

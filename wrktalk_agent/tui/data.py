@@ -43,6 +43,9 @@ QUERY_TIMEOUT = 10.0
 LISTENER_KEEPALIVE = 15.0
 
 
+_DATABASE_ERRORS: tuple[type[BaseException], ...] = (*CONNECTION_ERRORS, asyncpg.PostgresError)
+
+
 class SourceUnavailable(Exception):
     """The database could not answer; the message is fit for the status bar (no secrets)."""
 
@@ -200,7 +203,7 @@ class DashboardSource:
 
     # -- live updates --------------------------------------------------------------------
     async def listen(
-        self, on_change: Callable[[], None], on_state: Callable[[str | None], None]
+        self, on_change: Callable[[], object], on_state: Callable[[str | None], object]
     ) -> None:
         """LISTEN for task changes forever on a connection of its own, reconnecting with
         backoff. ``on_state(None)`` means listening, a message means not listening; every
@@ -214,10 +217,11 @@ class DashboardSource:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 30.0)
                 continue
+            delay = 1.0
             try:
                 await self._listen_on(conn, on_change, on_state)
-                delay = 1.0
-            except (*CONNECTION_ERRORS, asyncpg.PostgresError) as exc:
+                on_state("live updates lost: the connection was closed")
+            except _DATABASE_ERRORS as exc:
                 on_state(f"live updates lost: {_reason(exc)}")
             finally:
                 if not conn.is_closed():
@@ -226,12 +230,18 @@ class DashboardSource:
     async def _listen_on(
         self,
         conn: asyncpg.Connection,
-        on_change: Callable[[], None],
-        on_state: Callable[[str | None], None],
+        on_change: Callable[[], object],
+        on_state: Callable[[str | None], object],
     ) -> None:
+        """Return when the connection is gone (closed by the server, or no keepalive
+        answer)."""
         lost = asyncio.Event()
         conn.add_termination_listener(lambda _conn: lost.set())
-        await conn.add_listener(NOTIFY_CHANNEL, lambda *_args: on_change())
+
+        def notified(_conn: object, _pid: int, _channel: str, _payload: object) -> None:
+            on_change()
+
+        await conn.add_listener(NOTIFY_CHANNEL, notified)
         on_state(None)
         on_change()
         while not lost.is_set():
@@ -239,7 +249,6 @@ class DashboardSource:
                 await asyncio.wait_for(lost.wait(), timeout=LISTENER_KEEPALIVE)
             except TimeoutError:
                 await conn.execute("SELECT 1", timeout=QUERY_TIMEOUT)
-        raise ConnectionResetError("the LISTEN connection was closed")
 
     # -- plumbing ------------------------------------------------------------------------
     @asynccontextmanager

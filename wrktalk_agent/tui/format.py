@@ -25,8 +25,11 @@ EVENT_STYLES: dict[str, str] = {
 }
 
 #: Keys whose values are never shown, wherever they sit in a task result.
-SECRET_KEY = re.compile(r"password|passwd|secret|token|credential|api[_-]?key|private[_-]?key|"
-                        r"authorization|dsn|env_data|values_data", re.I)  # fmt: skip
+SECRET_KEY = re.compile(
+    r"password|passwd|secret|token|credential|api[_-]?key|private[_-]?key|authorization|dsn"
+    r"|env_data|values_data",
+    re.I,
+)
 #: ``user:password@`` in URLs and ``PASSWORD=...`` lines inside tool output.
 _URL_PASSWORD = re.compile(r"(\w+://[^:/@\s]+:)[^@\s]+@")
 _ASSIGNED_SECRET = re.compile(

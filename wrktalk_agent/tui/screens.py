@@ -120,16 +120,23 @@ def header_text(task: Task, now: datetime) -> Text:
         ("  task ", "dim"),
         str(task.id),
         "\n",
-        ("created ", "dim"), fmt.full_time(task.created_at),
-        ("   due ", "dim"), fmt.full_time(task.execute_after) if task.execute_after else "now",
+        ("created ", "dim"),
+        fmt.full_time(task.created_at),
+        ("   due ", "dim"),
+        fmt.full_time(task.execute_after) if task.execute_after else "now",
         "\n",
-        ("picked up ", "dim"), fmt.full_time(task.picked_up_at),
-        ("   by ", "dim"), task.claimed_by or "—",
-        ("   took ", "dim"), fmt.duration(task.picked_up_at, end),
+        ("picked up ", "dim"),
+        fmt.full_time(task.picked_up_at),
+        ("   by ", "dim"),
+        task.claimed_by or "—",
+        ("   took ", "dim"),
+        fmt.duration(task.picked_up_at, end),
         "\n",
-        ("completed ", "dim"), fmt.full_time(task.completed_at),
-        ("   heartbeat ", "dim"), fmt.age(task.last_heartbeat, now),
-    )  # fmt: skip
+        ("completed ", "dim"),
+        fmt.full_time(task.completed_at),
+        ("   heartbeat ", "dim"),
+        fmt.age(task.last_heartbeat, now),
+    )
     return text
 
 
@@ -246,11 +253,14 @@ class DeployDialog(ModalScreen[DeployChoice | None]):
     def compose(self) -> ComposeResult:
         release = self.release
         body = Text.assemble(
-            (release.chart_type, "bold"), f" · {fmt.human_size(release.size)}",
+            (release.chart_type, "bold"),
+            f" · {fmt.human_size(release.size)}",
             f" · sha256 {fmt.short_sha(release.sha256)} · ",
             ("signed", "green") if release.signature else ("not signed", "bold yellow"),
-            "\n", ("live now: ", "dim"), self.current or "none",
-        )  # fmt: skip
+            "\n",
+            ("live now: ", "dim"),
+            self.current or "none",
+        )
         if release.is_current:
             body.append("\nthis release is already live: it would be deployed again", "yellow")
         with Vertical(classes="dialog"):

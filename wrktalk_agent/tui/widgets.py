@@ -48,10 +48,14 @@ class TasksTable(KeyedTable):
     def on_mount(self) -> None:
         super().on_mount()
         for label, key in (
-            ("Status", "status"), ("Type", "type"), ("Version", "version"),
-            ("Picked up / due", "when"), ("Took", "took"), ("Step / error", "info"),
+            ("Status", "status"),
+            ("Type", "type"),
+            ("Version", "version"),
+            ("Picked up / due", "when"),
+            ("Took", "took"),
+            ("Step / error", "info"),
             ("Agent", "agent"),
-        ):  # fmt: skip
+        ):
             self.add_column(label, key=key)
 
     def show(self, snapshot: Snapshot) -> None:
@@ -181,7 +185,7 @@ class FilterBar(Static):
                 ("  type ", "dim"),
                 (filters.task_type or "all", "bold"),
                 ("   (s / t to change)", "dim"),
-            )  # fmt: skip
+            )
         )
 
 
@@ -198,10 +202,13 @@ class Overview(Static):
         alive = len(snapshot.agents) - stale
         first = Text.assemble(
             (f"{installation}  ", "bold"),
-            ("live ", "dim"), (overview.current_version or "none", "bold green"),
-            ("  previous ", "dim"), (overview.previous_version or "none", ""),
-            ("  agents ", "dim"), (f"{alive} alive", "green" if alive else "bold red"),
-        )  # fmt: skip
+            ("live ", "dim"),
+            (overview.current_version or "none", "bold green"),
+            ("  previous ", "dim"),
+            (overview.previous_version or "none", ""),
+            ("  agents ", "dim"),
+            (f"{alive} alive", "green" if alive else "bold red"),
+        )
         if stale:
             first.append(f" · {stale} stale", style="bold red")
         first.append("  pending ", style="dim")
