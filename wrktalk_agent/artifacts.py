@@ -149,6 +149,9 @@ def extract_release(
                         f"archive has more than {max_members} members "
                         f"(WRKTALK_AGENT_MAX_MEMBERS); stopped at {member.name!r}"
                     )
+                # The data filter would silently strip a leading "/": refuse instead.
+                if member.name.startswith("/") or ".." in member.name.split("/"):
+                    raise ArtifactError(f"unsafe member {member.name!r}: absolute path or '..'")
                 if member.mode & (stat.S_ISUID | stat.S_ISGID):
                     raise ArtifactError(f"member {member.name!r} has a setuid/setgid bit")
                 if member.isfile():
@@ -164,9 +167,14 @@ def extract_release(
                     tar.extract(member, dest, set_attrs=not member.isdir(), filter="data")
                 except tarfile.FilterError as exc:
                     raise ArtifactError(f"unsafe member {member.name!r}: {exc}") from None
+                except KeyError:  # tarfile's way of saying a hard link's target is absent
+                    raise ArtifactError(
+                        f"member {member.name!r} links to {member.linkname!r}, "
+                        "which is not in the archive"
+                    ) from None
     except ArtifactError:
         raise
-    except (tarfile.ReadError, tarfile.CompressionError, EOFError, OSError) as exc:
+    except (tarfile.TarError, EOFError, OSError) as exc:
         reason = str(exc) or type(exc).__name__
         if count == 0:
             raise ArtifactError(f"not a tar archive (.tar, .tar.gz or .tgz): {reason}") from None

@@ -1,0 +1,90 @@
+"""Developer and CI sessions: nox -s tests lint typecheck build e2e bench demo."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import nox
+
+nox.options.sessions = ["tests", "lint", "typecheck", "build"]
+nox.options.reuse_existing_virtualenvs = True
+
+ROOT = Path(__file__).parent
+PLUGINS = ["helm", "compose", "nginx", "haproxy", "smtp"]
+EDITABLE = ["-e", ".[dev]"] + [arg for p in PLUGINS for arg in ("-e", f"plugins/{p}")]
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """The whole test suite (core and plugins) on real PostgreSQL."""
+    session.install(*EDITABLE)
+    session.run("python", "-m", "pytest", *session.posargs)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    session.install("ruff")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+
+
+@nox.session
+def typecheck(session: nox.Session) -> None:
+    session.install(*EDITABLE)
+    session.run("mypy", "wrktalk_agent", *[f"plugins/{p}/wrktalk_agent_{p}" for p in PLUGINS])
+
+
+@nox.session
+def build(session: nox.Session) -> None:
+    """Build the six wheels, install them in a clean venv, list the plugins."""
+    session.install("build")
+    dist = Path(session.create_tmp()) / "dist"
+    for source in [ROOT, *(ROOT / "plugins" / p for p in PLUGINS)]:
+        session.run("python", "-m", "build", "--wheel", "--outdir", str(dist), str(source))
+    wheels = sorted(str(w) for w in dist.glob("*.whl"))
+    if len(wheels) != 6:
+        session.error(f"expected 6 wheels, built {len(wheels)}: {wheels}")
+    venv = Path(session.create_tmp()) / "clean-venv"
+    session.run("python", "-m", "venv", "--clear", str(venv))
+    python = str(venv / "bin" / "python")
+    session.run(python, "-m", "pip", "install", "-q", *wheels, external=True)
+    listing = session.run(
+        str(venv / "bin" / "wrktalk-agent"), "plugins", "--json", external=True, silent=True
+    )
+    plugins = {p["name"]: p for p in json.loads(listing or "[]")}
+    missing = [p for p in PLUGINS if p not in plugins or plugins[p]["error"]]
+    if missing:
+        session.error(f"plugins missing or broken in the clean install: {missing}")
+    for name in PLUGINS:
+        info = plugins[name]
+        session.log(f"{name}: {info['distribution']} {info['version']} hooks={info['hooks']}")
+
+
+@nox.session
+def e2e(session: nox.Session) -> None:
+    """End to end with a real Docker engine (compose plugin); needs root for dockerd."""
+    session.install(*EDITABLE)
+    session.run("bash", "scripts/start-dockerd.sh", external=True)
+    env = {"WRKTALK_E2E": "1"}
+    session.run("python", "-m", "pytest", "-m", "e2e", "tests", "plugins/compose", *session.posargs, env=env)
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Benchmarks: each prints a table of figures."""
+    session.install(*EDITABLE)
+    for script in sorted((ROOT / "benchmarks").glob("bench_*.py")):
+        session.run("python", str(script), *session.posargs, env={"PYTHONUNBUFFERED": "1"})
+
+
+@nox.session
+def demo(session: nox.Session) -> None:
+    """The quick-start demo on the embedded PostgreSQL."""
+    session.install(*EDITABLE)
+    session.run("wrktalk-agent", "demo", *session.posargs, env={"PYTHONUNBUFFERED": "1"})
+
+
+if os.environ.get("CI"):
+    nox.options.error_on_missing_interpreters = True
