@@ -14,6 +14,7 @@ import stat
 import tarfile
 import tempfile
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +37,9 @@ FROM release_artifact a, generate_series(1, $3::int, $2::int) AS o(off)
 WHERE a.id = $1
 ORDER BY o.off
 """
+
+
+_WHOLE = "SELECT artifact_data FROM release_artifact WHERE id = $1"
 
 
 class ArtifactError(Exception):
@@ -85,16 +89,12 @@ async def fetch_artifact(
     written = 0
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as out:
-        if artifact.size > 0:
-            async with conn.transaction(readonly=True):
-                cursor = conn.cursor(_SLICES, artifact.id, chunk_bytes, artifact.size, prefetch=2)
-                async for row in cursor:
-                    chunk: bytes = row[0]
-                    written += len(chunk)
-                    if written > max_bytes:  # the row changed under us
-                        raise ArtifactError(f"artifact grew past {max_bytes} bytes while read")
-                    digest.update(chunk)
-                    out.write(chunk)
+        async for chunk in _chunks(conn, artifact, chunk_bytes):
+            written += len(chunk)
+            if written > max_bytes:  # the row changed under us
+                raise ArtifactError(f"artifact grew past {max_bytes} bytes while read")
+            digest.update(chunk)
+            out.write(chunk)
     if written != artifact.size:
         raise ArtifactError(
             f"artifact {artifact.release_version}: read {written} bytes, expected {artifact.size}"
@@ -107,6 +107,20 @@ async def fetch_artifact(
     return FetchedArtifact(
         path=path, size=written, sha256=actual, seconds=time.perf_counter() - started
     )
+
+
+async def _chunks(
+    conn: asyncpg.Connection, artifact: ArtifactInfo, chunk_bytes: int
+) -> AsyncIterator[bytes]:
+    if artifact.size <= chunk_bytes:  # one round trip; no transaction or cursor needed
+        data = await conn.fetchval(_WHOLE, artifact.id)
+        if data:
+            yield data
+        return
+    async with conn.transaction(readonly=True):
+        cursor = conn.cursor(_SLICES, artifact.id, chunk_bytes, artifact.size, prefetch=2)
+        async for row in cursor:
+            yield row[0]
 
 
 def check_signature(artifact: ArtifactInfo, sha256_hex: str, trusted_keys: list) -> str:
@@ -152,6 +166,9 @@ def extract_release(
                 # The data filter would silently strip a leading "/": refuse instead.
                 if member.name.startswith("/") or ".." in member.name.split("/"):
                     raise ArtifactError(f"unsafe member {member.name!r}: absolute path or '..'")
+                if os.path.normpath(member.name) == "." and not member.isdir():
+                    # a link named "." sends tarfile into endless recursion
+                    raise ArtifactError(f"unsafe member {member.name!r}: replaces the root")
                 if member.mode & (stat.S_ISUID | stat.S_ISGID):
                     raise ArtifactError(f"member {member.name!r} has a setuid/setgid bit")
                 if member.isfile():

@@ -61,6 +61,14 @@ DB_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+@dataclass(frozen=True)
+class PendingEvent:
+    at: datetime
+    step: str
+    status: EventStatus
+    message: str
+
+
 class StepFailed(Exception):
     """A step failed; ``message`` is what the task's error_message will say."""
 
@@ -124,7 +132,8 @@ class TaskRun:
         self.log = get_logger(task_id=str(task.id), type=task.type, plugin=services.deployer.name)
         self.steps: list[StepTiming] = []
         self.result: dict[str, Any] = {"agent_id": self.agent_id, "steps": []}
-        self.unsaved_events: list[tuple[str, EventStatus, str]] = []
+        #: timeline entries not yet in the database (written in batches: see ``event``)
+        self.unsaved_events: list[PendingEvent] = []
         self.workdirs: list[Path] = []
         self.target: ArtifactInfo | None = None
         self.current: ArtifactInfo | None = None
@@ -134,17 +143,34 @@ class TaskRun:
         self.taken_away = asyncio.Event()
 
     # -- events and steps --------------------------------------------------------------
-    async def event(self, step: str, status: EventStatus, message: str = "") -> None:
-        """Append to the timeline; a database outage keeps the event for the final write."""
+    async def event(
+        self, step: str, status: EventStatus, message: str = "", *, flush: bool = False
+    ) -> None:
+        """Append to the timeline. Entries are buffered with their own time and written in
+        one statement before anything slow (``flush``) and with the outcome, so a fast
+        task costs a few round trips, not one per entry; an outage only delays them."""
+        self.unsaved_events.append(PendingEvent(datetime.now(UTC), step, status, message))
+        if flush:
+            await self.flush_events()
+
+    async def flush_events(self) -> None:
+        if not self.unsaved_events:
+            return
+        batch = list(self.unsaved_events)
         try:
-            await self.repo.add_event(self.task.id, step, status, message, self.agent_id)
+            await self.repo.add_events(self.task.id, batch, self.agent_id)
         except DB_ERRORS as exc:
-            self.log.warning("event.deferred", step=step, error=_describe(exc))
-            self.unsaved_events.append((step, status, message))
+            self.log.warning("event.deferred", count=len(batch), error=_describe(exc))
+            return
+        del self.unsaved_events[: len(batch)]
 
     @asynccontextmanager
-    async def step(self, name: str, start_message: str = "") -> AsyncIterator[None]:
-        await self.event(name, "started", start_message)
+    async def step(
+        self, name: str, start_message: str = "", *, slow: bool = False
+    ) -> AsyncIterator[None]:
+        """A named step: started/failed events, timing, metrics. ``slow`` steps make their
+        "started" entry visible at once (operators watch those)."""
+        await self.event(name, "started", start_message, flush=slow)
         began = time.monotonic()
         ok = False
         try:
@@ -217,7 +243,9 @@ class TaskRun:
         workdir = await self._materialize(self.target, "artifact")
         await self._maintenance_on(version)
         purpose: Literal["deploy", "rollback"] = self.task.type
-        async with self.step(purpose, f"{purpose} {version} with {self.s.deployer.name}"):
+        async with self.step(
+            purpose, f"{purpose} {version} with {self.s.deployer.name}", slow=True
+        ):
             outcome = await self._call_deployer(purpose, self.target, workdir)
             self.result["deployer"] = {"output": tail(outcome.output), "details": outcome.details}
             await self.event(purpose, "succeeded", f"{purpose} of {version} done")
@@ -257,7 +285,7 @@ class TaskRun:
 
     async def _materialize(self, artifact: ArtifactInfo, step_name: str) -> Path:
         """Fetch, verify and extract ``artifact`` into a private work dir."""
-        async with self.step(step_name, f"fetching {artifact.release_version}"):
+        async with self.step(step_name, f"fetching {artifact.release_version}", slow=True):
             workdir = make_private_dir(self.settings.work_dir, f"task-{self.task.id}-")
             self.workdirs.append(workdir)
             try:
@@ -310,7 +338,7 @@ class TaskRun:
         step = "auto-rollback" if purpose == "auto-rollback" else purpose
 
         async def report(message: str) -> None:
-            await self.event(step, "info", message)
+            await self.event(step, "info", message, flush=True)
 
         return DeployRequest(
             task_id=self.task.id,
@@ -346,7 +374,8 @@ class TaskRun:
         url = self.settings.healthcheck_url
         if not url:
             return
-        async with self.step("health", f"GET {url} expecting {self.settings.healthcheck_status}"):
+        expecting = f"GET {url} expecting {self.settings.healthcheck_status}"
+        async with self.step("health", expecting, slow=True):
             last = ""
             for attempt in range(1, self.settings.healthcheck_retries + 1):
                 status, last = await asyncio.to_thread(
@@ -377,7 +406,9 @@ class TaskRun:
         version = self.current.release_version
         try:
             workdir = await self._materialize(self.current, "auto-rollback-artifact")
-            async with self.step("auto-rollback", f"returning to {version} after: {failure}"):
+            async with self.step(
+                "auto-rollback", f"returning to {version} after: {failure}", slow=True
+            ):
                 outcome = await self._call_deployer(
                     "auto-rollback", self.current, workdir, current=self.target
                 )
@@ -416,12 +447,14 @@ class TaskRun:
             await handler.disable()
         except Exception as exc:  # must never mask the task's outcome
             self.log.error("maintenance.disable_failed", error=_describe(exc))
-            await self.event("maintenance-off", "failed", f"could not disable: {_describe(exc)}")
+            await self.event(
+                "maintenance-off", "failed", f"could not disable: {_describe(exc)}", flush=True
+            )
             return
         self.maintenance_on = False
         metrics.MAINTENANCE.set(0)
         await self._set_flag(False)
-        await self.event("maintenance-off", "succeeded", "site back to normal")
+        await self.event("maintenance-off", "succeeded", "site back to normal", flush=True)
 
     async def _set_flag(self, enabled: bool) -> None:
         try:
@@ -519,7 +552,7 @@ class TaskRun:
             rollback_error=rollback_error,
         )
         outcomes = await notify_all(self.s.notifiers, event, self.log)
-        await self.event("notify", "info", summarize_deliveries(outcomes))
+        await self.event("notify", "info", summarize_deliveries(outcomes), flush=True)
         try:
             await self.repo.add_notification_result(self.task.id, outcomes)
         except DB_ERRORS as exc:

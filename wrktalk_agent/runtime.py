@@ -79,6 +79,9 @@ class Agent:
         try:
             while not self.stop_event.is_set():
                 self._tick()
+                # Cleared before the poll, not before the sleep: a NOTIFY that arrives
+                # while the poll runs must still cut the following sleep short.
+                self.wake.clear()
                 try:
                     polled = await self.repo.poll(
                         self.settings.agent_id, self.settings.stale_after_seconds
@@ -123,7 +126,6 @@ class Agent:
 
     async def _sleep(self, timeout: float) -> None:
         """Wait for a NOTIFY, a stop request or the timeout, ticking for /healthz."""
-        self.wake.clear()
         deadline = time.monotonic() + timeout
         while not self.wake.is_set() and not self.stop_event.is_set():
             remaining = deadline - time.monotonic()
@@ -141,8 +143,6 @@ class Agent:
         """Run one claimed task, honouring the shutdown grace period."""
         run = TaskRun(self.services, task)
         self.running = run
-        with contextlib.suppress(*DB_ERRORS):
-            await self.repo.mark_agent_busy(self.settings.agent_id, task.id)
         job = asyncio.create_task(run.execute(), name=f"task-{task.id}")
         try:
             stop_wait = asyncio.create_task(self.stop_event.wait(), name="stop-wait")
@@ -266,11 +266,12 @@ class Agent:
                 self.listener_connected.set()
                 self.log.info("listener.connected")
                 self.wake.set()  # anything inserted while we were away
+                # a half-open TCP connection sends no FIN: ask the server now and then
+                keepalive = max(self.settings.poll_interval, 30.0)
                 while not lost.is_set() and not conn.is_closed():
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(lost.wait(), timeout=self.settings.poll_interval)
+                        await asyncio.wait_for(lost.wait(), timeout=keepalive)
                     if not lost.is_set():
-                        # a half-open TCP connection sends no FIN: ask the server
                         await asyncio.wait_for(conn.execute("SELECT 1"), timeout=10)
                 self.log.warning("listener.lost")
             except asyncio.CancelledError:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 import os
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 from uuid import UUID
 
 import asyncpg
@@ -21,6 +21,23 @@ from wrktalk_agent.db.schema import check_schema, init_schema
 from wrktalk_agent.interfaces import Recipient, SmtpConfig
 
 EventStatus = Literal["started", "succeeded", "failed", "skipped", "info"]
+
+
+class PendingEventLike(Protocol):
+    at: datetime
+    step: str
+    status: str
+    message: str
+
+
+def _event_columns(events: Sequence[PendingEventLike]) -> tuple[list[Any], ...]:
+    return (
+        [e.at for e in events],
+        [e.step for e in events],
+        [e.status for e in events],
+        [e.message for e in events],
+    )
+
 
 #: Errors that mean "the database is not there right now" (as opposed to a bug in a query).
 CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
@@ -66,6 +83,12 @@ async def connect_once(settings: AgentSettings, *, timeout: float = 10.0) -> asy
     return conn
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Pool connections carry no session state (no LISTEN, session locks or SET), so the
+    default reset query after every use would be a wasted statement on each poll; an open
+    transaction is still rolled back by asyncpg itself."""
+
+
 def _ssl(settings: AgentSettings) -> str | None:
     if settings.database_url is not None and "sslmode=" in settings.dsn():
         return None  # the DSN says it itself
@@ -98,6 +121,7 @@ class Repository:
                 max_size=settings.db_pool_max_size,
                 timeout=timeout,
                 init=_init_connection,
+                reset=_keep_session,
                 server_settings=_app_name(),
             )
         except asyncpg.InvalidPasswordError as exc:
@@ -141,9 +165,6 @@ class Repository:
             next_due_in=row["next_due_in"],
         )
 
-    async def mark_agent_busy(self, agent_id: str, task_id: UUID | None) -> None:
-        await self.pool.execute(q.MARK_AGENT_BUSY, agent_id, task_id)
-
     async def fail_own_leftovers(self, agent_id: str) -> list[Task]:
         rows = await self.pool.fetch(q.FAIL_OWN_LEFTOVERS, agent_id)
         return [Task.model_validate(dict(r)) for r in rows]
@@ -161,7 +182,7 @@ class Repository:
         result: dict[str, Any],
         error: str | None,
         promote: UUID | None,
-        events: list[tuple[str, EventStatus, str]] | None = None,
+        events: Sequence[PendingEventLike] | None = None,
     ) -> Task | None:
         """Write the outcome (and promote a release) in one transaction, only if this agent
         still owns the task. ``None`` means the task was taken away: nothing was written.
@@ -173,10 +194,14 @@ class Repository:
             if promote is not None:
                 await promote_release(conn, promote)
             if events:
-                await conn.executemany(
-                    q.INSERT_EVENT, [(task_id, s, st, m, agent_id) for s, st, m in events]
-                )
+                await conn.execute(q.INSERT_EVENTS, task_id, *_event_columns(events), agent_id)
             return Task.model_validate(dict(row))
+
+    async def add_events(
+        self, task_id: UUID, events: Sequence[PendingEventLike], agent_id: str | None
+    ) -> None:
+        """Several timeline entries, each with its own time, in one statement."""
+        await self.pool.execute(q.INSERT_EVENTS, task_id, *_event_columns(events), agent_id)
 
     async def add_notification_result(
         self, task_id: UUID, outcomes: dict[str, list[dict[str, Any]]]
@@ -308,7 +333,8 @@ class Repository:
         if status is None:
             rows = await self.pool.fetch(q.DASHBOARD_TASKS, task_type, limit)
         else:
-            rows = await self.pool.fetch(q.DASHBOARD_TASKS_BY_STATUS, status, task_type, limit)
+            sql = q.DASHBOARD_TASKS_BY_STATUS[status]  # KeyError: not a task status
+            rows = await self.pool.fetch(sql, task_type, limit)
         return [Task.model_validate(dict(r)) for r in rows]
 
     async def dashboard_running(self) -> list[tuple[Task, TaskEvent | None]]:
@@ -341,11 +367,8 @@ class Repository:
 
 
 async def promote_release(conn: asyncpg.Connection, release_id: UUID) -> None:
-    """Make ``release_id`` current; the old current becomes previous. Call in a transaction."""
-    current = await conn.fetchval(q.CURRENT_ID)
-    if current == release_id:
-        await conn.execute(q.TOUCH_APPLIED, release_id)
-        return
-    await conn.execute(q.CLEAR_PREVIOUS)
+    """Make ``release_id`` current; the old current becomes previous (redeploying the
+    current release only refreshes applied_at). Call in a transaction."""
+    await conn.execute(q.CLEAR_PREVIOUS, release_id)
     await conn.execute(q.DEMOTE_CURRENT, release_id)
     await conn.execute(q.PROMOTE, release_id)
