@@ -41,12 +41,6 @@ class HealthState:
     #: ``time.monotonic()`` of the last tick: immune to clock jumps
     last_loop_tick: float = field(default_factory=time.monotonic)
 
-    @classmethod
-    def for_intervals(cls, poll_interval: float, heartbeat_interval: float) -> HealthState:
-        """A threshold that tolerates two missed ticks of the slower of the two timers the
-        loop waits on (poll timer when idle, heartbeat while a task runs)."""
-        return cls(loop_stuck_after=3 * max(poll_interval, heartbeat_interval))
-
     def tick(self) -> None:
         self.last_loop_tick = time.monotonic()
 
@@ -57,14 +51,16 @@ class HealthState:
         return self.seconds_since_tick() <= self.loop_stuck_after
 
     def describe(self) -> dict[str, Any]:
+        """The ``/healthz`` body; ``status`` is ``ok`` or ``stuck`` (then with a reason)."""
         since = self.seconds_since_tick()
+        healthy = since <= self.loop_stuck_after  # one reading: body and status agree
         body: dict[str, Any] = {
-            "status": "ok" if self.healthy() else "stuck",
+            "status": "ok" if healthy else "stuck",
             "uptime_seconds": round(time.time() - self.started_at, 1),
             "seconds_since_loop_tick": round(since, 1),
             "loop_stuck_after": self.loop_stuck_after,
         }
-        if not self.healthy():
+        if not healthy:
             body["reason"] = (
                 f"main loop has not ticked for {since:.0f}s (limit {self.loop_stuck_after:.0f}s)"
             )
@@ -102,7 +98,8 @@ def build_app(
     registry: CollectorRegistry = metrics.REGISTRY,
 ) -> web.Application:
     async def healthz(request: web.Request) -> web.Response:
-        return web.json_response(state.describe(), status=200 if state.healthy() else 503)
+        body = state.describe()
+        return web.json_response(body, status=200 if body["status"] == "ok" else 503)
 
     async def readyz(request: web.Request) -> web.Response:
         # Our own timeout too: a probe must get an answer before kubelet gives up on it.

@@ -72,7 +72,8 @@ def render_settings_table(model: type[BaseSettings]) -> str:
     rows = ["| Variable | Type | Default | Description |", "| --- | --- | --- | --- |"]
     for name, info in model.model_fields.items():
         variables = "<br>".join(f"`{v}`" for v in env_names(model, name))
-        cells = (variables, _type(info), _default(model, name, info), info.description or "")
+        description = _escape_tags(info.description or "")
+        cells = (variables, _type(info), _default(model, name, info), description)
         rows.append("| " + " | ".join(_cell(c) for c in cells) + " |")
     return "\n".join(rows) + "\n"
 
@@ -112,6 +113,14 @@ def installed_models() -> dict[str, type[BaseSettings]]:
 # -- cells -----------------------------------------------------------------------------
 def _cell(text: str) -> str:
     return " ".join(text.split()).replace("|", "\\|")
+
+
+def _escape_tags(text: str) -> str:
+    """``<version>`` outside a code span would be swallowed as an HTML tag."""
+    parts = text.split("`")
+    for i in range(0, len(parts), 2):  # even parts are outside code spans
+        parts[i] = parts[i].replace("<", "&lt;").replace(">", "&gt;")
+    return "`".join(parts)
 
 
 def _type(info: FieldInfo) -> str:

@@ -1,0 +1,99 @@
+"""Command lines for Compose v2 (``docker compose``) and v1 (``docker-compose``).
+
+Kept free of I/O so that the exact argument lists can be tested without Docker.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from wrktalk_agent.interfaces import DeployError
+
+from .process import run
+from .settings import ComposeSettings
+
+Variant = Literal["v2", "v1"]
+
+#: `docker compose version` and friends answer at once when Docker is healthy.
+QUERY_TIMEOUT_SECONDS = 60.0
+
+
+@dataclass(frozen=True)
+class ComposeCommand:
+    """One project's compose invocation, with the flags every subcommand shares."""
+
+    variant: Variant
+    docker: str
+    compose_v1: str
+    project: str
+    compose_file: Path
+    env_file: Path | None
+
+    def base(self) -> list[str]:
+        program = [self.docker, "compose"] if self.variant == "v2" else [self.compose_v1]
+        args = [*program, "-p", self.project, "-f", str(self.compose_file)]
+        # Passed explicitly to v1 too: where v1 looks for .env by default changed
+        # between releases (working directory vs. project directory).
+        if self.env_file is not None:
+            args += ["--env-file", str(self.env_file)]
+        return args
+
+    def up(self, *, wait_timeout: int, force_recreate: bool = False) -> list[str]:
+        args = [*self.base(), "up", "-d"]
+        if self.variant == "v2":
+            args += ["--wait", "--wait-timeout", str(wait_timeout)]
+        args.append("--remove-orphans")
+        if force_recreate:
+            args.append("--force-recreate")
+        return args
+
+    def container_ids(self) -> list[str]:
+        # v2's `ps` hides stopped containers unless asked; v1's shows them by default
+        # (its -a would add one-off `run` containers, which are not part of the release).
+        if self.variant == "v2":
+            return [*self.base(), "ps", "--all", "--quiet"]
+        return [*self.base(), "ps", "-q"]
+
+
+def version_command(settings: ComposeSettings, variant: Variant) -> list[str]:
+    if variant == "v2":
+        return [settings.docker_binary, "compose", "version"]
+    return [settings.compose_v1_binary, "version"]
+
+
+async def probe(settings: ComposeSettings, variant: Variant) -> tuple[bool, str]:
+    """Whether ``variant`` works here, with its version line or the reason it does not."""
+    result = await run(version_command(settings, variant), timeout=QUERY_TIMEOUT_SECONDS)
+    if not result.ok:
+        return False, result.summary()
+    lines = result.output.strip().splitlines()
+    return True, lines[0] if lines else ""
+
+
+async def resolve_variant(settings: ComposeSettings) -> Variant:
+    """The configured variant, or the detected one for ``command=auto``."""
+    if settings.command != "auto":
+        return settings.command
+    variant, _ = await detect_variant(settings)
+    return variant
+
+
+async def detect_variant(settings: ComposeSettings) -> tuple[Variant, str]:
+    """v2 when `docker compose version` works, else v1 when `docker-compose version`
+    does; with the version line. Raises :class:`DeployError` when neither works."""
+    reasons = []
+    preference: tuple[Variant, ...] = ("v2", "v1")
+    for variant in preference:
+        works, detail = await probe(settings, variant)
+        if works:
+            return variant, detail
+        reasons.append(f"`{' '.join(version_command(settings, variant))}`: {detail}")
+    raise DeployError(
+        "no Docker Compose command found ("
+        + "; ".join(reasons)
+        + "); install the compose plugin (v2) or docker-compose (v1), "
+        "or set WRKTALK_AGENT_COMPOSE_COMMAND",
+        system_changed=False,
+    )

@@ -1,0 +1,179 @@
+"""Fixtures for the helm plugin's tests: the fake ``helm`` on PATH, deployers, requests."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import pytest
+from wrktalk_agent_helm import HelmDeployer, HelmSettings
+
+from wrktalk_agent.interfaces import DeployRequest, PluginContext, Recipient, Release, SmtpConfig
+
+FAKE_HELM = Path(__file__).with_name("fake_helm.py")
+
+CHART_YAML = 'apiVersion: v2\nname: wrktalk\nversion: 2.3.0\nappVersion: "{version}"\n'
+VALUES_YAML = "replicaCount: 1\ndbPassword: s3cr3t-do-not-log\n"
+
+
+@dataclass
+class FakeHelm:
+    """Handle on the fake helm of one test: its state file and its argv log."""
+
+    bin_dir: Path
+    state_path: Path
+    log_path: Path
+
+    def configure(self, **values: Any) -> None:
+        state = self.state()
+        state.update(values)
+        self.state_path.write_text(json.dumps(state))
+
+    def state(self) -> dict[str, Any]:
+        if not self.state_path.exists():
+            return {}
+        return json.loads(self.state_path.read_text())
+
+    def revisions(self, name: str = "wrktalk", namespace: str = "wrktalk") -> list[dict[str, Any]]:
+        return self.state().get("releases", {}).get(f"{namespace}/{name}", [])
+
+    def seed(
+        self, revisions: list[tuple[str, str]], name: str = "wrktalk", namespace: str = "wrktalk"
+    ) -> None:
+        """A release history from (status, description) pairs, revision 1 first."""
+        history = [
+            {"revision": n, "updated": "2024-05-01T10:00:00Z", "status": status,
+             "chart": "wrktalk-2.3.0", "app_version": "1.0.0", "description": description,
+             "config": {}, "notes": ""}
+            for n, (status, description) in enumerate(revisions, start=1)
+        ]  # fmt: skip
+        state = self.state()
+        state.setdefault("releases", {})[f"{namespace}/{name}"] = history
+        state["namespaces"] = sorted({*state.get("namespaces", ["default"]), namespace})
+        self.state_path.write_text(json.dumps(state))
+
+    def calls(self) -> list[list[str]]:
+        """argv of every invocation so far, without the program name."""
+        if not self.log_path.exists():
+            return []
+        return [json.loads(line)["argv"] for line in self.log_path.read_text().splitlines()]
+
+    def pids(self) -> list[int]:
+        if not self.log_path.exists():
+            return []
+        return [json.loads(line)["pid"] for line in self.log_path.read_text().splitlines()]
+
+    def clear_log(self) -> None:
+        self.log_path.unlink(missing_ok=True)
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Settings come from the environment: keep the developer's own out of the tests."""
+    for name in list(os.environ):
+        if name.startswith("WRKTALK_AGENT_HELM_") or name == "WRKTALK_AGENT_KUBE_NAMESPACE":
+            monkeypatch.delenv(name)
+
+
+@pytest.fixture
+def fake_helm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakeHelm:
+    """The fake helm as ``helm``, first on PATH."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    executable = bin_dir / "helm"
+    # A real executable (shebang to this interpreter), found through PATH like Helm.
+    executable.write_text(f"#!{sys.executable}\n" + FAKE_HELM.read_text())
+    executable.chmod(0o755)
+    fake = FakeHelm(bin_dir, tmp_path / "helm-state.json", tmp_path / "helm-calls.jsonl")
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}")
+    monkeypatch.setenv("FAKE_HELM_STATE", str(fake.state_path))
+    monkeypatch.setenv("FAKE_HELM_LOG", str(fake.log_path))
+    return fake
+
+
+class _NoDirectory:
+    """The deployer never reads the database; an empty directory keeps that visible."""
+
+    async def active_admins(self) -> list[Recipient]:
+        return []
+
+    async def smtp_config(self) -> SmtpConfig:
+        return SmtpConfig()
+
+
+@pytest.fixture
+def make_deployer(tmp_path: Path) -> Callable[..., HelmDeployer]:
+    def make(**settings: Any) -> HelmDeployer:
+        context = PluginContext(
+            agent_id="test-agent",
+            installation="Test",
+            work_dir=tmp_path / "work",
+            directory=_NoDirectory(),
+        )
+        return HelmDeployer(HelmSettings(**settings), context)
+
+    return make
+
+
+@dataclass
+class RequestFactory:
+    root: Path
+    reports: list[str] = field(default_factory=list)
+
+    async def _report(self, line: str) -> None:
+        self.reports.append(line)
+
+    def __call__(
+        self,
+        version: str,
+        *,
+        purpose: Literal["deploy", "rollback", "auto-rollback"] = "deploy",
+        layout: Literal["root", "subdir", "tgz", "none"] = "subdir",
+        values: str | None = VALUES_YAML,
+    ) -> DeployRequest:
+        workdir = self.root / f"release-{uuid.uuid4().hex[:8]}"
+        workdir.mkdir(parents=True)
+        chart_yaml = CHART_YAML.format(version=version)
+        if layout == "root":
+            (workdir / "Chart.yaml").write_text(chart_yaml)
+        elif layout == "subdir":
+            (workdir / "wrktalk").mkdir()
+            (workdir / "wrktalk" / "Chart.yaml").write_text(chart_yaml)
+        elif layout == "tgz":
+            _package_chart(workdir / "wrktalk-2.3.0.tgz", chart_yaml)
+        values_file = None
+        if values is not None:
+            values_file = workdir / "values.yaml"
+            values_file.write_text(values)
+        return DeployRequest(
+            task_id=uuid.uuid4(),
+            purpose=purpose,
+            release=Release(id=uuid.uuid4(), version=version, chart_type="helm", sha256="0" * 64),
+            workdir=workdir,
+            env_file=None,
+            values_file=values_file,
+            current=None,
+            report=self._report,
+        )
+
+
+def _package_chart(path: Path, chart_yaml: str) -> None:
+    import io
+    import tarfile
+
+    with tarfile.open(path, "w:gz") as tar:
+        data = chart_yaml.encode()
+        info = tarfile.TarInfo("wrktalk/Chart.yaml")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+
+
+@pytest.fixture
+def make_request(tmp_path: Path) -> Iterator[RequestFactory]:
+    yield RequestFactory(tmp_path / "releases")

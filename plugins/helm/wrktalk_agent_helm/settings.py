@@ -1,0 +1,175 @@
+"""Settings of the helm deployer (``WRKTALK_AGENT_HELM_*``), validated at agent startup."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import AliasChoices, Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+__all__ = ["MANAGED_FLAGS", "HelmSettings", "parse_go_duration"]
+
+# Helm's own rule for release names (chartutil.ValidateReleaseName): a lowercase DNS-1123
+# subdomain of at most 53 characters, so that generated resource names still fit in 63.
+_RELEASE_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_RELEASE_NAME_MAX = 53
+# A namespace is a DNS-1123 label.
+_NAMESPACE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_NAMESPACE_MAX = 63
+
+# Go's time.ParseDuration syntax (what `helm --timeout` accepts), without a sign: a sign
+# makes no sense for a timeout and "-5m" would even read like a flag.
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
+#: flags the deployer sets itself; overriding them through extra_args would break the
+#: rollback bookkeeping (--description), the hard timeout (--timeout) or the target.
+MANAGED_FLAGS = frozenset({
+    "--install", "-i", "--namespace", "-n", "--create-namespace", "--wait", "--timeout",
+    "--history-max", "--atomic", "--rollback-on-failure", "--description", "--kube-context",
+    "--kubeconfig",
+})  # fmt: skip
+_UNIT_SECONDS = {
+    "ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0,
+}  # fmt: skip
+
+
+def parse_go_duration(text: str) -> float:
+    """Seconds in a Go duration such as ``90s``, ``10m`` or ``1h30m``; ``ValueError`` if invalid."""
+    position, total = 0, 0.0
+    while position < len(text):
+        match = _DURATION_PART.match(text, position)
+        if match is None:
+            break
+        total += float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+        position = match.end()
+    if not text or position != len(text):
+        raise ValueError(f"invalid duration {text!r}: use a Go duration such as 90s, 10m or 1h30m")
+    return total
+
+
+class HelmSettings(BaseSettings):
+    """How the agent drives ``helm`` for a Kubernetes installation."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="WRKTALK_AGENT_HELM_", extra="ignore", populate_by_name=True
+    )
+
+    release_name: str = Field(
+        "wrktalk",
+        description="Helm release name of the WrkTalk installation (lowercase DNS-1123, "
+        "at most 53 characters).",
+    )
+    namespace: str = Field(
+        "wrktalk",
+        # The Kubernetes namespace is shared knowledge of the whole agent (its k8s
+        # manifests set WRKTALK_AGENT_KUBE_NAMESPACE); the helm-prefixed name also works.
+        validation_alias=AliasChoices(
+            "WRKTALK_AGENT_KUBE_NAMESPACE", "WRKTALK_AGENT_HELM_NAMESPACE"
+        ),
+        description="Kubernetes namespace of the release, from WRKTALK_AGENT_KUBE_NAMESPACE "
+        "(or WRKTALK_AGENT_HELM_NAMESPACE); created on first install.",
+    )
+    create_namespace: bool = Field(
+        True,
+        description="Pass --create-namespace on a first install. Turn it off when the agent "
+        "may not create namespaces (a namespaced Role, as in deploy/k8s) and create the "
+        "namespace beforehand: Helm asks to create it even when it exists, and is refused.",
+    )
+    timeout: str = Field(
+        "10m",
+        description="helm --timeout: how long Helm waits for resources to become ready "
+        "(Go duration: 90s, 10m, 1h30m).",
+    )
+    kube_context: str | None = Field(
+        None, description="kubeconfig context to use (helm --kube-context); default: current."
+    )
+    kubeconfig: Path | None = Field(
+        None,
+        description="Path of the kubeconfig file (helm --kubeconfig); default: in-cluster "
+        "service account or $KUBECONFIG.",
+    )
+    extra_args: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Extra arguments appended to `helm upgrade --install`, as a JSON list, "
+        'e.g. ["--set-string", "image.registry=registry.local"]. Items may not contain '
+        "newlines or NUL, nor repeat a flag the agent sets (--namespace, --timeout, ...). "
+        "They show up in process listings: keep secrets in values_data instead.",
+    )
+    binary: str = Field("helm", description="helm executable: a name looked up on PATH, or a path.")
+    history_max: int = Field(
+        10, ge=0, description="helm --history-max: revisions Helm keeps per release (0: no limit)."
+    )
+
+    @field_validator("release_name")
+    @classmethod
+    def _release_name(cls, value: str) -> str:
+        if len(value) > _RELEASE_NAME_MAX or not _RELEASE_NAME.fullmatch(value):
+            raise ValueError(
+                "a Helm release name must be lowercase letters, digits, '-' and '.', start "
+                f"and end with a letter or digit, and be at most {_RELEASE_NAME_MAX} characters"
+            )
+        return value
+
+    @field_validator("namespace")
+    @classmethod
+    def _namespace(cls, value: str) -> str:
+        if len(value) > _NAMESPACE_MAX or not _NAMESPACE.fullmatch(value):
+            raise ValueError(
+                "a Kubernetes namespace must be lowercase letters, digits and '-', start and "
+                f"end with a letter or digit, and be at most {_NAMESPACE_MAX} characters"
+            )
+        return value
+
+    @field_validator("timeout")
+    @classmethod
+    def _timeout(cls, value: str) -> str:
+        if parse_go_duration(value) <= 0:
+            raise ValueError("the timeout must be longer than zero")
+        return value
+
+    @field_validator("kube_context", "binary")
+    @classmethod
+    def _plain_argument(cls, value: str | None) -> str | None:
+        # These become separate argv items; a leading dash would be read as another flag.
+        if value is not None and (not value or value.startswith("-") or _has_control(value)):
+            raise ValueError(
+                "must be non-empty, not start with '-', and hold no control characters"
+            )
+        return value
+
+    @field_validator("extra_args", mode="before")
+    @classmethod
+    def _json_list(cls, value: Any) -> Any:
+        # Decoded here rather than by pydantic-settings so that a malformed value becomes a
+        # readable validation error naming the variable instead of a parser traceback.
+        if isinstance(value, str):
+            try:
+                value = json.loads(value) if value.strip() else []
+            except json.JSONDecodeError as exc:
+                raise ValueError(
+                    f'must be a JSON list of strings, e.g. ["--set-string", "a=b"] ({exc.msg})'
+                ) from None
+        return value
+
+    @field_validator("extra_args")
+    @classmethod
+    def _safe_items(cls, value: list[str]) -> list[str]:
+        for item in value:
+            if any(ch in item for ch in "\n\r\x00"):
+                raise ValueError(f"argument {item!r} contains a newline or NUL character")
+            if item.split("=", 1)[0] in MANAGED_FLAGS:
+                raise ValueError(
+                    f"{item!r} is set by the agent itself; use the matching "
+                    "WRKTALK_AGENT_HELM_* setting instead"
+                )
+        return value
+
+    @property
+    def timeout_seconds(self) -> float:
+        return parse_go_duration(self.timeout)
+
+
+def _has_control(value: str) -> bool:
+    return any(ord(ch) < 32 or ord(ch) == 127 for ch in value)
