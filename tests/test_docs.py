@@ -46,6 +46,13 @@ def test_settings_tables_match_the_models() -> None:
             )
 
 
+def test_readme_settings_table_matches_the_model() -> None:
+    blocks = document_blocks((ROOT / "README.md").read_text())
+    assert blocks["agent"] == render_settings_table(installed_models()["agent"]), (
+        "README.md settings table is stale; run: python -m wrktalk_agent.settings_doc README.md"
+    )
+
+
 def test_every_shipped_backend_with_settings_has_a_table() -> None:
     ours = {"wrktalk-agent"} | {
         tomllib.loads(p.read_text())["project"]["name"]

@@ -52,7 +52,9 @@ class AgentSettings(BaseSettings):
         None, description="Deployer backend name (default: kubernetes→helm, docker→compose)."
     )
     maintenance_mode_handler: str = Field(
-        "nginx", description="Maintenance backend name (nginx, haproxy, ...) or 'none'."
+        "none",
+        description="Maintenance backend name (nginx, haproxy, ...) or 'none'; the proxy "
+        "must carry the plugin's snippet, so it is opt-in.",
     )
     notifiers: CommaList = Field(
         default_factory=lambda: ["smtp"], description="Comma list of notifier backends."

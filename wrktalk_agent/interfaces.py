@@ -209,7 +209,8 @@ class NotificationEvent:
 
 @dataclass(frozen=True)
 class Delivery:
-    """The outcome of sending to one recipient (or one channel)."""
+    """The outcome of sending to one recipient (or one channel). ``attempts`` is 0 when
+    nothing was tried (a configuration problem, explained in ``detail``)."""
 
     recipient: str
     ok: bool

@@ -595,7 +595,7 @@ def summarize_deliveries(outcomes: dict[str, list[dict[str, Any]]]) -> str:
     parts = []
     for name, deliveries in outcomes.items():
         if not deliveries:
-            parts.append(f"{name}: no recipients")
+            parts.append(f"warning: {name} had no recipients (no active admins?)")
             continue
         ok = sum(1 for d in deliveries if d["ok"])
         failed = [f"{d['recipient']} ({d['detail']})" for d in deliveries if not d["ok"]]

@@ -241,13 +241,16 @@ def format_validation_error(exc: ValidationError, model: type[BaseSettings] | No
         shown = (
             "" if _is_secret_field(field_name) or isinstance(value, dict) else f" (got {value!r})"
         )
-        lines.append(f"{env_name}: {err['msg']}{shown}")
+        message = err["msg"].removeprefix("Value error, ")
+        lines.append(f"{env_name}: {message}{shown}")
     return lines
 
 
 def _env_name(model: type[BaseSettings] | None, field_name: str, prefix: str) -> str:
     if model is not None:
         top = field_name.split(".")[0]
+        if top not in model.model_fields:  # pydantic reports an alias: it is the variable
+            return top.upper()
         info = model.model_fields.get(top)
         alias = getattr(info, "validation_alias", None) if info else None
         if isinstance(alias, str):

@@ -77,19 +77,24 @@ async def run(
     except (FileNotFoundError, PermissionError) as exc:
         return CommandResult(argv, NOT_FOUND, "", f"{argv[0]}: {exc.strerror or exc}")
     assert proc.stdout is not None
+    # Filled while the command runs, so what it printed survives a timeout.
+    stdout, output = bytearray(), bytearray()
     try:
         async with asyncio.timeout(timeout):
             if capture_stdout:
                 assert proc.stderr is not None
-                stdout, output = await asyncio.gather(
-                    _read(proc.stdout, keep=None), _read(proc.stderr, keep=TAIL_BYTES)
+                await asyncio.gather(
+                    _read(proc.stdout, stdout, keep=None),
+                    _read(proc.stderr, output, keep=TAIL_BYTES),
                 )
             else:
-                stdout, output = b"", await _read(proc.stdout, keep=TAIL_BYTES)
+                await _read(proc.stdout, output, keep=TAIL_BYTES)
             returncode = await proc.wait()
     except TimeoutError:
         await _stop(proc)
-        return CommandResult(argv, TIMED_OUT, "", f"{argv[0]}: timed out after {timeout:g}s")
+        said = output.decode(errors="replace")
+        note = f"{argv[0]}: timed out after {timeout:g}s"
+        return CommandResult(argv, TIMED_OUT, "", tail(f"{said}\n{note}" if said else note))
     except BaseException:  # cancelled: the child must not outlive the task
         await _stop(proc)
         raise
@@ -98,13 +103,11 @@ async def run(
     )
 
 
-async def _read(stream: asyncio.StreamReader, *, keep: int | None) -> bytes:
-    buffer = bytearray()
+async def _read(stream: asyncio.StreamReader, buffer: bytearray, *, keep: int | None) -> None:
     while chunk := await stream.read(64 * 1024):
         buffer += chunk
         if keep is not None and len(buffer) > keep:
             del buffer[:-keep]
-    return bytes(buffer)
 
 
 async def _stop(proc: asyncio.subprocess.Process) -> None:

@@ -33,9 +33,9 @@ from compose_support import (
     docker,
     unavailable,
 )
-from wrktalk_agent_compose import ComposeDeployer, ComposeSettings
 
 from wrktalk_agent.interfaces import PluginContext
+from wrktalk_agent_compose import ComposeDeployer, ComposeSettings
 
 BUSYBOX_APPLETS = ("sh", "httpd", "wget", "echo", "sleep", "true", "false")
 

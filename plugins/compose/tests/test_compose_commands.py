@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 from compose_support import ReleaseBuilder, Reports
-from wrktalk_agent_compose import ComposeDeployer, ComposeSettings
-from wrktalk_agent_compose.commands import ComposeCommand, detect_variant, resolve_variant
-from wrktalk_agent_compose.process import NOT_FOUND, TAIL_BYTES, TIMED_OUT, run
 
 from wrktalk_agent.interfaces import DeployError, DeployRequest
+from wrktalk_agent.process import NOT_FOUND, TAIL_BYTES, TIMED_OUT, run
+from wrktalk_agent_compose import ComposeDeployer, ComposeSettings
+from wrktalk_agent_compose.commands import ComposeCommand, detect_variant, resolve_variant
 
 RELEASE = Path("/var/lib/wrktalk-agent/compose/releases/1.2.3")
 

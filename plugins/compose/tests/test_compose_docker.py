@@ -22,9 +22,9 @@ from compose_support import (
     free_loopback_port,
     http_get,
 )
-from wrktalk_agent_compose import ComposeDeployer
 
 from wrktalk_agent.interfaces import DeployError
+from wrktalk_agent_compose import ComposeDeployer
 
 pytestmark = pytest.mark.e2e
 

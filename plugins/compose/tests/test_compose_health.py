@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from wrktalk_agent_compose.health import ContainerState, Readiness, readiness
 
 

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 from compose_support import ReleaseBuilder
 from pydantic import ValidationError
-from wrktalk_agent_compose import ComposeDeployer, ComposeSettings
-from wrktalk_agent_compose.layout import COMPOSE_FILE_NAMES, read_layout
 
 from wrktalk_agent.interfaces import DeployError, PluginContext
 from wrktalk_agent.plugins import PluginRegistry, SettingsError, load_backend_settings
+from wrktalk_agent_compose import ComposeDeployer, ComposeSettings
+from wrktalk_agent_compose.layout import COMPOSE_FILE_NAMES, read_layout
 
 SERVICES = "services:\n  web:\n    image: app:1\n"
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from unittest import mock
 
 import pytest
+
 from wrktalk_agent_compose.layout import read_layout
 from wrktalk_agent_compose.releases import InstalledRelease, install_release, prune_releases
 

@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Literal
 
 from wrktalk_agent.interfaces import DeployError
+from wrktalk_agent.process import run
 
-from .process import run
 from .settings import ComposeSettings
 
 Variant = Literal["v2", "v1"]

@@ -15,6 +15,7 @@ from wrktalk_agent.interfaces import (
     PluginContext,
     validate_version,
 )
+from wrktalk_agent.process import run, tail
 
 from .commands import (
     QUERY_TIMEOUT_SECONDS,
@@ -26,7 +27,6 @@ from .commands import (
 )
 from .health import ProjectContainers
 from .layout import ReleaseLayout, read_layout
-from .process import run, tail
 from .releases import RELEASES_DIR, install_release, prune_releases
 from .settings import ComposeSettings
 

@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from wrktalk_agent.interfaces import DeployError
+from wrktalk_agent.process import run, tail
 
 from .commands import QUERY_TIMEOUT_SECONDS, ComposeCommand
-from .process import run, tail
 
 POLL_INTERVAL_SECONDS = 1.0
 LOG_LINES = 100

@@ -109,11 +109,6 @@ def test_bad_namespace(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
         HelmSettings()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core: wrktalk_agent.plugins._env_name does not map an AliasChoices field back "
-    "to its variable and prints WRKTALK_AGENT_HELM_WRKTALK_AGENT_KUBE_NAMESPACE",
-)
 def test_bad_namespace_line_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("WRKTALK_AGENT_KUBE_NAMESPACE", "Bad_NS")
     with pytest.raises(SettingsError) as caught:
