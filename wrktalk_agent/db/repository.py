@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import os
 import socket
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from datetime import datetime
 from typing import Any, Literal, Protocol
 from uuid import UUID
@@ -65,10 +65,19 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
 
 async def connect_once(settings: AgentSettings, *, timeout: float = 10.0) -> asyncpg.Connection:
     """A single connection (for LISTEN, or one-shot CLI commands)."""
-    try:
+    with _unavailable_as_one_line(settings):
         conn = await asyncpg.connect(
             settings.dsn(), ssl=_ssl(settings), timeout=timeout, server_settings=_app_name()
         )
+    await _init_connection(conn)
+    return conn
+
+
+@contextmanager
+def _unavailable_as_one_line(settings: AgentSettings) -> Iterator[None]:
+    """Connection failures become :class:`DatabaseUnavailable` naming host:port only."""
+    try:
+        yield
     except asyncpg.InvalidPasswordError as exc:
         raise DatabaseUnavailable(
             f"PostgreSQL at {settings.server_label()} refused the credentials: {exc}"
@@ -79,8 +88,6 @@ async def connect_once(settings: AgentSettings, *, timeout: float = 10.0) -> asy
         raise DatabaseUnavailable(
             f"cannot reach PostgreSQL at {settings.server_label()}: {_reason(exc)}"
         ) from None
-    await _init_connection(conn)
-    return conn
 
 
 async def _keep_session(conn: asyncpg.Connection) -> None:
@@ -113,7 +120,7 @@ class Repository:
 
     @classmethod
     async def connect(cls, settings: AgentSettings, *, timeout: float = 10.0) -> Repository:
-        try:
+        with _unavailable_as_one_line(settings):
             pool = await asyncpg.create_pool(
                 settings.dsn(),
                 ssl=_ssl(settings),
@@ -124,16 +131,6 @@ class Repository:
                 reset=_keep_session,
                 server_settings=_app_name(),
             )
-        except asyncpg.InvalidPasswordError as exc:
-            raise DatabaseUnavailable(
-                f"PostgreSQL at {settings.server_label()} refused the credentials: {exc}"
-            ) from None
-        except asyncpg.InvalidCatalogNameError as exc:
-            raise DatabaseUnavailable(f"PostgreSQL at {settings.server_label()}: {exc}") from None
-        except CONNECTION_ERRORS as exc:
-            raise DatabaseUnavailable(
-                f"cannot reach PostgreSQL at {settings.server_label()}: {_reason(exc)}"
-            ) from None
         return cls(pool, settings)
 
     async def close(self) -> None:
