@@ -262,3 +262,38 @@ async def test_postgres_restart_mid_task_outcome_written(
     finally:
         await conn.close()
     assert row["status"] == "completed"
+
+
+async def test_http_endpoint_of_a_running_agent(recording_settings, recording, repo, spawn_agent):
+    import socket
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    task = await repo.create_task("deploy", (await add_release(repo, "1.0.0")).id)
+    env = agent_env(
+        recording_settings,
+        recording,
+        WRKTALK_AGENT_HTTP_PORT=str(port),
+        WRKTALK_AGENT_HTTP_HOST="127.0.0.1",
+    )
+    proc = spawn_agent(env)
+
+    def get(path: str) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as r:
+                return r.status, r.read().decode()
+        except OSError:
+            return 0, ""
+
+    wait_until(lambda: get("/healthz")[0] == 200, 30)
+    assert get("/readyz")[0] == 200
+    while (await repo.get_task(task.id)).status != "completed":
+        await asyncio.sleep(0.05)
+    metrics = wait_until(lambda: (m := get("/metrics")[1]) and 'type="deploy"' in m and m, 10)
+    assert 'wrktalk_agent_tasks_total{outcome="completed",type="deploy"} 1.0' in metrics
+    assert "wrktalk_agent_last_successful_poll_timestamp_seconds" in metrics
+    assert 'wrktalk_agent_info{agent_id="' in metrics
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(20) == 0
