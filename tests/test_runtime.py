@@ -297,3 +297,24 @@ async def test_http_endpoint_of_a_running_agent(recording_settings, recording, r
     assert 'wrktalk_agent_info{agent_id="' in metrics
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(20) == 0
+
+
+async def test_log_lines_are_json_bound_to_the_task_and_free_of_secrets(
+    recording_settings, recording, repo, spawn_agent
+):
+    release = await add_release(repo, "1.0.0", env_data="API_TOKEN=hunter2\n")
+    await repo.create_task("deploy", release.id)
+    env = agent_env(recording_settings, recording)
+    proc = spawn_agent(env, "--once")
+    assert proc.wait(60) == 0
+    lines = [json.loads(line) for line in open(proc.log_path).read().splitlines() if line]
+    task_lines = [line for line in lines if line["event"].startswith("task.")]
+    assert {"task.claimed", "task.finished"} <= {line["event"] for line in task_lines}
+    for line in task_lines:
+        assert line["task_id"] and line["type"] == "deploy" and line["plugin"] == "recording"
+    assert any(line.get("version") == "1.0.0" for line in task_lines)
+    text = open(proc.log_path).read()
+    assert "hunter2" not in text
+    assert "database" in {k for line in lines for k in line}
+    started = next(line for line in lines if line["event"] == "agent.started")
+    assert started["database"].startswith("postgresql://")

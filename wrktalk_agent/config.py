@@ -8,7 +8,7 @@ import socket
 import tempfile
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, urlsplit, urlunsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -175,11 +175,10 @@ class AgentSettings(BaseSettings):
     def server_label(self) -> str:
         """host:port for messages about reachability (no credentials)."""
         parts = urlsplit(self.dsn())
-        host = parts.hostname or ""
-        if not host:
-            query = dict(p.split("=", 1) for p in parts.query.split("&") if "=" in p)
-            host = query.get("host", "localhost")
-        return f"{host}:{parts.port or 5432}"
+        query = dict(parse_qsl(parts.query))
+        host = parts.hostname or query.get("host", "localhost")
+        port = parts.port or query.get("port", 5432)
+        return f"{host}:{port}"
 
 
 def mask_dsn(dsn: str) -> str:

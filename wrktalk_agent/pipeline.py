@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import asyncpg
+import structlog
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential_jitter
 
 from wrktalk_agent import metrics
@@ -129,7 +130,7 @@ class TaskRun:
         self.repo = services.repo
         self.task = task
         self.agent_id = services.settings.agent_id
-        self.log = get_logger(task_id=str(task.id), type=task.type, plugin=services.deployer.name)
+        self.log = get_logger()
         self.steps: list[StepTiming] = []
         self.result: dict[str, Any] = {"agent_id": self.agent_id, "steps": []}
         #: timeline entries not yet in the database (written in batches: see ``event``)
@@ -195,6 +196,9 @@ class TaskRun:
         kind: NotificationKind | None = None
         rollback_error: str | None = None
         written = False
+        structlog.contextvars.bind_contextvars(
+            task_id=str(self.task.id), type=self.task.type, plugin=self.s.deployer.name
+        )
         self.log.info("task.claimed")
         await self.event("claimed", "info", f"claimed by {self.agent_id}")
         try:
@@ -239,7 +243,8 @@ class TaskRun:
             await self._resolve()
         assert self.target is not None
         version = self.target.release_version
-        self.log = self.log.bind(version=version)
+        # plugins' own log lines carry the task too (this runs in the task's own context)
+        structlog.contextvars.bind_contextvars(version=version)
         workdir = await self._materialize(self.target, "artifact")
         await self._maintenance_on(version)
         purpose: Literal["deploy", "rollback"] = self.task.type
