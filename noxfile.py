@@ -68,7 +68,9 @@ def e2e(session: nox.Session) -> None:
     session.install(*EDITABLE)
     session.run("bash", "scripts/start-dockerd.sh", external=True)
     env = {"WRKTALK_E2E": "1"}
-    session.run("python", "-m", "pytest", "-m", "e2e", "tests", "plugins/compose", *session.posargs, env=env)
+    session.run(
+        "python", "-m", "pytest", "-m", "e2e", "tests", "plugins/compose", *session.posargs, env=env
+    )
 
 
 @nox.session

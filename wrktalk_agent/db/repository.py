@@ -24,10 +24,14 @@ EventStatus = Literal["started", "succeeded", "failed", "skipped", "info"]
 
 
 class PendingEventLike(Protocol):
-    at: datetime
-    step: str
-    status: str
-    message: str
+    @property
+    def at(self) -> datetime: ...
+    @property
+    def step(self) -> str: ...
+    @property
+    def status(self) -> str: ...
+    @property
+    def message(self) -> str: ...
 
 
 def _event_columns(events: Sequence[PendingEventLike]) -> tuple[list[Any], ...]:

@@ -7,10 +7,10 @@ import socket
 from pathlib import Path
 
 import pytest
-from wrktalk_agent_haproxy import HaproxyMaintenance, HaproxySettings
-from wrktalk_agent_haproxy.testing import UPSTREAM_BODY, HaproxyProxy, HttpResponse, plugin_context
 
 from wrktalk_agent.interfaces import BackendError, MaintenanceHandler
+from wrktalk_agent_haproxy import HaproxyMaintenance, HaproxySettings
+from wrktalk_agent_haproxy.testing import UPSTREAM_BODY, HaproxyProxy, HttpResponse, plugin_context
 
 PAGE_TITLE = "WrkTalk is being updated"
 

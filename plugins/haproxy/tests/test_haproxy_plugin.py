@@ -7,12 +7,12 @@ import subprocess
 from pathlib import Path
 
 import pytest
+
+from wrktalk_agent.plugins import PluginRegistry, SettingsError, load_backend_settings
 from wrktalk_agent_haproxy import HaproxyMaintenance, render_config
 from wrktalk_agent_haproxy.backend import Target
 from wrktalk_agent_haproxy.runtime_api import TcpAddress, UnixAddress, parse_address
 from wrktalk_agent_haproxy.testing import find_haproxy, plugin_context
-
-from wrktalk_agent.plugins import PluginRegistry, SettingsError, load_backend_settings
 
 PLUGIN_DIR = Path(__file__).resolve().parents[1]
 REPO_DOCS = PLUGIN_DIR.parents[1] / "docs" / "maintenance.md"

@@ -9,10 +9,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from wrktalk_agent_haproxy import HaproxyMaintenance, HaproxySettings
-from wrktalk_agent_haproxy.testing import plugin_context
 
 from wrktalk_agent.interfaces import BackendError
+from wrktalk_agent_haproxy import HaproxyMaintenance, HaproxySettings
+from wrktalk_agent_haproxy.testing import plugin_context
 
 STATE = (
     "1\n# be_id be_name srv_id srv_name srv_addr srv_op_state srv_admin_state srv_uweight\n"

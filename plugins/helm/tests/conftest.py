@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import pytest
-from wrktalk_agent_helm import HelmDeployer, HelmSettings
 
 from wrktalk_agent.interfaces import DeployRequest, PluginContext, Recipient, Release, SmtpConfig
+from wrktalk_agent_helm import HelmDeployer, HelmSettings
 
 FAKE_HELM = Path(__file__).with_name("fake_helm.py")
 

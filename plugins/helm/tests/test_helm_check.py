@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
-from wrktalk_agent_helm import HelmDeployer
 
 from wrktalk_agent.interfaces import CheckResult
+from wrktalk_agent_helm import HelmDeployer
 
 from .conftest import FakeHelm, RequestFactory
 

@@ -8,11 +8,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from wrktalk_agent_helm import HelmDeployer
-from wrktalk_agent_helm.deployer import MAX_OUTPUT_LINES
 
 from wrktalk_agent.interfaces import DeployError
 from wrktalk_agent.process import TAIL_BYTES
+from wrktalk_agent_helm import HelmDeployer
+from wrktalk_agent_helm.deployer import MAX_OUTPUT_LINES
 
 from .conftest import FakeHelm, RequestFactory
 

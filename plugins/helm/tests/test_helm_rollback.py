@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
-from wrktalk_agent_helm import HelmDeployer
-from wrktalk_agent_helm.deployer import find_revision
 
 from wrktalk_agent.interfaces import DeployError
+from wrktalk_agent_helm import HelmDeployer
+from wrktalk_agent_helm.deployer import find_revision
 
 from .conftest import FakeHelm, RequestFactory
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 from pydantic import ValidationError
-from wrktalk_agent_helm import HelmDeployer, HelmSettings
-from wrktalk_agent_helm.settings import parse_go_duration
 
 from wrktalk_agent.interfaces import PluginContext
 from wrktalk_agent.plugins import PluginRegistry, SettingsError, load_backend_settings
+from wrktalk_agent_helm import HelmDeployer, HelmSettings
+from wrktalk_agent_helm.settings import parse_go_duration
 
 
 def test_defaults() -> None:

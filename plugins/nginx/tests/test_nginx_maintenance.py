@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from wrktalk_agent.interfaces import BackendError, MaintenanceHandler
 from wrktalk_agent_nginx import NginxMaintenance, NginxSettings
 from wrktalk_agent_nginx.testing import (
     ADMIN_SOURCE_ADDRESS,
@@ -17,8 +19,6 @@ from wrktalk_agent_nginx.testing import (
     find_nginx,
     plugin_context,
 )
-
-from wrktalk_agent.interfaces import BackendError, MaintenanceHandler
 
 PAGE_TITLE = "WrkTalk is being updated"
 

@@ -7,10 +7,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from wrktalk_agent_nginx import NginxMaintenance, NginxSettings, render_snippets
-from wrktalk_agent_nginx.testing import find_nginx, free_port, plugin_context
 
 from wrktalk_agent.plugins import PluginRegistry, SettingsError, load_backend_settings
+from wrktalk_agent_nginx import NginxMaintenance, NginxSettings, render_snippets
+from wrktalk_agent_nginx.testing import find_nginx, free_port, plugin_context
 
 PLUGIN_DIR = Path(__file__).resolve().parents[1]
 REPO_DOCS = PLUGIN_DIR.parents[1] / "docs" / "maintenance.md"

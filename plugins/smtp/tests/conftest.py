@@ -27,7 +27,6 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from wrktalk_agent_smtp import SmtpNotifier, SmtpSettings
 
 from wrktalk_agent.interfaces import (
     NotificationEvent,
@@ -37,6 +36,7 @@ from wrktalk_agent.interfaces import (
     SmtpConfig,
     StepTiming,
 )
+from wrktalk_agent_smtp import SmtpNotifier, SmtpSettings
 
 SENDER = "WrkTalk Agent <agent@acme.example>"
 

@@ -4,10 +4,10 @@ environment."""
 from __future__ import annotations
 
 import pytest
-from wrktalk_agent_smtp import SmtpNotifier
 
 from wrktalk_agent.interfaces import Notifier, PluginContext
 from wrktalk_agent.plugins import PluginRegistry, SettingsError
+from wrktalk_agent_smtp import SmtpNotifier
 
 
 def test_entry_point_registers_the_smtp_notifier():
