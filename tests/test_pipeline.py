@@ -223,3 +223,19 @@ async def test_unsafe_tarball_fails_task(make_agent, recording_settings, recordi
 
 def test_make_tarball_roundtrip():
     assert make_tarball({"a": "b"})[:2] == b"\x1f\x8b"
+
+
+async def test_release_version_with_flag_characters_never_reaches_a_deployer(
+    make_agent, recording_settings, recording, repo
+):
+    bad = await add_release(repo, "1.0.0")
+    await repo.pool.execute(
+        "UPDATE release_artifact SET release_version = '--set x=1; rm -rf' WHERE id = $1", bad.id
+    )
+    task = await repo.create_task("deploy", bad.id)
+    agent = await make_agent(recording_settings)
+    assert await agent.run(once=True) == 1
+    failed = await repo.get_task(task.id)
+    assert failed.error_message.startswith("invalid release version '--set x=1; rm -rf'")
+    assert recording.records("start") == []
+    assert recording.records("maintenance") == []

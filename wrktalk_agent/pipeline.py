@@ -51,6 +51,7 @@ from wrktalk_agent.interfaces import (
     NotificationKind,
     Notifier,
     StepTiming,
+    validate_version,
 )
 from wrktalk_agent.log import get_logger
 
@@ -268,6 +269,10 @@ class TaskRun:
             self.target = await self.repo.release_by_id(self.task.release_artifact_id)
             if self.target is None:
                 raise StepFailed(f"release artifact {self.task.release_artifact_id} not found")
+        try:  # the backend may have written anything: it must not reach a command line
+            validate_version(self.target.release_version)
+        except ValueError as exc:
+            raise StepFailed(str(exc)) from None
         accepted = tuple(getattr(self.s.deployer, "chart_types", ()))
         if accepted and self.target.chart_type not in accepted:
             raise StepFailed(
