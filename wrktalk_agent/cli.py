@@ -37,10 +37,11 @@ class Failure(click.ClickException):
 
     def __init__(self, message: str, exit_code: int = 1) -> None:
         super().__init__(message)
-        self.exit_code = exit_code
+        self.exit_code = exit_code  # type: ignore[misc]  # per instance, click reads it
 
     def show(self, file: Any = None) -> None:
-        click.echo(f"error: {self.format_message()}", err=True)
+        for line in self.format_message().splitlines():
+            click.echo(line if line.startswith("  ") else f"error: {line}", err=True)
 
 
 def load_settings(**overrides: Any) -> AgentSettings:
@@ -491,6 +492,41 @@ def tui(read_only: bool) -> None:
             f"the dashboard needs Textual: pip install 'wrktalk-agent[tui]' ({exc})", 2
         ) from None
     sys.exit(run_tui(settings, read_only=read_only))
+
+
+# -- demo ------------------------------------------------------------------------------
+@main.command()
+@click.option(
+    "--dir",
+    "directory",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("wrktalk-demo"),
+    show_default=True,
+    help="Demo directory (database, mails, site); wiped at the start of each run.",
+)
+@click.option(
+    "--keep-running",
+    is_flag=True,
+    help="Afterwards keep the database, agent, site and mail sink up until Ctrl-C (for the tui).",
+)
+@click.option(
+    "--deployer",
+    type=click.Choice(["auto", "script", "compose"]),
+    default="auto",
+    show_default=True,
+    help="auto: compose when Docker and busybox are available, else the release's script.",
+)
+def demo(directory: Path, keep_running: bool, deployer: str) -> None:
+    """Try the agent on this machine: embedded PostgreSQL, a mail sink, three tasks.
+
+    Deploys 1.0.0, deploys 1.1.0 and rolls back, printing each task's steps, maintenance
+    mode, the releases, what the site serves and the mails. Needs the `demo` extra.
+    """
+    try:
+        from wrktalk_agent.demo import run_demo
+    except ImportError as exc:
+        raise Failure(f"the demo needs: pip install 'wrktalk-agent[demo]' ({exc})", 2) from None
+    sys.exit(run_demo(directory, keep_running=keep_running, deployer=deployer))  # type: ignore[arg-type]
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -195,6 +195,8 @@ class PluginRegistry:
         message = (
             f"no installed plugin provides a {kind} named {name!r}; installed {kind}s: {installed}"
         )
+        if kind == "maintenance handler":
+            message += " (or 'none' to switch maintenance mode off)"
         failures = [p for p in self.plugins.values() if p.error]
         if failures:
             message += "; plugins that failed to import: " + ", ".join(
