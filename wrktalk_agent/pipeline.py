@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 import asyncpg
 import structlog
-from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential_jitter
+from tenacity import AsyncRetrying, retry_if_exception, wait_exponential_jitter
 
 from wrktalk_agent import metrics
 from wrktalk_agent.artifacts import (
@@ -100,15 +100,19 @@ def tail(text: str, limit: int = OUTPUT_TAIL_BYTES) -> str:
     return text if len(text) <= limit else "…" + text[-limit:]
 
 
-def db_retrying(log: Any, what: str) -> AsyncRetrying:
-    """Retry a database write with exponential backoff and jitter until it succeeds."""
+def db_retrying(log: Any, what: str, repo: Repository) -> AsyncRetrying:
+    """Retry a database write with exponential backoff and jitter until it succeeds (an
+    outage ends some day); not once the agent has closed its own pool."""
 
     def before_sleep(state: Any) -> None:
         exc = state.outcome.exception() if state.outcome else None
         log.warning(f"{what}.retrying", attempt=state.attempt_number, error=_describe(exc))
 
+    def outage(exc: BaseException) -> bool:
+        return isinstance(exc, DB_ERRORS) and not repo.closed
+
     return AsyncRetrying(
-        retry=retry_if_exception_type(DB_ERRORS),
+        retry=retry_if_exception(outage),
         wait=wait_exponential_jitter(multiplier=0.2, max=15.0, jitter=0.5),
         before_sleep=before_sleep,
         reraise=True,
@@ -142,6 +146,7 @@ class TaskRun:
         self.started = time.monotonic()
         self.started_at = datetime.now(UTC)
         self.maintenance_on = False
+        self.enable_failed = False
         self.taken_away = asyncio.Event()
 
     # -- events and steps --------------------------------------------------------------
@@ -440,10 +445,13 @@ class TaskRun:
         if handler is None:
             return
         async with self.step("maintenance-on", f"{handler.name}"):
-            self.maintenance_on = True  # from here on, always try to turn it off
+            # From here on, always turn it off again: an enable that failed half-way (a
+            # flag written, then a failed reload) must not leave the site in maintenance.
+            self.maintenance_on = True
             try:
                 await handler.enable(f"{self.task.type} {version} (task {self.task.id})")
             except BackendError as exc:
+                self.enable_failed = True
                 raise StepFailed(f"maintenance mode could not be enabled: {exc}") from None
             metrics.MAINTENANCE.set(1)
             await self._set_flag(True)
@@ -456,6 +464,12 @@ class TaskRun:
         try:
             await handler.disable()
         except Exception as exc:  # must never mask the task's outcome
+            if self.enable_failed:  # the same misconfiguration again: not a second failure
+                self.log.warning("maintenance.cleanup_failed", error=_describe(exc))
+                await self.event(
+                    "maintenance-off", "info", "maintenance was not switched on", flush=True
+                )
+                return
             self.log.error("maintenance.disable_failed", error=_describe(exc))
             await self.event(
                 "maintenance-off", "failed", f"could not disable: {_describe(exc)}", flush=True
@@ -468,7 +482,7 @@ class TaskRun:
 
     async def _set_flag(self, enabled: bool) -> None:
         try:
-            async for attempt in db_retrying(self.log, "maintenance_flag"):
+            async for attempt in db_retrying(self.log, "maintenance_flag", self.repo):
                 with attempt:
                     await asyncio.wait_for(self.repo.set_maintenance_flag(enabled), 30)
         except asyncpg.PostgresError as exc:  # not an outage: retrying would not help
@@ -480,7 +494,7 @@ class TaskRun:
         async def beat() -> None:
             while True:
                 await asyncio.sleep(self.settings.heartbeat_interval)
-                async for attempt in db_retrying(self.log, "heartbeat"):
+                async for attempt in db_retrying(self.log, "heartbeat", self.repo):
                     with attempt:
                         try:
                             owned = await self.repo.heartbeat(self.task.id, self.agent_id)
@@ -513,7 +527,7 @@ class TaskRun:
             self.result["error"] = error
         events = list(self.unsaved_events)
         try:
-            async for attempt in db_retrying(self.log, "outcome"):
+            async for attempt in db_retrying(self.log, "outcome", self.repo):
                 with attempt:
                     row = await self.repo.finish_task(
                         self.task.id,

@@ -37,7 +37,15 @@ from wrktalk_agent.db.models import ArtifactInfo
 from wrktalk_agent.db.repository import Repository
 from wrktalk_agent.db.schema import schema_sql
 
-__all__ = ["PgServer", "add_release", "make_tarball", "with_database"]
+__all__ = ["PgServer", "add_release", "make_tarball", "skip_unless_required", "with_database"]
+
+
+def skip_unless_required(reason: str) -> None:
+    """Skip a test whose external tool (nginx, haproxy, Docker...) is missing — or fail it
+    where everything is required: ``WRKTALK_E2E=1`` (CI, ``nox -s e2e``)."""
+    if os.environ.get("WRKTALK_E2E") == "1" or os.environ.get("WRKTALK_TEST_REQUIRE_DOCKER") == "1":
+        pytest.fail(f"{reason} (required here: WRKTALK_E2E=1)")
+    pytest.skip(reason)
 
 
 def with_database(url: str, name: str) -> str:

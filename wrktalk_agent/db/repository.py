@@ -121,6 +121,7 @@ class Repository:
     def __init__(self, pool: asyncpg.Pool, settings: AgentSettings) -> None:
         self.pool = pool
         self.settings = settings
+        self.closed = False
 
     @classmethod
     async def connect(cls, settings: AgentSettings, *, timeout: float = 10.0) -> Repository:
@@ -138,6 +139,7 @@ class Repository:
         return cls(pool, settings)
 
     async def close(self) -> None:
+        self.closed = True
         await self.pool.close()
 
     @asynccontextmanager

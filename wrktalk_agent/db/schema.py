@@ -76,6 +76,13 @@ async def check_schema(conn: asyncpg.Connection) -> list[str]:
     for name, purpose in EXPECTED_INDEXES.items():
         if name not in indexes:
             problems.append(f"index {name} ({purpose}) is missing")
+    if "deployment_config" in present and not await conn.fetchval(
+        "SELECT EXISTS (SELECT 1 FROM deployment_config)"
+    ):
+        problems.append(
+            "table deployment_config has no row (maintenance state and agent polls "
+            "cannot be recorded)"
+        )
     trigger_rows = await conn.fetch(
         """SELECT t.tgname, c.relname FROM pg_trigger t
            JOIN pg_class c ON c.oid = t.tgrelid

@@ -98,6 +98,11 @@ CREATE INDEX IF NOT EXISTS agent_task_recent ON agent_task (created_at DESC, id 
 CREATE INDEX IF NOT EXISTS agent_task_status_recent ON agent_task (status, created_at DESC);
 CREATE INDEX IF NOT EXISTS agent_task_event_task ON agent_task_event (task_id, id);
 
+-- The agent records maintenance state and poll times in deployment_config: make sure
+-- the row exists (the backend normally creates it; this never adds a second one).
+INSERT INTO deployment_config (deployment_type)
+SELECT 'docker' WHERE NOT EXISTS (SELECT 1 FROM deployment_config);
+
 -- Wake agents (and dashboards) when a task is created or changes status.
 CREATE OR REPLACE FUNCTION wrktalk_agent_task_notify() RETURNS trigger
 LANGUAGE plpgsql AS $$

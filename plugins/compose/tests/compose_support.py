@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import shutil
 import socket
 import subprocess
@@ -18,23 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from wrktalk_agent.interfaces import DeployRequest, Release
-from wrktalk_agent.testing import make_tarball
-
-#: CI and `nox -s e2e` set one of these: there, a missing engine is a failure, not a skip.
-REQUIRE_DOCKER = "1" in (
-    os.environ.get("WRKTALK_TEST_REQUIRE_DOCKER"),
-    os.environ.get("WRKTALK_E2E"),
-)
+from wrktalk_agent.testing import make_tarball, skip_unless_required
 
 
 def unavailable(reason: str) -> None:
     """Skip a test that needs Docker, or fail it where Docker is required."""
-    if REQUIRE_DOCKER:
-        pytest.fail(f"{reason} (Docker is required: WRKTALK_E2E or WRKTALK_TEST_REQUIRE_DOCKER)")
-    pytest.skip(reason)
+    skip_unless_required(reason)
 
 
 def docker(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from wrktalk_agent.plugins import PluginRegistry, SettingsError, load_backend_settings
+from wrktalk_agent.testing import skip_unless_required
 from wrktalk_agent_haproxy import HaproxyMaintenance, render_config
 from wrktalk_agent_haproxy.backend import Target
 from wrktalk_agent_haproxy.runtime_api import TcpAddress, UnixAddress, parse_address
@@ -95,7 +96,7 @@ def test_render_rejects_values_that_would_change_the_config(kwargs: dict[str, ob
 def test_default_snippet_is_valid_haproxy_config(tmp_path: Path) -> None:
     haproxy = find_haproxy()
     if haproxy is None:
-        pytest.skip("haproxy is not installed (Debian: apt-get install haproxy)")
+        skip_unless_required("haproxy is not installed (Debian: apt-get install haproxy)")
     page = tmp_path / "maintenance.html"
     page.write_text("<p>maintenance</p>")  # HAProxy loads the page while checking
     (tmp_path / "maintenance.cfg").write_text(

@@ -30,6 +30,7 @@ from pathlib import Path
 import pytest
 
 from wrktalk_agent.interfaces import PluginContext, Recipient, SmtpConfig
+from wrktalk_agent.testing import skip_unless_required
 from wrktalk_agent_haproxy.backend import HaproxySettings
 from wrktalk_agent_haproxy.snippet import maintenance_page, render_config
 
@@ -198,7 +199,7 @@ def running_haproxy(directory: Path) -> Iterator[HaproxyProxy]:
     """Start an upstream and HAProxy (with the shipped snippet) inside ``directory``."""
     haproxy = find_haproxy()
     if haproxy is None:
-        pytest.skip("haproxy is not installed (Debian: apt-get install haproxy)")
+        skip_unless_required("haproxy is not installed (Debian: apt-get install haproxy)")
     directory = directory.resolve()
     directory.mkdir(parents=True, exist_ok=True)
     with _short_dir(directory) as socket_dir:

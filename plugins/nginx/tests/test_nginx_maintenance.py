@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from wrktalk_agent.interfaces import BackendError, MaintenanceHandler
+from wrktalk_agent.testing import skip_unless_required
 from wrktalk_agent_nginx import NginxMaintenance, NginxSettings
 from wrktalk_agent_nginx.testing import (
     ADMIN_SOURCE_ADDRESS,
@@ -126,7 +127,7 @@ async def test_reload_runs_after_every_change(tmp_path: Path) -> None:
 async def test_failing_reload_is_an_error_with_its_stderr(tmp_path: Path) -> None:
     nginx = find_nginx()
     if nginx is None:
-        pytest.skip("nginx is not installed (Debian: apt-get install nginx-light)")
+        skip_unless_required("nginx is not installed (Debian: apt-get install nginx-light)")
     missing = tmp_path / "missing.conf"
     settings = NginxSettings(
         flag_file=tmp_path / "maintenance",

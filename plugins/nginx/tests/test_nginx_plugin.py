@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from wrktalk_agent.plugins import PluginRegistry, SettingsError, load_backend_settings
+from wrktalk_agent.testing import skip_unless_required
 from wrktalk_agent_nginx import NginxMaintenance, NginxSettings, render_snippets
 from wrktalk_agent_nginx.testing import find_nginx, free_port, plugin_context
 
@@ -76,7 +77,7 @@ def test_render_rejects_values_that_would_change_the_config(kwargs: dict[str, ob
 def test_default_snippets_are_valid_nginx_config(tmp_path: Path) -> None:
     nginx = find_nginx()
     if nginx is None:
-        pytest.skip("nginx is not installed (Debian: apt-get install nginx-light)")
+        skip_unless_required("nginx is not installed (Debian: apt-get install nginx-light)")
     snippets = render_snippets()
     (tmp_path / "http.conf").write_text(snippets.http)
     (tmp_path / "server.conf").write_text(snippets.server)

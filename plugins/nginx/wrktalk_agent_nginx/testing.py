@@ -27,6 +27,7 @@ from pathlib import Path
 import pytest
 
 from wrktalk_agent.interfaces import PluginContext, Recipient, SmtpConfig
+from wrktalk_agent.testing import skip_unless_required
 from wrktalk_agent_nginx.backend import NginxSettings
 from wrktalk_agent_nginx.snippet import maintenance_page, render_snippets
 
@@ -216,7 +217,7 @@ def running_nginx(directory: Path, *, admin_network: str = "127.0.0.2/32") -> It
     """Start an upstream and nginx (with the shipped snippets) inside ``directory``."""
     nginx = find_nginx()
     if nginx is None:
-        pytest.skip("nginx is not installed (Debian: apt-get install nginx-light)")
+        skip_unless_required("nginx is not installed (Debian: apt-get install nginx-light)")
     prefix = directory.resolve()
     for sub in ("logs", "temp", "run", "html"):
         (prefix / sub).mkdir(parents=True, exist_ok=True)

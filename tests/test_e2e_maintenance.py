@@ -1,0 +1,259 @@
+"""Maintenance mode end to end: the agent with a real nginx or HAProxy in front of a
+loopback upstream (the plugins' ``testing`` fixtures, configured with the shipped
+snippets). The recording test deployer holds a deploy open until the test lets it go,
+so the tests see the site from outside before, during and after.
+
+HAProxy is driven through its Runtime API on a unix socket and on TCP. Tests are skipped
+when nginx or haproxy is not installed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from agent_helpers import agent_env
+from e2e_support import agent_log, eventually, message, running, steps
+
+from wrktalk_agent.interfaces import MaintenanceHandler
+from wrktalk_agent.testing import add_release
+from wrktalk_agent_haproxy import HaproxyMaintenance
+from wrktalk_agent_haproxy import maintenance_page as haproxy_page
+from wrktalk_agent_haproxy.testing import haproxy_proxy
+from wrktalk_agent_nginx import NginxMaintenance
+from wrktalk_agent_nginx import maintenance_page as nginx_page
+from wrktalk_agent_nginx.testing import UPSTREAM_BODY, nginx_proxy, plugin_context
+
+__all__ = ["haproxy_proxy", "nginx_proxy"]  # fixtures
+
+TASK_TIMEOUT = 30
+RETRY_AFTER = "300"  # the shipped snippets' default
+
+
+@dataclass
+class Site:
+    """A proxy in front of the upstream, and how the agent's handler reaches it."""
+
+    handler: str  # WRKTALK_AGENT_MAINTENANCE_MODE_HANDLER
+    env: dict[str, str]  # the handler's settings
+    page: str  # the maintenance page it serves with the 503
+    fetch: Callable[[], Any]  # GET / through the proxy
+    backend: Callable[[], MaintenanceHandler]  # the handler, built by hand
+
+    async def get(self) -> Any:
+        return await asyncio.to_thread(self.fetch)
+
+    async def assert_up(self) -> None:
+        response = await self.get()
+        assert (response.status, response.body) == (200, UPSTREAM_BODY)
+
+    async def assert_maintenance(self) -> None:
+        response = await self.get()
+        assert response.status == 503
+        assert response.body.strip() == self.page.strip()
+        assert "WrkTalk is being updated" in response.body
+        assert response.headers["retry-after"] == RETRY_AFTER
+
+
+@pytest.fixture(params=["nginx", "haproxy-unix", "haproxy-tcp"])
+def site(request: pytest.FixtureRequest, tmp_path: Path) -> Site:
+    context = plugin_context(tmp_path)
+    if request.param == "nginx":
+        nginx = request.getfixturevalue("nginx_proxy")
+        return Site(
+            "nginx",
+            nginx.env,
+            nginx_page(),
+            nginx.get,
+            lambda: NginxMaintenance(nginx.settings, context),
+        )
+    haproxy = request.getfixturevalue("haproxy_proxy")
+    tcp = request.param == "haproxy-tcp"
+    settings = haproxy.tcp_settings if tcp else haproxy.settings
+    return Site(
+        "haproxy",
+        haproxy.tcp_env if tcp else haproxy.env,
+        haproxy_page(),
+        haproxy.get,
+        lambda: HaproxyMaintenance(settings, context),
+    )
+
+
+@pytest.fixture(autouse=True)
+async def deployment_config(repo) -> None:
+    """The backend's configuration row, where maintenance_mode_enabled is mirrored."""
+    await repo.pool.execute("INSERT INTO deployment_config (deployment_type) VALUES ('docker')")
+
+
+@pytest.fixture
+def in_process(recording_settings, site, monkeypatch) -> Any:
+    """Settings of an in-process agent using the recording deployer and ``site``."""
+    for name, value in site.env.items():  # plugin settings come from the environment
+        monkeypatch.setenv(name, value)
+    return recording_settings.model_copy(update={"maintenance_mode_handler": site.handler})
+
+
+def held_release(tmp_path: Path, **behaviour: Any) -> tuple[dict[str, str], Path, Path]:
+    """A release whose deploy signals ``started`` and then waits for ``go``."""
+    started, go = tmp_path / "deploy-started", tmp_path / "deploy-go"
+    files = {
+        "behaviour.json": json.dumps({"started": str(started), "wait_for": str(go), **behaviour})
+    }
+    return files, started, go
+
+
+async def deploy_started(started: Path, runner: asyncio.Task[int]) -> None:
+    def check() -> bool:
+        if runner.done():  # finished (or crashed) without ever reaching the deployer
+            raise AssertionError(f"the agent returned {runner.result()} before deploying")
+        return started.exists()
+
+    await eventually(check, timeout=TASK_TIMEOUT, what="the deploy started")
+
+
+def assert_maintenance_around_deployer(events) -> None:
+    timeline = steps(events)
+    on = timeline.index(("maintenance-on", "succeeded"))
+    deploy = timeline.index(("deploy", "started"))
+    off = timeline.index(("maintenance-off", "succeeded"))
+    assert on < deploy < off
+
+
+async def test_site_answers_503_only_while_the_agent_deploys(
+    site, in_process, make_agent, recording, repo, tmp_path
+):
+    files, started, go = held_release(tmp_path)
+    task = await repo.create_task("deploy", (await add_release(repo, "1.0.0", files)).id)
+    await site.assert_up()
+    agent = await make_agent(in_process)
+    async with running(agent) as runner:
+        await deploy_started(started, runner)
+        await site.assert_maintenance()
+        assert await repo.maintenance_flag() is True
+        assert await site.backend().status() is True
+
+        go.touch()
+        assert await asyncio.wait_for(runner, TASK_TIMEOUT) == 0
+    assert (await repo.get_task(task.id)).status == "completed"
+    await site.assert_up()
+    assert await repo.maintenance_flag() is False
+    assert await site.backend().status() is False
+    assert_maintenance_around_deployer(await repo.task_events(task.id))
+
+
+async def test_site_is_back_after_a_failed_deploy(
+    site, in_process, make_agent, recording, repo, tmp_path
+):
+    files, started, go = held_release(tmp_path, fail="pods crashlooping")
+    task = await repo.create_task("deploy", (await add_release(repo, "1.0.0", files)).id)
+    await site.assert_up()
+    agent = await make_agent(in_process)
+    async with running(agent) as runner:
+        await deploy_started(started, runner)
+        await site.assert_maintenance()
+
+        go.touch()
+        assert await asyncio.wait_for(runner, TASK_TIMEOUT) == 1
+    failed = await repo.get_task(task.id)
+    assert (failed.status, failed.error_message) == ("failed", "pods crashlooping")
+    await site.assert_up()
+    assert await repo.maintenance_flag() is False
+    assert await site.backend().status() is False
+    assert_maintenance_around_deployer(await repo.task_events(task.id))
+
+
+async def test_sigterm_twice_during_a_deploy_interrupts_it_and_ends_maintenance(
+    site, recording_settings, recording, repo, spawn_agent, tmp_path
+):
+    files, started, _ = held_release(tmp_path)  # never let go: only a signal ends it
+    task = await repo.create_task("deploy", (await add_release(repo, "1.0.0", files)).id)
+    env = agent_env(
+        recording_settings,
+        recording,
+        **site.env,
+        WRKTALK_AGENT_SHUTDOWN_GRACE="60",
+        WRKTALK_AGENT_NOTIFIERS="",
+    )
+    await site.assert_up()
+    agent = spawn_agent(env)
+    await eventually(started.exists, timeout=TASK_TIMEOUT, what="the deploy started")
+    await site.assert_maintenance()
+    assert await repo.maintenance_flag() is True
+
+    agent.send_signal(signal.SIGTERM)  # drain: the deploy may still finish
+    await eventually(
+        lambda: "task.draining" in agent_log(agent), timeout=10, what="the agent drains"
+    )
+    assert agent.poll() is None
+    await site.assert_maintenance()
+    agent.send_signal(signal.SIGTERM)  # abort
+    assert await asyncio.to_thread(agent.wait, 30) == 0
+
+    interrupted = await repo.get_task(task.id)
+    assert (interrupted.status, interrupted.error_message) == ("failed", "interrupted by shutdown")
+    events = await repo.task_events(task.id)
+    assert message(events, "deploy", "failed") == "interrupted by shutdown"
+    assert_maintenance_around_deployer(events)
+    await site.assert_up()
+    assert await repo.maintenance_flag() is False
+    assert await site.backend().status() is False
+
+
+@pytest.mark.parametrize("transport", ["unix", "tcp"])
+async def test_wrong_haproxy_backend_fails_the_task_before_the_deployer(
+    haproxy_proxy, transport, recording_settings, recording, make_agent, repo, monkeypatch
+):
+    env = haproxy_proxy.env if transport == "unix" else haproxy_proxy.tcp_env
+    for name, value in {**env, "WRKTALK_AGENT_HAPROXY_SERVERS": "nosuch"}.items():
+        monkeypatch.setenv(name, value)
+    task = await repo.create_task("deploy", (await add_release(repo, "1.0.0")).id)
+    agent = await make_agent(
+        recording_settings.model_copy(update={"maintenance_mode_handler": "haproxy"})
+    )
+    assert await agent.run(once=True) == 1
+
+    failed = await repo.get_task(task.id)
+    assert failed.status == "failed"
+    assert failed.error_message == (
+        "maintenance mode could not be enabled: HAProxy has no backend 'nosuch' "
+        "(check WRKTALK_AGENT_HAPROXY_SERVERS)"
+    )
+    assert recording.records("start") == []  # the deployer never ran
+    timeline = steps(await repo.task_events(task.id))
+    assert ("maintenance-on", "failed") in timeline
+    assert not any(step == "deploy" for step, _ in timeline)
+    assert "deployer" not in failed.result
+    assert await repo.maintenance_flag() is False
+    response = haproxy_proxy.get()
+    assert (response.status, response.body) == (200, UPSTREAM_BODY)
+    # the real backend's servers were never touched
+    assert (
+        await HaproxyMaintenance(haproxy_proxy.settings, plugin_context(Path())).status() is False
+    )
+
+
+async def test_maintenance_left_on_is_cleared_when_the_agent_starts(
+    site, recording_settings, recording, repo, spawn_agent
+):
+    # what an agent that crashed mid-deploy leaves behind
+    await site.backend().enable("deploy 1.0.0 (left on by a crashed agent)")
+    await repo.set_maintenance_flag(True)
+    await site.assert_maintenance()
+
+    env = agent_env(recording_settings, recording, **site.env, WRKTALK_AGENT_NOTIFIERS="")
+    agent = spawn_agent(env, "--once")  # no task waits: start, reconcile, exit
+    assert await asyncio.to_thread(agent.wait, 30) == 0
+
+    await site.assert_up()
+    assert await repo.maintenance_flag() is False
+    assert await site.backend().status() is False
+    log = agent_log(agent)
+    assert "maintenance.cleared" in log
+    assert "maintenance mode was on with no task in progress" in log
+    assert recording.records("start") == []
