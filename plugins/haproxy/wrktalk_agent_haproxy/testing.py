@@ -14,23 +14,27 @@ no haproxy binary is installed.
 from __future__ import annotations
 
 import contextlib
-import http.client
 import os
 import shutil
 import socket
 import subprocess
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
-from wrktalk_agent.interfaces import PluginContext, Recipient, SmtpConfig
-from wrktalk_agent.testing import skip_unless_required
+from wrktalk_agent.testing import (
+    UPSTREAM_BODY,
+    HttpResponse,
+    free_port,
+    http_request,
+    plugin_context,
+    skip_unless_required,
+    upstream_server,
+)
 from wrktalk_agent_haproxy.backend import HaproxySettings
 from wrktalk_agent_haproxy.snippet import maintenance_page, render_config
 
@@ -47,16 +51,7 @@ __all__ = [
     "upstream_server",
 ]
 
-#: What the upstream answers on every path, so a test can tell it from the 503 page.
-UPSTREAM_BODY = "hello from the upstream"
 _STARTUP_TIMEOUT = 10.0
-
-
-@dataclass(frozen=True)
-class HttpResponse:
-    status: int
-    headers: dict[str, str]  # lower-cased names
-    body: str
 
 
 @dataclass
@@ -99,80 +94,6 @@ class HaproxyProxy:
 def find_haproxy() -> str | None:
     """The haproxy binary; Debian installs it in /usr/sbin, often not on a user's PATH."""
     return shutil.which("haproxy", path=os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin"]))
-
-
-class _EmptyDirectory:
-    async def active_admins(self) -> list[Recipient]:
-        return []
-
-    async def smtp_config(self) -> SmtpConfig:
-        return SmtpConfig()
-
-
-def plugin_context(work_dir: Path, agent_id: str = "test-agent") -> PluginContext:
-    """A context for constructing a backend directly, without a database."""
-    return PluginContext(
-        agent_id=agent_id, installation="test", work_dir=work_dir, directory=_EmptyDirectory()
-    )
-
-
-def http_request(
-    base_url: str, path: str = "/", *, method: str = "GET", body: bytes | None = None
-) -> HttpResponse:
-    host, port = base_url.removeprefix("http://").rsplit(":", 1)
-    conn = http.client.HTTPConnection(host, int(port), timeout=10)
-    try:
-        conn.request(method, path, body=body)
-        response = conn.getresponse()
-        return HttpResponse(
-            status=response.status,
-            headers={k.lower(): v for k, v in response.getheaders()},
-            body=response.read().decode("utf-8", errors="replace"),
-        )
-    finally:
-        conn.close()
-
-
-class _UpstreamHandler(BaseHTTPRequestHandler):
-    def _answer(self) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
-        if length:
-            self.rfile.read(length)
-        payload = UPSTREAM_BODY.encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "text/plain")
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(payload)
-
-    do_GET = do_POST = do_PUT = do_HEAD = _answer
-
-    def log_message(self, format: str, *args: object) -> None:  # keep test output clean
-        pass
-
-
-@contextlib.contextmanager
-def upstream_server() -> Iterator[str]:
-    """An HTTP server on 127.0.0.1 answering 200 :data:`UPSTREAM_BODY`; yields its URL."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _UpstreamHandler)
-    # A short poll interval: shutdown() waits for it, once per test.
-    thread = threading.Thread(
-        target=server.serve_forever, args=(0.05,), name="test-upstream", daemon=True
-    )
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _wait_until_ready(
