@@ -33,6 +33,7 @@ from wrktalk_agent.bootstrap import open_services
 from wrktalk_agent.config import AgentSettings
 from wrktalk_agent.hookspecs import hookimpl
 from wrktalk_agent.interfaces import CheckResult, DeployOutcome, DeployRequest
+from wrktalk_agent.log import configure_logging
 from wrktalk_agent.plugins import PluginRegistry
 from wrktalk_agent.runtime import Agent
 from wrktalk_agent.testing import make_tarball
@@ -196,4 +197,5 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
+    configure_logging("error", "console")  # the table is the output
     asyncio.run(main())
