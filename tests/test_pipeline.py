@@ -239,3 +239,27 @@ async def test_release_version_with_flag_characters_never_reaches_a_deployer(
     assert failed.error_message.startswith("invalid release version '--set x=1; rm -rf'")
     assert recording.records("start") == []
     assert recording.records("maintenance") == []
+
+
+async def test_rollback_refuses_when_previous_changed_since_requested(
+    make_agent, recording_settings, recording, repo
+):
+    agent = await make_agent(recording_settings)
+    v1, v2, v3 = [await add_release(repo, v) for v in ("1.0.0", "1.1.0", "1.2.0")]
+    for release in (v1, v2):
+        await repo.create_task("deploy", release.id)
+        assert await agent.run(once=True) == 0
+    rollback = await repo.create_task("rollback", v1.id)  # confirmed: back to 1.0.0
+    await repo.create_task("deploy", v3.id)  # ...but 1.2.0 was queued earlier and runs first
+    await repo.pool.execute(
+        "UPDATE agent_task SET created_at = created_at - interval '1 hour' WHERE type='deploy'"
+        " AND release_artifact_id = $1",
+        v3.id,
+    )
+    assert await agent.run(once=True) == 0  # 1.2.0 deployed: previous is now 1.1.0
+    assert await agent.run(once=True) == 1
+    failed = await repo.get_task(rollback.id)
+    assert failed.error_message == (
+        "rollback to 1.0.0 requested, but the previous release is now 1.1.0"
+    )
+    assert (await repo.current_release()).release_version == "1.2.0"

@@ -307,7 +307,8 @@ def task_rollback(after: datetime | None) -> None:
         previous = await repo.previous_release()
         if previous is None:
             raise Failure("no previous release to roll back to", exit_code=2)
-        return await repo.create_task("rollback", None, after), previous
+        # naming the target lets the agent refuse if "previous" changes before it runs
+        return await repo.create_task("rollback", previous.id, after), previous
 
     created, previous = run_async(with_repo(settings, create))
     click.echo(f"rollback task {created.id} to {previous.release_version} is pending")

@@ -268,6 +268,14 @@ class TaskRun:
             self.target = await self.repo.previous_release()
             if self.target is None:
                 raise StepFailed("no previous release to roll back to")
+            wanted = self.task.release_artifact_id
+            if wanted is not None and wanted != self.target.id:
+                # the operator confirmed a target that is no longer the previous release
+                asked = await self.repo.release_by_id(wanted)
+                raise StepFailed(
+                    f"rollback to {asked.release_version if asked else wanted} requested, "
+                    f"but the previous release is now {self.target.release_version}"
+                )
         else:
             if self.task.release_artifact_id is None:
                 raise StepFailed("deploy task names no release artifact")

@@ -178,7 +178,9 @@ SELECT coalesce(bool_or(maintenance_mode_enabled), false) FROM deployment_config
 
 SMTP_CONFIG = """
 SELECT smtp_host, smtp_port, smtp_user, smtp_password, smtp_from
-FROM deployment_config ORDER BY created_at LIMIT 1
+FROM deployment_config
+ORDER BY smtp_host IS NULL, created_at  -- a configured row wins over a bare one
+LIMIT 1
 """
 ACTIVE_ADMINS = "SELECT name, email FROM admin WHERE is_active ORDER BY email"
 

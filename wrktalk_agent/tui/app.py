@@ -22,7 +22,7 @@ from textual.timer import Timer
 from textual.widgets import DataTable, Footer, TabbedContent, TabPane
 
 from wrktalk_agent.config import AgentSettings
-from wrktalk_agent.db.models import TaskStatus
+from wrktalk_agent.db.models import Task, TaskStatus
 from wrktalk_agent.tui import format as fmt
 from wrktalk_agent.tui.data import (
     ActionRefused,
@@ -84,7 +84,8 @@ class MainScreen(Screen[None]):
     ) -> None:
         super().__init__()
         self.source = source
-        self.installation = installation
+        # said on screen, so that nobody wonders where the actions went
+        self.installation = f"{installation} (read-only)" if read_only else installation
         self.read_only = read_only
         self.refresh_interval = refresh_interval
         self.filters = Filters()
@@ -94,6 +95,7 @@ class MainScreen(Screen[None]):
         self._refreshing = False
         self._refresh_again = False
         self._failures = 0
+        self._actions_state: tuple[bool | None, ...] = ()
 
     def compose(self) -> ComposeResult:
         with Horizontal(id="top"):
@@ -142,12 +144,12 @@ class MainScreen(Screen[None]):
         snapshot = self.snapshot = message.snapshot
         self._failures = 0
         self.query_one(Overview).show(snapshot, self.installation)
-        self.query_one(MaintenanceBadge).show(snapshot.overview.maintenance)
+        self.query_one(MaintenanceBadge).show(snapshot.installation.maintenance)
         self.query_one(TasksTable).show(snapshot)
         self.query_one(AgentsTable).show(snapshot)
         self.query_one(ReleasesTable).show(snapshot)
         self.query_one(StatusBar).show_ok(snapshot.now, self.listener_error)
-        self.refresh_bindings()
+        self.context_changed()
         self._refresh_finished(self.refresh_interval)
 
     @on(RefreshFailed)
@@ -194,8 +196,12 @@ class MainScreen(Screen[None]):
     @on(TabbedContent.TabActivated)
     @on(DataTable.RowHighlighted)
     def context_changed(self) -> None:
-        # "deploy" needs a release row, "cancel" a pending task: update the footer
-        self.refresh_bindings()
+        """ "deploy" needs a release row, "cancel" a pending task: update the footer, but only
+        when that changes — the footer rebuilds its keys every time it is told to."""
+        state = tuple(self.check_action(action, ()) for action in sorted(WRITE_ACTIONS))
+        if state != self._actions_state:
+            self._actions_state = state
+            self.refresh_bindings()
 
     def action_cycle_status(self) -> None:
         status = _next(STATUS_CYCLE, self.filters.status)
@@ -211,7 +217,7 @@ class MainScreen(Screen[None]):
         self.action_show_tab("tasks")
         self.request_refresh()
 
-    @on(TasksTable.RowSelected)
+    @on(DataTable.RowSelected, "#tasks-table")
     def open_detail(self, event: DataTable.RowSelected) -> None:
         if event.row_key.value is not None:
             self.app.push_screen(
@@ -220,32 +226,50 @@ class MainScreen(Screen[None]):
 
     # -- actions -----------------------------------------------------------------------
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """Write actions: hidden when read-only or on another tab, shown disabled when the
+        selected row does not allow them (a task that is not pending)."""
         if action not in WRITE_ACTIONS:
             return True
         if self.read_only:
             return False
         active = self.query_one(TabbedContent).active
         if action == "deploy":
-            return active == "releases"
-        if action == "cancel_task":
-            return active == "tasks"
-        return True
+            if active != "releases":
+                return False
+            allowed = self.query_one(ReleasesTable).selected_release(self.snapshot) is not None
+        elif action == "cancel_task":
+            if active != "tasks":
+                return False
+            task = self._selected_task()
+            allowed = task is not None and task.status == "pending"
+        else:
+            allowed = True
+        return True if allowed else None  # None: shown, but disabled
+
+    def _selected_task(self) -> Task | None:
+        if self.snapshot is None:
+            return None
+        key = self.query_one(TasksTable).selected_key
+        return next((t for t in self.snapshot.tasks if str(t.id) == key), None)
 
     def action_rollback(self) -> None:
-        overview = self.snapshot.overview if self.snapshot else None
-        if overview is None or overview.previous_id is None:
+        if self.snapshot is None:
+            self.notify("No data from the database yet.", severity="warning")
+            return
+        state = self.snapshot.installation
+        if state.previous_id is None:
             self.notify("There is no previous release to roll back to.", severity="warning")
             return
-        previous_id = overview.previous_id
+        previous_id = state.previous_id
         body = Text.assemble(
             "Queue a rollback from ",
-            (overview.current_version or "none", "bold"),
+            (state.current_version or "none", "bold"),
             " to ",
-            (overview.previous_version or "?", "bold"),
+            (state.previous_version or "?", "bold"),
             ".\n",
             "An agent will put the site in maintenance mode while it runs.",
         )
-        if overview.pending_count or (self.snapshot and self.snapshot.running):
+        if state.pending_count or self.snapshot.running:
             body.append("\nOther tasks are queued or running: it runs after them.", "yellow")
 
         def confirmed(yes: bool | None) -> None:
@@ -260,7 +284,7 @@ class MainScreen(Screen[None]):
             self.notify("Select a release in the Releases tab first.", severity="warning")
             return
         self.app.push_screen(
-            DeployDialog(release, self.snapshot.overview.current_version, self.source.now()),
+            DeployDialog(release, self.snapshot.installation.current_version, self.source.now()),
             self._deploy_chosen,
         )
 
@@ -271,19 +295,8 @@ class MainScreen(Screen[None]):
             )
 
     def action_cancel_task(self) -> None:
-        key = self.query_one(TasksTable).selected_key
-        task = (
-            next((t for t in self.snapshot.tasks if str(t.id) == key), None)
-            if self.snapshot
-            else None
-        )
-        if task is None:
-            return
-        if task.status != "pending":
-            self.notify(
-                f"Only pending tasks can be cancelled (this one is {task.status}).",
-                severity="warning",
-            )
+        task = self._selected_task()
+        if task is None or task.status != "pending":  # check_action disables this key then
             return
         body = Text.assemble(
             "Cancel the pending ",

@@ -9,10 +9,11 @@ from __future__ import annotations
 import asyncio
 import getpass
 import socket
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager, contextmanager
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import cached_property
 from typing import Literal
 from uuid import UUID
 
@@ -43,7 +44,14 @@ QUERY_TIMEOUT = 10.0
 LISTENER_KEEPALIVE = 15.0
 
 
-_DATABASE_ERRORS: tuple[type[BaseException], ...] = (*CONNECTION_ERRORS, asyncpg.PostgresError)
+#: A connection lost in the middle of an operation (a server shutting down) can also
+#: surface as asyncpg's InternalClientError ("cannot switch to state ...").
+_LOST_CONNECTION: tuple[type[BaseException], ...] = (
+    *CONNECTION_ERRORS,
+    asyncpg.InternalClientError,
+)
+_DATABASE_ERRORS: tuple[type[BaseException], ...] = (*_LOST_CONNECTION, asyncpg.PostgresError)
+_CONNECT_ERRORS: tuple[type[BaseException], ...] = (DatabaseUnavailable, *_DATABASE_ERRORS)
 
 
 class SourceUnavailable(Exception):
@@ -61,7 +69,9 @@ class Filters:
 
 
 @dataclass(frozen=True)
-class Overview:
+class InstallationState:
+    """What is live and what is queued."""
+
     maintenance: bool
     last_agent_poll: datetime | None
     current_id: UUID | None
@@ -87,17 +97,17 @@ class Snapshot:
     #: wrong clock does not call a healthy agent stale (tests inject a fixed one)
     now: datetime
     filters: Filters
-    overview: Overview
+    installation: InstallationState
     tasks: list[Task]
     running: list[Running]
     agents: list[AgentInstance]
     releases: list[ArtifactInfo]
     stale_after: float
-    step_of: dict[UUID, TaskEvent] = field(init=False)
 
-    def __post_init__(self) -> None:
-        steps = {r.task.id: r.step for r in self.running if r.step is not None}
-        object.__setattr__(self, "step_of", steps)
+    @cached_property
+    def step_of(self) -> dict[UUID, TaskEvent]:
+        """The current step of each running task."""
+        return {r.task.id: r.step for r in self.running if r.step is not None}
 
     def agent_last_seen(self, agent: AgentInstance) -> datetime:
         """An agent busy with a deploy stops polling but keeps heartbeating its task."""
@@ -144,7 +154,7 @@ class DashboardSource:
         return Snapshot(
             now=now,
             filters=filters,
-            overview=Overview(
+            installation=InstallationState(
                 maintenance=overview["maintenance"],
                 last_agent_poll=overview["last_agent_poll"],
                 current_id=overview["current_id"],
@@ -212,7 +222,7 @@ class DashboardSource:
         while True:
             try:
                 conn = await connect_once(self.settings, timeout=QUERY_TIMEOUT)
-            except (DatabaseUnavailable, asyncpg.PostgresError) as exc:
+            except _CONNECT_ERRORS as exc:
                 on_state(f"live updates off: {exc}")
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 30.0)
@@ -253,21 +263,21 @@ class DashboardSource:
     # -- plumbing ------------------------------------------------------------------------
     @asynccontextmanager
     async def _repository(self) -> AsyncIterator[Repository]:
-        with self._translate_errors():
+        """The repository, connected on first use; errors become :class:`SourceUnavailable`
+        and a lost connection retires the pool's connections, which are likely dead too
+        (a restarted server), so that the next attempt starts afresh."""
+        server = self.settings.server_label()
+        try:
             async with asyncio.timeout(QUERY_TIMEOUT):
                 async with self._connecting:
                     if self._repo is None:
                         self._repo = await Repository.connect(self.settings, timeout=5.0)
                 yield self._repo
-
-    @contextmanager
-    def _translate_errors(self) -> Iterator[None]:
-        server = self.settings.server_label()
-        try:
-            yield
         except DatabaseUnavailable as exc:
             raise SourceUnavailable(str(exc)) from None
-        except CONNECTION_ERRORS as exc:
+        except _LOST_CONNECTION as exc:
+            if self._repo is not None:
+                await self._repo.pool.expire_connections()
             raise SourceUnavailable(f"lost PostgreSQL at {server}: {_reason(exc)}") from None
         except asyncpg.PostgresError as exc:
             # e.g. a database being shut down, or a schema the agent has not migrated yet

@@ -79,8 +79,10 @@ def span(seconds: float) -> str:
         seconds = 0
     if seconds < 1:
         return f"{seconds * 1000:.0f}ms"
+    if seconds < 10:
+        return f"{seconds:.1f}".removesuffix(".0") + "s"
     if seconds < 60:
-        return f"{seconds:.0f}s" if seconds >= 10 else f"{seconds:.1f}s"
+        return f"{seconds:.0f}s"
     minutes, secs = divmod(int(seconds), 60)
     if minutes < 60:
         return f"{minutes}m{secs:02d}s"
@@ -98,7 +100,10 @@ def duration(start: datetime | None, end: datetime | None) -> str:
 
 
 def age(moment: datetime | None, now: datetime) -> str:
-    return "—" if moment is None else span((now - moment).total_seconds()) + " ago"
+    """Whole seconds: tenths of a second of an age are noise."""
+    if moment is None:
+        return "—"
+    return span(round((now - moment).total_seconds())) + " ago"
 
 
 def is_stale(moment: datetime | None, now: datetime, stale_after: float) -> bool:

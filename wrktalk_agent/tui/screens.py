@@ -15,12 +15,13 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen, Screen
 from textual.timer import Timer
-from textual.widgets import Button, DataTable, Footer, Input, Label, Static
+from textual.widgets import Button, Footer, Input, Label, Static
 
 from wrktalk_agent.db.models import ArtifactInfo, Task, TaskEvent
 from wrktalk_agent.tui import format as fmt
 from wrktalk_agent.tui.data import DashboardSource, SourceUnavailable, TaskDetail
 from wrktalk_agent.tui.messages import DetailFailed, DetailLoaded
+from wrktalk_agent.tui.widgets import KeyedTable
 
 #: Lines of a tool's output shown in the detail screen (the result keeps a bounded tail).
 OUTPUT_TAIL_LINES = 40
@@ -46,7 +47,7 @@ class TaskDetailScreen(Screen[None]):
 
     def compose(self) -> ComposeResult:
         yield Static(Text(f"task {self.task_id} · loading…"), id="detail-header")
-        yield DataTable[Text](id="timeline", cursor_type="row", zebra_stripes=True)
+        yield KeyedTable(id="timeline")
         with VerticalScroll(id="detail-body"):
             yield Static(id="detail-error")
             yield Static(id="detail-result")
@@ -54,7 +55,7 @@ class TaskDetailScreen(Screen[None]):
         yield Footer()
 
     def on_mount(self) -> None:
-        timeline = self.query_one("#timeline", DataTable)
+        timeline = self.query_one("#timeline", KeyedTable)
         for label in ("Time", "Took", "Step", "Status", "Message"):
             timeline.add_column(label, key=label.lower())
         self.load()
@@ -86,19 +87,29 @@ class TaskDetailScreen(Screen[None]):
             return
         task, events, now = message.detail.task, message.detail.events, message.detail.now
         self.query_one("#detail-header", Static).update(header_text(task, now))
-        self.query_one("#timeline", DataTable).clear()
-        for event, took in zip(events, step_durations(events, task, now), strict=True):
-            self.query_one("#timeline", DataTable).add_row(
-                Text(fmt.clock_time(event.created_at, now)),
-                Text(took),
-                Text(event.step, style="bold"),
-                fmt.event_status_text(event.status),
-                Text(event.message),
-                key=str(event.id),
-            )
+        # times of day, with the date only when a task runs past midnight
+        day = task.picked_up_at or task.created_at or now
+        took = step_durations(events, task, now)
+        self.query_one("#timeline", KeyedTable).replace_rows(
+            [
+                (
+                    str(event.id),
+                    (
+                        Text(fmt.clock_time(event.created_at, day)),
+                        Text(event_took),
+                        Text(event.step, style="bold"),
+                        fmt.event_status_text(event.status),
+                        Text(fmt.mask_secrets(event.message)),
+                    ),
+                )
+                for event, event_took in zip(events, took, strict=True)
+            ]
+        )
         error = self.query_one("#detail-error", Static)
         error.display = bool(task.error_message)
-        error.update(Text.assemble(("Error\n", "bold"), (task.error_message or "", "red")))
+        # errors quote tool output and URLs: masked like the result
+        error_text = fmt.mask_secrets(task.error_message or "")
+        error.update(Text.assemble(("Error\n", "bold"), (error_text, "red")))
         self.query_one("#detail-result", Static).update(result_text(task.result))
         if task.status in ("pending", "inProgress"):
             self._timer = self.set_timer(self.refresh_interval, self.load)
@@ -166,35 +177,45 @@ def step_durations(events: list[TaskEvent], task: Task, now: datetime) -> list[s
 
 
 def result_text(result: dict[str, Any] | None) -> Text:
-    """The task result with secrets masked; multi-line strings (a deployer's output) are
-    taken out of the JSON and shown as text, their last lines only."""
+    """The task result with secrets masked, one ``path: value`` line per fact (small
+    objects stay on one line); multi-line strings (a deployer's output) follow as text,
+    their last lines only."""
     if not result:
         return Text("no result recorded", style="dim")
+    lines: list[str] = []
     outputs: list[tuple[str, str]] = []
-    summary = _extract_outputs(fmt.mask_secrets(result), "", outputs)
+    _flatten(fmt.mask_secrets(result), "", lines, outputs)
     text = Text("Result\n", style="bold")
-    text.append(json.dumps(summary, indent=2, ensure_ascii=False, default=str))
+    text.append("\n".join(lines))
     for path, output in outputs:
-        lines = output.rstrip("\n").splitlines()
-        shown = lines[-OUTPUT_TAIL_LINES:]
-        cut = f", last {len(shown)} of {len(lines)} lines" if len(shown) < len(lines) else ""
+        tail = output.rstrip("\n").splitlines()
+        shown = tail[-OUTPUT_TAIL_LINES:]
+        cut = f", last {len(shown)} of {len(tail)} lines" if len(shown) < len(tail) else ""
         text.append(f"\n\n{path}{cut}\n", style="bold")
         text.append("\n".join(shown))
     return text
 
 
-def _extract_outputs(value: Any, path: str, outputs: list[tuple[str, str]]) -> Any:
-    if isinstance(value, dict):
-        return {
-            key: _extract_outputs(item, f"{path}.{key}" if path else str(key), outputs)
-            for key, item in value.items()
-        }
-    if isinstance(value, list):
-        return [_extract_outputs(item, f"{path}[{i}]", outputs) for i, item in enumerate(value)]
+def _flatten(value: Any, path: str, lines: list[str], outputs: list[tuple[str, str]]) -> None:
     if isinstance(value, str) and "\n" in value.strip():
         outputs.append((path, value))
-        return f"(see {path} below)"
-    return value
+    elif isinstance(value, dict) and (not path or not _is_flat(value)):
+        for key, item in value.items():
+            _flatten(item, f"{path}.{key}" if path else str(key), lines, outputs)
+    elif isinstance(value, list) and not _is_flat(value):
+        for index, item in enumerate(value):
+            _flatten(item, f"{path}[{index}]", lines, outputs)
+    else:
+        shown = value if isinstance(value, str) else json.dumps(value, default=str)
+        lines.append(f"{path}: {shown}")
+
+
+def _is_flat(value: dict[str, Any] | list[Any]) -> bool:
+    items = value.values() if isinstance(value, dict) else value
+    return not any(
+        isinstance(item, dict | list) or (isinstance(item, str) and "\n" in item.strip())
+        for item in items
+    )
 
 
 class ConfirmDialog(ModalScreen[bool]):

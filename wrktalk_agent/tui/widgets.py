@@ -18,18 +18,28 @@ Cells = tuple[Text, ...]
 
 class KeyedTable(DataTable[Text]):
     """A row-cursor table refilled on every refresh that keeps the operator's place: the
-    selected row stays selected by key, not by position, when new rows arrive on top."""
+    selected row stays selected by key, not by position, when new rows arrive on top.
+    When the rows are the same ones (the common case), only changed cells are redrawn."""
 
     def on_mount(self) -> None:
         self.cursor_type = "row"
         self.zebra_stripes = True
+        self._shown: list[tuple[str, Cells]] = []
 
     def replace_rows(self, rows: Sequence[tuple[str, Cells]]) -> None:
+        keys = [key for key, _ in rows]
+        if keys == [key for key, _ in self._shown]:
+            for (key, cells), (_, before) in zip(rows, self._shown, strict=True):
+                for column, new, old in zip(self.ordered_columns, cells, before, strict=True):
+                    if new != old:
+                        self.update_cell(key, column.key, new, update_width=True)
+            self._shown = list(rows)
+            return
         selected, row_index = self.selected_key, self.cursor_row
         self.clear()
         for key, cells in rows:
             self.add_row(*cells, key=key)
-        keys = [key for key, _ in rows]
+        self._shown = list(rows)
         if selected in keys:
             self.move_cursor(row=keys.index(selected))
         elif rows:
@@ -75,7 +85,7 @@ def task_cells(task: Task, snapshot: Snapshot) -> Cells:
     if task.status == "inProgress":
         info = running_info(task, snapshot.step_of.get(task.id), snapshot)
     else:
-        info = Text(fmt.first_line(task.error_message, 200), style="red")
+        info = Text(fmt.first_line(fmt.mask_secrets(task.error_message), 200), style="red")
     return (
         fmt.status_text(task.status),
         Text(task.type),
@@ -190,38 +200,46 @@ class FilterBar(Static):
 
 
 class Overview(Static):
-    """Two lines an operator reads first: what is live, whether maintenance is on, whether
-    the agents are alive, and what is running right now."""
+    """The three lines an operator reads first: what is live and queued, whether the agents
+    are alive, what is running right now (maintenance mode has its own badge)."""
 
     def show(self, snapshot: Snapshot, installation: str) -> None:
-        overview, now = snapshot.overview, snapshot.now
+        state, now = snapshot.installation, snapshot.now
+        lines = [
+            Text.assemble(
+                (installation, "bold"),
+                ("  live ", "dim"),
+                (state.current_version or "none", "bold green"),
+                ("  prev ", "dim"),
+                state.previous_version or "none",
+                ("  pending ", "dim"),
+                (str(state.pending_count), "bold yellow" if state.pending_count else ""),
+            )
+        ]
         stale = sum(
             fmt.is_stale(snapshot.agent_last_seen(a), now, snapshot.stale_after)
             for a in snapshot.agents
         )
         alive = len(snapshot.agents) - stale
-        first = Text.assemble(
-            (f"{installation}  ", "bold"),
-            ("live ", "dim"),
-            (overview.current_version or "none", "bold green"),
-            ("  previous ", "dim"),
-            (overview.previous_version or "none", ""),
-            ("  agents ", "dim"),
-            (f"{alive} alive", "green" if alive else "bold red"),
+        agents = Text.assemble(
+            ("agents ", "dim"), (f"{alive} alive", "green" if alive else "bold red")
         )
         if stale:
-            first.append(f" · {stale} stale", style="bold red")
-        first.append("  pending ", style="dim")
-        first.append(str(overview.pending_count), style="yellow" if overview.pending_count else "")
-        second = Text()
+            agents.append(f", {stale} stale", style="bold red")
+        if state.last_agent_poll is not None:
+            agents.append(f"  last poll {fmt.age(state.last_agent_poll, now)}", style="dim")
+        lines.append(agents)
         for running in snapshot.running:
             task = running.task
-            second.append(f"{task.type} {task.release_version or ''} ", style="bold cyan")
-            second.append_text(running_info(task, running.step, snapshot))
-            second.append(f" · {task.claimed_by or 'unknown agent'}  ", style="dim")
+            line = Text(f"{task.type} {task.release_version or ''} ", style="bold cyan")
+            line.append_text(running_info(task, running.step, snapshot))
+            line.append(f" · {task.claimed_by or 'unknown agent'}", style="dim")
+            lines.append(line)
         if not snapshot.running:
-            second.append("no task running", style="dim")
-        self.update(Text("\n").join([first, second]))
+            lines.append(Text("no task running", style="dim"))
+        shown = Text("\n").join(lines)
+        shown.no_wrap, shown.overflow = True, "ellipsis"  # three lines, however narrow
+        self.update(shown)
 
 
 class MaintenanceBadge(Static):
