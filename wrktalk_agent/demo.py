@@ -614,7 +614,10 @@ class Demo:
         assert agent is not None
         title = f"{step.kind} {step.version}" if step.version else "rollback"
         say(f"\n== {number}/{len(STEPS)}  {title} " + "=" * (60 - len(title)))
-        release = await repo.release_by_version(step.version) if step.version else None
+        if step.version:
+            release = await repo.release_by_version(step.version)
+        else:  # a rollback names its target, as `wrktalk-agent task rollback` does
+            release = await repo.previous_release()
         task = await repo.create_task(step.kind, release.id if release else None)
         say(f"task {task.id} created; the agent claims and runs it (agent_task_event):")
         mails_before = set(self.layout.mail.iterdir())
