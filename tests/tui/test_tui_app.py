@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import pytest
+from textual.pilot import Pilot
 from textual.widgets import Input, Static, TabbedContent
 from textual.widgets._footer import FooterKey
 
@@ -25,6 +28,29 @@ from wrktalk_agent.tui.widgets import (
 )
 
 pytestmark = pytest.mark.timeout(60)
+
+Started = Callable[..., AbstractAsyncContextManager[tuple[DashboardApp, Pilot[None]]]]
+
+#: tasks in the seeded database: a test that must write nothing checks this count
+SEEDED_TASKS = 6
+
+
+@pytest.fixture
+def started(make_app, wait_for, is_loaded) -> Started:
+    """``async with started(**app_kwargs) as (app, pilot)``: the app from ``make_app``,
+    running at 100x30 and past its first refresh (``notifications=True`` goes to
+    ``run_test``)."""
+
+    @asynccontextmanager
+    async def start(
+        notifications: bool = False, **app_kwargs: object
+    ) -> AsyncIterator[tuple[DashboardApp, Pilot[None]]]:
+        app = make_app(**app_kwargs)
+        async with app.run_test(size=(100, 30), notifications=notifications) as pilot:
+            await wait_for(pilot, is_loaded(app), "first refresh")
+            yield app, pilot
+
+    return start
 
 
 def rows(table: KeyedTable) -> list[list[str]]:
@@ -49,6 +75,47 @@ async def select_row(pilot, table: KeyedTable, key: object) -> None:
     await pilot.pause()
 
 
+async def select_task(pilot, app: DashboardApp, key: object) -> TasksTable:
+    table = app.screen.query_one(TasksTable)
+    await select_row(pilot, table, key)
+    return table
+
+
+async def refresh_with(pilot, app: DashboardApp, wait_for, *keys: str) -> None:
+    """Press ``keys`` and wait until the main screen shows a new snapshot."""
+    before = app.main.snapshot
+    await pilot.press(*keys)
+    await wait_for(pilot, lambda: app.main.snapshot is not before, "refresh")
+
+
+async def open_detail(pilot, app: DashboardApp, wait_for, key: object) -> TaskDetailScreen:
+    await select_task(pilot, app, key)
+    await pilot.press("enter")
+    await wait_for(pilot, lambda: isinstance(app.screen, TaskDetailScreen), "detail screen")
+    screen = app.screen
+    assert isinstance(screen, TaskDetailScreen)
+    await wait_for(pilot, lambda: screen.detail is not None, "detail loaded")
+    return screen
+
+
+async def open_confirm(pilot, app: DashboardApp, *keys: str) -> ConfirmDialog:
+    await pilot.press(*keys)
+    dialog = app.screen
+    assert isinstance(dialog, ConfirmDialog)
+    return dialog
+
+
+async def open_cancel(pilot, app: DashboardApp, key: object) -> ConfirmDialog:
+    await select_task(pilot, app, key)
+    return await open_confirm(pilot, app, "c")
+
+
+async def assert_back_on_main(pilot, app: DashboardApp) -> None:
+    """Back on the main screen, then a moment for any (wrong) write to land."""
+    assert app.screen is app.main
+    await pilot.pause(0.3)
+
+
 async def fetch_tasks(url: str, where: str = "true") -> list[asyncpg.Record]:
     conn = await asyncpg.connect(url)
     try:
@@ -60,12 +127,19 @@ async def fetch_tasks(url: str, where: str = "true") -> list[asyncpg.Record]:
         await conn.close()
 
 
+async def fetch_task(url: str, task_id: object) -> asyncpg.Record:
+    [task] = await fetch_tasks(url, f"id = '{task_id}'")
+    return task
+
+
+async def assert_no_task_written(url: str) -> None:
+    assert len(await fetch_tasks(url)) == SEEDED_TASKS
+
+
 async def test_main_screen_shows_tasks_agents_releases_and_maintenance(
-    seeded: Seed, make_app, wait_for, is_loaded
+    seeded: Seed, started: Started
 ) -> None:
-    app = make_app()
-    async with app.run_test(size=(100, 30)) as pilot:
-        await wait_for(pilot, is_loaded(app), "first refresh")
+    async with started() as (app, pilot):
         tasks = rows(app.screen.query_one(TasksTable))
         assert [r[:3] for r in tasks] == [
             ["pending", "rollback", "1.2.0"],
@@ -113,17 +187,13 @@ async def test_main_screen_shows_tasks_agents_releases_and_maintenance(
 
 
 async def test_filters_cycle_through_statuses_and_types(
-    seeded: Seed, make_app, wait_for, is_loaded
+    seeded: Seed, started: Started, wait_for
 ) -> None:
-    app = make_app()
-    async with app.run_test(size=(100, 30)) as pilot:
-        await wait_for(pilot, is_loaded(app), "first refresh")
+    async with started() as (app, pilot):
         table = app.screen.query_one(TasksTable)
 
         async def shown_after(key: str) -> list[tuple[str, str]]:
-            before = app.main.snapshot
-            await pilot.press(key)
-            await wait_for(pilot, lambda: app.main.snapshot is not before, "refresh")
+            await refresh_with(pilot, app, wait_for, key)
             return [(r[0], r[1]) for r in rows(table)]
 
         assert await shown_after("s") == [("pending", "rollback")]
@@ -145,17 +215,10 @@ async def test_filters_cycle_through_statuses_and_types(
 
 
 async def test_enter_opens_the_detail_with_timeline_error_and_masked_result(
-    seeded: Seed, make_app, wait_for, is_loaded
+    seeded: Seed, started: Started, wait_for
 ) -> None:
-    app = make_app()
-    async with app.run_test(size=(100, 30)) as pilot:
-        await wait_for(pilot, is_loaded(app), "first refresh")
-        await select_row(pilot, app.screen.query_one(TasksTable), seeded.failed_140)
-        await pilot.press("enter")
-        await wait_for(pilot, lambda: isinstance(app.screen, TaskDetailScreen), "detail screen")
-        screen = app.screen
-        assert isinstance(screen, TaskDetailScreen)
-        await wait_for(pilot, lambda: screen.detail is not None, "detail loaded")
+    async with started() as (app, pilot):
+        screen = await open_detail(pilot, app, wait_for, seeded.failed_140)
 
         timeline = rows(screen.query_one("#timeline", KeyedTable))
         assert len(timeline) == 12
@@ -183,16 +246,10 @@ async def test_enter_opens_the_detail_with_timeline_error_and_masked_result(
 
 
 async def test_detail_of_a_running_task_counts_the_open_step_up_to_now(
-    seeded: Seed, make_app, wait_for, is_loaded
+    seeded: Seed, started: Started, wait_for
 ) -> None:
-    app = make_app()
-    async with app.run_test(size=(100, 30)) as pilot:
-        await wait_for(pilot, is_loaded(app), "first refresh")
-        await select_row(pilot, app.screen.query_one(TasksTable), seeded.running_140)
-        await pilot.press("enter")
-        await wait_for(pilot, lambda: isinstance(app.screen, TaskDetailScreen), "detail screen")
-        screen = app.screen
-        await wait_for(pilot, lambda: screen.detail is not None, "detail loaded")
+    async with started() as (app, pilot):
+        screen = await open_detail(pilot, app, wait_for, seeded.running_140)
         timeline = rows(screen.query_one("#timeline", KeyedTable))
         assert timeline[-1][:3] == ["02:28:06", "1m54s…", "deploy"]
         assert "no result recorded" in text_of(screen.query_one("#detail-result", Static))
@@ -200,14 +257,11 @@ async def test_detail_of_a_running_task_counts_the_open_step_up_to_now(
 
 
 async def test_rollback_confirmed_queues_a_pending_rollback_to_the_previous_release(
-    seeded: Seed, make_app, wait_for, is_loaded, database_url: str
+    seeded: Seed, started: Started, wait_for, database_url: str
 ) -> None:
-    app = make_app()
-    async with app.run_test(size=(100, 30)) as pilot:
-        await wait_for(pilot, is_loaded(app), "first refresh")
-        await pilot.press("r")
-        assert isinstance(app.screen, ConfirmDialog)
-        assert "from 1.3.0 to 1.2.0" in text_of(app.screen.query_one(".dialog-body", Static))
+    async with started() as (app, pilot):
+        dialog = await open_confirm(pilot, app, "r")
+        assert "from 1.3.0 to 1.2.0" in text_of(dialog.query_one(".dialog-body", Static))
         await pilot.press("y")
         await wait_for(pilot, lambda: len(app.main.snapshot.tasks) == 7, "the new task shown")
     new = await fetch_tasks(
@@ -222,50 +276,42 @@ async def test_rollback_confirmed_queues_a_pending_rollback_to_the_previous_rele
 
 @pytest.mark.parametrize("how", ["escape", "n", "click"])
 async def test_rollback_dismissed_writes_nothing(
-    seeded: Seed, make_app, wait_for, is_loaded, database_url: str, how: str
+    seeded: Seed, started: Started, database_url: str, how: str
 ) -> None:
-    app = make_app()
-    async with app.run_test(size=(100, 30)) as pilot:
-        await wait_for(pilot, is_loaded(app), "first refresh")
-        await pilot.press("r")
-        assert isinstance(app.screen, ConfirmDialog)
+    async with started() as (app, pilot):
+        await open_confirm(pilot, app, "r")
         if how == "click":
             await pilot.click("#back")
         else:
             await pilot.press(how)
         await pilot.pause()
-        assert app.screen is app.main
-        await pilot.pause(0.3)
-    assert len(await fetch_tasks(database_url)) == 6
+        await assert_back_on_main(pilot, app)
+    await assert_no_task_written(database_url)
 
 
 async def test_enter_on_the_rollback_dialog_means_back(
-    seeded: Seed, make_app, wait_for, is_loaded, database_url: str
+    seeded: Seed, started: Started, database_url: str
 ) -> None:
     """The focus starts on "Back": a reflexive enter must not queue a rollback."""
-    app = make_app()
-    async with app.run_test(size=(100, 30)) as pilot:
-        await wait_for(pilot, is_loaded(app), "first refresh")
+    async with started() as (app, pilot):
         await pilot.press("r", "enter")
         await pilot.pause(0.3)
         assert app.screen is app.main
-    assert len(await fetch_tasks(database_url)) == 6
+    await assert_no_task_written(database_url)
 
 
 async def test_rollback_without_previous_release_opens_no_dialog(
-    seeded: Seed, make_app, wait_for, is_loaded, database_url: str, repo: Repository
+    seeded: Seed, started: Started, database_url: str, repo: Repository
 ) -> None:
     await repo.pool.execute("UPDATE release_artifact SET is_previous = false")
-    app = make_app()
-    async with app.run_test(size=(100, 30), notifications=True) as pilot:
-        await wait_for(pilot, is_loaded(app), "first refresh")
+    async with started(notifications=True) as (app, pilot):
         await pilot.press("r")
         await pilot.pause()
         assert app.screen is app.main
         assert [n.message for n in app._notifications] == [
             "There is no previous release to roll back to."
         ]
-    assert len(await fetch_tasks(database_url)) == 6
+    await assert_no_task_written(database_url)
 
 
 @pytest.mark.parametrize(
@@ -274,11 +320,9 @@ async def test_rollback_without_previous_release_opens_no_dialog(
     ids=["now", "at-a-time"],
 )
 async def test_deploy_confirmed_queues_the_selected_release(
-    seeded: Seed, make_app, wait_for, is_loaded, database_url: str, typed: str, expected
+    seeded: Seed, started: Started, wait_for, database_url: str, typed: str, expected
 ) -> None:
-    app = make_app()
-    async with app.run_test(size=(100, 30)) as pilot:
-        await wait_for(pilot, is_loaded(app), "first refresh")
+    async with started() as (app, pilot):
         await pilot.press("3")
         await select_row(pilot, app.screen.query_one(ReleasesTable), seeded.r140)
         await pilot.press("d")
@@ -292,11 +336,9 @@ async def test_deploy_confirmed_queues_the_selected_release(
 
 
 async def test_deploy_refuses_a_past_or_garbled_time_and_back_writes_nothing(
-    seeded: Seed, make_app, wait_for, is_loaded, database_url: str
+    seeded: Seed, started: Started, database_url: str
 ) -> None:
-    app = make_app()
-    async with app.run_test(size=(100, 30)) as pilot:
-        await wait_for(pilot, is_loaded(app), "first refresh")
+    async with started() as (app, pilot):
         await pilot.press("3", "d")
         dialog = app.screen
         assert isinstance(dialog, DeployDialog)
@@ -313,94 +355,73 @@ async def test_deploy_refuses_a_past_or_garbled_time_and_back_writes_nothing(
         await pilot.pause()
         assert "not an ISO 8601 time" in text_of(dialog.query_one("#when-error", Static))
         await pilot.press("escape")
-        assert app.screen is app.main
-        await pilot.pause(0.3)
-    assert len(await fetch_tasks(database_url)) == 6
+        await assert_back_on_main(pilot, app)
+    await assert_no_task_written(database_url)
 
 
 async def test_cancel_confirmed_fails_the_pending_task_with_a_cancelled_message(
-    seeded: Seed, make_app, wait_for, is_loaded, database_url: str
+    seeded: Seed, started: Started, wait_for, database_url: str
 ) -> None:
-    app = make_app()
-    async with app.run_test(size=(100, 30)) as pilot:
-        await wait_for(pilot, is_loaded(app), "first refresh")
+    async with started() as (app, pilot):
         table = app.screen.query_one(TasksTable)
-        await select_row(pilot, table, seeded.pending_rollback)
-        await pilot.press("c")
-        assert isinstance(app.screen, ConfirmDialog)
+        await open_cancel(pilot, app, seeded.pending_rollback)
         await pilot.press("y")
         await wait_for(pilot, lambda: rows(table)[0][0] == "failed", "the task shown failed")
-    [task] = await fetch_tasks(database_url, f"id = '{seeded.pending_rollback}'")
+    task = await fetch_task(database_url, seeded.pending_rollback)
     assert task["status"] == "failed"
     assert task["error_message"].startswith("cancelled by ")
 
 
 async def test_cancel_dismissed_leaves_the_task_pending(
-    seeded: Seed, make_app, wait_for, is_loaded, database_url: str
+    seeded: Seed, started: Started, database_url: str
 ) -> None:
-    app = make_app()
-    async with app.run_test(size=(100, 30)) as pilot:
-        await wait_for(pilot, is_loaded(app), "first refresh")
-        await select_row(pilot, app.screen.query_one(TasksTable), seeded.pending_rollback)
-        await pilot.press("c")
-        assert isinstance(app.screen, ConfirmDialog)
+    async with started() as (app, pilot):
+        await open_cancel(pilot, app, seeded.pending_rollback)
         await pilot.press("n")
-        assert app.screen is app.main
-        await pilot.pause(0.3)
-    [task] = await fetch_tasks(database_url, f"id = '{seeded.pending_rollback}'")
+        await assert_back_on_main(pilot, app)
+    task = await fetch_task(database_url, seeded.pending_rollback)
     assert (task["status"], task["error_message"]) == ("pending", None)
 
 
 async def test_cancel_is_refused_for_a_task_that_is_not_pending(
-    seeded: Seed, make_app, wait_for, is_loaded, database_url: str
+    seeded: Seed, started: Started, database_url: str
 ) -> None:
-    app = make_app()
-    async with app.run_test(size=(100, 30)) as pilot:
-        await wait_for(pilot, is_loaded(app), "first refresh")
-        table = app.screen.query_one(TasksTable)
-        await select_row(pilot, table, seeded.pending_rollback)
+    async with started() as (app, pilot):
+        await select_task(pilot, app, seeded.pending_rollback)
         assert not footer_key(app, "cancel_task").has_class("-disabled")
-        await select_row(pilot, table, seeded.running_140)
+        await select_task(pilot, app, seeded.running_140)
         await pilot.pause()
         assert footer_key(app, "cancel_task").has_class("-disabled")  # shown, greyed out
         await pilot.press("c")
         await pilot.pause()
         assert app.screen is app.main
-    [task] = await fetch_tasks(database_url, f"id = '{seeded.running_140}'")
+    task = await fetch_task(database_url, seeded.running_140)
     assert task["status"] == "inProgress"
 
 
 async def test_cancel_of_a_task_an_agent_claimed_meanwhile_changes_nothing(
-    seeded: Seed, make_app, wait_for, is_loaded, database_url: str, repo: Repository
+    seeded: Seed, started: Started, wait_for, database_url: str, repo: Repository
 ) -> None:
-    app = make_app()
-    async with app.run_test(size=(100, 30), notifications=True) as pilot:
-        await wait_for(pilot, is_loaded(app), "first refresh")
-        await select_row(pilot, app.screen.query_one(TasksTable), seeded.pending_rollback)
-        await pilot.press("c")
-        assert isinstance(app.screen, ConfirmDialog)
+    async with started(notifications=True) as (app, pilot):
+        await open_cancel(pilot, app, seeded.pending_rollback)
         await repo.pool.execute(
             "UPDATE agent_task SET status = 'completed' WHERE id = $1", seeded.pending_rollback
         )
         await pilot.press("y")
         await wait_for(pilot, lambda: app._notifications, "a notification")
         assert "no longer pending" in next(iter(app._notifications)).message
-    [task] = await fetch_tasks(database_url, f"id = '{seeded.pending_rollback}'")
+    task = await fetch_task(database_url, seeded.pending_rollback)
     assert (task["status"], task["error_message"]) == ("completed", None)
 
 
 async def test_read_only_hides_and_disables_every_action(
-    seeded: Seed, make_app, wait_for, is_loaded, database_url: str
+    seeded: Seed, started: Started, database_url: str
 ) -> None:
-    writable, read_only = make_app(), make_app(read_only=True)
-    async with writable.run_test(size=(100, 30)) as pilot:
-        await wait_for(pilot, is_loaded(writable), "first refresh")
+    async with started() as (writable, pilot):
         await pilot.pause()
         assert {"rollback", "cancel_task"} <= footer_actions(writable)
-    async with read_only.run_test(size=(100, 30)) as pilot:
-        app = read_only
-        await wait_for(pilot, is_loaded(app), "first refresh")
-        await select_row(pilot, app.screen.query_one(TasksTable), seeded.pending_rollback)
+    async with started(read_only=True) as (app, pilot):
+        await select_task(pilot, app, seeded.pending_rollback)
         await pilot.pause()
         assert {"quit", "cycle_status"} <= footer_actions(app)
         assert not {"rollback", "deploy", "cancel_task"} & footer_actions(app)
@@ -410,17 +431,14 @@ async def test_read_only_hides_and_disables_every_action(
         await pilot.pause()
         assert "deploy" not in footer_actions(app)
         await pilot.press("enter")
-        assert app.screen is app.main
-        await pilot.pause(0.3)
-    assert len(await fetch_tasks(database_url)) == 6
+        await assert_back_on_main(pilot, app)
+    await assert_no_task_written(database_url)
 
 
 async def test_a_new_task_appears_through_notify_without_waiting_for_the_timer(
-    seeded: Seed, make_app, wait_for, is_loaded, repo: Repository
+    seeded: Seed, started: Started, wait_for, repo: Repository
 ) -> None:
-    app = make_app(refresh_interval=600.0)
-    async with app.run_test(size=(100, 30)) as pilot:
-        await wait_for(pilot, is_loaded(app), "first refresh")
+    async with started(refresh_interval=600.0) as (app, pilot):
         table = app.screen.query_one(TasksTable)
         await repo.create_task("deploy", seeded.r130)
         await wait_for(pilot, lambda: table.row_count == 7, "the NOTIFY-driven refresh", 5)
@@ -428,13 +446,11 @@ async def test_a_new_task_appears_through_notify_without_waiting_for_the_timer(
 
 
 async def test_listener_reconnects_after_its_connection_is_killed(
-    seeded: Seed, make_app, wait_for, is_loaded, repo: Repository
+    seeded: Seed, started: Started, wait_for, repo: Repository
 ) -> None:
     listeners = """SELECT array_agg(pid) FROM pg_stat_activity
                    WHERE datname = current_database() AND query LIKE 'LISTEN%'"""
-    app = make_app(refresh_interval=600.0)
-    async with app.run_test(size=(100, 30)) as pilot:
-        await wait_for(pilot, is_loaded(app), "first refresh")
+    async with started(refresh_interval=600.0) as (app, pilot):
         [old] = await repo.pool.fetchval(listeners)
         assert await repo.pool.fetchval("SELECT pg_terminate_backend($1)", old)
         new: list[int] = []
@@ -457,29 +473,22 @@ async def test_listener_reconnects_after_its_connection_is_killed(
 
 
 async def test_a_refresh_updates_ages_and_statuses_in_place_keeping_the_selection(
-    seeded: Seed, make_app, wait_for, is_loaded, repo: Repository
+    seeded: Seed, started: Started, wait_for, repo: Repository
 ) -> None:
     now = [NOW]
-    app = make_app(clock=lambda: now[0])
-    async with app.run_test(size=(100, 30)) as pilot:
-        await wait_for(pilot, is_loaded(app), "first refresh")
-        table = app.screen.query_one(TasksTable)
-        await select_row(pilot, table, seeded.failed_140)
+    async with started(clock=lambda: now[0]) as (app, pilot):
+        table = await select_task(pilot, app, seeded.failed_140)
         now[0] = NOW + timedelta(minutes=3)
         await repo.pool.execute(
             "UPDATE agent_task SET last_heartbeat = $2 WHERE id = $1",
             seeded.running_140,
             NOW + timedelta(minutes=2, seconds=55),
         )
-        before = app.main.snapshot
-        await pilot.press("ctrl+r")
-        await wait_for(pilot, lambda: app.main.snapshot is not before, "refresh")
+        await refresh_with(pilot, app, wait_for, "ctrl+r")
         assert rows(table)[1][4:6] == ["5m00s", "▶ deploy 4m54s · ♥ 5s ago"]
         # heartbeat older than stale_after (180 s): shown, and the agents count it
         now[0] = NOW + timedelta(minutes=10)
-        before = app.main.snapshot
-        await pilot.press("ctrl+r")
-        await wait_for(pilot, lambda: app.main.snapshot is not before, "refresh")
+        await refresh_with(pilot, app, wait_for, "ctrl+r")
         info = table.get_row(str(seeded.running_140))[5]
         assert info.plain == "▶ deploy 11m54s · ♥ 7m05s ago"
         assert any(span.style == "bold red" for span in info.spans)
@@ -488,7 +497,7 @@ async def test_a_refresh_updates_ages_and_statuses_in_place_keeping_the_selectio
 
 
 async def test_credentials_quoted_in_errors_and_events_are_masked(
-    seeded: Seed, make_app, wait_for, is_loaded, repo: Repository
+    seeded: Seed, started: Started, wait_for, repo: Repository
 ) -> None:
     await repo.pool.execute(
         "UPDATE agent_task SET error_message = $2 WHERE id = $1",
@@ -496,16 +505,12 @@ async def test_credentials_quoted_in_errors_and_events_are_masked(
         f"cannot reach postgres://wrktalk:{SECRET}@db/wrktalk (DB_PASSWORD={SECRET})",
     )
     await repo.add_event(seeded.failed_140, "notify", "info", f"smtp token={SECRET}")
-    app = make_app()
-    async with app.run_test(size=(100, 30)) as pilot:
-        await wait_for(pilot, is_loaded(app), "first refresh")
+    async with started() as (app, pilot):
         table = app.screen.query_one(TasksTable)
         summary = str(table.get_row(str(seeded.failed_140))[5])
         assert summary == "cannot reach postgres://wrktalk:***@db/wrktalk (DB_PASSWORD=***"
-        await select_row(pilot, table, seeded.failed_140)
-        await pilot.press("enter")
-        await wait_for(pilot, lambda: getattr(app.screen, "detail", None) is not None, "detail")
-        error = text_of(app.screen.query_one("#detail-error", Static))
-        timeline = rows(app.screen.query_one("#timeline", KeyedTable))
+        screen = await open_detail(pilot, app, wait_for, seeded.failed_140)
+        error = text_of(screen.query_one("#detail-error", Static))
+        timeline = rows(screen.query_one("#timeline", KeyedTable))
         assert SECRET not in error and "postgres://wrktalk:***@db" in error
         assert timeline[-1][4] == "smtp token=***"

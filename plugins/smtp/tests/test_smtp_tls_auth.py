@@ -4,29 +4,47 @@ the password never travels in clear text unless allowed, and never reaches logs.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from socket import socket
+from typing import Any
 
+import pytest
 from structlog.testing import capture_logs
 
 
-async def test_starttls_with_ca_file_and_auth_delivers(
-    smtp_server, localhost_cert, authenticator, directory, notifier_for, make_event
+@pytest.fixture
+def notifier_at(directory, notifier_for) -> Callable[..., Any]:
+    """``notifier_at(server, **settings)``: a notifier for ``directory`` that sends to
+    ``server`` on loopback."""
+
+    def make(server: Any, **settings: Any) -> Any:
+        return notifier_for(directory, host="127.0.0.1", port=server.port, **settings)
+
+    return make
+
+
+def login(authenticator: Any) -> dict[str, str]:
+    """The settings that log in with the credentials the server accepts."""
+    return {"user": authenticator.user, "password": authenticator.password}
+
+
+@pytest.mark.parametrize(
+    ("tls", "server_tls"),
+    [
+        ("starttls", {"require_starttls": True, "auth_require_tls": True}),
+        # aiosmtpd only counts STARTTLS as TLS for this check; the session is TLS already
+        ("tls", {"auth_require_tls": False}),
+    ],
+    ids=["starttls", "implicit-tls"],
+)
+async def test_tls_with_ca_file_and_auth_delivers(
+    tls, server_tls, smtp_server, localhost_cert, authenticator, notifier_at, make_event
 ):
+    context = "tls_context" if tls == "starttls" else "ssl_context"
     server = smtp_server(
-        tls_context=localhost_cert.server_context(),
-        require_starttls=True,
-        authenticator=authenticator,
-        auth_require_tls=True,
+        **{context: localhost_cert.server_context()}, authenticator=authenticator, **server_tls
     )
-    notifier = notifier_for(
-        directory,
-        host="127.0.0.1",
-        port=server.port,
-        tls="starttls",
-        ca_file=localhost_cert.cert,
-        user=authenticator.user,
-        password=authenticator.password,
-    )
+    notifier = notifier_at(server, tls=tls, ca_file=localhost_cert.cert, **login(authenticator))
 
     deliveries = await notifier.notify(make_event())
 
@@ -36,79 +54,45 @@ async def test_starttls_with_ca_file_and_auth_delivers(
     assert authenticator.attempts == [(authenticator.user, authenticator.password, True)] * 2
 
 
-async def test_starttls_rejects_a_certificate_it_cannot_verify(
-    smtp_server, localhost_cert, directory, notifier_for, make_event
+@pytest.mark.parametrize(
+    ("offers_starttls", "detail"),
+    [
+        # no ca_file: the self-signed certificate is not in the system store
+        (True, "certificate verify failed"),
+        # the server offers no STARTTLS: no fallback to plaintext
+        (False, "STARTTLS"),
+    ],
+    ids=["rejects-a-certificate-it-cannot-verify", "never-falls-back-to-plaintext"],
+)
+async def test_starttls_fails_without_sending(
+    offers_starttls, detail, smtp_server, localhost_cert, directory, notifier_at, make_event
 ):
-    server = smtp_server(tls_context=localhost_cert.server_context(), require_starttls=True)
+    if offers_starttls:
+        server = smtp_server(tls_context=localhost_cert.server_context(), require_starttls=True)
+    else:
+        server = smtp_server()
     directory.admins = directory.admins[:1]
-    # no ca_file: the self-signed certificate is not in the system store
-    notifier = notifier_for(directory, host="127.0.0.1", port=server.port, tls="starttls")
 
-    [delivery] = await notifier.notify(make_event())
+    [delivery] = await notifier_at(server, tls="starttls").notify(make_event())
 
     assert (delivery.ok, delivery.attempts) == (False, 1)  # retrying cannot help
-    assert "certificate verify failed" in delivery.detail
+    assert detail in delivery.detail
     assert server.mailbox.data_commands == 0
-
-
-async def test_starttls_never_falls_back_to_plaintext(
-    smtp_server, directory, notifier_for, make_event
-):
-    server = smtp_server()  # offers no STARTTLS
-    directory.admins = directory.admins[:1]
-    notifier = notifier_for(directory, host="127.0.0.1", port=server.port, tls="starttls")
-
-    [delivery] = await notifier.notify(make_event())
-
-    assert (delivery.ok, delivery.attempts) == (False, 1)
-    assert "STARTTLS" in delivery.detail
-    assert server.mailbox.data_commands == 0
-
-
-async def test_implicit_tls_with_auth_delivers(
-    smtp_server, localhost_cert, authenticator, directory, notifier_for, make_event
-):
-    server = smtp_server(
-        ssl_context=localhost_cert.server_context(),
-        authenticator=authenticator,
-        # aiosmtpd only counts STARTTLS as TLS for this check; the session is TLS already
-        auth_require_tls=False,
-    )
-    notifier = notifier_for(
-        directory,
-        host="127.0.0.1",
-        port=server.port,
-        tls="tls",
-        ca_file=localhost_cert.cert,
-        user=authenticator.user,
-        password=authenticator.password,
-    )
-
-    deliveries = await notifier.notify(make_event())
-
-    assert [d.ok for d in deliveries] == [True, True]
-    assert len(server.mailbox.received) == 2
-    assert authenticator.attempts == [(authenticator.user, authenticator.password, True)] * 2
 
 
 async def test_hostname_check_can_be_turned_off_but_the_chain_is_still_verified(
-    smtp_server, other_host_cert, localhost_cert, directory, notifier_for, make_event
+    smtp_server, other_host_cert, localhost_cert, directory, notifier_at, make_event
 ):
     server = smtp_server(tls_context=other_host_cert.server_context(), require_starttls=True)
     directory.admins = directory.admins[:1]
 
-    def notifier(**settings):
-        return notifier_for(
-            directory, host="127.0.0.1", port=server.port, tls="starttls", **settings
-        )
+    async def deliver(**settings):
+        [delivery] = await notifier_at(server, tls="starttls", **settings).notify(make_event())
+        return delivery
 
-    [checked] = await notifier(ca_file=other_host_cert.cert).notify(make_event())
-    [unchecked] = await notifier(ca_file=other_host_cert.cert, verify_hostname=False).notify(
-        make_event()
-    )
-    [wrong_ca] = await notifier(ca_file=localhost_cert.cert, verify_hostname=False).notify(
-        make_event()
-    )
+    checked = await deliver(ca_file=other_host_cert.cert)
+    unchecked = await deliver(ca_file=other_host_cert.cert, verify_hostname=False)
+    wrong_ca = await deliver(ca_file=localhost_cert.cert, verify_hostname=False)
 
     assert (checked.ok, checked.attempts) == (False, 1)
     assert "127.0.0.1" in checked.detail  # "IP address mismatch, certificate is not valid for..."
@@ -118,20 +102,12 @@ async def test_hostname_check_can_be_turned_off_but_the_chain_is_still_verified(
 
 
 async def test_password_is_not_sent_over_plaintext_unless_allowed(
-    smtp_server, authenticator, directory, notifier_for, make_event
+    smtp_server, authenticator, notifier_at, make_event
 ):
     server = smtp_server(authenticator=authenticator, auth_require_tls=False)
 
     def notifier(**settings):
-        return notifier_for(
-            directory,
-            host="127.0.0.1",
-            port=server.port,
-            tls="none",
-            user=authenticator.user,
-            password=authenticator.password,
-            **settings,
-        )
+        return notifier_at(server, tls="none", **login(authenticator), **settings)
 
     refused = await notifier().notify(make_event())
 
@@ -147,16 +123,14 @@ async def test_password_is_not_sent_over_plaintext_unless_allowed(
 
 
 async def test_password_never_reaches_details_logs_or_check_lines(
-    smtp_server, localhost_cert, authenticator, directory, notifier_for, make_event, caplog
+    smtp_server, localhost_cert, authenticator, notifier_at, make_event, caplog
 ):
     caplog.set_level(logging.DEBUG)
     secret = "leaky-Pa55-word"  # wrong password: the server quotes it back in its 535 reply
     authenticator.echo_password = True
     server = smtp_server(tls_context=localhost_cert.server_context(), authenticator=authenticator)
-    notifier = notifier_for(
-        directory,
-        host="127.0.0.1",
-        port=server.port,
+    notifier = notifier_at(
+        server,
         tls="starttls",
         ca_file=localhost_cert.cert,
         user=authenticator.user,
@@ -180,21 +154,14 @@ async def test_password_never_reaches_details_logs_or_check_lines(
 
 
 async def test_check_connects_with_tls_and_auth_then_quits(
-    smtp_server, localhost_cert, authenticator, directory, notifier_for
+    smtp_server, localhost_cert, authenticator, notifier_at
 ):
     server = smtp_server(
         tls_context=localhost_cert.server_context(),
         require_starttls=True,
         authenticator=authenticator,
     )
-    notifier = notifier_for(
-        directory,
-        host="127.0.0.1",
-        port=server.port,
-        ca_file=localhost_cert.cert,
-        user=authenticator.user,
-        password=authenticator.password,
-    )
+    notifier = notifier_at(server, ca_file=localhost_cert.cert, **login(authenticator))
 
     checks = await notifier.check()
 
