@@ -75,10 +75,12 @@ def e2e(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """Benchmarks: each prints a table of figures."""
+    """Benchmarks, each printing a table of figures: `nox -s bench -- engine tui` runs some."""
     session.install(*EDITABLE)
+    wanted = set(session.posargs)
     for script in sorted((ROOT / "benchmarks").glob("bench_*.py")):
-        session.run("python", str(script), *session.posargs, env={"PYTHONUNBUFFERED": "1"})
+        if not wanted or script.stem.removeprefix("bench_") in wanted:
+            session.run("python", str(script), env={"PYTHONUNBUFFERED": "1"})
 
 
 @nox.session
