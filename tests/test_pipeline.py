@@ -263,3 +263,25 @@ async def test_rollback_refuses_when_previous_changed_since_requested(
         "rollback to 1.0.0 requested, but the previous release is now 1.1.0"
     )
     assert (await repo.current_release()).release_version == "1.2.0"
+
+
+async def test_hung_deployer_is_stopped_and_rolled_back(
+    make_agent, recording_settings, recording, repo
+):
+    settings = recording_settings.model_copy(update={"deploy_timeout": 0.5})
+    agent = await make_agent(settings)
+    await repo.create_task("deploy", (await add_release(repo, "1.0.0")).id)
+    assert await agent.run(once=True) == 0
+    hung = await add_release(repo, "1.1.0", {"behaviour.json": json.dumps({"sleep": 30})})
+    task = await repo.create_task("deploy", hung.id)
+    assert await agent.run(once=True) == 1
+    failed = await repo.get_task(task.id)
+    assert failed.error_message == (
+        "deploy did not finish within 0.5s (WRKTALK_AGENT_DEPLOY_TIMEOUT)"
+    )
+    assert failed.result["auto_rollback"] == {
+        "to": "1.0.0",
+        "ok": True,
+        "output": "auto-rollback 1.0.0 ok",
+    }
+    assert not recording.flag.exists()

@@ -103,6 +103,12 @@ class AgentSettings(BaseSettings):
     healthcheck_retries: int = Field(10, ge=1, description="Attempts before the check fails.")
     healthcheck_interval: float = Field(3.0, ge=0, description="Seconds between attempts.")
     auto_rollback: bool = Field(True, description="Roll back automatically after a failed deploy.")
+    deploy_timeout: float = Field(
+        1800.0,
+        gt=0,
+        description="Seconds a deployer call may take before the agent stops it and fails "
+        "the step (a backstop above the deployer's own timeouts).",
+    )
 
     http_port: int | None = Field(
         None, ge=0, le=65535, description="Port of /healthz, /readyz, /metrics (off when unset)."

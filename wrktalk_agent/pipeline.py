@@ -383,8 +383,17 @@ class TaskRun:
     ) -> DeployOutcome:
         request = self._request(purpose, release, workdir, current or self.current)
         method = self.s.deployer.deploy if purpose == "deploy" else self.s.deployer.rollback
+        limit = self.settings.deploy_timeout
         try:
-            return await method(request)
+            # A hung deployer would hold the one-deployment slot for ever while its
+            # heartbeat says all is well: stop it (plugins kill their child processes).
+            async with asyncio.timeout(limit):
+                return await method(request)
+        except TimeoutError:
+            raise StepFailed(
+                f"{purpose} did not finish within {limit:g}s (WRKTALK_AGENT_DEPLOY_TIMEOUT)",
+                system_changed=True,
+            ) from None
         except DeployError as exc:
             self.result.setdefault("deployer", {})["output"] = tail(exc.output)
             raise StepFailed(
