@@ -318,3 +318,26 @@ async def test_log_lines_are_json_bound_to_the_task_and_free_of_secrets(
     assert "database" in {k for line in lines for k in line}
     started = next(line for line in lines if line["event"] == "agent.started")
     assert started["database"].startswith("postgresql://")
+
+
+async def test_outcome_write_rejected_by_the_database_does_not_kill_the_agent(
+    recording_settings, recording, repo, make_agent
+):
+    """A non-outage error on the final write (here a trigger refusing the flag change):
+    the agent survives, maintenance is off, and the stale check fails the task later."""
+    await repo.pool.execute(
+        """CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS
+           $$ BEGIN RAISE EXCEPTION 'flags are frozen'; END $$;
+           CREATE TRIGGER frozen BEFORE UPDATE ON release_artifact
+           FOR EACH ROW EXECUTE FUNCTION refuse();"""
+    )
+    task = await repo.create_task("deploy", (await add_release(repo, "1.0.0")).id)
+    agent = await make_agent(recording_settings.model_copy(update={"stale_after": 1.0}))
+    assert await agent.run(once=True) == 1
+    assert (await repo.get_task(task.id)).status == "inProgress"  # outcome not written
+    assert not recording.flag.exists()
+    await asyncio.sleep(1.5)
+    assert await agent.run(once=True) == 0  # the next poll finds it stale
+    failed = await repo.get_task(task.id)
+    assert failed.status == "failed"
+    assert failed.error_message.startswith("abandoned: agent test-agent stopped heartbeating")

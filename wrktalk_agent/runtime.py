@@ -156,7 +156,12 @@ class Agent:
             stop_wait.cancel()
             if not job.done():
                 await self._drain(job)
-            return job.result()
+            try:
+                return job.result()
+            except Exception as exc:  # e.g. the outcome write hit a constraint: keep running;
+                # the task's heartbeat stopped, so the stale check fails it for everyone
+                self.log.error("task.crashed", task_id=str(task.id), error=_describe(exc))
+                return "failed"
         finally:
             self.running = None
 
