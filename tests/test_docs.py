@@ -207,3 +207,18 @@ def test_schema_doc_covers_every_table_column_index_and_trigger() -> None:
             assert f"| `{column}` |" in section, f"docs/schema.md: {table}.{column} undocumented"
     for name in [*EXPECTED_INDEXES, *EXPECTED_TRIGGERS]:
         assert f"`{name}`" in SCHEMA, f"docs/schema.md: {name} undocumented"
+
+
+def test_the_core_never_imports_a_plugin() -> None:
+    import ast
+
+    for path in (ROOT / "wrktalk_agent").rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            for name in names:
+                assert not name.startswith("wrktalk_agent_"), f"{path} imports {name}"
