@@ -286,3 +286,22 @@ def test_check_json_reports_each_line_and_fails_on_any(cli, tmp_path: Path) -> N
     bad = cli("check", env={**env, "WRKTALK_AGENT_TRUSTED_KEYS": "not-a-key"})
     assert bad.exit_code == 1
     assert "not-a-key" in bad.output
+
+
+def test_release_add_binary_env_file_is_a_clear_error(cli, tarball: Path, tmp_path: Path) -> None:
+    binary = tmp_path / "prod.env"
+    binary.write_bytes(b"\xff\xfe\x00junk")
+    result = cli(
+        "release",
+        "add",
+        str(tarball),
+        "--version",
+        "1",
+        "--chart-type",
+        "helm",
+        "--env-file",
+        str(binary),
+    )
+    assert result.exit_code == 2
+    assert "--env-file" in result.output and "is not UTF-8 text" in result.output
+    assert "Traceback" not in result.output

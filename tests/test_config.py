@@ -47,9 +47,9 @@ def test_invalid_values_name_their_variables_and_hide_secrets() -> None:
             db_pool_max_size=2,
         )
     lines = format_validation_error(caught.value, AgentSettings)
-    assert len(lines) == 1
-    assert lines[0].startswith("WRKTALK_AGENT_SETTINGS") or "POOL_MIN_SIZE" in lines[0]
-    assert "hunter2" not in "\n".join(lines)
+    assert lines == [
+        "WRKTALK_AGENT_DB_POOL_MIN_SIZE (5) is larger than WRKTALK_AGENT_DB_POOL_MAX_SIZE (2)"
+    ]
     with pytest.raises(ValidationError) as caught:
         AgentSettings(database_url="mysql://root:hunter2@x/db")
     [line] = format_validation_error(caught.value, AgentSettings)

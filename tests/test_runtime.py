@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import pytest
-from agent_helpers import agent_env, wait_until
+from agent_helpers import agent_env, blocking_release, wait_until
 
 from wrktalk_agent.testing import add_release
 
@@ -61,16 +61,7 @@ async def test_four_agents_two_hundred_tasks_exactly_once_one_at_a_time(
 async def test_kill_9_mid_task_is_abandoned_by_another_agent(
     recording_settings, recording, repo, spawn_agent, tmp_path
 ):
-    started = tmp_path / "started"
-    release = await add_release(
-        repo,
-        "1.0.0",
-        {
-            "behaviour.json": json.dumps(
-                {"started": str(started), "wait_for": str(tmp_path / "never")}
-            )
-        },
-    )
+    release, started, _ = await blocking_release(repo, tmp_path)
     task = await repo.create_task("deploy", release.id)
     env = agent_env(recording_settings, recording, WRKTALK_AGENT_STALE_AFTER="2")
     victim = spawn_agent({**env, "WRKTALK_AGENT_AGENT_ID": "victim"})
@@ -132,13 +123,7 @@ async def test_maintenance_left_on_is_reconciled_at_startup(
 async def test_sigterm_drains_then_second_sigterm_aborts(
     recording_settings, recording, repo, spawn_agent, tmp_path
 ):
-    started = tmp_path / "started"
-    release_go = tmp_path / "go"
-    release = await add_release(
-        repo,
-        "1.0.0",
-        {"behaviour.json": json.dumps({"started": str(started), "wait_for": str(release_go)})},
-    )
+    release, started, release_go = await blocking_release(repo, tmp_path)
     env = agent_env(recording_settings, recording, WRKTALK_AGENT_SHUTDOWN_GRACE="30")
 
     # 1: SIGTERM while deploying → the deploy finishes within the grace period, exit 0
@@ -172,16 +157,7 @@ async def test_sigterm_drains_then_second_sigterm_aborts(
 async def test_grace_period_over_interrupts(
     recording_settings, recording, repo, spawn_agent, tmp_path
 ):
-    started = tmp_path / "started"
-    release = await add_release(
-        repo,
-        "1.0.0",
-        {
-            "behaviour.json": json.dumps(
-                {"started": str(started), "wait_for": str(tmp_path / "never")}
-            )
-        },
-    )
+    release, started, _ = await blocking_release(repo, tmp_path)
     task = await repo.create_task("deploy", release.id)
     proc = spawn_agent(agent_env(recording_settings, recording, WRKTALK_AGENT_SHUTDOWN_GRACE="1"))
     wait_until(started.exists, 30)
@@ -239,12 +215,7 @@ async def test_postgres_restart_mid_task_outcome_written(
 ):
     if not pg_server.can_restart:
         pytest.skip("needs the embedded PostgreSQL (the test stops and starts the server)")
-    started, go = tmp_path / "started", tmp_path / "go"
-    release = await add_release(
-        repo,
-        "1.0.0",
-        {"behaviour.json": json.dumps({"started": str(started), "wait_for": str(go)})},
-    )
+    release, started, go = await blocking_release(repo, tmp_path)
     task = await repo.create_task("deploy", release.id)
     agent = await make_agent(recording_settings)
     runner = asyncio.create_task(agent.run(once=True))

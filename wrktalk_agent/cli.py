@@ -189,6 +189,10 @@ def release_add(
     # reads the file whole (the agent itself streams artifacts).
     data = file.read_bytes()
     digest = hashlib.sha256(data).hexdigest()
+    env_data, values_data = (
+        _text_file(env_file, "--env-file"),
+        _text_file(values_file, "--values-file"),
+    )
     signature = None
     if sign_key is not None:
         try:
@@ -205,8 +209,8 @@ def release_add(
                 chart_type=chart_type,
                 data=data,
                 sha256=digest,
-                env_data=env_file.read_text("utf-8") if env_file else None,
-                values_data=values_file.read_text("utf-8") if values_file else None,
+                env_data=env_data,
+                values_data=values_data,
                 signature=signature,
             )
         except asyncpg.UniqueViolationError:
@@ -217,6 +221,17 @@ def release_add(
     click.echo(
         f"stored release {version} ({info.size} bytes, sha256 {digest[:12]}…{signed}) as {info.id}"
     )
+
+
+def _text_file(path: Path | None, option: str) -> str | None:
+    if path is None:
+        return None
+    try:
+        return path.read_text("utf-8")
+    except UnicodeDecodeError as exc:
+        raise Failure(
+            f"{option} {path} is not UTF-8 text: {exc.reason} at byte {exc.start}", 2
+        ) from None
 
 
 @release.command("keygen")

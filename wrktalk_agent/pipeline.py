@@ -54,8 +54,8 @@ from wrktalk_agent.interfaces import (
     validate_version,
 )
 from wrktalk_agent.log import get_logger
+from wrktalk_agent.process import tail
 
-OUTPUT_TAIL_BYTES = 8 * 1024
 #: Errors worth retrying a write for: the database went away, not a bad statement.
 DB_ERRORS: tuple[type[BaseException], ...] = (
     *CONNECTION_ERRORS,
@@ -80,10 +80,6 @@ class StepFailed(Exception):
         self.output = output
 
 
-class Interrupted(Exception):
-    """The agent is shutting down and the task's grace period ran out."""
-
-
 @dataclass
 class Services:
     """The selected backends and what the pipeline needs around them."""
@@ -94,10 +90,6 @@ class Services:
     maintenance: MaintenanceHandler | None
     notifiers: Sequence[Notifier]
     trusted_keys: list[Any] = field(default_factory=list)
-
-
-def tail(text: str, limit: int = OUTPUT_TAIL_BYTES) -> str:
-    return text if len(text) <= limit else "…" + text[-limit:]
 
 
 def db_retrying(log: Any, what: str, repo: Repository) -> AsyncRetrying:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata as md
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any, Literal
@@ -237,13 +237,16 @@ def format_validation_error(exc: ValidationError, model: type[BaseSettings] | No
         prefix = str(model.model_config.get("env_prefix", ""))
     lines = []
     for err in exc.errors():
-        field_name = ".".join(str(p) for p in err["loc"]) or "settings"
+        message = err["msg"].removeprefix("Value error, ")
+        if not err["loc"]:  # a check across fields: its message names the variables
+            lines.append(message)
+            continue
+        field_name = ".".join(str(p) for p in err["loc"])
         env_name = _env_name(model, field_name, prefix)
         value = err.get("input")
         shown = (
             "" if _is_secret_field(field_name) or isinstance(value, dict) else f" (got {value!r})"
         )
-        message = err["msg"].removeprefix("Value error, ")
         lines.append(f"{env_name}: {message}{shown}")
     return lines
 
@@ -263,9 +266,3 @@ def _env_name(model: type[BaseSettings] | None, field_name: str, prefix: str) ->
 def _is_secret_field(field_name: str) -> bool:
     lowered = field_name.lower()
     return any(word in lowered for word in ("password", "secret", "token", "url", "key"))
-
-
-def instantiate_many(
-    registry: PluginRegistry, kind: Kind, names: Sequence[str], context: PluginContext
-) -> list[Any]:
-    return [registry.instantiate(kind, n, context) for n in names]

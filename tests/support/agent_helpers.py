@@ -62,3 +62,14 @@ def wait_until(predicate: Callable[[], Any], timeout: float, interval: float = 0
             return value
         time.sleep(interval)
     raise AssertionError(f"condition not met within {timeout}s")
+
+
+async def blocking_release(repo: Any, tmp_path: Path, version: str = "1.0.0") -> Any:
+    """A release whose recording deploy touches ``started`` and then waits until ``go``
+    exists. Returns (release, started, go)."""
+    from wrktalk_agent.testing import add_release
+
+    started, go = tmp_path / "started", tmp_path / "go"
+    behaviour = {"started": str(started), "wait_for": str(go)}
+    release = await add_release(repo, version, {"behaviour.json": json.dumps(behaviour)})
+    return release, started, go

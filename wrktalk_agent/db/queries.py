@@ -186,15 +186,6 @@ ACTIVE_ADMINS = "SELECT name, email FROM admin WHERE is_active ORDER BY email"
 
 IN_PROGRESS_COUNT = "SELECT count(*) FROM agent_task WHERE status = 'inProgress'"
 
-LIST_AGENTS = """
-SELECT i.agent_id, i.hostname, i.pid, i.version, i.started_at, i.last_poll,
-       i.current_task_id, t.last_heartbeat
-FROM agent_instance i
-LEFT JOIN agent_task t ON t.id = i.current_task_id AND t.status = 'inProgress'
-WHERE i.last_poll > now() - make_interval(secs => $1)
-ORDER BY i.last_poll DESC
-"""
-
 
 # -- dashboard (wrktalk-agent tui) -----------------------------------------------------------
 # Read-only questions of the operator dashboard, asked every few seconds. None of them reads

@@ -254,10 +254,6 @@ class Repository:
     async def in_progress_count(self) -> int:
         return int(await self.pool.fetchval(q.IN_PROGRESS_COUNT))
 
-    async def list_agents(self, seen_within: float) -> list[AgentInstance]:
-        rows = await self.pool.fetch(q.LIST_AGENTS, seen_within)
-        return [AgentInstance.model_validate(dict(r)) for r in rows]
-
     # -- releases --------------------------------------------------------------------
     async def add_release(
         self,
