@@ -29,6 +29,7 @@ __all__ = [
     "DeployRequest",
     "Deployer",
     "Directory",
+    "LiveState",
     "MaintenanceHandler",
     "NotificationEvent",
     "NotificationKind",
@@ -38,6 +39,7 @@ __all__ = [
     "Release",
     "SmtpConfig",
     "StepTiming",
+    "ValidationError",
     "validate_version",
 ]
 
@@ -71,6 +73,32 @@ class DeployError(BackendError):
         super().__init__(message)
         self.output = output
         self.system_changed = system_changed
+
+
+class ValidationError(BackendError):
+    """The release cannot be applied as it is. Raised by a deployer's optional
+    ``validate(request)``: the core fails the task before maintenance goes on, with
+    nothing changed and no rollback. ``output`` is the tool's own message (bounded)."""
+
+    def __init__(self, message: str, *, output: str = "") -> None:
+        super().__init__(message)
+        self.output = output
+
+
+@dataclass(frozen=True)
+class LiveState:
+    """What a deployer finds running on its target (its optional ``live_release()``).
+
+    ``version`` is the release version the target runs (``None``: nothing, or not known);
+    ``state`` is ``"deployed"`` (that version is fully applied), ``"half-applied"``
+    (an interrupted deploy or rollback left it partly changed: ``version`` is the best
+    guess), ``"absent"`` (nothing of the installation runs) or ``"unknown"`` (the
+    deployer could not tell; ``detail`` says why). ``detail`` is shown to operators.
+    """
+
+    version: str | None
+    state: Literal["deployed", "half-applied", "absent", "unknown"]
+    detail: str = ""
 
 
 @dataclass(frozen=True)
@@ -146,6 +174,23 @@ class Deployer(Protocol):
         """Return the installation to ``request.release`` (the previous release, whose
         artifact is extracted in ``request.workdir``); raise :class:`DeployError`."""
         ...
+
+    # Optional methods: the core calls them when the class defines them.
+    #
+    # async def validate(self, request: DeployRequest) -> Sequence[str]:
+    #     Check the release before anything changes (before maintenance goes on): render
+    #     or lint it, check images and ports. Return warnings (may be empty); raise
+    #     ValidationError to refuse the release (the task fails with no downtime).
+    #
+    # async def prepare(self, request: DeployRequest) -> None:
+    #     Stage what can be staged without touching what is live (load images, install
+    #     the release directory), still before maintenance. Raise DeployError on failure.
+    #
+    # async def live_release(self) -> LiveState:
+    #     Tell what the target runs now, from the target itself (helm: the release's
+    #     status; compose: labels of the project's containers; script: its current
+    #     link). Called after an agent died mid-task, so that the database records the
+    #     truth. Must not change anything.
 
 
 @runtime_checkable
