@@ -90,34 +90,88 @@ async def test_kill_9_mid_task_is_abandoned_by_another_agent(
     assert rescuer.wait(20) == 0
 
 
-async def test_restart_with_same_id_fails_own_leftover(
+async def test_restart_with_same_id_recovers_own_leftover_once_its_lease_ran_out(
     recording_settings, recording, repo, make_agent
 ):
     release = await add_release(repo, "1.0.0")
     task = await repo.create_task("deploy", release.id)
     await repo.pool.execute(
         "UPDATE agent_task SET status='inProgress', claimed_by='test-agent', picked_up_at=now(),"
-        " last_heartbeat=now() WHERE id=$1",
+        " last_heartbeat=now(), lease_seconds=2 WHERE id=$1",
         task.id,
     )
+    await repo.task_maintenance_on(f"task:{task.id}", "deploy 1.0.0")
     recording.flag.write_text("left on")
-    await repo.set_maintenance_flag(True)
     agent = await make_agent(recording_settings)
+    # within the dead run's lease: nothing is touched (its deploy may still be stopping)
+    assert await agent.run(once=True) == 0
+    assert (await repo.get_task(task.id)).status == "inProgress"
+    assert recording.flag.exists()
+    await asyncio.sleep(2.2)
     assert await agent.run(once=True) == 0
     failed = await repo.get_task(task.id)
     assert failed.status == "failed"
     assert failed.error_message.startswith("abandoned: agent test-agent stopped heartbeating at ")
+    assert "found nothing deployed" in failed.error_message
+    assert failed.result["live"]["state"] == "absent"
     assert not recording.flag.exists()
     assert await repo.maintenance_flag() is False
 
 
-async def test_maintenance_left_on_is_reconciled_at_startup(
+async def test_recovery_records_a_deploy_that_finished_as_completed(
     recording_settings, recording, repo, make_agent
 ):
-    recording.flag.write_text("crash")
+    """The agent died after its deploy had finished: the target runs the new release, so
+    the database says so (the task completed, the release current), admins are told."""
+    old = await add_release(repo, "1.0.0")
+    new = await add_release(repo, "1.1.0")
+    await repo.pool.execute("UPDATE release_artifact SET is_current = true WHERE id=$1", old.id)
+    task = await repo.create_task("deploy", new.id)
+    await repo.pool.execute(
+        "UPDATE agent_task SET status='inProgress', claimed_by='gone', picked_up_at=now(),"
+        " last_heartbeat=now() - interval '1 minute', lease_seconds=2 WHERE id=$1",
+        task.id,
+    )
+    recording.live.write_text(json.dumps({"version": "1.1.0"}))
+    agent = await make_agent(recording_settings)
+    assert await agent.run(once=True) == 0
+    done = await repo.get_task(task.id)
+    assert done.status == "completed" and done.error_message is None
+    assert done.result["abandoned"].startswith("abandoned: agent gone stopped heartbeating")
+    assert (await repo.current_release()).release_version == "1.1.0"
+    assert (await repo.previous_release()).release_version == "1.0.0"
+    [mail] = recording.records("notify")
+    assert mail["kind"] == "task_abandoned" and mail["outcome"] == "completed"
+    assert mail["live"].startswith("1.1.0 live")
+
+
+async def test_maintenance_left_by_an_ended_task_is_cleared_at_startup_others_kept(
+    recording_settings, recording, repo, make_agent
+):
+    release = await add_release(repo, "1.0.0")
+    task = await repo.create_task("deploy", release.id)
+    await repo.pool.execute("UPDATE agent_task SET status='failed' WHERE id=$1", task.id)
+    # 1: owned by a task that has ended (its switch-off failed): cleared
+    await repo.task_maintenance_on(f"task:{task.id}", "deploy 1.0.0")
+    recording.flag.write_text("on")
     agent = await make_agent(recording_settings)
     assert await agent.run(once=True) == 0
     assert not recording.flag.exists()
+    assert await repo.maintenance_flag() is False
+    # 2: on at the proxy with no owner recorded (someone did it by hand): left alone
+    recording.flag.write_text("by hand")
+    assert await agent.run(once=True) == 0
+    assert recording.flag.exists()
+    # 3: an operator's window survives agent starts and deploys
+    await repo.pool.execute(
+        "UPDATE deployment_config SET maintenance_mode_enabled = true,"
+        " maintenance_owner = 'operator:alice', maintenance_reason = 'db migration'"
+    )
+    await repo.create_task("deploy", release.id)
+    assert await agent.run(once=True) == 0
+    state = await repo.maintenance_state()
+    assert state.enabled and state.owner == "operator:alice" and state.reason == "db migration"
+    assert recording.flag.exists()
 
 
 async def test_sigterm_drains_then_second_sigterm_aborts(
@@ -295,7 +349,8 @@ async def test_outcome_write_rejected_by_the_database_does_not_kill_the_agent(
     recording_settings, recording, repo, make_agent
 ):
     """A non-outage error on the final write (here a trigger refusing the flag change):
-    the agent survives, maintenance is off, and the stale check fails the task later."""
+    the agent survives, maintenance is off, and the task is recovered once its lease ran
+    out (the recovery finds the release live but cannot move the flags either)."""
     await repo.pool.execute(
         """CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS
            $$ BEGIN RAISE EXCEPTION 'flags are frozen'; END $$;
@@ -307,8 +362,8 @@ async def test_outcome_write_rejected_by_the_database_does_not_kill_the_agent(
     assert await agent.run(once=True) == 1
     assert (await repo.get_task(task.id)).status == "inProgress"  # outcome not written
     assert not recording.flag.exists()
-    await asyncio.sleep(1.5)
-    assert await agent.run(once=True) == 0  # the next poll finds it stale
+    await asyncio.sleep(2.5)  # lease (1 s) + margin (1 s)
+    assert await agent.run(once=True) == 0  # the next poll takes it over and recovers it
     failed = await repo.get_task(task.id)
     assert failed.status == "failed"
     assert failed.error_message.startswith("abandoned: agent test-agent stopped heartbeating")

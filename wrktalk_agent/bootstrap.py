@@ -5,8 +5,8 @@ from __future__ import annotations
 from wrktalk_agent.config import AgentSettings
 from wrktalk_agent.db.repository import Repository
 from wrktalk_agent.interfaces import PluginContext
-from wrktalk_agent.pipeline import Services
 from wrktalk_agent.plugins import PluginError, PluginRegistry
+from wrktalk_agent.services import Services
 from wrktalk_agent.signing import load_trusted_keys
 
 

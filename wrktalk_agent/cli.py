@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import os
 import sys
 import tarfile
 from collections.abc import Awaitable, Callable, Coroutine
@@ -24,6 +25,7 @@ from pydantic import ValidationError
 from wrktalk_agent import __version__
 from wrktalk_agent.bootstrap import StartupError, make_registry, open_services, plugin_context
 from wrktalk_agent.config import AgentSettings
+from wrktalk_agent.db.models import MaintenanceState
 from wrktalk_agent.db.repository import DatabaseUnavailable, Repository
 from wrktalk_agent.interfaces import BackendError, validate_version
 from wrktalk_agent.log import configure_logging, get_logger
@@ -449,33 +451,51 @@ async def _start_http(agent: Any, settings: AgentSettings) -> Any:
 @main.command()
 @click.argument("action", type=click.Choice(["on", "off", "status"]))
 @click.option("--reason", default="operator request", show_default=True)
-def maintenance(action: str, reason: str) -> None:
-    """Turn maintenance mode on or off by hand, or show it."""
+@click.option("--by", "who", default=None, help="Who opens the window (default: $USER).")
+@click.option("--force", is_flag=True, help="Switch off even while a task owns it.")
+def maintenance(action: str, reason: str, who: str | None, force: bool) -> None:
+    """Turn maintenance mode on or off by hand, or show it and who switched it on.
+
+    An operator's window stays on through deploys and agent restarts until switched off."""
+    from wrktalk_agent import maintenance as maint
+
     settings = load_settings()
-    if settings.maintenance_name is None:
+    if settings.maintenance_name is None and action != "status":
         raise Failure("WRKTALK_AGENT_MAINTENANCE_MODE_HANDLER is 'none': nothing to switch", 2)
     log = get_logger(agent_id=settings.agent_id)
+    operator = who or os.environ.get("USER") or "operator"
 
-    async def act(repo: Repository) -> bool:
-        registry = make_registry(settings)
-        handler = registry.instantiate(
-            "maintenance handler", settings.maintenance_name or "", plugin_context(settings, repo)
-        )
+    async def act(repo: Repository) -> tuple[bool | None, MaintenanceState]:
+        handler = None
+        if settings.maintenance_name is not None:
+            registry = make_registry(settings)
+            handler = registry.instantiate(
+                "maintenance handler", settings.maintenance_name, plugin_context(settings, repo)
+            )
         try:
-            if action == "on":
-                await handler.enable(reason)
-                await repo.set_maintenance_flag(True)
-                log.info("maintenance.operator_on", reason=reason)
-            elif action == "off":
-                await handler.disable()
-                await repo.set_maintenance_flag(False)
-                log.info("maintenance.operator_off", reason=reason)
-            return bool(await handler.status())
+            if action != "status":
+                await maint.operator_switch(
+                    repo,
+                    handler,
+                    enabled=action == "on",
+                    who=operator,
+                    reason=reason,
+                    timeout=settings.backend_timeout,
+                    force=force,
+                )
+                log.info(f"maintenance.operator_{action}", reason=reason, by=operator)
+            live = bool(await handler.status()) if handler is not None else None
         except BackendError as exc:
-            raise Failure(f"{handler.name}: {exc}") from None
+            raise Failure(f"{settings.maintenance_name}: {exc}") from None
+        return live, await repo.maintenance_state()
 
-    state = run_async(with_repo(settings, act))
-    click.echo(f"maintenance mode is {'ON' if state else 'off'} ({settings.maintenance_name})")
+    live, state = run_async(with_repo(settings, act))
+    proxy = f"{settings.maintenance_name}: {'ON' if live else 'off'}" if live is not None else ""
+    line = f"maintenance mode is {'ON' if state.enabled else 'off'}"
+    if state.enabled:
+        since = state.since.strftime("%Y-%m-%d %H:%M:%S %Z") if state.since else "unknown"
+        line += f" — owner: {maint.describe_owner(state)}, since {since}"
+    click.echo(f"{line}{f' ({proxy})' if proxy else ''}")
 
 
 # -- check -----------------------------------------------------------------------------

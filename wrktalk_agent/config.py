@@ -77,7 +77,14 @@ class AgentSettings(BaseSettings):
     stale_after: float | None = Field(
         None,
         gt=0,
-        description="Seconds without heartbeat before a task is abandoned (default 3 x heartbeat).",
+        description="Lease of a running task (default 3 x heartbeat): an agent that could not "
+        "renew it for this long stops its own deploy.",
+    )
+    stale_margin: float = Field(
+        15.0,
+        ge=0.5,
+        description="Seconds after the lease before another agent may take the task over: the "
+        "owner's time to stop its deploy.",
     )
     shutdown_grace: float = Field(
         900.0, ge=0, description="Seconds a running task gets to finish after SIGTERM."
@@ -103,6 +110,18 @@ class AgentSettings(BaseSettings):
     healthcheck_retries: int = Field(10, ge=1, description="Attempts before the check fails.")
     healthcheck_interval: float = Field(3.0, ge=0, description="Seconds between attempts.")
     auto_rollback: bool = Field(True, description="Roll back automatically after a failed deploy.")
+    backend_timeout: float = Field(
+        120.0,
+        gt=0,
+        description="Seconds a maintenance switch, a validation, a preparation or a live-release "
+        "query may take.",
+    )
+    notify_timeout: float = Field(
+        60.0,
+        gt=0,
+        description="Seconds one notifier may take for one notification before it is retried "
+        "later.",
+    )
     deploy_timeout: float = Field(
         1800.0,
         gt=0,
@@ -139,6 +158,12 @@ class AgentSettings(BaseSettings):
                 f"WRKTALK_AGENT_DB_POOL_MIN_SIZE ({self.db_pool_min_size}) is larger than "
                 f"WRKTALK_AGENT_DB_POOL_MAX_SIZE ({self.db_pool_max_size})"
             )
+        if self.stale_after_seconds < 2 * self.heartbeat_interval:
+            raise ValueError(
+                f"WRKTALK_AGENT_STALE_AFTER ({self.stale_after_seconds:g}s) must be at least "
+                f"twice WRKTALK_AGENT_HEARTBEAT_INTERVAL ({self.heartbeat_interval:g}s): the "
+                "lease must survive one late heartbeat"
+            )
         if self.database_url is not None:
             scheme = urlsplit(self.database_url.get_secret_value()).scheme
             if scheme not in ("postgres", "postgresql"):
@@ -159,7 +184,18 @@ class AgentSettings(BaseSettings):
 
     @property
     def stale_after_seconds(self) -> float:
+        """The lease: how long the owner of a task may go without renewing it."""
         return self.stale_after if self.stale_after is not None else 3 * self.heartbeat_interval
+
+    @property
+    def takeover_after_seconds(self) -> float:
+        """How long after the last renewal another agent may take a task over."""
+        return self.stale_after_seconds + self.stale_margin
+
+    @property
+    def fence_grace_seconds(self) -> float:
+        """SIGTERM-to-SIGKILL grace when an agent stops its own deploy (fits the margin)."""
+        return min(5.0, self.stale_margin / 3)
 
     def dsn(self) -> str:
         """The connection string, password included. Never log it: use :meth:`masked_dsn`."""

@@ -58,9 +58,9 @@ from wrktalk_agent.bootstrap import StartupError, open_services
 from wrktalk_agent.config import AgentSettings
 from wrktalk_agent.db.models import Task
 from wrktalk_agent.log import configure_logging
-from wrktalk_agent.pipeline import Services
 from wrktalk_agent.plugins import PluginError, PluginRegistry
 from wrktalk_agent.runtime import Agent
+from wrktalk_agent.services import Services
 
 with warnings.catch_warnings():  # platformdirs warns when XDG_RUNTIME_DIR is unset
     warnings.simplefilter("ignore")

@@ -218,6 +218,8 @@ class NotificationKind(StrEnum):
     ROLLBACK_FAILED = "rollback_failed"
     TASK_ABANDONED = "task_abandoned"
     AUTO_ROLLBACK = "auto_rollback"
+    #: a row no agent can run (unknown type, an impossible due time): failed unrun
+    TASK_REJECTED = "task_rejected"
 
 
 @dataclass(frozen=True)
@@ -250,6 +252,11 @@ class NotificationEvent:
     finished_at: datetime
     steps: tuple[StepTiming, ...] = ()
     rollback_error: str | None = None
+    #: stable id of this notification: the same on every delivery attempt (a notifier
+    #: derives message ids from it so that a repeated delivery is recognisable)
+    notification_id: UUID | None = None
+    #: what the target was found running after its agent died (TASK_ABANDONED)
+    live: str | None = None
 
 
 @dataclass(frozen=True)

@@ -43,7 +43,18 @@ MAINTENANCE = Gauge(
 )
 ABANDONED = Counter(
     "wrktalk_agent_abandoned_tasks",
-    "Tasks this agent marked abandoned.",
+    "Tasks this agent took over after their agent stopped heartbeating.",
     registry=REGISTRY,
 )
 AGENT_INFO = Info("wrktalk_agent", "Agent identity and version.", registry=REGISTRY)
+LEASES_LOST = Counter(
+    "wrktalk_agent_leases_lost",
+    "Tasks whose lease this agent lost (it stopped its own deploy).",
+    registry=REGISTRY,
+)
+NOTIFICATIONS = Counter(
+    "wrktalk_agent_notifications",
+    "Notification deliveries attempted from the outbox, by notifier and result.",
+    ["notifier", "result"],
+    registry=REGISTRY,
+)

@@ -1,29 +1,38 @@
 """One task, start to finish: the named steps between a claim and the outcome.
 
-claimed → artifact (fetch, verify, extract) → maintenance on → deploy/rollback → health
-→ [auto-rollback] → outcome + release flags (one transaction, only if still ours)
-→ maintenance off (always) → notify (never fails the task) → secure delete.
+claimed → resolve → artifact (fetch, verify, extract) → validate → prepare
+→ maintenance on → deploy/rollback → health → [auto-rollback]
+→ maintenance off → outcome + release flags + maintenance record + notifications promised
+  (one transaction, only if this claim still owns the task) → secure delete.
+
+All of it runs under the task's lease (:mod:`wrktalk_agent.lease`). When the lease is lost
+the run stops its deploy — cancelled, then every process group its commands started is
+killed — and writes nothing: the agent that takes the task over finds out what is live
+(:mod:`wrktalk_agent.recovery`). Nothing a backend does ends the run in any state but a
+written outcome or that fenced stop.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 import urllib.error
 import urllib.request
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
+from uuid import UUID
 
 import asyncpg
 import structlog
 from tenacity import AsyncRetrying, retry_if_exception, wait_exponential_jitter
 
-from wrktalk_agent import metrics
+from wrktalk_agent import maintenance as maint
+from wrktalk_agent import metrics, outbox, process
 from wrktalk_agent.artifacts import (
     ENV_FILE,
     RELEASE_DIR,
@@ -36,25 +45,25 @@ from wrktalk_agent.artifacts import (
     secure_delete,
     write_secret_file,
 )
-from wrktalk_agent.config import AgentSettings
 from wrktalk_agent.db.models import ArtifactInfo, Task
-from wrktalk_agent.db.repository import CONNECTION_ERRORS, EventStatus, Repository
+from wrktalk_agent.db.repository import CONNECTION_ERRORS, EventStatus, FlagChange, Repository
+from wrktalk_agent.guard import bounded, describe
 from wrktalk_agent.interfaces import (
     BackendError,
-    Delivery,
-    Deployer,
     DeployError,
     DeployOutcome,
     DeployRequest,
-    MaintenanceHandler,
-    NotificationEvent,
     NotificationKind,
-    Notifier,
     StepTiming,
+    ValidationError,
     validate_version,
 )
+from wrktalk_agent.lease import Lease, held
 from wrktalk_agent.log import get_logger
 from wrktalk_agent.process import tail
+from wrktalk_agent.services import Services
+
+__all__ = ["DB_ERRORS", "Services", "StepFailed", "TaskOutcome", "TaskRun", "Timeline"]
 
 #: Errors worth retrying a write for: the database went away, not a bad statement.
 DB_ERRORS: tuple[type[BaseException], ...] = (
@@ -80,18 +89,6 @@ class StepFailed(Exception):
         self.output = output
 
 
-@dataclass
-class Services:
-    """The selected backends and what the pipeline needs around them."""
-
-    settings: AgentSettings
-    repo: Repository
-    deployer: Deployer
-    maintenance: MaintenanceHandler | None
-    notifiers: Sequence[Notifier]
-    trusted_keys: list[Any] = field(default_factory=list)
-
-
 def db_retrying(log: Any, what: str, repo: Repository) -> AsyncRetrying:
     """Retry a database write with exponential backoff and jitter until it succeeds (an
     outage ends some day); not once the agent has closed its own pool."""
@@ -111,64 +108,104 @@ def db_retrying(log: Any, what: str, repo: Repository) -> AsyncRetrying:
     )
 
 
-def _describe(exc: BaseException | None) -> str:
-    if exc is None:
-        return ""
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+_describe = describe
+
+
+class TaskOutcome(StrEnum):
+    """How a task run ended, as far as this agent is concerned."""
+
+    COMPLETED = "completed"
+    FAILED = "failed"
+    #: the outcome write found the task no longer ours (taken over): nothing written
+    TAKEN_AWAY = "taken away"
+    #: the lease was lost: the deploy was stopped and nothing written
+    FENCED = "fenced"
+
+
+@dataclass
+class Verdict:
+    """What the steps concluded, before it is written."""
+
+    status: Literal["completed", "failed"]
+    error: str | None = None
+    kind: NotificationKind | None = None
+    rollback_error: str | None = None
+
+
+class Timeline:
+    """A task's timeline entries, buffered with their own times and written in one
+    statement before anything slow and with the outcome: a fast task costs a few round
+    trips, not one per entry, and an outage only delays them."""
+
+    def __init__(self, repo: Repository, task_id: UUID, agent_id: str, log: Any) -> None:
+        self.repo = repo
+        self.task_id = task_id
+        self.agent_id = agent_id
+        self.log = log
+        self.unsaved: list[PendingEvent] = []
+
+    async def add(
+        self, step: str, status: EventStatus, message: str = "", *, flush: bool = False
+    ) -> None:
+        self.unsaved.append(PendingEvent(datetime.now(UTC), step, status, message))
+        if flush:
+            await self.flush()
+
+    async def flush(self, timeout: float | None = None) -> None:
+        if not self.unsaved:
+            return
+        batch = list(self.unsaved)
+        try:
+            await asyncio.wait_for(
+                self.repo.add_events(self.task_id, batch, self.agent_id), timeout
+            )
+        except (*DB_ERRORS, TimeoutError) as exc:
+            self.log.warning("event.deferred", count=len(batch), error=describe(exc))
+            return
+        del self.unsaved[: len(batch)]
 
 
 class TaskRun:
     """Executes one claimed task. Create one per task; call :meth:`execute`."""
 
-    def __init__(self, services: Services, task: Task) -> None:
+    def __init__(
+        self, services: Services, task: Task, *, claimed_at: float, instance_id: UUID
+    ) -> None:
         self.s = services
         self.settings = services.settings
         self.repo = services.repo
         self.task = task
         self.agent_id = services.settings.agent_id
+        self.instance_id = instance_id
+        self.claimed_at = claimed_at
         self.log = get_logger()
+        self.timeline = Timeline(self.repo, task.id, self.agent_id, self.log)
         self.steps: list[StepTiming] = []
         self.result: dict[str, Any] = {"agent_id": self.agent_id, "steps": []}
-        #: timeline entries not yet in the database (written in batches: see ``event``)
-        self.unsaved_events: list[PendingEvent] = []
         self.workdirs: list[Path] = []
         self.target: ArtifactInfo | None = None
         self.current: ArtifactInfo | None = None
         self.started = time.monotonic()
         self.started_at = datetime.now(UTC)
-        self.maintenance_on = False
+        #: the proxy was (or may have been) switched on: always try to switch it off
+        self.maintenance_switched = False
+        #: the owner recorded for this task's window (None: an operator's window held it)
+        self.maintenance_owner: str | None = None
         self.enable_failed = False
-        self.taken_away = asyncio.Event()
 
     # -- events and steps --------------------------------------------------------------
     async def event(
         self, step: str, status: EventStatus, message: str = "", *, flush: bool = False
     ) -> None:
-        """Append to the timeline. Entries are buffered with their own time and written in
-        one statement before anything slow (``flush``) and with the outcome, so a fast
-        task costs a few round trips, not one per entry; an outage only delays them."""
-        self.unsaved_events.append(PendingEvent(datetime.now(UTC), step, status, message))
-        if flush:
-            await self.flush_events()
-
-    async def flush_events(self) -> None:
-        if not self.unsaved_events:
-            return
-        batch = list(self.unsaved_events)
-        try:
-            await self.repo.add_events(self.task.id, batch, self.agent_id)
-        except DB_ERRORS as exc:
-            self.log.warning("event.deferred", count=len(batch), error=_describe(exc))
-            return
-        del self.unsaved_events[: len(batch)]
+        await self.timeline.add(step, status, message, flush=flush)
 
     @asynccontextmanager
     async def step(
         self, name: str, start_message: str = "", *, slow: bool = False
     ) -> AsyncIterator[None]:
         """A named step: started/failed events, timing, metrics. ``slow`` steps make their
-        "started" entry visible at once (operators watch those)."""
+        "started" entry visible at once (operators watch those). Every started step is
+        closed in the timeline, whatever ends it."""
         await self.event(name, "started", start_message, flush=slow)
         began = time.monotonic()
         ok = False
@@ -179,7 +216,10 @@ class TaskRun:
             await self.event(name, "failed", str(exc))
             raise
         except asyncio.CancelledError:
-            await self.event(name, "failed", "interrupted by shutdown")
+            await self.event(name, "failed", "interrupted")
+            raise
+        except Exception as exc:
+            await self.event(name, "failed", f"unexpected error: {describe(exc)}")
             raise
         finally:
             seconds = time.monotonic() - began
@@ -188,53 +228,98 @@ class TaskRun:
             metrics.STEP_SECONDS.labels(step=name).observe(seconds)
 
     # -- the whole task ----------------------------------------------------------------
-    async def execute(self) -> Literal["completed", "failed", "taken away"]:
-        status: Literal["completed", "failed"] = "failed"
-        error: str | None = None
-        kind: NotificationKind | None = None
-        rollback_error: str | None = None
-        written = False
+    async def execute(self) -> TaskOutcome:
         structlog.contextvars.bind_contextvars(
             task_id=str(self.task.id), type=self.task.type, plugin=self.s.deployer.name
         )
         self.log.info("task.claimed")
         await self.event("claimed", "info", f"claimed by {self.agent_id}")
+        assert self.task.claim_token is not None
+        lease = Lease(
+            self.repo,
+            self.settings,
+            task_id=self.task.id,
+            claim_token=self.task.claim_token,
+            instance_id=self.instance_id,
+            claimed_at=self.claimed_at,
+            log=self.log,
+        )
         try:
-            async with self._heartbeat():
-                try:
-                    await self._run_steps()
-                    status = "completed"
-                except StepFailed as exc:
-                    error = str(exc)
-                    if self.task.type == "deploy" and exc.system_changed:
-                        rollback_error = await self._auto_rollback(exc)
-                        if rollback_error == "skipped":
-                            rollback_error = None
-                        else:
-                            kind = NotificationKind.AUTO_ROLLBACK
-                except asyncio.CancelledError:
-                    # The agent is stopping and the grace period is over (or a second
-                    # signal came): the task fails, and is still cleaned up and reported.
-                    error = "interrupted by shutdown"
-                except Exception as exc:  # a bug in a plugin must not leave the task stuck
-                    self.log.exception("task.crashed")
-                    error = f"unexpected error: {_describe(exc)}"
-                written = await self._finish(status, error)
+            with process.track_groups(self.settings.fence_grace_seconds) as groups:
+                async with held(lease):
+                    outcome = await self._under_lease(lease, groups)
         finally:
-            await self._maintenance_off()
             for workdir in self.workdirs:
                 for problem in secure_delete(workdir):
                     self.log.warning("workdir.delete_failed", problem=problem)
-        if not written:
-            return "taken away"
-        if kind is None:
-            kind = _kind_for(self.task.type, status)
-        await self._notify(kind, status, error, rollback_error)
         elapsed = time.monotonic() - self.started
-        metrics.TASKS.labels(type=self.task.type, outcome=status).inc()
+        metrics.TASKS.labels(type=self.task.type, outcome=outcome.value).inc()
         metrics.TASK_SECONDS.labels(type=self.task.type).observe(elapsed)
-        self.log.info("task.finished", outcome=status, seconds=round(elapsed, 3), error=error)
-        return status
+        return outcome
+
+    async def _under_lease(self, lease: Lease, groups: set[int]) -> TaskOutcome:
+        work = asyncio.create_task(self._work(), name=f"steps-{self.task.id}")
+        lost = asyncio.create_task(lease.lost.wait(), name=f"lease-watch-{self.task.id}")
+        try:
+            await asyncio.wait({work, lost}, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            # The agent is stopping and the grace period is over (or a second signal
+            # came): the steps stop, and the task is still cleaned up and reported.
+            work.cancel()
+            await asyncio.wait({work, lost}, return_when=asyncio.FIRST_COMPLETED)
+            current = asyncio.current_task()
+            if current is not None:
+                current.uncancel()
+        finally:
+            lost.cancel()
+        if not work.done():
+            return await self._fence(work, lease, groups)
+        verdict = work.result()
+        if self.target is not None:  # the steps ran in a context of their own
+            structlog.contextvars.bind_contextvars(version=self.target.release_version)
+        clear_owner = await self._maintenance_off(lease)
+        written = await self._finish(verdict, clear_owner)
+        elapsed = time.monotonic() - self.started
+        if not written:
+            self.log.warning("task.taken_away", during="finish", outcome=verdict.status)
+            return TaskOutcome.TAKEN_AWAY
+        log = self.log.error if verdict.status == "failed" else self.log.info
+        log("task.finished", outcome=verdict.status, seconds=round(elapsed, 3), error=verdict.error)
+        return TaskOutcome(verdict.status)
+
+    async def _fence(
+        self, work: asyncio.Task[Verdict], lease: Lease, groups: set[int]
+    ) -> TaskOutcome:
+        """The lease is gone: stop everything this task started, write nothing."""
+        self.log.error("task.fenced", reason=lease.reason)
+        work.cancel()
+        await asyncio.wait({work}, timeout=self.settings.stale_margin / 2)
+        killed = process.kill_groups(groups)
+        if killed:
+            self.log.error("task.fence_killed", process_groups=killed)
+        await self.event("fenced", "failed", f"stopped: {lease.reason}")
+        await self.timeline.flush(timeout=1.0)  # best effort: the database may be away
+        return TaskOutcome.FENCED
+
+    async def _work(self) -> Verdict:
+        """The steps and, after a failed deploy, the automatic rollback."""
+        try:
+            try:
+                await self._run_steps()
+                return Verdict("completed")
+            except StepFailed as exc:
+                verdict = Verdict("failed", error=str(exc))
+                if self.task.type == "deploy" and exc.system_changed:
+                    rollback_error = await self._auto_rollback(exc)
+                    if rollback_error != "skipped":
+                        verdict.kind = NotificationKind.AUTO_ROLLBACK
+                        verdict.rollback_error = rollback_error
+                return verdict
+        except asyncio.CancelledError:
+            return Verdict("failed", error="interrupted by shutdown")
+        except Exception as exc:  # a bug in the core or a plugin: never a stuck task
+            self.log.exception("task.crashed")
+            return Verdict("failed", error=f"unexpected error: {describe(exc)}")
 
     async def _run_steps(self) -> None:
         async with self.step("resolve"):
@@ -244,6 +329,7 @@ class TaskRun:
         # plugins' own log lines carry the task too (this runs in the task's own context)
         structlog.contextvars.bind_contextvars(version=version)
         workdir = await self._materialize(self.target, "artifact")
+        await self._before_maintenance(workdir)
         await self._maintenance_on(version)
         purpose: Literal["deploy", "rollback"] = self.task.type
         async with self.step(
@@ -251,7 +337,7 @@ class TaskRun:
         ):
             outcome = await self._call_deployer(purpose, self.target, workdir)
             self.result["deployer"] = {"output": tail(outcome.output), "details": outcome.details}
-            await self.event(purpose, "succeeded", f"{purpose} of {version} done")
+            await self.event(purpose, "succeeded", f"{version} applied")
         await self._health_check()
 
     async def _resolve(self) -> None:
@@ -393,6 +479,47 @@ class TaskRun:
             ) from None
         except BackendError as exc:
             raise StepFailed(str(exc), system_changed=True) from None
+        except Exception as exc:  # a plugin bug: the target may have changed all the same
+            self.log.exception("deployer.crashed", method=purpose)
+            raise StepFailed(
+                f"deployer {self.s.deployer.name!r} failed: {describe(exc)}", system_changed=True
+            ) from None
+
+    async def _before_maintenance(self, workdir: Path) -> None:
+        """The deployer's optional ``validate`` and ``prepare``: a release they refuse
+        fails here, before maintenance goes on, with nothing changed."""
+        assert self.target is not None
+        deployer = self.s.deployer
+        validate = getattr(deployer, "validate", None)
+        prepare = getattr(deployer, "prepare", None)
+        if validate is None and prepare is None:
+            return
+        request = self._request(self.task.type, self.target, workdir, self.current)
+        limit = self.settings.backend_timeout
+        if validate is not None:
+            async with self.step(
+                "validate", f"{deployer.name} checks {self.target.release_version}"
+            ):
+                try:
+                    warnings = await bounded(validate(request), limit, f"{deployer.name} validate")
+                except ValidationError as exc:
+                    self.result["rejected_before_deploy"] = True
+                    if exc.output:
+                        self.result["validation"] = {"output": tail(exc.output)}
+                    raise StepFailed(f"rejected before deploy: {exc}") from None
+                except BackendError as exc:
+                    self.result["rejected_before_deploy"] = True
+                    raise StepFailed(f"rejected before deploy: {exc}") from None
+                for warning in warnings or ():
+                    await self.event("validate", "info", f"warning: {warning}")
+                await self.event("validate", "succeeded", "release accepted")
+        if prepare is not None:
+            async with self.step("prepare", "staging the release (site still up)", slow=True):
+                try:
+                    await bounded(prepare(request), limit, f"{deployer.name} prepare")
+                except BackendError as exc:
+                    raise StepFailed(f"could not prepare the release: {exc}") from None
+                await self.event("prepare", "succeeded", "staged")
 
     async def _health_check(self) -> None:
         url = self.settings.healthcheck_url
@@ -447,6 +574,11 @@ class TaskRun:
         except StepFailed as exc:
             self.result["auto_rollback"] = {"to": version, "ok": False, "error": str(exc)}
             return str(exc)
+        except Exception as exc:  # a bug must not leave the task without an outcome
+            self.log.exception("auto_rollback.crashed")
+            error = f"unexpected error: {describe(exc)}"
+            self.result["auto_rollback"] = {"to": version, "ok": False, "error": error}
+            return error
 
     # -- maintenance -------------------------------------------------------------------
     async def _maintenance_on(self, version: str) -> None:
@@ -454,142 +586,107 @@ class TaskRun:
         if handler is None:
             return
         async with self.step("maintenance-on", f"{handler.name}"):
-            # From here on, always turn it off again: an enable that failed half-way (a
-            # flag written, then a failed reload) must not leave the site in maintenance.
-            self.maintenance_on = True
+            owner = maint.task_owner(self.task.id)
+            reason = f"{self.task.type} {version} (task {self.task.id})"
             try:
-                await handler.enable(f"{self.task.type} {version} (task {self.task.id})")
+                recorded = await self.repo.task_maintenance_on(owner, reason)
+            except DB_ERRORS as exc:
+                raise StepFailed(
+                    f"maintenance mode could not be recorded: {describe(exc)}"
+                ) from None
+            self.maintenance_owner = owner if recorded == owner else None
+            # From here on, always switch it off again: an enable that failed half-way (a
+            # flag written, then a failed reload) must not leave the site in maintenance.
+            self.maintenance_switched = True
+            try:
+                await maint.switch_on(self.s, reason)
             except BackendError as exc:
                 self.enable_failed = True
                 raise StepFailed(f"maintenance mode could not be enabled: {exc}") from None
             metrics.MAINTENANCE.set(1)
-            await self._set_flag(True)
-            await self.event("maintenance-on", "succeeded", "site answers 503")
-
-    async def _maintenance_off(self) -> None:
-        handler = self.s.maintenance
-        if handler is None or not self.maintenance_on:
-            return
-        try:
-            await handler.disable()
-        except Exception as exc:  # must never mask the task's outcome
-            if self.enable_failed:  # the same misconfiguration again: not a second failure
-                self.log.warning("maintenance.cleanup_failed", error=_describe(exc))
+            if self.maintenance_owner is None:
                 await self.event(
-                    "maintenance-off", "info", "maintenance was not switched on", flush=True
+                    "maintenance-on", "succeeded", "already on (an operator's window): stays on"
                 )
-                return
-            self.log.error("maintenance.disable_failed", error=_describe(exc))
-            await self.event(
-                "maintenance-off", "failed", f"could not disable: {_describe(exc)}", flush=True
-            )
-            return
-        self.maintenance_on = False
+            else:
+                await self.event("maintenance-on", "succeeded", "site answers 503")
+
+    async def _maintenance_off(self, lease: Lease) -> str | None:
+        """Switch the proxy back while the lease is held. Returns the owner whose record
+        the outcome's transaction clears (None: leave the record as it is)."""
+        if not self.maintenance_switched:
+            return None
+        if self.maintenance_owner is None:
+            await self.event("maintenance-off", "info", "left on: an operator's window")
+            return None
+        if not lease.valid:
+            self.log.warning("maintenance.left_for_recovery", reason=lease.reason)
+            return None
+        try:
+            await maint.switch_off(self.s)
+        except BackendError as exc:  # must never mask the task's outcome
+            if self.enable_failed:  # the same misconfiguration again: not a second failure
+                self.log.warning("maintenance.cleanup_failed", error=str(exc))
+                await self.event("maintenance-off", "info", "maintenance was not switched on")
+                return self.maintenance_owner
+            self.log.error("maintenance.disable_failed", error=str(exc))
+            await self.event("maintenance-off", "failed", f"could not disable: {exc}")
+            return None
         metrics.MAINTENANCE.set(0)
-        await self._set_flag(False)
-        await self.event("maintenance-off", "succeeded", "site back to normal", flush=True)
+        await self.event("maintenance-off", "succeeded", "site back to normal")
+        return self.maintenance_owner
 
-    async def _set_flag(self, enabled: bool) -> None:
-        try:
-            async for attempt in db_retrying(self.log, "maintenance_flag", self.repo):
-                with attempt:
-                    await asyncio.wait_for(self.repo.set_maintenance_flag(enabled), 30)
-        except asyncpg.PostgresError as exc:  # not an outage: retrying would not help
-            self.log.warning("maintenance_flag.failed", error=_describe(exc))
-
-    # -- heartbeat and outcome -----------------------------------------------------------
-    @asynccontextmanager
-    async def _heartbeat(self) -> AsyncIterator[None]:
-        async def beat() -> None:
-            while True:
-                await asyncio.sleep(self.settings.heartbeat_interval)
-                async for attempt in db_retrying(self.log, "heartbeat", self.repo):
-                    with attempt:
-                        try:
-                            owned = await self.repo.heartbeat(self.task.id, self.agent_id)
-                        except DB_ERRORS:
-                            metrics.HEARTBEAT_FAILURES.inc()
-                            raise
-                if not owned:
-                    self.log.warning("task.taken_away", during="heartbeat")
-                    self.taken_away.set()
-                    return
-
-        beater = asyncio.create_task(beat(), name=f"heartbeat-{self.task.id}")
-        beater.add_done_callback(self._heartbeat_done)
-        try:
-            yield
-        finally:
-            beater.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await beater
-
-    def _heartbeat_done(self, task: asyncio.Task[None]) -> None:
-        if not task.cancelled() and task.exception() is not None:
-            self.log.error("heartbeat.crashed", error=_describe(task.exception()))
-
-    async def _finish(self, status: Literal["completed", "failed"], error: str | None) -> bool:
-        """Write the outcome (retrying through outages). False: the task was taken away."""
-        promote = self.target.id if status == "completed" and self.target else None
+    # -- outcome -------------------------------------------------------------------------
+    async def _finish(self, verdict: Verdict, clear_owner: str | None) -> bool:
+        """Write the outcome, flags, maintenance record and the notifications promised in
+        one transaction (retrying through outages). False: the task was taken away."""
+        status, error = verdict.status, verdict.error
         self.result["outcome"] = status
         if error:
             self.result["error"] = error
-        events = list(self.unsaved_events)
+        flags = None
+        if status == "completed" and self.target is not None:
+            flags = FlagChange(promote=self.target.id)
+        kind = verdict.kind or _kind_for(self.task.type, status)
+        event = outbox.build_event(
+            kind=kind,
+            settings_installation=self.settings.installation_name,
+            agent_id=self.agent_id,
+            task=self.task,
+            outcome=status,
+            target=self.target,
+            current=self.current,
+            error=error,
+            started_at=self.started_at,
+            steps=self.steps,
+            rollback_error=verdict.rollback_error,
+        )
+        names = outbox.notifier_names(self.s.notifiers)
+        assert self.task.claim_token is not None
         try:
             async for attempt in db_retrying(self.log, "outcome", self.repo):
                 with attempt:
                     row = await self.repo.finish_task(
                         self.task.id,
-                        self.agent_id,
+                        self.task.claim_token,
                         status=status,
                         result=self.result,
                         error=error,
-                        promote=promote,
-                        events=events,
+                        flags=flags,
+                        events=list(self.timeline.unsaved),
+                        agent_id=self.agent_id,
+                        maintenance_owner=clear_owner,
+                        notifications=(names, outbox.event_json(event)),
                     )
         except asyncio.CancelledError:
             # A second signal while the outcome is being written: it stays unwritten and
-            # the task will be found abandoned (never re-run), by us at restart or another.
+            # the task is recovered by whichever agent takes it over (never re-run).
             self.log.error("outcome.unwritten", outcome=status)
             raise
         if row is None:
-            self.log.warning("task.taken_away", during="finish", outcome=status)
             return False
-        self.unsaved_events.clear()
+        self.timeline.unsaved.clear()
         return True
-
-    # -- notifications -----------------------------------------------------------------------
-    async def _notify(
-        self,
-        kind: NotificationKind,
-        status: Literal["completed", "failed"],
-        error: str | None,
-        rollback_error: str | None,
-    ) -> None:
-        if not self.s.notifiers:
-            return
-        event = NotificationEvent(
-            kind=kind,
-            installation=self.settings.installation_name,
-            task_id=self.task.id,
-            task_type=self.task.type,
-            outcome=status,
-            version=self.target.release_version if self.target else None,
-            from_version=self.current.release_version if self.current else None,
-            to_version=self.target.release_version if self.target else None,
-            error=error,
-            agent_id=self.agent_id,
-            started_at=self.started_at,
-            finished_at=datetime.now(UTC),
-            steps=tuple(self.steps),
-            rollback_error=rollback_error,
-        )
-        outcomes = await notify_all(self.s.notifiers, event, self.log)
-        await self.event("notify", "info", summarize_deliveries(outcomes), flush=True)
-        try:
-            await self.repo.add_notification_result(self.task.id, outcomes)
-        except DB_ERRORS as exc:
-            self.log.warning("notify.result_unsaved", error=_describe(exc))
 
 
 def _kind_for(task_type: str, status: str) -> NotificationKind:
@@ -604,39 +701,6 @@ def _kind_for(task_type: str, status: str) -> NotificationKind:
         if status == "completed"
         else NotificationKind.DEPLOY_FAILED
     )
-
-
-async def notify_all(
-    notifiers: Sequence[Notifier], event: NotificationEvent, log: Any
-) -> dict[str, list[dict[str, Any]]]:
-    """Run every notifier; failures are recorded, never raised."""
-    outcomes: dict[str, list[dict[str, Any]]] = {}
-    for notifier in notifiers:
-        try:
-            deliveries: Sequence[Delivery] = await notifier.notify(event)
-            outcomes[notifier.name] = [
-                {"recipient": d.recipient, "ok": d.ok, "detail": d.detail, "attempts": d.attempts}
-                for d in deliveries
-            ]
-        except Exception as exc:
-            log.error("notify.failed", notifier=notifier.name, error=_describe(exc))
-            outcomes[notifier.name] = [{"recipient": "*", "ok": False, "detail": _describe(exc)}]
-    return outcomes
-
-
-def summarize_deliveries(outcomes: dict[str, list[dict[str, Any]]]) -> str:
-    parts = []
-    for name, deliveries in outcomes.items():
-        if not deliveries:
-            parts.append(f"warning: {name} had no recipients (no active admins?)")
-            continue
-        ok = sum(1 for d in deliveries if d["ok"])
-        failed = [f"{d['recipient']} ({d['detail']})" for d in deliveries if not d["ok"]]
-        parts.append(
-            f"{name}: {ok}/{len(deliveries)} delivered"
-            + (f"; failed: {', '.join(failed)}" if failed else "")
-        )
-    return "; ".join(parts)
 
 
 def _http_status(url: str, timeout: float) -> tuple[int | None, str]:

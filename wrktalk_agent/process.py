@@ -1,12 +1,30 @@
-"""Running external commands: argument lists only, bounded output, no orphans (for plugins)."""
+"""Running external commands: argument lists only, bounded output, no orphans (for plugins).
+
+No orphans, in three layers:
+
+* cancelling the awaiting task (or a timeout) stops the command's whole process group:
+  SIGTERM, a grace period (:func:`stop_grace`), then SIGKILL;
+* while a task runs, the core knows every group its commands started
+  (:func:`track_groups`) and can kill them itself when it loses its lease;
+* a small janitor process (``wrktalk_agent/_janitor.py``) learns each group as it starts
+  and stops them all when the agent dies, even by SIGKILL: it reads end-of-file on a pipe
+  only the agent holds.
+
+A process that a command leaves behind *after the command itself has exited* is no longer
+tracked (a daemon a script starts must detach with ``setsid``).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import os
 import signal
-from collections.abc import Mapping, Sequence
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +36,113 @@ STOP_GRACE_SECONDS = 5.0
 NOT_FOUND = 127
 #: Exit status reported when a command ran out of time and was killed.
 TIMED_OUT = -1
+
+#: Grace between SIGTERM and SIGKILL when a command is stopped; the core shortens it while
+#: a task runs so that stopping fits inside the lease margin.
+_STOP_GRACE: contextvars.ContextVar[float] = contextvars.ContextVar(
+    "wrktalk_stop_grace", default=STOP_GRACE_SECONDS
+)
+#: Process groups started in the current task (see :func:`track_groups`).
+_TASK_GROUPS: contextvars.ContextVar[set[int] | None] = contextvars.ContextVar(
+    "wrktalk_task_groups", default=None
+)
+
+
+def stop_grace() -> float:
+    """Seconds a stopped command gets between SIGTERM and SIGKILL in this context."""
+    return _STOP_GRACE.get()
+
+
+@contextlib.contextmanager
+def track_groups(grace: float | None = None) -> Iterator[set[int]]:
+    """Collect the process groups of commands started in this context (and in tasks it
+    creates) while they run; optionally shorten the stop grace. For the core."""
+    groups: set[int] = set()
+    group_token = _TASK_GROUPS.set(groups)
+    grace_token = _STOP_GRACE.set(grace) if grace is not None else None
+    try:
+        yield groups
+    finally:
+        _TASK_GROUPS.reset(group_token)
+        if grace_token is not None:
+            _STOP_GRACE.reset(grace_token)
+
+
+def kill_groups(groups: set[int]) -> int:
+    """SIGKILL every group in ``groups``; returns how many were still there."""
+    killed = 0
+    for pgid in list(groups):
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+            killed += 1
+        except (ProcessLookupError, PermissionError):
+            pass
+    return killed
+
+
+class _Janitor:
+    """The agent's side of ``_janitor.py``: one process per agent, started on first use."""
+
+    def __init__(self) -> None:
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._lock = threading.Lock()
+        self.grace = STOP_GRACE_SECONDS
+
+    def _ensure(self) -> subprocess.Popen[bytes] | None:
+        if self._proc is not None and self._proc.poll() is None:
+            return self._proc
+        script = Path(__file__).with_name("_janitor.py")
+        try:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-I", "-S", str(script), f"{self.grace:g}"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        except OSError:
+            self._proc = None
+        return self._proc
+
+    def send(self, line: str) -> None:
+        with self._lock:
+            proc = self._ensure()
+            if proc is None or proc.stdin is None:
+                return
+            with contextlib.suppress(OSError, ValueError):
+                os.write(proc.stdin.fileno(), f"{line}\n".encode())
+
+    def pid(self) -> int | None:
+        with self._lock:
+            proc = self._ensure()
+            return proc.pid if proc else None
+
+
+_janitor = _Janitor()
+
+
+def set_janitor_grace(seconds: float) -> None:
+    """Grace the janitor gives commands after the agent died (before its first command)."""
+    _janitor.grace = seconds
+
+
+def janitor_pid() -> int | None:
+    """The janitor's pid, starting it if needed (for tests and diagnostics)."""
+    return _janitor.pid()
+
+
+def _track(pgid: int) -> None:
+    _janitor.send(f"+{pgid}")
+    groups = _TASK_GROUPS.get()
+    if groups is not None:
+        groups.add(pgid)
+
+
+def _untrack(pgid: int) -> None:
+    groups = _TASK_GROUPS.get()
+    if groups is not None:
+        groups.discard(pgid)
+    _janitor.send(f"-{pgid}")
 
 
 @dataclass(frozen=True)
@@ -76,6 +201,19 @@ async def run(
         )
     except (FileNotFoundError, PermissionError) as exc:
         return CommandResult(argv, NOT_FOUND, "", f"{argv[0]}: {exc.strerror or exc}")
+    _track(proc.pid)
+    try:
+        return await _communicate(proc, argv, timeout, capture_stdout)
+    finally:
+        _untrack(proc.pid)
+
+
+async def _communicate(
+    proc: asyncio.subprocess.Process,
+    argv: tuple[str, ...],
+    timeout: float | None,
+    capture_stdout: bool,
+) -> CommandResult:
     assert proc.stdout is not None
     # Filled while the command runs, so what it printed survives a timeout.
     stdout, output = bytearray(), bytearray()
@@ -116,7 +254,7 @@ async def _stop(proc: asyncio.subprocess.Process) -> None:
         return
     _signal_group(proc, signal.SIGTERM)
     try:
-        await asyncio.wait_for(proc.wait(), STOP_GRACE_SECONDS)
+        await asyncio.wait_for(proc.wait(), stop_grace())
     except TimeoutError:
         pass
     finally:  # also when cancelled a second time while waiting

@@ -1,7 +1,10 @@
 """The daemon: wake up (NOTIFY or timer), poll, run a task, repeat; stop cleanly.
 
 One agent runs one task at a time; the database makes it one task at a time per
-installation (see ``agent_task_one_in_progress``).
+installation (see ``agent_task_one_in_progress``). A task is run under a lease
+(:mod:`wrktalk_agent.lease`); a task whose agent stopped renewing its lease is taken over
+by the next poll and recovered (:mod:`wrktalk_agent.recovery`). Notifications go out from
+the outbox beside the loop (:mod:`wrktalk_agent.outbox`), never in its way.
 """
 
 from __future__ import annotations
@@ -9,27 +12,38 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
+import os
 import random
+import re
 import signal
+import socket
 import time
-from collections.abc import Callable
-from datetime import UTC, datetime
+import uuid
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import asyncpg
 
-from wrktalk_agent import __version__, metrics
+from wrktalk_agent import __version__, maintenance, metrics, process
+from wrktalk_agent.artifacts import secure_delete
+from wrktalk_agent.bootstrap import StartupError
 from wrktalk_agent.db.models import PollResult, Task
 from wrktalk_agent.db.repository import Repository, connect_once
 from wrktalk_agent.db.schema import NOTIFY_CHANNEL
-from wrktalk_agent.interfaces import MaintenanceHandler, NotificationEvent, NotificationKind
+from wrktalk_agent.guard import describe
 from wrktalk_agent.log import get_logger
-from wrktalk_agent.pipeline import DB_ERRORS, Services, TaskRun, _describe, notify_all
+from wrktalk_agent.outbox import Deliverer, notifier_names
+from wrktalk_agent.pipeline import DB_ERRORS, TaskOutcome, TaskRun
+from wrktalk_agent.recovery import RecoveryRun
+from wrktalk_agent.services import Services
 
 #: A poll that fails with one of these is retried after a backoff; the agent never dies.
 POLL_ERRORS: tuple[type[BaseException], ...] = (*DB_ERRORS, asyncpg.PostgresError)
 #: Exit codes of ``run``.
 EXIT_OK, EXIT_TASK_FAILED = 0, 1
+_WORKDIR = re.compile(r"task-([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})-")
 
 
 class Agent:
@@ -39,14 +53,18 @@ class Agent:
         self.services = services
         self.settings = services.settings
         self.repo: Repository = services.repo
+        #: this process; an agent id is one live process at a time
+        self.instance_id = uuid.uuid4()
         self.log = get_logger(agent_id=self.settings.agent_id)
         self.stop_event = asyncio.Event()
         self.abort_event = asyncio.Event()
         self.wake = asyncio.Event()
-        self.running: TaskRun | None = None
+        self.running: TaskRun | RecoveryRun | None = None
         #: called on every loop iteration; the HTTP /healthz endpoint watches it
         self.on_tick: Callable[[], None] | None = None
         self.listener_connected = asyncio.Event()
+        self.deliverer = Deliverer(services, self.log)
+        process.set_janitor_grace(self.settings.fence_grace_seconds)
         metrics.AGENT_INFO.info({"version": __version__, "agent_id": self.settings.agent_id})
 
     # -- signals -----------------------------------------------------------------------
@@ -70,115 +88,140 @@ class Agent:
     async def run(self, *, once: bool = False) -> int:
         """Run until stopped (or, with ``once``, for at most one due task)."""
         await self.startup()
-        listener = None
+        side: list[asyncio.Task[None]] = []
         if self.settings.listen and not once:
-            listener = asyncio.create_task(self._listen(), name="listener")
-            listener.add_done_callback(self._side_task_done)
-        exit_code = EXIT_OK
-        failures = 0
+            side.append(asyncio.create_task(self._listen(), name="listener"))
+        if not once:
+            side.append(asyncio.create_task(self.deliverer.run(self.stop_event), name="outbox"))
+        for task in side:
+            task.add_done_callback(self._side_task_done)
         try:
-            while not self.stop_event.is_set():
-                self._tick()
-                # Cleared before the poll, not before the sleep: a NOTIFY that arrives
-                # while the poll runs must still cut the following sleep short.
-                self.wake.clear()
-                try:
-                    polled = await self.repo.poll(
-                        self.settings.agent_id, self.settings.stale_after_seconds
-                    )
-                    failures = 0
-                except asyncpg.UniqueViolationError:
-                    # another agent claimed the one in-progress slot a moment before us
-                    polled = PollResult()
-                except POLL_ERRORS as exc:
-                    failures += 1
-                    delay = min(self.settings.poll_interval, 0.5 * 2 ** min(failures, 6))
-                    delay *= random.uniform(0.8, 1.2)
-                    self.log.warning("poll.failed", error=_describe(exc), retry_in=round(delay, 2))
-                    if once and failures >= 5:
-                        return EXIT_TASK_FAILED
-                    await self._sleep(delay)
-                    continue
-                metrics.LAST_POLL.set(time.time())
-                for abandoned in polled.abandoned:
-                    await self.handle_abandoned(abandoned)
-                if polled.claimed is not None:
-                    outcome = await self.execute(polled.claimed)
-                    if once:
-                        exit_code = EXIT_OK if outcome == "completed" else EXIT_TASK_FAILED
-                        break
-                    continue
-                if polled.abandoned:
-                    continue  # the slot may be free now: poll again at once
-                if once:
-                    break
-                timeout = self.settings.poll_interval
-                if polled.next_due_in is not None:
-                    timeout = max(0.0, min(timeout, polled.next_due_in + 0.005))
-                await self._sleep(timeout)
+            exit_code = await self._loop(once=once)
+            if once:  # what this run promised goes out before it exits (bounded)
+                with contextlib.suppress(*POLL_ERRORS):
+                    await self.deliverer.deliver_due()
         finally:
-            if listener is not None:
-                listener.cancel()
+            for task in side:
+                task.cancel()
+            for task in side:
                 with contextlib.suppress(asyncio.CancelledError):
-                    await listener
+                    await task
+            with contextlib.suppress(*POLL_ERRORS):
+                await asyncio.wait_for(
+                    self.repo.instance_stopped(self.settings.agent_id, self.instance_id), 5
+                )
         self.log.info("agent.stopped")
         return exit_code
 
-    async def _sleep(self, timeout: float) -> None:
-        """Wait for a NOTIFY, a stop request or the timeout, ticking for /healthz."""
-        deadline = time.monotonic() + timeout
-        while not self.wake.is_set() and not self.stop_event.is_set():
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return
+    async def _loop(self, *, once: bool) -> int:
+        failures = 0
+        while not self.stop_event.is_set():
             self._tick()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.wake.wait(), timeout=min(remaining, 5.0))
+            # Cleared before the poll, not before the sleep: a NOTIFY that arrives
+            # while the poll runs must still cut the following sleep short.
+            self.wake.clear()
+            sent = time.monotonic()
+            try:
+                polled = await self.repo.poll(
+                    self.settings.agent_id,
+                    self.settings.takeover_after_seconds,
+                    claim_token=uuid.uuid4(),
+                    instance_id=self.instance_id,
+                    notifiers=notifier_names(self.services.notifiers),
+                    installation=self.settings.installation_name,
+                )
+                failures = 0
+            except asyncpg.UniqueViolationError:
+                # another agent claimed the one in-progress slot a moment before us
+                polled = PollResult()
+            except POLL_ERRORS as exc:
+                failures += 1
+                delay = min(self.settings.poll_interval, 0.5 * 2 ** min(failures, 6))
+                delay *= random.uniform(0.8, 1.2)
+                self.log.warning("poll.failed", error=describe(exc), retry_in=round(delay, 2))
+                if once and failures >= 5:
+                    return EXIT_TASK_FAILED
+                await self._sleep(delay)
+                continue
+            metrics.LAST_POLL.set(time.time())
+            for task_id, error in polled.rejected:
+                self.log.error("task.rejected", task_id=str(task_id), error=error)
+            if polled.rejected:
+                self.deliverer.wake.set()
+            if polled.taken_over is not None:
+                await self._execute(polled.taken_over, sent, recovery=True)
+                continue  # the slot is free now: poll again at once
+            if polled.claimed is not None:
+                outcome = await self._execute(polled.claimed, sent)
+                if once:
+                    return EXIT_OK if outcome == TaskOutcome.COMPLETED else EXIT_TASK_FAILED
+                continue
+            if polled.rejected:
+                continue
+            if once:
+                break
+            timeout = self.settings.poll_interval
+            if polled.next_due_in is not None:
+                timeout = max(0.0, min(timeout, polled.next_due_in + 0.005))
+            await self._sleep(timeout)
+        return EXIT_OK
+
+    async def _sleep(self, timeout: float) -> None:
+        """Wait for a NOTIFY, a stop request or the timeout."""
+        await self._wait_any([self.wake, self.stop_event], timeout=timeout)
+
+    async def _wait_any(
+        self,
+        events: Sequence[asyncio.Event],
+        tasks: Sequence[asyncio.Task[Any]] = (),
+        *,
+        timeout: float = math.inf,
+    ) -> None:
+        """Wait until one of ``events`` is set or one of ``tasks`` is done, or ``timeout``
+        passes, ticking for /healthz at least every 5 s. The tasks are the caller's."""
+        helpers = [asyncio.ensure_future(event.wait()) for event in events]
+        watched: set[asyncio.Future[Any]] = {*helpers, *tasks}
+        deadline = time.monotonic() + timeout
+        try:
+            while (remaining := deadline - time.monotonic()) > 0:
+                self._tick()
+                done, _ = await asyncio.wait(
+                    watched, timeout=min(remaining, 5.0), return_when=asyncio.FIRST_COMPLETED
+                )
+                if done:
+                    return
+        finally:
+            for helper in helpers:
+                helper.cancel()
 
     def _tick(self) -> None:
         if self.on_tick is not None:
             self.on_tick()
 
-    async def execute(self, task: Task) -> str:
-        """Run one claimed task, honouring the shutdown grace period."""
-        run = TaskRun(self.services, task)
+    async def _execute(self, task: Task, claimed_at: float, *, recovery: bool = False) -> str:
+        """Run one claimed (or taken-over) task, honouring the shutdown grace period."""
+        kind = RecoveryRun if recovery else TaskRun
+        run = kind(self.services, task, claimed_at=claimed_at, instance_id=self.instance_id)
         self.running = run
         job = asyncio.create_task(run.execute(), name=f"task-{task.id}")
         try:
-            stop_wait = asyncio.create_task(self.stop_event.wait(), name="stop-wait")
-            while not job.done():
-                self._tick()
-                done, _ = await asyncio.wait(
-                    {job, stop_wait}, timeout=5.0, return_when=asyncio.FIRST_COMPLETED
-                )
-                if stop_wait in done:
-                    break
-            stop_wait.cancel()
+            await self._wait_any([self.stop_event], [job])
             if not job.done():
                 await self._drain(job)
             try:
                 return job.result()
             except Exception as exc:  # e.g. the outcome write hit a constraint: keep running;
-                # the task's heartbeat stopped, so the stale check fails it for everyone
-                self.log.error("task.crashed", task_id=str(task.id), error=_describe(exc))
-                return "failed"
+                # the task's lease runs out and the next poll recovers it
+                self.log.error("task.crashed", task_id=str(task.id), error=describe(exc))
+                return TaskOutcome.FAILED
         finally:
             self.running = None
+            self.deliverer.wake.set()
 
-    async def _drain(self, job: asyncio.Task[str]) -> None:
+    async def _drain(self, job: asyncio.Task[TaskOutcome]) -> None:
         grace = self.settings.shutdown_grace
         self.log.info("task.draining", grace_seconds=grace)
-        abort_wait = asyncio.create_task(self.abort_event.wait(), name="abort-wait")
-        deadline = time.monotonic() + grace
-        while not job.done() and not self.abort_event.is_set():
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
-            self._tick()
-            await asyncio.wait(
-                {job, abort_wait}, timeout=min(remaining, 5.0), return_when=asyncio.FIRST_COMPLETED
-            )
-        abort_wait.cancel()
+        await self._wait_any([self.abort_event], [job], timeout=grace)
         if not job.done():
             self.log.warning("task.interrupting", reason="grace period over or second signal")
             job.cancel()
@@ -186,75 +229,69 @@ class Agent:
             # cleans up; wait for that (a third signal cannot make it skip the cleanup)
             await asyncio.wait({job})
 
-    # -- startup and abandonment -----------------------------------------------------------
+    # -- start-up --------------------------------------------------------------------------
     async def startup(self) -> None:
-        """Fail our own leftovers from before a restart, and clear maintenance left on."""
-        leftovers = await self.repo.fail_own_leftovers(self.settings.agent_id)
-        for task in leftovers:
-            await self.handle_abandoned(task)
-        await self.reconcile_maintenance()
+        """Refuse a second live process with our id, delete work dirs of dead tasks, and
+        clear maintenance whose owning task has ended."""
+        await self.check_identity()
+        await self.clean_work_dirs()
+        await maintenance.reconcile_at_startup(self.services, self.log)
 
-    async def handle_abandoned(self, task: Task) -> None:
-        log = self.log.bind(task_id=str(task.id), type=task.type)
-        log.warning("task.abandoned", error=task.error_message)
-        metrics.ABANDONED.inc()
-        with contextlib.suppress(*DB_ERRORS):
-            await self.repo.add_event(
-                task.id, "abandoned", "failed", task.error_message or "", self.settings.agent_id
-            )
-        await self._disable_maintenance(log, f"task {task.id} abandoned")
-        release = None
-        with contextlib.suppress(*DB_ERRORS):
-            if task.release_artifact_id is not None:
-                release = await self.repo.release_by_id(task.release_artifact_id)
-        event = NotificationEvent(
-            kind=NotificationKind.TASK_ABANDONED,
-            installation=self.settings.installation_name,
-            task_id=task.id,
-            task_type=task.type,
-            outcome="failed",
-            version=release.release_version if release else None,
-            from_version=None,
-            to_version=release.release_version if release else None,
-            error=task.error_message,
-            agent_id=self.settings.agent_id,
-            started_at=task.picked_up_at,
-            finished_at=datetime.now(UTC),
-        )
-        if self.services.notifiers:
-            outcomes = await notify_all(self.services.notifiers, event, log)
-            with contextlib.suppress(*DB_ERRORS):
-                await self.repo.add_notification_result(task.id, outcomes)
-
-    async def reconcile_maintenance(self) -> None:
-        """Maintenance on with no task in progress was left by a crash: turn it off."""
-        handler = self.services.maintenance
-        if await self.repo.in_progress_count() > 0:
+    async def check_identity(self) -> None:
+        """An agent id is one live process. A process seen with our id moments ago is
+        watched for a sign of life before we go on: one means a duplicate (refused)."""
+        row = await self.repo.instance(self.settings.agent_id)
+        if row is None or row["stopped_at"] is not None or row["instance_id"] is None:
             return
-        flag = await self.repo.maintenance_flag()
-        live = False
-        if handler is not None:
-            try:
-                live = await handler.status()
-            except Exception as exc:
-                self.log.warning("maintenance.status_failed", error=_describe(exc))
-        if flag or live:
-            await self._disable_maintenance(
-                self.log, "maintenance mode was on with no task in progress (left by a crash)"
-            )
+        window = 2 * max(self.settings.poll_interval, self.settings.heartbeat_interval) + 1
+        age = float(row["age"])
+        if age > window:
+            return
+        if row["hostname"] == socket.gethostname() and (
+            row["pid"] == os.getpid() or not _pid_alive(row["pid"])
+        ):
+            return  # an earlier run of this very process slot, gone
+        who = f"host {row['hostname']}, pid {row['pid']}"
+        self.log.warning(
+            "agent.identity_check", detail=f"agent id last seen {age:.1f}s ago ({who})"
+        )
+        deadline = time.monotonic() + (window - age)
+        while time.monotonic() < deadline and not self.stop_event.is_set():
+            await asyncio.sleep(min(0.5, max(0.05, deadline - time.monotonic())))
+            again = await self.repo.instance(self.settings.agent_id)
+            if again is None or again["last_seen"] is None or row["last_seen"] is None:
+                continue
+            if again["last_seen"] > row["last_seen"] and again["instance_id"] != self.instance_id:
+                raise StartupError(
+                    [
+                        f"agent id {self.settings.agent_id!r} is in use by a live agent "
+                        f"({again['hostname']}, pid {again['pid']}): give each agent its "
+                        "own WRKTALK_AGENT_AGENT_ID"
+                    ],
+                    exit_code=2,
+                )
 
-    async def _disable_maintenance(self, log: Any, why: str) -> None:
-        handler: MaintenanceHandler | None = self.services.maintenance
-        if handler is not None:
-            try:
-                await handler.disable()
-            except Exception as exc:
-                log.error("maintenance.disable_failed", error=_describe(exc), why=why)
-                return
-        with contextlib.suppress(*DB_ERRORS):
-            await self.repo.set_maintenance_flag(False)
-        metrics.MAINTENANCE.set(0)
-        log.info("maintenance.cleared", why=why)
+    async def clean_work_dirs(self) -> None:
+        """Securely delete work dirs (and the secrets in them) of tasks that no live
+        agent is running: left by a crash."""
+        base: Path = self.settings.work_dir
+        if not base.is_dir():
+            return
+        found: dict[uuid.UUID, list[Path]] = {}
+        for path in base.iterdir():
+            match = _WORKDIR.match(path.name)
+            if match and path.is_dir():
+                found.setdefault(uuid.UUID(match.group(1)), []).append(path)
+        if not found:
+            return
+        leased = await self.repo.task_leases(list(found), self.settings.takeover_after_seconds)
+        for task_id, paths in found.items():
+            if leased.get(task_id):
+                continue
+            for path in paths:
+                for problem in secure_delete(path):
+                    self.log.warning("workdir.delete_failed", problem=problem)
+            self.log.info("workdir.deleted", task_id=str(task_id), reason="left by a dead task")
 
     # -- LISTEN ----------------------------------------------------------------------------
     async def _listen(self) -> None:
@@ -282,7 +319,7 @@ class Agent:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # any failure: log one line, back off, reconnect
-                self.log.warning("listener.failed", error=_describe(exc))
+                self.log.warning("listener.failed", error=describe(exc))
             finally:
                 self.listener_connected.clear()
                 if conn is not None and not conn.is_closed():
@@ -305,5 +342,15 @@ class Agent:
     def _side_task_done(self, task: asyncio.Task[None]) -> None:
         if not task.cancelled() and task.exception() is not None:
             self.log.error(
-                "side_task.crashed", task=task.get_name(), error=_describe(task.exception())
+                "side_task.crashed", task=task.get_name(), error=describe(task.exception())
             )
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -207,6 +207,7 @@ def agent_settings(database_url: str, tmp_path: Path) -> AgentSettings:
         work_dir=tmp_path / "work",
         poll_interval=1.0,
         heartbeat_interval=0.5,
+        stale_margin=1.0,
         maintenance_mode_handler="none",
         notifiers=[],
         agent_id="test-agent",

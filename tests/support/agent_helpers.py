@@ -21,6 +21,7 @@ class Recording:
 
     log: Path
     flag: Path
+    live: Path
     env: dict[str, str] = field(default_factory=dict)
 
     def records(self, phase: str | None = None) -> list[dict[str, Any]]:
@@ -41,6 +42,7 @@ def agent_env(settings: AgentSettings, recording: Recording, **extra: str) -> di
             "WRKTALK_AGENT_WORK_DIR": str(settings.work_dir),
             "WRKTALK_AGENT_POLL_INTERVAL": str(settings.poll_interval),
             "WRKTALK_AGENT_HEARTBEAT_INTERVAL": str(settings.heartbeat_interval),
+            "WRKTALK_AGENT_STALE_MARGIN": str(settings.stale_margin),
             "WRKTALK_AGENT_DEPLOYER": "recording",
             "WRKTALK_AGENT_MAINTENANCE_MODE_HANDLER": "recording",
             "WRKTALK_AGENT_NOTIFIERS": "recording",

@@ -4,7 +4,9 @@ that record what happens to files, so tests (and agents in other processes) can 
 Load it with WRKTALK_AGENT_EXTRA_PLUGINS=wrktalk_test_plugin (tests/support on PYTHONPATH).
 A release steers the deployer through a ``behaviour.json`` at its root:
 ``{"sleep": seconds, "fail": "message", "system_changed": bool, "wait_for": path,
-"started": path}``.
+"started": path, "child": seconds}`` — ``child`` runs the deploy as child processes
+(``child_deploy.py``) through :func:`wrktalk_agent.process.run`, which write the live
+file themselves; otherwise the deployer writes it after a successful deploy.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any, ClassVar
@@ -24,12 +27,16 @@ from wrktalk_agent.interfaces import (
     BackendError,
     CheckResult,
     Delivery,
+    LiveState,
     DeployError,
     DeployOutcome,
     DeployRequest,
     NotificationEvent,
     PluginContext,
 )
+from wrktalk_agent.process import run
+
+CHILD_DEPLOY = Path(__file__).with_name("child_deploy.py")
 
 
 class RecordingSettings(BaseSettings):
@@ -38,6 +45,8 @@ class RecordingSettings(BaseSettings):
     log: Path = Field(Path("/tmp/wrktalk-recording.jsonl"), description="Where records go.")
     maintenance_flag: Path = Field(Path("/tmp/wrktalk-recording.maint"), description="Flag file.")
     fail_enable: bool = Field(False, description="enable() raises, as a misconfigured proxy.")
+    live: Path = Field(Path("/tmp/wrktalk-recording.live"), description="What the target runs.")
+    notify_hang: bool = Field(False, description="notify() never returns (a stuck notifier).")
 
 
 def _append(path: Path, record: dict[str, Any]) -> None:
@@ -94,6 +103,18 @@ class RecordingDeployer:
                 await asyncio.sleep(0.05)
         if behaviour.get("sleep"):
             await asyncio.sleep(float(behaviour["sleep"]))
+        if behaviour.get("child") is not None:
+            args = {
+                "log": str(self.settings.log),
+                "flag": str(self.settings.maintenance_flag),
+                "live": str(self.settings.live),
+                "task": str(request.task_id),
+                "version": request.release.version,
+                "seconds": float(behaviour["child"]),
+            }
+            result = await run([sys.executable, str(CHILD_DEPLOY), json.dumps(args)])
+            if not result.ok:
+                raise DeployError("child deploy failed", output=result.output)
         await request.report(f"recording {action} of {request.release.version}")
         _append(self.settings.log, {**record, "phase": "end", "end": time.time()})
         if behaviour.get("fail") and action == "deploy":
@@ -102,9 +123,17 @@ class RecordingDeployer:
                 output="line 1\nthe tool said: " + behaviour["fail"],
                 system_changed=behaviour.get("system_changed", True),
             )
+        if behaviour.get("child") is None:
+            self.settings.live.write_text(json.dumps({"version": request.release.version}))
         return DeployOutcome(
             output=f"{action} {request.release.version} ok", details={"pid": os.getpid()}
         )
+
+    async def live_release(self) -> LiveState:
+        if not self.settings.live.exists():
+            return LiveState(None, "absent", "recording: nothing deployed yet")
+        version = json.loads(self.settings.live.read_text())["version"]
+        return LiveState(version, "deployed", "recording live file")
 
 
 class RecordingMaintenance:
@@ -143,6 +172,8 @@ class RecordingNotifier:
         return []
 
     async def notify(self, event: NotificationEvent) -> list[Delivery]:
+        if self.settings.notify_hang:
+            await asyncio.Event().wait()
         admins = await self.context.directory.active_admins()
         _append(
             self.settings.log,
@@ -156,6 +187,9 @@ class RecordingNotifier:
                 "from": event.from_version,
                 "to": event.to_version,
                 "steps": [s.step for s in event.steps],
+                "notification_id": str(event.notification_id),
+                "live": event.live,
+                "agent": self.context.agent_id,
             },
         )
         return [Delivery(recipient=a.email, ok=True) for a in admins]

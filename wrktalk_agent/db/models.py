@@ -31,6 +31,10 @@ class Task(_Row):
     error_message: str | None = None
     created_at: datetime | None = None
     claimed_by: str | None = None
+    claim_token: UUID | None = None
+    lease_seconds: float | None = None
+    #: taken over after its agent stopped heartbeating: being recovered
+    recovery: bool = False
     release_version: str | None = None
 
 
@@ -77,8 +81,30 @@ class AgentInstance(_Row):
     last_heartbeat: datetime | None = None
 
 
+class MaintenanceState(_Row):
+    """Maintenance as recorded in ``deployment_config``: on or off, and who switched it
+    on (``task:<id>`` or ``operator:<name>``), why and since when."""
+
+    enabled: bool = False
+    owner: str | None = None
+    reason: str | None = None
+    since: datetime | None = None
+
+    @property
+    def owner_task(self) -> UUID | None:
+        if self.owner and self.owner.startswith("task:"):
+            try:
+                return UUID(self.owner[5:])
+            except ValueError:
+                return None
+        return None
+
+
 class PollResult(_Row):
     claimed: Task | None = None
-    abandoned: list[Task] = []
+    #: a task whose owner's lease ran out, now ours to recover
+    taken_over: Task | None = None
+    #: pending rows no agent can run, failed by this poll: (task id, error)
+    rejected: list[tuple[UUID, str]] = []
     #: seconds until the nearest future ``execute_after``, if any
     next_due_in: float | None = None

@@ -1,89 +1,244 @@
 """Every SQL statement the agent runs, in one place."""
 
-TASK_COLUMNS = """t.id, t.type, t.status, t.release_artifact_id, t.execute_after, t.picked_up_at,
-    t.completed_at, t.last_heartbeat, t.result, t.error_message, t.created_at, t.claimed_by"""
+
+def _finite(column: str) -> str:
+    """A timestamp column, NULL when a backend wrote ±infinity (no code path can use those
+    as times, and a JSON round trip of them fails to parse)."""
+    name = column.split(".")[-1]
+    return f"CASE WHEN isfinite({column}) THEN {column} END AS {name}"
+
+
+TASK_COLUMNS = f"""t.id, t.type, t.status, t.release_artifact_id, {_finite("t.execute_after")},
+    {_finite("t.picked_up_at")}, {_finite("t.completed_at")}, {_finite("t.last_heartbeat")},
+    t.result, t.error_message, {_finite("t.created_at")}, t.claimed_by, t.claim_token,
+    t.lease_seconds, t.recovery"""
 
 ARTIFACT_COLUMNS = """a.id, a.release_version, a.chart_type, a.sha256,
     octet_length(a.artifact_data) AS size, a.is_current, a.is_previous, a.applied_at,
     a.created_at, a.signature, a.env_data IS NOT NULL AS has_env,
     a.values_data IS NOT NULL AS has_values"""
 
-# One statement per poll: record the poll, fail abandoned tasks, claim the oldest due task
-# unless a deployment is running, record the agent (and what it now runs), and say when
-# the next task is due.
+# The JSON of a notification as notifiers get it (see interfaces.NotificationEvent), for
+# outcomes decided inside SQL ($-parameters: agent id, installation name).
+_SQL_EVENT = """jsonb_build_object(
+    'kind', {kind}, 'installation', {installation}::text, 'task_id', {task}.id,
+    'task_type', {task}.type, 'outcome', 'failed',
+    'version', (SELECT v.release_version FROM release_artifact v
+                WHERE v.id = {task}.release_artifact_id),
+    'from_version', NULL, 'to_version', NULL, 'error', {task}.error_message,
+    'agent_id', {agent}::text, 'started_at', NULL, 'finished_at', now())"""
+
+# One statement per poll:
+#  - record the poll and that this process is alive;
+#  - reject pending rows no agent can run (unknown type, a due time of ±infinity): failed
+#    with the column and value named, the admins' notification promised in the outbox;
+#  - take over a task whose lease ran out (its owner stopped heartbeating longer ago than
+#    the lease the owner recorded): it stays inProgress, so the one-deployment slot stays
+#    taken while the new owner finds out what is live and clears what was left;
+#  - otherwise claim the oldest due task unless a deployment is running;
+#  - say when the next task is due.
 # Two agents racing for the last free slot: the loser's claim hits the unique index
 # agent_task_one_in_progress and the whole statement fails with unique_violation.
+# $1 agent id, $2 hostname, $3 pid, $4 version, $5 lease seconds of our claims (STALE_AFTER
+# + STALE_MARGIN, also used for rows that recorded none), $6 claim token, $7 instance id,
+# $8 notifier names, $9 installation name.
 POLL = f"""
 WITH polled AS (
     UPDATE deployment_config SET last_agent_poll = now()
-), abandoned AS (
+), bad AS (
+    SELECT r.id,
+        CASE WHEN r.type IS NULL OR r.type NOT IN ('deploy', 'rollback')
+             THEN 'type ' || coalesce(quote_literal(r.type), 'NULL')
+                  || ' is neither deploy nor rollback'
+             ELSE 'execute_after ' || quote_literal(r.execute_after::text)
+                  || ' is not a time the agent can wait for'
+        END AS reason
+    FROM agent_task r
+    WHERE r.status = 'pending'
+      AND (r.type IS NULL OR r.type NOT IN ('deploy', 'rollback')
+           OR NOT isfinite(coalesce(r.execute_after, now())))
+    ORDER BY r.created_at, r.id
+    LIMIT 20
+    FOR UPDATE SKIP LOCKED
+), rejected AS (
     UPDATE agent_task t
-    SET status = 'failed', completed_at = now(),
-        error_message = 'abandoned: agent ' || coalesce(t.claimed_by, 'unknown')
+    SET status = 'failed', completed_at = now(), claimed_by = $1,
+        error_message = 'rejected by agent ' || $1::text || ': ' || bad.reason
+    FROM bad WHERE t.id = bad.id
+    RETURNING t.id, t.type, t.release_artifact_id, t.error_message
+), rejected_notified AS (
+    INSERT INTO agent_notification (task_id, notifier, event)
+    SELECT r.id, n.name,
+        {_SQL_EVENT.format(kind="'task_rejected'", installation="$9", task="r", agent="$1")}
+    FROM rejected r CROSS JOIN unnest($8::text[]) AS n(name)
+), taken_over AS (
+    UPDATE agent_task t
+    SET claimed_by = $1, claim_token = $6, lease_seconds = $5, last_heartbeat = now(),
+        recovery = true,
+        error_message = CASE WHEN t.recovery THEN t.error_message ELSE
+            'abandoned: agent ' || coalesce(t.claimed_by, 'unknown')
             || ' stopped heartbeating at '
-            || to_char(coalesce(t.last_heartbeat, t.picked_up_at) AT TIME ZONE 'UTC',
-                       'YYYY-MM-DD"T"HH24:MI:SS"Z"')
+            || coalesce(
+                to_char(CASE WHEN isfinite(coalesce(t.last_heartbeat, t.picked_up_at))
+                             THEN coalesce(t.last_heartbeat, t.picked_up_at) END
+                        AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'),
+                'an unknown time')
+            END
     WHERE t.status = 'inProgress'
-      AND coalesce(t.last_heartbeat, t.picked_up_at, t.created_at)
-          < now() - make_interval(secs => $5)
+      AND coalesce(t.last_heartbeat, t.picked_up_at, t.created_at, '-infinity')
+          < now() - make_interval(secs => coalesce(t.lease_seconds, $5))
     RETURNING {TASK_COLUMNS}
 ), candidate AS (
     SELECT c.id FROM agent_task c
     WHERE c.status = 'pending'
-      AND (c.execute_after IS NULL OR c.execute_after <= now())
+      AND c.type IN ('deploy', 'rollback')
+      AND (c.execute_after IS NULL OR (isfinite(c.execute_after) AND c.execute_after <= now()))
       AND NOT EXISTS (SELECT 1 FROM agent_task r WHERE r.status = 'inProgress')
     ORDER BY c.created_at, c.id
     LIMIT 1
     FOR UPDATE SKIP LOCKED
 ), claimed AS (
     UPDATE agent_task t
-    SET status = 'inProgress', picked_up_at = now(), last_heartbeat = now(), claimed_by = $1
+    SET status = 'inProgress', picked_up_at = now(), last_heartbeat = now(), claimed_by = $1,
+        claim_token = $6, lease_seconds = $5, recovery = false
     FROM candidate WHERE t.id = candidate.id
     RETURNING {TASK_COLUMNS}
 ), seen AS (
-    INSERT INTO agent_instance (agent_id, hostname, pid, version, last_poll, current_task_id)
-    VALUES ($1, $2, $3, $4, now(), (SELECT id FROM claimed))
+    INSERT INTO agent_instance
+        (agent_id, hostname, pid, version, last_poll, last_seen, instance_id, current_task_id)
+    VALUES ($1, $2, $3, $4, now(), now(), $7,
+            coalesce((SELECT id FROM claimed), (SELECT id FROM taken_over)))
     ON CONFLICT (agent_id) DO UPDATE
-        SET last_poll = now(), hostname = EXCLUDED.hostname, pid = EXCLUDED.pid,
-            version = EXCLUDED.version, current_task_id = EXCLUDED.current_task_id
+        SET last_poll = now(), last_seen = now(), hostname = EXCLUDED.hostname,
+            pid = EXCLUDED.pid, version = EXCLUDED.version, instance_id = EXCLUDED.instance_id,
+            stopped_at = NULL, current_task_id = EXCLUDED.current_task_id
 )
 SELECT
-    (SELECT coalesce(jsonb_agg(to_jsonb(a)), '[]'::jsonb) FROM abandoned a) AS abandoned,
+    (SELECT coalesce(jsonb_agg(jsonb_build_object('id', r.id, 'error', r.error_message)),
+                     '[]'::jsonb) FROM rejected r) AS rejected,
+    (SELECT to_jsonb(o) FROM taken_over o) AS taken_over,
     (SELECT to_jsonb(c) FROM claimed c) AS claimed,
     (SELECT extract(epoch FROM min(p.execute_after) - clock_timestamp())::float8
        FROM agent_task p
-      WHERE p.status = 'pending' AND p.execute_after > now()) AS next_due_in
+      WHERE p.status = 'pending' AND p.execute_after > now() AND isfinite(p.execute_after))
+        AS next_due_in
 """
 
-FAIL_OWN_LEFTOVERS = f"""
-UPDATE agent_task t
-SET status = 'failed', completed_at = now(),
-    error_message = 'abandoned: agent ' || t.claimed_by || ' stopped heartbeating at '
-        || to_char(coalesce(t.last_heartbeat, t.picked_up_at) AT TIME ZONE 'UTC',
-                   'YYYY-MM-DD"T"HH24:MI:SS"Z"')
-        || ' (restarted)'
-WHERE t.status = 'inProgress' AND t.claimed_by = $1
-RETURNING {TASK_COLUMNS}
-"""
-
+# Renew the lease; the same statement says this process is alive.
+# $1 task, $2 claim token, $3 agent id, $4 instance id.
 HEARTBEAT = """
-UPDATE agent_task SET last_heartbeat = now()
-WHERE id = $1 AND claimed_by = $2 AND status = 'inProgress'
-RETURNING id
+WITH renewed AS (
+    UPDATE agent_task SET last_heartbeat = now()
+    WHERE id = $1 AND claim_token = $2 AND status = 'inProgress'
+    RETURNING id
+), seen AS (
+    UPDATE agent_instance SET last_seen = now()
+    WHERE agent_id = $3 AND instance_id = $4
+)
+SELECT id FROM renewed
 """
 
 FINISH_TASK = f"""
 UPDATE agent_task t
 SET status = $3, completed_at = now(), result = $4, error_message = $5
-WHERE t.id = $1 AND t.claimed_by = $2 AND t.status = 'inProgress'
+WHERE t.id = $1 AND t.claim_token = $2 AND t.status = 'inProgress'
 RETURNING {TASK_COLUMNS}
 """
 
-ADD_NOTIFICATIONS = """
-UPDATE agent_task
-SET result = coalesce(result, '{}'::jsonb) || jsonb_build_object('notifications', $2::jsonb)
-WHERE id = $1
+# -- the agent's process ---------------------------------------------------------------
+INSTANCE = """
+SELECT instance_id, hostname, pid, stopped_at,
+    extract(epoch FROM clock_timestamp() - coalesce(last_seen, last_poll))::float8 AS age,
+    coalesce(last_seen, last_poll) AS last_seen
+FROM agent_instance WHERE agent_id = $1
 """
+INSTANCE_STOPPED = """
+UPDATE agent_instance SET stopped_at = now(), current_task_id = NULL
+WHERE agent_id = $1 AND instance_id = $2
+"""
+TASK_LEASES = f"""
+SELECT {TASK_COLUMNS},
+    t.status = 'inProgress'
+    AND coalesce(t.last_heartbeat, t.picked_up_at, t.created_at, '-infinity')
+        >= now() - make_interval(secs => coalesce(t.lease_seconds, $2)) AS leased
+FROM agent_task t WHERE t.id = ANY($1::uuid[])
+"""
+
+# -- maintenance: who switched it on ---------------------------------------------------
+MAINTENANCE_STATE = """
+SELECT coalesce(bool_or(maintenance_mode_enabled), false) AS enabled,
+    max(maintenance_owner) AS owner, max(maintenance_reason) AS reason,
+    max(maintenance_since) AS since
+FROM deployment_config
+"""
+# A task switches maintenance on; an operator's window stays the operator's.
+# $1 owner (task:<id>), $2 reason. Returns the owner now recorded.
+TASK_MAINTENANCE_ON = """
+UPDATE deployment_config SET
+    maintenance_owner = CASE WHEN maintenance_mode_enabled
+        AND maintenance_owner LIKE 'operator:%' THEN maintenance_owner ELSE $1 END,
+    maintenance_reason = CASE WHEN maintenance_mode_enabled
+        AND maintenance_owner LIKE 'operator:%' THEN maintenance_reason ELSE $2 END,
+    maintenance_since = CASE WHEN maintenance_mode_enabled
+        THEN coalesce(maintenance_since, now()) ELSE now() END,
+    maintenance_mode_enabled = true
+RETURNING maintenance_owner
+"""
+# Cleared only where the given owner still holds it. $1 owner.
+MAINTENANCE_OFF_FOR = """
+UPDATE deployment_config SET maintenance_mode_enabled = false, maintenance_owner = NULL,
+    maintenance_reason = NULL, maintenance_since = NULL
+WHERE maintenance_owner = $1
+"""
+OPERATOR_MAINTENANCE = """
+UPDATE deployment_config SET maintenance_mode_enabled = $1,
+    maintenance_owner = CASE WHEN $1 THEN $2 END,
+    maintenance_reason = CASE WHEN $1 THEN $3 END,
+    maintenance_since = CASE WHEN $1 THEN coalesce(
+        CASE WHEN maintenance_mode_enabled THEN maintenance_since END, now()) END
+"""
+LOCK_DEPLOYMENT_CONFIG = "SELECT id FROM deployment_config FOR UPDATE"
+TASK_STATUS = "SELECT status FROM agent_task WHERE id = $1"
+
+# -- the notification outbox -------------------------------------------------------------
+INSERT_NOTIFICATIONS = """
+INSERT INTO agent_notification (task_id, notifier, event)
+SELECT $1, n.name, $3::jsonb FROM unnest($2::text[]) AS n(name)
+"""
+# Due notifications for the notifiers this agent has, locked for $2 seconds.
+CLAIM_NOTIFICATIONS = """
+UPDATE agent_notification n
+SET locked_by = $1, locked_until = now() + make_interval(secs => $2), attempts = n.attempts + 1
+FROM (
+    SELECT d.id FROM agent_notification d
+    WHERE d.status = 'pending' AND d.next_attempt_at <= now()
+      AND (d.locked_until IS NULL OR d.locked_until < now())
+      AND d.notifier = ANY($3::text[])
+    ORDER BY d.next_attempt_at, d.created_at
+    LIMIT $4
+    FOR UPDATE SKIP LOCKED
+) due
+WHERE n.id = due.id
+RETURNING n.id, n.task_id, n.notifier, n.event, n.attempts
+"""
+# $1 id, $2 agent id, $3 status, $4 deliveries, $5 seconds until the next attempt.
+FINISH_NOTIFICATION = """
+WITH done AS (
+    UPDATE agent_notification
+    SET status = $3, deliveries = $4, locked_by = NULL, locked_until = NULL,
+        finished_at = CASE WHEN $3 <> 'pending' THEN now() END,
+        next_attempt_at = now() + make_interval(secs => $5)
+    WHERE id = $1 AND locked_by = $2
+    RETURNING task_id, notifier
+)
+UPDATE agent_task t
+SET result = coalesce(t.result, '{}'::jsonb) || jsonb_build_object(
+    'notifications',
+    coalesce(t.result -> 'notifications', '{}'::jsonb)
+        || jsonb_build_object(done.notifier, $4::jsonb))
+FROM done WHERE t.id = done.task_id
+"""
+PENDING_NOTIFICATIONS = "SELECT count(*) FROM agent_notification WHERE status = 'pending'"
 
 # Promote a release to current; the old current becomes previous, the old previous is
 # cleared. The same three steps serve deploys and rollbacks (where target = previous).
@@ -96,6 +251,15 @@ WHERE is_previous
 DEMOTE_CURRENT = """
 UPDATE release_artifact SET is_current = false, is_previous = true
 WHERE is_current AND id <> $1
+"""
+# Nothing of the current release runs any more: it becomes previous, none is current
+# (two statements, in this order, for the partial unique indexes).
+CLEAR_PREVIOUS_IF_CURRENT = """
+UPDATE release_artifact SET is_previous = false
+WHERE is_previous AND EXISTS (SELECT 1 FROM release_artifact c WHERE c.is_current)
+"""
+CURRENT_TO_PREVIOUS = """
+UPDATE release_artifact SET is_current = false, is_previous = true WHERE is_current
 """
 PROMOTE = """
 UPDATE release_artifact SET is_current = true, is_previous = false, applied_at = now()
@@ -171,11 +335,6 @@ ARTIFACT_SLICE = (
 )
 ARTIFACT_WHOLE = "SELECT artifact_data FROM release_artifact WHERE id = $1"
 
-SET_MAINTENANCE_FLAG = "UPDATE deployment_config SET maintenance_mode_enabled = $1"
-GET_MAINTENANCE_FLAG = """
-SELECT coalesce(bool_or(maintenance_mode_enabled), false) FROM deployment_config
-"""
-
 SMTP_CONFIG = """
 SELECT smtp_host, smtp_port, smtp_user, smtp_password, smtp_from
 FROM deployment_config
@@ -183,9 +342,6 @@ ORDER BY smtp_host IS NULL, created_at  -- a configured row wins over a bare one
 LIMIT 1
 """
 ACTIVE_ADMINS = "SELECT name, email FROM admin WHERE is_active ORDER BY email"
-
-IN_PROGRESS_COUNT = "SELECT count(*) FROM agent_task WHERE status = 'inProgress'"
-
 
 # -- dashboard (wrktalk-agent tui) -----------------------------------------------------------
 # Read-only questions of the operator dashboard, asked every few seconds. None of them reads

@@ -7,6 +7,7 @@ import os
 import socket
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal, Protocol
 from uuid import UUID
@@ -16,7 +17,14 @@ import asyncpg
 from wrktalk_agent import __version__
 from wrktalk_agent.config import AgentSettings
 from wrktalk_agent.db import queries as q
-from wrktalk_agent.db.models import AgentInstance, ArtifactInfo, PollResult, Task, TaskEvent
+from wrktalk_agent.db.models import (
+    AgentInstance,
+    ArtifactInfo,
+    MaintenanceState,
+    PollResult,
+    Task,
+    TaskEvent,
+)
 from wrktalk_agent.db.schema import check_schema, init_schema
 from wrktalk_agent.interfaces import Recipient, SmtpConfig
 
@@ -158,59 +166,121 @@ class Repository:
             return await init_schema(conn)
 
     # -- the agent loop --------------------------------------------------------------
-    async def poll(self, agent_id: str, stale_after: float) -> PollResult:
+    async def poll(
+        self,
+        agent_id: str,
+        lease_seconds: float,
+        *,
+        claim_token: UUID,
+        instance_id: UUID,
+        notifiers: Sequence[str] = (),
+        installation: str = "",
+    ) -> PollResult:
         row = await self.pool.fetchrow(
-            q.POLL, agent_id, socket.gethostname(), os.getpid(), __version__, stale_after
+            q.POLL,
+            agent_id,
+            socket.gethostname(),
+            os.getpid(),
+            __version__,
+            lease_seconds,
+            claim_token,
+            instance_id,
+            list(notifiers),
+            installation,
         )
         assert row is not None
         return PollResult(
             claimed=Task.model_validate(row["claimed"]) if row["claimed"] else None,
-            abandoned=[Task.model_validate(t) for t in row["abandoned"]],
+            taken_over=Task.model_validate(row["taken_over"]) if row["taken_over"] else None,
+            rejected=[(UUID(r["id"]), r["error"]) for r in row["rejected"]],
             next_due_in=row["next_due_in"],
         )
 
-    async def fail_own_leftovers(self, agent_id: str) -> list[Task]:
-        rows = await self.pool.fetch(q.FAIL_OWN_LEFTOVERS, agent_id)
-        return [Task.model_validate(dict(r)) for r in rows]
-
-    async def heartbeat(self, task_id: UUID, agent_id: str) -> bool:
-        """True while this agent still owns the task."""
-        return await self.pool.fetchval(q.HEARTBEAT, task_id, agent_id) is not None
+    async def heartbeat(
+        self, task_id: UUID, claim_token: UUID, agent_id: str, instance_id: UUID
+    ) -> bool:
+        """Renew the lease. True while this claim still owns the task."""
+        owned = await self.pool.fetchval(q.HEARTBEAT, task_id, claim_token, agent_id, instance_id)
+        return owned is not None
 
     async def finish_task(
         self,
         task_id: UUID,
-        agent_id: str,
+        claim_token: UUID,
         *,
         status: Literal["completed", "failed"],
         result: dict[str, Any],
         error: str | None,
-        promote: UUID | None,
+        flags: FlagChange | None = None,
         events: Sequence[PendingEventLike] | None = None,
+        agent_id: str | None = None,
+        maintenance_owner: str | None = None,
+        notifications: tuple[Sequence[str], dict[str, Any]] | None = None,
     ) -> Task | None:
-        """Write the outcome (and promote a release) in one transaction, only if this agent
-        still owns the task. ``None`` means the task was taken away: nothing was written.
-        ``events`` are timeline entries that could not be written earlier (outage)."""
+        """Write the outcome in one transaction, only if this claim still owns the task:
+        status, result, release flags, timeline entries not written yet, maintenance
+        cleared where ``maintenance_owner`` still holds it, and the notifications promised
+        (notifier names, event JSON) into the outbox. ``None``: the task was taken away
+        and nothing was written."""
         async with self.pool.acquire() as conn, conn.transaction():
-            row = await conn.fetchrow(q.FINISH_TASK, task_id, agent_id, status, result, error)
+            row = await conn.fetchrow(q.FINISH_TASK, task_id, claim_token, status, result, error)
             if row is None:
                 return None
-            if promote is not None:
-                await promote_release(conn, promote)
+            if flags is not None:
+                await apply_flags(conn, flags)
             if events:
                 await conn.execute(q.INSERT_EVENTS, task_id, *_event_columns(events), agent_id)
+            if maintenance_owner is not None:
+                await conn.execute(q.MAINTENANCE_OFF_FOR, maintenance_owner)
+            if notifications is not None and notifications[0]:
+                names, event = notifications
+                await conn.execute(q.INSERT_NOTIFICATIONS, task_id, list(names), event)
             return Task.model_validate(dict(row))
+
+    # -- the agent's process -------------------------------------------------------------
+    async def instance(self, agent_id: str) -> asyncpg.Record | None:
+        """The process last seen with ``agent_id``: instance_id, hostname, pid, age, ..."""
+        return await self.pool.fetchrow(q.INSTANCE, agent_id)
+
+    async def instance_stopped(self, agent_id: str, instance_id: UUID) -> None:
+        await self.pool.execute(q.INSTANCE_STOPPED, agent_id, instance_id)
+
+    async def task_leases(self, task_ids: Sequence[UUID], default_lease: float) -> dict[UUID, bool]:
+        """For each task found: True while it is inProgress under a live lease."""
+        rows = await self.pool.fetch(q.TASK_LEASES, list(task_ids), default_lease)
+        return {r["id"]: bool(r["leased"]) for r in rows}
+
+    # -- the notification outbox ---------------------------------------------------------
+    async def claim_notifications(
+        self, agent_id: str, lock_seconds: float, notifiers: Sequence[str], limit: int = 20
+    ) -> list[asyncpg.Record]:
+        return list(
+            await self.pool.fetch(
+                q.CLAIM_NOTIFICATIONS, agent_id, lock_seconds, list(notifiers), limit
+            )
+        )
+
+    async def finish_notification(
+        self,
+        notification_id: UUID,
+        agent_id: str,
+        *,
+        status: Literal["pending", "delivered", "failed"],
+        deliveries: list[dict[str, Any]],
+        retry_in: float = 0.0,
+    ) -> None:
+        await self.pool.execute(
+            q.FINISH_NOTIFICATION, notification_id, agent_id, status, deliveries, retry_in
+        )
+
+    async def pending_notifications(self) -> int:
+        return int(await self.pool.fetchval(q.PENDING_NOTIFICATIONS))
 
     async def add_events(
         self, task_id: UUID, events: Sequence[PendingEventLike], agent_id: str | None
     ) -> None:
         """Several timeline entries, each with its own time, in one statement."""
         await self.pool.execute(q.INSERT_EVENTS, task_id, *_event_columns(events), agent_id)
-
-    async def add_notification_result(
-        self, task_id: UUID, outcomes: dict[str, list[dict[str, Any]]]
-    ) -> None:
-        await self.pool.execute(q.ADD_NOTIFICATIONS, task_id, outcomes)
 
     async def add_event(
         self,
@@ -250,9 +320,6 @@ class Repository:
     async def task_events(self, task_id: UUID) -> list[TaskEvent]:
         rows = await self.pool.fetch(q.TASK_EVENTS, task_id)
         return [TaskEvent.model_validate(dict(r)) for r in rows]
-
-    async def in_progress_count(self) -> int:
-        return int(await self.pool.fetchval(q.IN_PROGRESS_COUNT))
 
     # -- releases --------------------------------------------------------------------
     async def add_release(
@@ -297,11 +364,18 @@ class Repository:
         return ArtifactInfo.model_validate(dict(row)) if row else None
 
     # -- deployment_config / admins ----------------------------------------------------
-    async def set_maintenance_flag(self, enabled: bool) -> None:
-        await self.pool.execute(q.SET_MAINTENANCE_FLAG, enabled)
+    async def maintenance_state(self) -> MaintenanceState:
+        row = await self.pool.fetchrow(q.MAINTENANCE_STATE)
+        assert row is not None
+        return MaintenanceState.model_validate(dict(row))
 
     async def maintenance_flag(self) -> bool:
-        return bool(await self.pool.fetchval(q.GET_MAINTENANCE_FLAG))
+        return (await self.maintenance_state()).enabled
+
+    async def task_maintenance_on(self, owner: str, reason: str) -> str | None:
+        """Record that task ``owner`` switches maintenance on; returns the owner now
+        recorded (an operator's window stays the operator's)."""
+        return await self.pool.fetchval(q.TASK_MAINTENANCE_ON, owner, reason)
 
     async def smtp_config(self) -> SmtpConfig:
         row = await self.pool.fetchrow(q.SMTP_CONFIG)
@@ -364,6 +438,24 @@ class Repository:
         """The ``limit`` newest releases plus the current and previous ones, newest first."""
         rows = await self.pool.fetch(q.DASHBOARD_RELEASES, limit)
         return [ArtifactInfo.model_validate(dict(r)) for r in rows]
+
+
+@dataclass(frozen=True)
+class FlagChange:
+    """How the outcome moves the release flags: ``promote`` makes a release current (the
+    old current becomes previous); ``demote_current`` (nothing of the current release
+    runs any more) makes the current release previous and leaves none current."""
+
+    promote: UUID | None = None
+    demote_current: bool = False
+
+
+async def apply_flags(conn: asyncpg.Connection, change: FlagChange) -> None:
+    if change.promote is not None:
+        await promote_release(conn, change.promote)
+    elif change.demote_current:
+        await conn.execute(q.CLEAR_PREVIOUS_IF_CURRENT)
+        await conn.execute(q.CURRENT_TO_PREVIOUS)
 
 
 async def promote_release(conn: asyncpg.Connection, release_id: UUID) -> None:

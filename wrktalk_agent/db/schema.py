@@ -11,6 +11,7 @@ EXPECTED_COLUMNS: dict[str, tuple[str, ...]] = {
     "deployment_config": (
         "id", "deployment_type", "smtp_host", "smtp_port", "smtp_user", "smtp_password",
         "smtp_from", "maintenance_mode_enabled", "last_agent_poll", "created_at",
+        "maintenance_owner", "maintenance_reason", "maintenance_since",
     ),
     "admin": ("id", "name", "email", "is_active", "role", "created_at"),
     "release_artifact": (
@@ -20,10 +21,16 @@ EXPECTED_COLUMNS: dict[str, tuple[str, ...]] = {
     "agent_task": (
         "id", "type", "status", "release_artifact_id", "execute_after", "picked_up_at",
         "completed_at", "last_heartbeat", "result", "error_message", "created_at", "claimed_by",
+        "claim_token", "lease_seconds", "recovery",
     ),
     "agent_task_event": ("id", "task_id", "created_at", "step", "status", "message", "agent_id"),
     "agent_instance": (
         "agent_id", "hostname", "pid", "version", "started_at", "last_poll", "current_task_id",
+        "instance_id", "last_seen", "stopped_at",
+    ),
+    "agent_notification": (
+        "id", "task_id", "notifier", "event", "status", "attempts", "next_attempt_at",
+        "locked_by", "locked_until", "deliveries", "created_at", "finished_at",
     ),
 }  # fmt: skip
 
@@ -37,6 +44,7 @@ EXPECTED_INDEXES: dict[str, str] = {
     "agent_task_recent": "dashboard task list",
     "agent_task_status_recent": "dashboard status filter",
     "agent_task_event_task": "task timelines",
+    "agent_notification_due": "notification delivery",
 }
 
 EXPECTED_TRIGGERS: dict[str, tuple[str, str]] = {

@@ -56,6 +56,17 @@ ALTER TABLE release_artifact ADD COLUMN IF NOT EXISTS created_at timestamptz NOT
 ALTER TABLE release_artifact ADD COLUMN IF NOT EXISTS signature text;
 ALTER TABLE agent_task ADD COLUMN IF NOT EXISTS created_at timestamptz NOT NULL DEFAULT now();
 ALTER TABLE agent_task ADD COLUMN IF NOT EXISTS claimed_by text;
+-- The lease of a running task: a token per claim (heartbeats and the outcome must present
+-- it), the seconds after the last heartbeat at which another agent may take the task over
+-- (the owner's STALE_AFTER + STALE_MARGIN), and whether the task is being recovered after
+-- its agent died.
+ALTER TABLE agent_task ADD COLUMN IF NOT EXISTS claim_token uuid;
+ALTER TABLE agent_task ADD COLUMN IF NOT EXISTS lease_seconds double precision;
+ALTER TABLE agent_task ADD COLUMN IF NOT EXISTS recovery boolean NOT NULL DEFAULT false;
+-- Who switched maintenance on (task:<id> or operator:<name>), why and since when.
+ALTER TABLE deployment_config ADD COLUMN IF NOT EXISTS maintenance_owner text;
+ALTER TABLE deployment_config ADD COLUMN IF NOT EXISTS maintenance_reason text;
+ALTER TABLE deployment_config ADD COLUMN IF NOT EXISTS maintenance_since timestamptz;
 
 -- Every step of a task, in order: the timeline operators read.
 CREATE TABLE IF NOT EXISTS agent_task_event (
@@ -78,6 +89,32 @@ CREATE TABLE IF NOT EXISTS agent_instance (
     last_poll timestamptz NOT NULL DEFAULT now(),
     current_task_id uuid
 );
+-- The process behind an agent id (a new one per start), when it was last seen alive (poll
+-- or heartbeat) and when it stopped cleanly: a second live process with the same id is
+-- refused at start-up.
+ALTER TABLE agent_instance ADD COLUMN IF NOT EXISTS instance_id uuid;
+ALTER TABLE agent_instance ADD COLUMN IF NOT EXISTS last_seen timestamptz;
+ALTER TABLE agent_instance ADD COLUMN IF NOT EXISTS stopped_at timestamptz;
+
+-- The outbox: notifications promised in the same transaction as a task's outcome, one row
+-- per notifier; any agent delivers what is due.
+CREATE TABLE IF NOT EXISTS agent_notification (
+    id uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+    task_id uuid REFERENCES agent_task (id) ON DELETE CASCADE,
+    notifier text NOT NULL,
+    event jsonb NOT NULL,
+    status text NOT NULL DEFAULT 'pending'
+        CHECK (status IN ('pending', 'delivered', 'failed')),
+    attempts integer NOT NULL DEFAULT 0,
+    next_attempt_at timestamptz NOT NULL DEFAULT now(),
+    locked_by text,
+    locked_until timestamptz,
+    deliveries jsonb,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    finished_at timestamptz
+);
+CREATE INDEX IF NOT EXISTS agent_notification_due
+    ON agent_notification (next_attempt_at) WHERE status = 'pending';
 
 -- At most one current and one previous release.
 CREATE UNIQUE INDEX IF NOT EXISTS release_artifact_one_current

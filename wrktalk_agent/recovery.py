@@ -1,0 +1,241 @@
+"""A task whose agent died: find out what is live, record it, clear what was left.
+
+The poll that takes a task over keeps it ``inProgress`` under a new lease, so the
+one-deployment slot stays taken until this run has:
+
+1. asked the deployer what the target runs now (its optional ``live_release()``);
+2. switched off the maintenance the dead task owned (under the lease, so no new deploy
+   can have switched it on meanwhile);
+3. written, in one transaction: the task's outcome with what was found, the release flags
+   set to what is live, the maintenance record cleared, and the admins' notification;
+4. securely deleted the dead task's work dirs if they are on this host.
+
+A half-done deploy is never re-run. If this agent dies too, the next one takes over again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any, Literal
+from uuid import UUID
+
+import structlog
+
+from wrktalk_agent import maintenance as maint
+from wrktalk_agent import metrics, outbox
+from wrktalk_agent.artifacts import secure_delete
+from wrktalk_agent.db.models import ArtifactInfo, Task
+from wrktalk_agent.db.repository import FlagChange
+from wrktalk_agent.guard import bounded
+from wrktalk_agent.interfaces import BackendError, LiveState, NotificationKind
+from wrktalk_agent.lease import Lease, held
+from wrktalk_agent.log import get_logger
+from wrktalk_agent.pipeline import TaskOutcome, Timeline, db_retrying
+from wrktalk_agent.services import Services
+
+
+class RecoveryRun:
+    """Recovers one taken-over task; call :meth:`execute`."""
+
+    def __init__(
+        self, services: Services, task: Task, *, claimed_at: float, instance_id: UUID
+    ) -> None:
+        self.s = services
+        self.settings = services.settings
+        self.repo = services.repo
+        self.task = task
+        self.agent_id = services.settings.agent_id
+        self.claimed_at = claimed_at
+        self.instance_id = instance_id
+        self.log = get_logger()
+        self.timeline = Timeline(self.repo, task.id, self.agent_id, self.log)
+        self.abandoned = task.error_message or "abandoned: its agent stopped heartbeating"
+
+    async def execute(self) -> TaskOutcome:
+        structlog.contextvars.bind_contextvars(
+            task_id=str(self.task.id), type=self.task.type, plugin=self.s.deployer.name
+        )
+        self.log.warning("task.abandoned", error=self.abandoned)
+        metrics.ABANDONED.inc()
+        assert self.task.claim_token is not None
+        lease = Lease(
+            self.repo,
+            self.settings,
+            task_id=self.task.id,
+            claim_token=self.task.claim_token,
+            instance_id=self.instance_id,
+            claimed_at=self.claimed_at,
+            log=self.log,
+        )
+        await self.timeline.add(
+            "recovery", "started", f"{self.abandoned}; {self.agent_id} finds out what is live"
+        )
+        async with held(lease):
+            work = asyncio.create_task(self._recover(lease), name=f"recover-{self.task.id}")
+            lost = asyncio.create_task(lease.lost.wait())
+            try:
+                await asyncio.wait({work, lost}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                lost.cancel()
+            if not work.done():
+                work.cancel()
+                await asyncio.wait({work})
+                self.log.error("recovery.fenced", reason=lease.reason)
+                return TaskOutcome.FENCED
+            return work.result()
+
+    async def _recover(self, lease: Lease) -> TaskOutcome:
+        target, current = await self._releases()
+        live = await self._live()
+        await self.timeline.add("recovery", "info", f"live: {_live_text(live)}")
+        clear_owner = await self._clear_maintenance(lease)
+        status, error, flags, next_step = await self._decide(live, target, current)
+        self._delete_workdirs()
+        result: dict[str, Any] = {
+            "agent_id": self.agent_id,
+            "outcome": status,
+            "abandoned": self.abandoned,
+            "live": {"version": live.version, "state": live.state, "detail": live.detail},
+        }
+        if error:
+            result["error"] = error
+        if next_step:
+            result["next_step"] = next_step
+        await self.timeline.add(
+            "recovery",
+            "succeeded" if status == "completed" else "failed",
+            error or f"{_live_text(live)}: the {self.task.type} had finished",
+        )
+        event = outbox.build_event(
+            kind=NotificationKind.TASK_ABANDONED,
+            settings_installation=self.settings.installation_name,
+            agent_id=self.agent_id,
+            task=self.task,
+            outcome=status,
+            target=target,
+            current=current,
+            error=error or self.abandoned,
+            started_at=self.task.picked_up_at,
+            live=_live_text(live) + (f". Next: {next_step}" if next_step else ""),
+        )
+        assert self.task.claim_token is not None
+        async for attempt in db_retrying(self.log, "outcome", self.repo):
+            with attempt:
+                row = await self.repo.finish_task(
+                    self.task.id,
+                    self.task.claim_token,
+                    status=status,
+                    result=result,
+                    error=error,
+                    flags=flags,
+                    events=list(self.timeline.unsaved),
+                    agent_id=self.agent_id,
+                    maintenance_owner=clear_owner,
+                    notifications=(
+                        outbox.notifier_names(self.s.notifiers),
+                        outbox.event_json(event),
+                    ),
+                )
+        if row is None:
+            self.log.warning("task.taken_away", during="recovery")
+            return TaskOutcome.TAKEN_AWAY
+        self.timeline.unsaved.clear()
+        self.log.warning("task.recovered", outcome=status, live=_live_text(live), error=error)
+        return TaskOutcome(status)
+
+    async def _releases(self) -> tuple[ArtifactInfo | None, ArtifactInfo | None]:
+        """What the task aimed at, and what the database calls current."""
+        current = await self.repo.current_release()
+        target = None
+        if self.task.release_artifact_id is not None:
+            target = await self.repo.release_by_id(self.task.release_artifact_id)
+        elif self.task.type == "rollback":
+            target = await self.repo.previous_release()
+        return target, current
+
+    async def _live(self) -> LiveState:
+        query = getattr(self.s.deployer, "live_release", None)
+        if query is None:
+            return LiveState(
+                None, "unknown", f"deployer {self.s.deployer.name!r} cannot tell what is live"
+            )
+        try:
+            live = await bounded(
+                query(), self.settings.backend_timeout, f"{self.s.deployer.name} live_release"
+            )
+        except BackendError as exc:
+            return LiveState(None, "unknown", str(exc))
+        if not isinstance(live, LiveState):
+            return LiveState(None, "unknown", f"live_release returned {type(live).__name__}")
+        return live
+
+    async def _clear_maintenance(self, lease: Lease) -> str | None:
+        """Switch off the maintenance the dead task owned; returns the owner to clear."""
+        state = await self.repo.maintenance_state()
+        owner = maint.task_owner(self.task.id)
+        if not state.enabled or state.owner != owner:
+            return None
+        if not lease.valid:
+            return None
+        try:
+            await maint.switch_off(self.s)
+        except BackendError as exc:
+            self.log.error("maintenance.disable_failed", error=str(exc))
+            await self.timeline.add("maintenance-off", "failed", f"could not disable: {exc}")
+            return None
+        metrics.MAINTENANCE.set(0)
+        await self.timeline.add("maintenance-off", "succeeded", "left on by the dead task; off")
+        return owner
+
+    async def _decide(
+        self, live: LiveState, target: ArtifactInfo | None, current: ArtifactInfo | None
+    ) -> tuple[Literal["completed", "failed"], str | None, FlagChange | None, str | None]:
+        """The task's status, its error, how the flags move, and the operator's next step."""
+        found = f"{self.abandoned}; found {_live_text(live)}"
+        cur = current.release_version if current else None
+        tgt = target.release_version if target else None
+        retry = f"deploy {tgt} again" if self.task.type == "deploy" and tgt else "retry the task"
+        if live.state == "deployed" and live.version:
+            if tgt is not None and live.version == tgt:
+                flags = FlagChange(promote=target.id) if target and cur != tgt else None
+                return "completed", None, flags, None
+            if cur is not None and live.version == cur:
+                return "failed", f"{found}: nothing changed", None, retry
+            other = await self.repo.release_by_version(live.version)
+            if other is not None:
+                return "failed", found, FlagChange(promote=other.id), retry
+            return (
+                "failed",
+                f"{found}, a version the database does not know",
+                FlagChange(demote_current=True) if current else None,
+                "deploy a known release",
+            )
+        if live.state == "absent":
+            flags = FlagChange(demote_current=True) if current else None
+            step = f"roll back to {cur}" if cur else retry
+            return "failed", f"{found}: nothing runs", flags, step
+        if live.state == "half-applied":
+            back = f" or roll back to {cur}" if cur else ""
+            return "failed", f"{found}", None, f"{retry}{back}"
+        return "failed", found, None, "check what the target runs, then deploy the release you want"
+
+    def _delete_workdirs(self) -> None:
+        base = self.settings.work_dir
+        if not base.is_dir():
+            return
+        for path in base.glob(f"task-{self.task.id}-*"):
+            for problem in secure_delete(Path(path)):
+                self.log.warning("workdir.delete_failed", problem=problem)
+
+
+def _live_text(live: LiveState) -> str:
+    if live.state == "deployed":
+        text = f"{live.version} live"
+    elif live.state == "half-applied":
+        text = f"{live.version or 'a release'} half-applied"
+    elif live.state == "absent":
+        text = "nothing deployed"
+    else:
+        text = "live release unknown"
+    return f"{text} ({live.detail})" if live.detail else text
