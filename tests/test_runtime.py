@@ -345,12 +345,12 @@ async def test_log_lines_are_json_bound_to_the_task_and_free_of_secrets(
     assert started["database"].startswith("postgresql://")
 
 
-async def test_outcome_write_rejected_by_the_database_does_not_kill_the_agent(
+async def test_outcome_write_refused_by_the_database_still_ends_the_task(
     recording_settings, recording, repo, make_agent
 ):
     """A non-outage error on the final write (here a trigger refusing the flag change):
-    the agent survives, maintenance is off, and the task is recovered once its lease ran
-    out (the recovery finds the release live but cannot move the flags either)."""
+    the agent survives, maintenance is off, and the task still ends — failed, saying
+    what the database refused — instead of blocking the queue."""
     await repo.pool.execute(
         """CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS
            $$ BEGIN RAISE EXCEPTION 'flags are frozen'; END $$;
@@ -358,12 +358,14 @@ async def test_outcome_write_rejected_by_the_database_does_not_kill_the_agent(
            FOR EACH ROW EXECUTE FUNCTION refuse();"""
     )
     task = await repo.create_task("deploy", (await add_release(repo, "1.0.0")).id)
-    agent = await make_agent(recording_settings.model_copy(update={"stale_after": 1.0}))
+    follow_up = await repo.create_task("deploy", (await add_release(repo, "1.1.0")).id)
+    agent = await make_agent(recording_settings)
     assert await agent.run(once=True) == 1
-    assert (await repo.get_task(task.id)).status == "inProgress"  # outcome not written
-    assert not recording.flag.exists()
-    await asyncio.sleep(2.5)  # lease (1 s) + margin (1 s)
-    assert await agent.run(once=True) == 0  # the next poll takes it over and recovers it
     failed = await repo.get_task(task.id)
     assert failed.status == "failed"
-    assert failed.error_message.startswith("abandoned: agent test-agent stopped heartbeating")
+    assert failed.error_message == (
+        "the database refused the outcome (completed): RaiseError: flags are frozen"
+    )
+    assert not recording.flag.exists() and await repo.maintenance_flag() is False
+    assert await agent.run(once=True) == 1  # the queue keeps flowing
+    assert (await repo.get_task(follow_up.id)).status == "failed"

@@ -15,6 +15,7 @@ written outcome or that fenced stop.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 import urllib.error
 import urllib.request
@@ -53,6 +54,7 @@ from wrktalk_agent.interfaces import (
     DeployError,
     DeployOutcome,
     DeployRequest,
+    NotificationEvent,
     NotificationKind,
     StepTiming,
     ValidationError,
@@ -280,12 +282,12 @@ class TaskRun:
         clear_owner = await self._maintenance_off(lease)
         written = await self._finish(verdict, clear_owner)
         elapsed = time.monotonic() - self.started
-        if not written:
+        if written is None:
             self.log.warning("task.taken_away", during="finish", outcome=verdict.status)
             return TaskOutcome.TAKEN_AWAY
-        log = self.log.error if verdict.status == "failed" else self.log.info
-        log("task.finished", outcome=verdict.status, seconds=round(elapsed, 3), error=verdict.error)
-        return TaskOutcome(verdict.status)
+        log = self.log.error if written == "failed" else self.log.info
+        log("task.finished", outcome=written, seconds=round(elapsed, 3), error=verdict.error)
+        return TaskOutcome(written)
 
     async def _fence(
         self, work: asyncio.Task[Verdict], lease: Lease, groups: set[int]
@@ -637,9 +639,11 @@ class TaskRun:
         return self.maintenance_owner
 
     # -- outcome -------------------------------------------------------------------------
-    async def _finish(self, verdict: Verdict, clear_owner: str | None) -> bool:
+    async def _finish(
+        self, verdict: Verdict, clear_owner: str | None
+    ) -> Literal["completed", "failed"] | None:
         """Write the outcome, flags, maintenance record and the notifications promised in
-        one transaction (retrying through outages). False: the task was taken away."""
+        one transaction (retrying through outages). None: the task was taken away."""
         status, error = verdict.status, verdict.error
         self.result["outcome"] = status
         if error:
@@ -647,9 +651,8 @@ class TaskRun:
         flags = None
         if status == "completed" and self.target is not None:
             flags = FlagChange(promote=self.target.id)
-        kind = verdict.kind or _kind_for(self.task.type, status)
         event = outbox.build_event(
-            kind=kind,
+            kind=verdict.kind or _kind_for(self.task.type, status),
             settings_installation=self.settings.installation_name,
             agent_id=self.agent_id,
             task=self.task,
@@ -661,32 +664,76 @@ class TaskRun:
             steps=self.steps,
             rollback_error=verdict.rollback_error,
         )
-        names = outbox.notifier_names(self.s.notifiers)
-        assert self.task.claim_token is not None
         try:
-            async for attempt in db_retrying(self.log, "outcome", self.repo):
-                with attempt:
-                    row = await self.repo.finish_task(
-                        self.task.id,
-                        self.task.claim_token,
-                        status=status,
-                        result=self.result,
-                        error=error,
-                        flags=flags,
-                        events=list(self.timeline.unsaved),
-                        agent_id=self.agent_id,
-                        maintenance_owner=clear_owner,
-                        notifications=(names, outbox.event_json(event)),
-                    )
+            return await write_outcome(
+                self.s,
+                self.task,
+                self.timeline,
+                status=status,
+                result=self.result,
+                error=error,
+                flags=flags,
+                maintenance_owner=clear_owner,
+                event=event,
+            )
         except asyncio.CancelledError:
             # A second signal while the outcome is being written: it stays unwritten and
             # the task is recovered by whichever agent takes it over (never re-run).
             self.log.error("outcome.unwritten", outcome=status)
             raise
+
+
+async def write_outcome(
+    services: Services,
+    task: Task,
+    timeline: Timeline,
+    *,
+    status: Literal["completed", "failed"],
+    result: dict[str, Any],
+    error: str | None,
+    flags: FlagChange | None,
+    maintenance_owner: str | None,
+    event: NotificationEvent,
+) -> Literal["completed", "failed"] | None:
+    """The one transaction that ends a task, retried through outages; only while
+    ``task``'s claim still owns it. Returns the status written (None: taken away,
+    nothing written). When the
+    database refuses it (a constraint, a trigger: retrying cannot help), the task still
+    ends: failed, with what was refused, and without the flag change."""
+    log = timeline.log
+    assert task.claim_token is not None
+    names = outbox.notifier_names(services.notifiers)
+    attempt_flags, attempt_status, attempt_error = flags, status, error
+    for fallback in (False, True):
+        try:
+            async for attempt in db_retrying(log, "outcome", services.repo):
+                with attempt:
+                    row = await services.repo.finish_task(
+                        task.id,
+                        task.claim_token,
+                        status=attempt_status,
+                        result=result,
+                        error=attempt_error,
+                        flags=attempt_flags,
+                        events=list(timeline.unsaved),
+                        agent_id=services.settings.agent_id,
+                        maintenance_owner=maintenance_owner,
+                        notifications=(names, outbox.event_json(event)),
+                    )
+        except asyncpg.PostgresError as exc:
+            if fallback:
+                raise
+            log.error("outcome.refused", error=describe(exc), outcome=status)
+            attempt_flags, attempt_status = None, "failed"
+            attempt_error = f"the database refused the outcome ({status}): {describe(exc)}"
+            result = {**result, "outcome": "failed", "error": attempt_error}
+            event = dataclasses.replace(event, outcome="failed", error=attempt_error)
+            continue
         if row is None:
-            return False
-        self.timeline.unsaved.clear()
-        return True
+            return None
+        timeline.unsaved.clear()
+        return attempt_status
+    return None
 
 
 def _kind_for(task_type: str, status: str) -> NotificationKind:

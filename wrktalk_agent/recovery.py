@@ -31,7 +31,7 @@ from wrktalk_agent.guard import bounded
 from wrktalk_agent.interfaces import BackendError, LiveState, NotificationKind
 from wrktalk_agent.lease import Lease, held
 from wrktalk_agent.log import get_logger
-from wrktalk_agent.pipeline import TaskOutcome, Timeline, db_retrying
+from wrktalk_agent.pipeline import TaskOutcome, Timeline, write_outcome
 from wrktalk_agent.services import Services
 
 
@@ -119,30 +119,22 @@ class RecoveryRun:
             started_at=self.task.picked_up_at,
             live=_live_text(live) + (f". Next: {next_step}" if next_step else ""),
         )
-        assert self.task.claim_token is not None
-        async for attempt in db_retrying(self.log, "outcome", self.repo):
-            with attempt:
-                row = await self.repo.finish_task(
-                    self.task.id,
-                    self.task.claim_token,
-                    status=status,
-                    result=result,
-                    error=error,
-                    flags=flags,
-                    events=list(self.timeline.unsaved),
-                    agent_id=self.agent_id,
-                    maintenance_owner=clear_owner,
-                    notifications=(
-                        outbox.notifier_names(self.s.notifiers),
-                        outbox.event_json(event),
-                    ),
-                )
-        if row is None:
+        written = await write_outcome(
+            self.s,
+            self.task,
+            self.timeline,
+            status=status,
+            result=result,
+            error=error,
+            flags=flags,
+            maintenance_owner=clear_owner,
+            event=event,
+        )
+        if written is None:
             self.log.warning("task.taken_away", during="recovery")
             return TaskOutcome.TAKEN_AWAY
-        self.timeline.unsaved.clear()
-        self.log.warning("task.recovered", outcome=status, live=_live_text(live), error=error)
-        return TaskOutcome(status)
+        self.log.warning("task.recovered", outcome=written, live=_live_text(live), error=error)
+        return TaskOutcome(written)
 
     async def _releases(self) -> tuple[ArtifactInfo | None, ArtifactInfo | None]:
         """What the task aimed at, and what the database calls current."""

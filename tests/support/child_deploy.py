@@ -41,9 +41,7 @@ def main() -> None:
     log, task, version = args["log"], args["task"], args["version"]
     record(log, phase="child-start", task=task, version=version, pgid=os.getpgid(0))
     until = time.time() + float(args["seconds"])
-    sampler = subprocess.Popen(
-        [sys.executable, "-c", SAMPLER, log, args["flag"], task, str(until)]
-    )
+    sampler = subprocess.Popen([sys.executable, "-c", SAMPLER, log, args["flag"], task, str(until)])
     sampler.wait()
     live = args["live"]
     with open(live + ".tmp", "w") as f:

@@ -27,10 +27,10 @@ from wrktalk_agent.interfaces import (
     BackendError,
     CheckResult,
     Delivery,
-    LiveState,
     DeployError,
     DeployOutcome,
     DeployRequest,
+    LiveState,
     NotificationEvent,
     PluginContext,
 )
