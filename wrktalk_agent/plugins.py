@@ -221,7 +221,7 @@ class PluginRegistry:
         problems: dict[str, list[str]] = {}
         for info in self.plugins.values():
             info.hooks, info.backends = [], []
-            if info.error_kind == "invalid" and info.error and info.error.startswith("provides"):
+            if info.error_kind == "invalid" and info.error and info.error.startswith("two plugins"):
                 info.error = info.error_kind = None  # a name clash is decided again below
         for kind, hook_name in _HOOK_BY_KIND.items():
             for impl in getattr(self.pm.hook, hook_name).get_hookimpls():
@@ -251,7 +251,7 @@ class PluginRegistry:
             if clash is not None:
                 key, message = clash
                 _mark(info, "invalid", message)
-                self._clashes[key] = f"plugin {plugin!r} {message}"
+                self._clashes[key] = message
                 continue
             for backend in backends:
                 self.backends[backend.kind][backend.name] = backend
@@ -262,8 +262,8 @@ class PluginRegistry:
             existing = self.backends[backend.kind].get(backend.name)
             if existing is not None and existing.cls is not backend.cls:
                 return (backend.kind, backend.name), (
-                    f"provides a {backend.kind} named {backend.name!r}, as plugin "
-                    f"{existing.plugin!r} does; uninstall one of them"
+                    f"two plugins provide a {backend.kind} named {backend.name!r}: "
+                    f"{existing.plugin!r} and {backend.plugin!r}; uninstall one of them"
                 )
         return None
 
@@ -277,7 +277,7 @@ class PluginRegistry:
     def get(self, kind: Kind, name: str) -> Backend:
         clash = self._clashes.get((kind, name))
         if clash is not None:
-            raise PluginError(f"two plugins provide the {kind} {name!r}: {clash}")
+            raise PluginError(clash)
         backend = self.backends[kind].get(name)
         if backend is not None:
             return backend
@@ -286,10 +286,15 @@ class PluginRegistry:
             owner = name  # a plugin that failed to import: its name is the best guess
         if owner is not None:
             info = self.plugins[owner]
-            why = "failed to import" if info.error_kind == "import" else "is invalid"
+            origin = info.distribution or "module"
+            if info.error_kind == "import":
+                raise PluginError(
+                    f"the {kind} {name!r} comes from plugin {owner!r} "
+                    f"({origin}), which failed to import: {info.error}"
+                )
             raise PluginError(
-                f"the {kind} {name!r} comes from plugin {owner!r} "
-                f"({info.distribution or 'module'}), which {why}: {info.error}"
+                f"the {kind} {name!r} comes from plugin {owner!r} ({origin}), "
+                f"which is invalid: {info.error}"
             )
         installed = ", ".join(self.names(kind)) or "none"
         message = (
@@ -321,9 +326,8 @@ class PluginRegistry:
         except PluginError:
             raise
         except Exception as exc:
-            raise PluginError(
-                f"could not start {kind} {name!r} (plugin {backend.plugin!r}): {_describe(exc)}"
-            ) from exc
+            why = str(exc).strip() or type(exc).__name__
+            raise PluginError(f"could not start {kind} {name!r}: {why}") from exc
 
     def infos(self) -> list[PluginInfo]:
         return sorted(self.plugins.values(), key=lambda p: p.name)
