@@ -86,7 +86,7 @@ class BrokenInitNotifier(_Notifier):
 
 
 class PfTestSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="WRKTALK_AGENT_PFTEST_")
+    model_config = SettingsConfigDict(env_prefix="WRKTALK_AGENT_NEEDS_SETTINGS_")
     url: str
 
 
@@ -169,7 +169,7 @@ async def test_a_healthy_setup_passes_every_check(settings, registry, repo) -> N
 async def test_every_broken_plugin_is_a_failed_line_not_a_traceback(
     settings, registry, monkeypatch
 ) -> None:
-    monkeypatch.delenv("WRKTALK_AGENT_PFTEST_URL", raising=False)
+    monkeypatch.delenv("WRKTALK_AGENT_NEEDS_SETTINGS_URL", raising=False)
     settings = settings.model_copy(
         update={
             "deployer": "helmm",
@@ -195,7 +195,7 @@ async def test_every_broken_plugin_is_a_failed_line_not_a_traceback(
         "could not start notifier 'broken': cannot parse the template directory"
     )
     assert checks["notifier needs-settings"].detail.startswith(
-        "WRKTALK_AGENT_PFTEST_URL: Field required"
+        "WRKTALK_AGENT_NEEDS_SETTINGS_URL: Field required"
     )
     assert checks["notifier hangs"].detail == "check() did not finish within 0.3s"
     assert checks["notifier quiet"].ok

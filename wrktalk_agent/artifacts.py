@@ -1,8 +1,10 @@
 """Release artifacts: streamed out of PostgreSQL, verified, safely extracted, securely deleted.
 
-The tarball is never held whole in memory: it is read in slices of the BYTEA column
-through one server-side cursor (so slices are pipelined, not one round trip each) and
-hashed while it is written to a file in a private (0700) directory.
+The tarball is never held whole in memory: it is read in ``substring`` slices of the
+BYTEA column by one prepared statement inside a read-only repeatable-read transaction (one
+snapshot for all slices), and hashed while it is written to a file in a private (0700)
+directory; the next slices are read while a worker thread hashes and writes the current
+one.
 """
 
 from __future__ import annotations
@@ -44,15 +46,6 @@ class FetchedArtifact:
     size: int
     sha256: str
     seconds: float
-
-
-@dataclass(frozen=True)
-class ExtractedRelease:
-    root: Path
-    files: int
-    bytes: int
-    env_file: Path | None
-    values_file: Path | None
 
 
 def make_private_dir(parent: Path, prefix: str) -> Path:
@@ -134,7 +127,7 @@ async def _next(queue: asyncio.Queue[bytes | None], producer: asyncio.Task[None]
 async def _chunks(
     conn: asyncpg.Connection, artifact: ArtifactInfo, chunk_bytes: int
 ) -> AsyncIterator[bytes]:
-    if artifact.size <= chunk_bytes:  # one round trip; no transaction or cursor needed
+    if artifact.size <= chunk_bytes:  # one round trip; no transaction needed
         data = await conn.fetchval(q.ARTIFACT_WHOLE, artifact.id)
         if data:
             yield data

@@ -146,6 +146,23 @@ class AgentSettings(BaseSettings):
     def _commas(cls, value: Any) -> Any:
         return _split_commas(value)
 
+    @field_validator("notifiers", mode="after")
+    @classmethod
+    def _once_each(cls, value: list[str]) -> list[str]:
+        twice = sorted({name for name in value if value.count(name) > 1})
+        if twice:  # each would be called twice per task and counted once
+            raise ValueError(f"lists {', '.join(map(repr, twice))} more than once; name each once")
+        return value
+
+    @field_validator("work_dir", mode="before")
+    @classmethod
+    def _path_given(cls, value: Any) -> Any:
+        # pydantic reads "" as Path("."): the agent would write into whatever directory
+        # it was started from
+        if isinstance(value, str) and not value.strip():
+            raise ValueError("is empty; give a path, or unset it to use the default")
+        return value
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _lower(cls, value: Any) -> Any:

@@ -15,7 +15,18 @@ A backend class has:
   without a model), ``context`` a :class:`wrktalk_agent.interfaces.PluginContext`;
 * the async methods of its protocol in :mod:`wrktalk_agent.interfaces`.
 
-``docs/plugins.md`` documents every hook declared here (a test enforces it).
+Inheriting from ``BaseDeployer``, ``BaseMaintenanceHandler`` or ``BaseNotifier``
+(:mod:`wrktalk_agent.interfaces`) is optional: they store ``settings`` and ``context`` and
+give a ``check()`` that reports nothing. Each plugin is validated on its own when loaded
+(hook names and arguments, backend names, methods, settings prefix); a broken one is listed
+as such by ``wrktalk-agent plugins`` and is an error only when one of its backends is
+selected. The exceptions a plugin raises or meets are listed in :mod:`wrktalk_agent.errors`.
+
+The public API is :mod:`wrktalk_agent.hookspecs`, :mod:`~wrktalk_agent.interfaces`,
+:mod:`~wrktalk_agent.errors`, :mod:`~wrktalk_agent.process`, :mod:`~wrktalk_agent.log` and
+:mod:`~wrktalk_agent.testing`; plugins import nothing else from the core (a test enforces
+it for the plugins in this repository). ``docs/plugins.md`` documents every hook declared
+here (a test enforces it).
 """
 
 from __future__ import annotations
@@ -41,8 +52,10 @@ def wrktalk_register_deployers(register: Register) -> None:
 
     Called once, when the agent (or ``wrktalk-agent plugins``) collects backends.
     ``register`` takes a class implementing :class:`wrktalk_agent.interfaces.Deployer`:
-    ``check()``, ``deploy(request)`` and ``rollback(request)``. The class attribute
-    ``chart_types`` lists the ``release_artifact.chart_type`` values it can apply.
+    ``check()``, ``deploy(request)`` and ``rollback(request)``, and optionally
+    ``validate(request)``, ``prepare(request)`` and ``live_release()``. The class attribute
+    ``chart_types`` lists the ``release_artifact.chart_type`` values it can apply; an empty
+    tuple accepts any.
     Selected with ``WRKTALK_AGENT_DEPLOYER``. Return value: ignored.
     """
 

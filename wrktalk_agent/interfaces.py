@@ -7,6 +7,7 @@ runtime only ever talks to backends through these protocols; backend methods are
 
 from __future__ import annotations
 
+import abc
 import re
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -21,6 +22,9 @@ from pydantic import BaseModel, SecretStr
 __all__ = [
     "VERSION_PATTERN",
     "BackendError",
+    "BaseDeployer",
+    "BaseMaintenanceHandler",
+    "BaseNotifier",
     "CheckResult",
     "Deliveries",
     "Delivery",
@@ -107,7 +111,9 @@ class Release:
 
     id: UUID
     version: str
-    chart_type: Literal["helm", "compose"]
+    #: ``release_artifact.chart_type``: any text; a deployer's ``chart_types`` says which
+    #: values it applies (the core does not pin the set)
+    chart_type: str
     sha256: str
 
 
@@ -159,7 +165,8 @@ class Deployer(Protocol):
     """Applies a release to the installation (Helm, Docker Compose, ...)."""
 
     name: ClassVar[str]
-    #: the ``release_artifact.chart_type`` values this deployer accepts
+    #: the ``release_artifact.chart_type`` values this deployer accepts; an empty tuple
+    #: accepts any (a deployer that applies whatever the release carries)
     chart_types: ClassVar[tuple[str, ...]]
 
     async def check(self) -> Sequence[CheckResult]:
@@ -316,3 +323,65 @@ class PluginContext:
     installation: str
     work_dir: Path
     directory: Directory
+
+
+# -- optional base classes ----------------------------------------------------------------
+# A backend need not inherit from anything: the protocols above are the contract. These
+# carry the boring parts, so a minimal backend is only its real methods.
+
+
+class _BaseBackend(abc.ABC):
+    #: the unique name operators select the backend by (set it in the subclass)
+    name: ClassVar[str]
+    #: the backend's pydantic-settings model (prefix ``WRKTALK_AGENT_<NAME>_``), or None
+    settings_model: ClassVar[type[Any] | None] = None
+
+    def __init__(self, settings: Any, context: PluginContext) -> None:
+        #: the settings model's instance (``None`` without a model)
+        self.settings = settings
+        self.context = context
+
+    async def check(self) -> Sequence[CheckResult]:
+        """Nothing to check: ``wrktalk-agent check`` says the backend loaded."""
+        return []
+
+
+class BaseDeployer(_BaseBackend):
+    """Optional base of a deployer: implement ``deploy`` and ``rollback`` (and set
+    ``name``; ``chart_types`` defaults to any). Raise :class:`DeployError` on failure."""
+
+    chart_types: ClassVar[tuple[str, ...]] = ()
+
+    @abc.abstractmethod
+    async def deploy(self, request: DeployRequest) -> DeployOutcome:
+        raise NotImplementedError
+
+    @abc.abstractmethod
+    async def rollback(self, request: DeployRequest) -> DeployOutcome:
+        raise NotImplementedError
+
+
+class BaseMaintenanceHandler(_BaseBackend):
+    """Optional base of a maintenance handler: implement ``enable``, ``disable`` (both
+    idempotent) and ``status`` (the real state, read from the target)."""
+
+    @abc.abstractmethod
+    async def enable(self, reason: str) -> None:
+        raise NotImplementedError
+
+    @abc.abstractmethod
+    async def disable(self) -> None:
+        raise NotImplementedError
+
+    @abc.abstractmethod
+    async def status(self) -> bool:
+        raise NotImplementedError
+
+
+class BaseNotifier(_BaseBackend):
+    """Optional base of a notifier: implement ``notify`` (one :class:`Delivery` per
+    recipient or channel; report delivery problems as ``ok=False``, don't raise)."""
+
+    @abc.abstractmethod
+    async def notify(self, event: NotificationEvent) -> Deliveries:
+        raise NotImplementedError

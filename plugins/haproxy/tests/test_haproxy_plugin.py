@@ -8,8 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from wrktalk_agent.plugins import PluginRegistry, SettingsError, load_backend_settings
-from wrktalk_agent.testing import skip_unless_required
+from wrktalk_agent.testing import (
+    PluginRegistry,
+    SettingsError,
+    load_backend_settings,
+    skip_unless_required,
+)
 from wrktalk_agent_haproxy import HaproxyMaintenance, render_config
 from wrktalk_agent_haproxy.backend import Target
 from wrktalk_agent_haproxy.runtime_api import TcpAddress, UnixAddress, parse_address

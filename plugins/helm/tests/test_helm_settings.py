@@ -6,7 +6,7 @@ import pytest
 from pydantic import ValidationError
 
 from wrktalk_agent.interfaces import PluginContext
-from wrktalk_agent.plugins import PluginRegistry, SettingsError, load_backend_settings
+from wrktalk_agent.testing import PluginRegistry, SettingsError, load_backend_settings
 from wrktalk_agent_helm import HelmDeployer, HelmSettings
 from wrktalk_agent_helm.settings import parse_go_duration
 

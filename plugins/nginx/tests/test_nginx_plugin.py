@@ -8,8 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from wrktalk_agent.plugins import PluginRegistry, SettingsError, load_backend_settings
-from wrktalk_agent.testing import skip_unless_required
+from wrktalk_agent.testing import (
+    PluginRegistry,
+    SettingsError,
+    load_backend_settings,
+    skip_unless_required,
+)
 from wrktalk_agent_nginx import NginxMaintenance, NginxSettings, render_snippets
 from wrktalk_agent_nginx.testing import find_nginx, free_port, plugin_context
 

@@ -23,6 +23,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from wrktalk_agent.interfaces import BackendError, CheckResult, PluginContext
+from wrktalk_agent.process import NOT_FOUND, TIMED_OUT, run
 from wrktalk_agent_nginx.snippet import DEFAULT_FLAG_FILE
 
 __all__ = ["NginxMaintenance", "NginxSettings"]
@@ -166,33 +167,22 @@ class NginxMaintenance:
         if not command:
             return
         shown = " ".join(command)
+        timeout = self.settings.reload_timeout
         try:
-            process = await asyncio.create_subprocess_exec(
-                *command,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-            )
-        except OSError as exc:
+            # its own process group: a timeout or a cancelled task stops it and its children
+            result = await run(command, timeout=timeout)
+        except OSError as exc:  # e.g. not an executable format
             raise BackendError(f"nginx reload command {shown!r} could not start: {exc}") from exc
-        try:
-            stdout, stderr = await asyncio.wait_for(
-                process.communicate(), timeout=self.settings.reload_timeout
-            )
-        except BaseException as exc:  # timeout or cancellation: never leave it running
-            with contextlib.suppress(ProcessLookupError):
-                process.kill()
-            await process.wait()
-            if isinstance(exc, TimeoutError):
-                raise BackendError(
-                    f"nginx reload command {shown!r} did not finish within "
-                    f"{self.settings.reload_timeout:g}s"
-                ) from None
-            raise
-        if process.returncode != 0:
-            output = (stderr or stdout).decode(errors="replace").strip()[-_OUTPUT_TAIL:]
+        if result.returncode == NOT_FOUND:
             raise BackendError(
-                f"nginx reload command {shown!r} failed with exit code {process.returncode}: "
+                f"nginx reload command {shown!r} could not start: {result.output.strip()}"
+            )
+        if result.returncode == TIMED_OUT:
+            raise BackendError(f"nginx reload command {shown!r} did not finish within {timeout:g}s")
+        if not result.ok:
+            output = result.output.strip()[-_OUTPUT_TAIL:]
+            raise BackendError(
+                f"nginx reload command {shown!r} failed with exit code {result.returncode}: "
                 f"{output or '(no output)'}"
             )
 

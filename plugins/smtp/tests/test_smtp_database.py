@@ -2,13 +2,7 @@
 
 from __future__ import annotations
 
-from wrktalk_agent.db.repository import Repository
-
-
-async def add_admins(repo: Repository, *admins: tuple[str, str, bool]) -> None:
-    await repo.pool.executemany(
-        "INSERT INTO admin (name, email, is_active) VALUES ($1, $2, $3)", admins
-    )
+from wrktalk_agent.testing import add_admins
 
 
 async def test_recipients_and_server_are_read_from_the_database_before_each_send(

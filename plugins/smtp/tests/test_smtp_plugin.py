@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from wrktalk_agent.interfaces import Notifier, PluginContext
-from wrktalk_agent.plugins import PluginRegistry, SettingsError
+from wrktalk_agent.testing import PluginRegistry, SettingsError
 from wrktalk_agent_smtp import SmtpNotifier
 
 
