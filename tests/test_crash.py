@@ -434,7 +434,8 @@ async def test_chaos_four_agents_random_kill_9_and_restarts(
         lambda: {r["task"] for r in recording.records("notify")} >= {str(t.id) for t in tasks},
         30,
     )
-    for proc in agents.values():
+    for proc in agents.values():  # a restarted agent may still be starting up
+        wait_until(lambda p=proc: "agent.started" in Path(p.log_path).read_text(), 30)
         proc.send_signal(signal.SIGTERM)
     for proc in agents.values():
         assert proc.wait(30) == 0
