@@ -483,7 +483,9 @@ def fail_upgrade(
                 status="uninstalling", description="Deletion in progress (or silently failed)"
             )
             save_state(path, state)
-            if helm4(state):  # Helm 4's uninstall waits for the deletion; Helm 3's does not
+            if helm4(state) and cause == "context canceled":
+                # Helm 4's uninstall waits for the deletion (pods terminating), Helm 3's
+                # does not
                 wait_for_resources(state)
             del state["releases"][key]
             save_state(path, state)
