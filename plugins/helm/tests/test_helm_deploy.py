@@ -373,7 +373,6 @@ async def test_hung_helm_is_stopped_and_its_pending_release_recovered_next_time(
         await deployer.deploy(make_request("1.1.0"))
     assert caught.value.system_changed is True
     assert await _gone(fake_helm.pids()[-1])
-    assert "Release wrktalk has been cancelled." in caught.value.output
     # Helm marked the upgrade failed and started its own rollback, which waited for the
     # resources until the agent's SIGKILL 5 s after its SIGTERM
     assert [(r["revision"], r["status"]) for r in fake_helm.revisions()] == [
