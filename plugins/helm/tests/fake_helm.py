@@ -121,10 +121,6 @@ class HelmError(Exception):
     """Printed as ``Error: <message>`` on stderr, exit status 1 (what cobra does)."""
 
 
-class Cancelled(Exception):
-    """SIGTERM or SIGINT arrived: Helm cancels the operation's context."""
-
-
 def main(argv: list[str]) -> int:
     log_path = os.environ.get("FAKE_HELM_LOG")
     if log_path:
@@ -339,6 +335,7 @@ def cmd_upgrade(state: dict[str, Any], path: Path, args: list[str]) -> None:
     (name, chart_arg), values = parse(
         "upgrade", args, flags, (2, 2), "helm upgrade [RELEASE] [CHART] [flags]", state
     )
+    catch_cancellation()
     if helm4(state) and "--atomic" in values:
         print(
             "Flag --atomic has been deprecated, use --rollback-on-failure instead", file=sys.stderr
@@ -412,13 +409,10 @@ def cmd_upgrade(state: dict[str, Any], path: Path, args: list[str]) -> None:
     mode = state["inject"].get("upgrade")
     if mode == "hang":
         debug(values, "wait.go:48: [debug] beginning wait for 3 resources")
-        try:
-            with cancellable():
-                while True:  # resources never get ready; until a signal or a kill
-                    time.sleep(1)
-        except Cancelled:
-            print(f"Release {name} has been cancelled.", flush=True)
-            fail_upgrade(state, path, key, entry, installing, atomic, name, "context canceled")
+        while not _CANCELLED:  # resources never get ready; until a signal or a kill
+            time.sleep(0.05)
+        print(f"Release {name} has been cancelled.", flush=True)
+        fail_upgrade(state, path, key, entry, installing, atomic, name, "context canceled")
         return
     if mode == "timeout":
         for second in range(0, 600, 2):
@@ -443,21 +437,18 @@ def cmd_upgrade(state: dict[str, Any], path: Path, args: list[str]) -> None:
     print_status(name, ns, entry)
 
 
-class cancellable:
-    """SIGTERM/SIGINT raise :class:`Cancelled` once; later ones are swallowed, as Helm's
-    signal.Notify keeps them from killing the process."""
+_CANCELLED: list[bool] = []
 
-    def __enter__(self) -> None:
-        def handler(_signum: int, _frame: object) -> None:
-            signal.signal(signal.SIGTERM, lambda *_: None)
-            signal.signal(signal.SIGINT, lambda *_: None)
-            raise Cancelled
 
-        signal.signal(signal.SIGTERM, handler)
-        signal.signal(signal.SIGINT, handler)
+def catch_cancellation() -> None:
+    """Like Helm's signal.Notify before it runs the action: the first SIGTERM/SIGINT
+    cancels the operation's context; later ones are swallowed."""
 
-    def __exit__(self, *_exc: object) -> None:
-        return None
+    def handler(_signum: int, _frame: object) -> None:
+        _CANCELLED.append(True)
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
 
 
 def wait_for_resources(state: dict[str, Any]) -> None:

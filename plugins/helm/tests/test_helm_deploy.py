@@ -295,7 +295,7 @@ async def test_first_install_timeout_is_uninstalled_by_atomic(
     fake_helm: FakeHelm, make_deployer: MakeDeployer, make_request: RequestFactory
 ) -> None:
     fake_helm.configure(inject={"upgrade": "timeout"})
-    with pytest.raises(DeployError, match="has been uninstalled due to .* being set"):
+    with pytest.raises(DeployError, match=r"has been uninstalled due to .* being set"):
         await make_deployer().deploy(make_request("1.0.0"))
     assert fake_helm.revisions() == []
 

@@ -11,7 +11,6 @@ from collections.abc import Callable
 
 import pytest
 
-from wrktalk_agent.interfaces import DeployError
 from wrktalk_agent_helm import HelmDeployer, HelmSettings
 
 from .conftest import FakeHelm, RequestFactory
