@@ -19,7 +19,22 @@ from wrktalk_agent_helm import HelmDeployer, HelmSettings
 FAKE_HELM = Path(__file__).with_name("fake_helm.py")
 
 CHART_YAML = 'apiVersion: v2\nname: wrktalk\nversion: 2.3.0\nappVersion: "{version}"\n'
+CHART_VALUES = "replicaCount: 1\nimage:\n  tag: stable\n"
+CONFIGMAP = """apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: {{ .Release.Name }}-config
+data:
+  replicas: {{ .Values.replicaCount | quote }}
+  image: {{ required "image.tag is required" .Values.image.tag | quote }}
+"""
+SCHEMA = """{"$schema": "https://json-schema.org/draft-07/schema#", "type": "object",
+ "properties": {"replicaCount": {"type": "integer", "minimum": 1}}}
+"""
 VALUES_YAML = "replicaCount: 1\ndbPassword: s3cr3t-do-not-log\n"
+#: the Helm versions every fake-helm test runs against: where the majors differ, the fake
+#: follows each (see fake_helm.py)
+HELM_VERSIONS = {"3.16": "v3.16.4", "4.2": "v4.2.4"}
 
 
 @dataclass
@@ -29,11 +44,30 @@ class FakeHelm:
     bin_dir: Path
     state_path: Path
     log_path: Path
+    version: str = "v3.16.4"
+
+    @property
+    def major(self) -> int:
+        return int(self.version.lstrip("v").split(".")[0])
+
+    @property
+    def atomic(self) -> str:
+        """The deployer's flag for an upgrade that undoes itself on failure."""
+        return "--atomic" if self.major == 3 else "--rollback-on-failure"
+
+    @property
+    def atomic_word(self) -> str:
+        return "atomic" if self.major == 3 else "rollback-on-failure"
+
+    @property
+    def wait(self) -> str:
+        return "--wait" if self.major == 3 else "--wait=watcher"
 
     def configure(self, **values: Any) -> None:
         state = self.state()
         state.update(values)
         self.state_path.write_text(json.dumps(state))
+        self.version = state.get("version", self.version)
 
     def state(self) -> dict[str, Any]:
         if not self.state_path.exists():
@@ -81,16 +115,24 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
             monkeypatch.delenv(name)
 
 
+@pytest.fixture(params=list(HELM_VERSIONS))
+def helm_version(request: pytest.FixtureRequest) -> str:
+    return HELM_VERSIONS[request.param]
+
+
 @pytest.fixture
-def fake_helm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakeHelm:
-    """The fake helm as ``helm``, first on PATH."""
+def fake_helm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, helm_version: str) -> FakeHelm:
+    """The fake helm as ``helm``, first on PATH, acting as Helm 3.16 and as Helm 4.2."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     executable = bin_dir / "helm"
     # A real executable (shebang to this interpreter), found through PATH like Helm.
     executable.write_text(f"#!{sys.executable}\n" + FAKE_HELM.read_text())
     executable.chmod(0o755)
-    fake = FakeHelm(bin_dir, tmp_path / "helm-state.json", tmp_path / "helm-calls.jsonl")
+    fake = FakeHelm(
+        bin_dir, tmp_path / "helm-state.json", tmp_path / "helm-calls.jsonl", helm_version
+    )
+    fake.configure(version=helm_version)
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}")
     monkeypatch.setenv("FAKE_HELM_STATE", str(fake.state_path))
     monkeypatch.setenv("FAKE_HELM_LOG", str(fake.log_path))
@@ -136,20 +178,26 @@ class RequestFactory:
         purpose: Literal["deploy", "rollback", "auto-rollback"] = "deploy",
         layout: Literal["root", "subdir", "tgz", "none"] = "subdir",
         values: str | None = VALUES_YAML,
+        template: str = CONFIGMAP,
+        schema: str | None = SCHEMA,
+        workdir_name: str | None = None,
     ) -> DeployRequest:
-        workdir = self.root / f"release-{uuid.uuid4().hex[:8]}"
+        workdir = self.root / (workdir_name or f"release-{uuid.uuid4().hex[:8]}")
         workdir.mkdir(parents=True)
         chart_yaml = CHART_YAML.format(version=version)
-        if layout == "root":
-            (workdir / "Chart.yaml").write_text(chart_yaml)
-        elif layout == "subdir":
-            (workdir / "wrktalk").mkdir()
-            (workdir / "wrktalk" / "Chart.yaml").write_text(chart_yaml)
+        if layout in ("root", "subdir"):
+            chart_dir = workdir if layout == "root" else workdir / "wrktalk"
+            (chart_dir / "templates").mkdir(parents=True)
+            (chart_dir / "Chart.yaml").write_text(chart_yaml)
+            (chart_dir / "values.yaml").write_text(CHART_VALUES)
+            (chart_dir / "templates" / "configmap.yaml").write_text(template)
+            if schema is not None:
+                (chart_dir / "values.schema.json").write_text(schema)
         elif layout == "tgz":
             _package_chart(workdir / "wrktalk-2.3.0.tgz", chart_yaml)
         values_file = None
         if values is not None:
-            values_file = workdir / "values.yaml"
+            values_file = workdir / ("release-values.yaml" if layout == "root" else "values.yaml")
             values_file.write_text(values)
         return DeployRequest(
             task_id=uuid.uuid4(),

@@ -1,29 +1,59 @@
 """A fake ``helm`` executable that follows Helm's real CLI, for the plugin's tests.
 
 It implements the subcommands the agent uses — version, upgrade, status, history,
-rollback, list, uninstall — with Helm 3's flags, JSON shapes, messages and exit codes
-(checked against helm/helm's cmd and pkg/action sources), plus Helm 4's flag rename
-(``--rollback-on-failure``, ``--atomic`` deprecated) when the configured version is 4.x.
-There is no cluster: a release's revisions live in a JSON state file.
+rollback, list, uninstall, lint, template — with the flags, JSON shapes, messages and exit
+codes of Helm 3.16 and Helm 4.x (read from helm/helm's cmd and pkg/action sources at
+v3.16.4 and v4.2.4), choosing by the configured version where the two majors differ:
+
+* ``--atomic`` (Helm 3) / ``--rollback-on-failure`` (Helm 4, ``--atomic`` deprecated), and
+  the wording of what they did ("due to atomic being set" / "due to rollback-on-failure
+  being set");
+* ``--wait``: a boolean in Helm 3; a strategy in Helm 4 (bare ``--wait`` means
+  ``watcher``; ``watcher``, ``hookOnly``, ``legacy``; anything else is refused);
+* SIGTERM during a wait: both print "Release X has been cancelled.", mark the revision
+  ``failed`` and, when atomic, start their own rollback (a ``pending-rollback`` revision
+  that waits for resources) or, on a first install, their own uninstall — which in Helm 3
+  deletes without waiting, and in Helm 4 waits for the deletion, so a SIGKILL then leaves
+  the release ``uninstalling``;
+* ``helm status -o json``: Helm 4 reads the release's resources from the cluster
+  (``info.resources``) and fails when the stored manifest names a kind the API server no
+  longer serves; Helm 3 reads only Helm's storage.
+
+Both majors: ``--history-max`` pruning before a new revision is stored, never the last
+deployed one (storage.removeLeastRecent); values reused from the current release when an
+upgrade gets no values and no ``--reset-values``; ``-f``/``--values`` split at commas like
+any pflag string slice (CSV: a quoted item keeps its commas); ``helm history`` showing at
+most ``--max`` (256) newest revisions; ``uninstalling`` blocking upgrades ("has no deployed
+releases") until a second ``helm uninstall`` finishes it.
+
+Charts are loaded, linted and rendered by Helm's own engine (``helm_python``: Helm
+v4.2.3's Go SDK), so a template error, a values file that breaks ``values.schema.json`` or
+a missing ``required`` value is Helm's own message with exit status 1, for ``lint``,
+``template``, ``upgrade --install`` and their ``--dry-run``. There is no cluster: a
+release's revisions live in a JSON state file.
 
 Environment:
 
 * ``FAKE_HELM_STATE``: the state file (created when missing), a JSON object with
-  ``version`` ("v3.14.4"), ``cluster`` ("reachable" | "unreachable" | "forbidden"),
+  ``version`` ("v3.16.4"), ``cluster`` ("reachable" | "unreachable" | "forbidden"),
   ``rbac`` ("cluster-admin" | "namespaced": may not create namespaces), ``namespaces``
-  (existing namespaces), ``releases`` ({"<ns>/<name>": [revision, ...]})
-  and ``inject`` ({"upgrade": mode, "rollback": mode}) for failures:
+  (existing namespaces), ``releases`` ({"<ns>/<name>": [revision, ...]}),
+  ``unserved`` (kinds the API server no longer serves, as "apiVersion/Kind") and
+  ``inject`` ({"upgrade": mode, "rollback": mode, "cancel_wait": seconds}) for failures:
   ``timeout`` (resources never get ready: Helm's "context deadline exceeded", and what
-  --atomic does about it) or ``hang`` (records the pending revision, then blocks until
-  killed, like a helm whose process dies mid-upgrade).
+  atomic does about it) or ``hang`` (records the pending revision, then waits until
+  SIGTERM, which Helm answers as described above; Helm's own rollback or uninstall after
+  the cancellation waits ``cancel_wait`` seconds, default: until killed).
 * ``FAKE_HELM_LOG``: every invocation's argv (and pid) is appended as one JSON line.
 """
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import re
+import signal
 import sys
 import tarfile
 import time
@@ -32,11 +62,12 @@ from pathlib import Path
 from typing import Any
 
 DEFAULT_STATE: dict[str, Any] = {
-    "version": "v3.14.4",
+    "version": "v3.16.4",
     "cluster": "reachable",
     "rbac": "cluster-admin",
     "namespaces": ["default", "kube-system"],
     "releases": {},
+    "unserved": [],
     "inject": {},
 }
 UNREACHABLE = (
@@ -52,15 +83,23 @@ FORBIDDEN = (
     'wrktalk-agent" cannot list resource "secrets" in API group "" in the namespace "{ns}"'
 )
 _DURATION = re.compile(r"^((\d+(\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h))+$|^0$")
+PENDING = ("pending-install", "pending-upgrade", "pending-rollback")
+WAIT_STRATEGIES = ("watcher", "hookOnly", "legacy")
+DRY_RUN = ("client", "server", "none", "true", "false")
 
 # flag name -> takes a value; global flags are accepted by every subcommand
 GLOBAL_FLAGS = {
     "--namespace": True, "-n": True, "--kube-context": True, "--kubeconfig": True,
     "--debug": False, "--burst-limit": True, "--qps": True,
 }  # fmt: skip
+#: string slices: pflag reads each value as one CSV record
+SLICE_FLAGS = frozenset({"--values", "-f"})
+VALUES_FLAGS = {
+    "--values": True, "-f": True, "--set": True, "--set-string": True, "--set-file": True,
+}  # fmt: skip
 UPGRADE_FLAGS = {
-    "--install": False, "-i": False, "--create-namespace": False, "--values": True,
-    "-f": True, "--set": True, "--set-string": True, "--set-file": True, "--version": True,
+    **VALUES_FLAGS,
+    "--install": False, "-i": False, "--create-namespace": False, "--version": True,
     "--wait": False, "--wait-for-jobs": False, "--timeout": True, "--history-max": True,
     "--atomic": False, "--description": True, "--cleanup-on-fail": False, "--force": False,
     "--reset-values": False, "--reuse-values": False, "--no-hooks": False,
@@ -72,6 +111,9 @@ ROLLBACK_FLAGS = {
     "--cleanup-on-fail": False, "--force": False, "--no-hooks": False,
     "--recreate-pods": False, "--dry-run": False,
 }  # fmt: skip
+LINT_FLAGS = {**VALUES_FLAGS, "--strict": False, "--with-subcharts": False, "--quiet": False}
+TEMPLATE_FLAGS = {**VALUES_FLAGS, "--output-dir": True, "--show-only": True, "-s": True,
+                  "--skip-tests": False, "--validate": False, "--kube-version": True}  # fmt: skip
 OUTPUT_FLAGS = {"--output": True, "-o": True}
 
 
@@ -120,15 +162,30 @@ def helm4(state: dict[str, Any]) -> bool:
     return str(state["version"]).startswith("v4.")
 
 
+def atomic_word(state: dict[str, Any]) -> str:
+    return "rollback-on-failure" if helm4(state) else "atomic"
+
+
 def now() -> str:
     return datetime.now(UTC).isoformat()
 
 
 # -- argument parsing (pflag rules: --flag value, --flag=value, -f value) --------------
 def parse(
-    command: str, args: list[str], flags: dict[str, bool], nargs: tuple[int, int], usage: str
+    command: str,
+    args: list[str],
+    flags: dict[str, bool],
+    nargs: tuple[int, int],
+    usage: str,
+    state: dict[str, Any] | None = None,
 ) -> tuple[list[str], dict[str, list[str]]]:
     known = {**GLOBAL_FLAGS, **flags}
+    # flags with an optional value (pflag NoOptDefVal): never take the next argument
+    optional: dict[str, str] = {}
+    if "--dry-run" in flags:
+        optional["--dry-run"] = "client"
+    if "--wait" in flags and state is not None and helm4(state):
+        optional["--wait"] = "watcher"
     positional: list[str] = []
     values: dict[str, list[str]] = {}
     index = 0
@@ -138,13 +195,17 @@ def parse(
         if not arg.startswith("-") or arg == "-":
             positional.append(arg)
             continue
-        name, _, inline = arg.partition("=")
+        name, eq, inline = arg.partition("=")
+        if not name.startswith("--") and len(name) > 2:  # -nNS: shorthand with its value
+            name, inline, eq = name[:2], arg[2:].removeprefix("="), "="
         if name not in known:
             if name.startswith("--"):
                 raise HelmError(f"unknown flag: {name}")
             raise HelmError(f"unknown shorthand flag: '{name[1]}' in {arg}")
-        if known[name]:
-            if inline:
+        if name in optional:
+            value = inline if eq else optional[name]
+        elif known[name]:
+            if eq:
                 value = inline
             elif index < len(args):
                 value = args[index]
@@ -152,8 +213,20 @@ def parse(
             else:
                 raise HelmError(f"flag needs an argument: {arg}")
         else:
-            value = inline or "true"
-        values.setdefault(name, []).append(value)
+            value = inline if eq else "true"
+            if value not in ("true", "false", "1", "0", "t", "f", "TRUE", "FALSE"):
+                raise HelmError(
+                    f'invalid argument "{value}" for "{name}" flag: strconv.ParseBool: '
+                    f'parsing "{value}": invalid syntax'
+                )
+        if name in SLICE_FLAGS:
+            try:
+                items = next(csv.reader([value])) if value else []
+            except csv.Error as exc:
+                raise HelmError(f'invalid argument "{value}" for "{name}" flag: {exc}') from None
+            values.setdefault(name, []).extend(items)
+        else:
+            values.setdefault(name, []).append(value)
     low, high = nargs
     if not low <= len(positional) <= high:
         if low == high:
@@ -168,6 +241,10 @@ def last(values: dict[str, list[str]], *names: str, default: str | None = None) 
         if name in values:
             return values[name][-1]
     return default
+
+
+def flag_on(values: dict[str, list[str]], name: str) -> bool:
+    return last(values, name, default="false") in ("true", "1", "t", "TRUE")
 
 
 def namespace_of(values: dict[str, list[str]]) -> str:
@@ -190,6 +267,35 @@ def duration(values: dict[str, list[str]]) -> str:
     return value
 
 
+def wait_strategy(state: dict[str, Any], values: dict[str, list[str]]) -> str | None:
+    """Helm 4's --wait value (validated like pkg/cmd/flags.go); Helm 3: a boolean."""
+    value = last(values, "--wait")
+    if not helm4(state) or value is None:
+        return value
+    if value == "true":
+        return "watcher"
+    if value == "false":
+        return "hookOnly"
+    if value not in WAIT_STRATEGIES:
+        raise HelmError(
+            f'invalid argument "{value}" for "--wait" flag: invalid wait input "{value}". '
+            "Valid inputs are watcher, hookOnly, and legacy"
+        )
+    return value
+
+
+def dry_run(values: dict[str, list[str]]) -> str | None:
+    value = last(values, "--dry-run")
+    if value is None or value in ("none", "false"):
+        return None
+    if value not in DRY_RUN:
+        raise HelmError(
+            f"Invalid dry-run flag. Flag must one of the following: false, true, none, "
+            f"client, server. Received: {value}"
+        )
+    return "client" if value == "true" else value
+
+
 def reach(state: dict[str, Any]) -> None:
     if state["cluster"] == "unreachable":
         raise HelmError(UNREACHABLE)
@@ -202,7 +308,7 @@ def cmd_version(state: dict[str, Any], _path: Path, args: list[str]) -> None:
         (0, 0), "helm version [flags]",
     )  # fmt: skip
     info = {"Version": state["version"], "GitCommit": "c309b6f0ff63856811846ce18f3bdc93d2b4d54b",
-            "GitTreeState": "clean", "GoVersion": "go1.21.9"}  # fmt: skip
+            "GitTreeState": "clean", "GoVersion": "go1.22.7"}  # fmt: skip
     template = last(values, "--template")
     if template is not None:
 
@@ -227,27 +333,59 @@ def cmd_upgrade(state: dict[str, Any], path: Path, args: list[str]) -> None:
     if helm4(state):
         flags["--rollback-on-failure"] = False
     (name, chart_arg), values = parse(
-        "upgrade", args, flags, (2, 2), "helm upgrade [RELEASE] [CHART] [flags]"
+        "upgrade", args, flags, (2, 2), "helm upgrade [RELEASE] [CHART] [flags]", state
     )
+    catch_cancellation()
     if helm4(state) and "--atomic" in values:
         print(
             "Flag --atomic has been deprecated, use --rollback-on-failure instead", file=sys.stderr
         )
     timeout = duration(values)
+    wait_strategy(state, values)
+    simulate = dry_run(values)
     ns = namespace_of(values)
-    atomic = "--atomic" in values or "--rollback-on-failure" in values
+    atomic = flag_on(values, "--atomic") or flag_on(values, "--rollback-on-failure")
     history_max = int(last(values, "--history-max", default="10") or "10")
-    reach(state)
+    if simulate != "client":
+        reach(state)
     debug(values, f"upgrade.go:153: [debug] preparing upgrade for {name}")
     key = f"{ns}/{name}"
-    history = state["releases"].get(key, [])
+    history = state["releases"].get(key, []) if simulate != "client" else []
     installing = not history or history[-1]["status"] == "uninstalled"
     if installing and "--install" not in values and "-i" not in values:
         raise HelmError(f'UPGRADE FAILED: "{name}" has no deployed releases')
-    chart = load_chart(chart_arg)
-    config = load_values(values.get("--values", []) + values.get("-f", []))
+    prefix = "" if installing else "UPGRADE FAILED: "
     if installing:
         print(f'Release "{name}" does not exist. Installing it now.')
+    chart = load_chart(chart_arg)
+    user_values = load_values(values)
+    if not installing:
+        current = history[-1]
+        if current["status"] in PENDING:
+            raise HelmError(
+                "UPGRADE FAILED: another operation (install/upgrade/rollback) is in progress"
+            )
+        deployed = [r for r in history if r["status"] == "deployed"]
+        if not deployed and current["status"] not in ("failed", "superseded"):
+            raise HelmError(f'UPGRADE FAILED: "{name}" has no deployed releases')
+        base = deployed[-1] if deployed else current
+        # pkg/action/upgrade.go reuseValues: no new values and no reset -> the old ones
+        if (
+            not user_values
+            and not flag_on(values, "--reset-values")
+            and not flag_on(values, "--reuse-values")
+        ):
+            user_values = base.get("config", {})
+        elif flag_on(values, "--reuse-values"):
+            user_values = {**base.get("config", {}), **user_values}
+    revision = history[-1]["revision"] + 1 if history else 1
+    manifest = render(chart, user_values, name, ns, revision, installing, prefix)
+    if simulate is not None:
+        phase = "install" if installing else "upgrade"
+        print(f"NAME: {name}\nNAMESPACE: {ns}\nSTATUS: pending-{phase}")
+        print(f"REVISION: {revision}\nHOOKS:\nMANIFEST:\n{manifest}")
+        return
+    if installing:
         if "--create-namespace" in values:
             # Helm creates unconditionally and only tolerates AlreadyExists, but the API
             # server checks RBAC first (helm/helm#32511).
@@ -257,26 +395,25 @@ def cmd_upgrade(state: dict[str, Any], path: Path, args: list[str]) -> None:
                 state["namespaces"].append(ns)
         elif ns not in state["namespaces"]:
             raise HelmError(f'create: failed to create: namespaces "{ns}" not found')
-    elif history[-1]["status"] in ("pending-install", "pending-upgrade", "pending-rollback"):
-        raise HelmError(
-            "UPGRADE FAILED: another operation (install/upgrade/rollback) is in progress"
-        )
-    revision = history[-1]["revision"] + 1 if history else 1
     entry = {
         "revision": revision, "updated": now(),
         "status": "pending-install" if installing else "pending-upgrade",
         "chart": f"{chart['name']}-{chart['version']}", "app_version": chart["appVersion"],
         "description": "Initial install underway" if installing else "Preparing upgrade",
-        "config": config, "notes": chart["notes"],
+        "config": user_values, "notes": chart["notes"], "manifest": manifest,
     }  # fmt: skip
+    prune(history, history_max)
     history.append(entry)
     state["releases"][key] = history
     save_state(path, state)
     mode = state["inject"].get("upgrade")
     if mode == "hang":
         debug(values, "wait.go:48: [debug] beginning wait for 3 resources")
-        while True:  # until the agent stops us; the revision stays pending
-            time.sleep(1)
+        while not _CANCELLED:  # resources never get ready; until a signal or a kill
+            time.sleep(0.05)
+        print(f"Release {name} has been cancelled.", flush=True)
+        fail_upgrade(state, path, key, entry, installing, atomic, name, "context canceled")
+        return
     if mode == "timeout":
         for second in range(0, 600, 2):
             debug(values, f"wait.go:66: [debug] Deployment is not ready: {ns}/wrktalk. "
@@ -294,27 +431,57 @@ def cmd_upgrade(state: dict[str, Any], path: Path, args: list[str]) -> None:
         entry.update(
             status="deployed", description=last(values, "--description") or "Upgrade complete"
         )
-    prune(history, history_max)
     save_state(path, state)
     if not installing:
         print(f'Release "{name}" has been upgraded. Happy Helming!')
     print_status(name, ns, entry)
 
 
+_CANCELLED: list[bool] = []
+
+
+def catch_cancellation() -> None:
+    """Like Helm's signal.Notify before it runs the action: the first SIGTERM/SIGINT
+    cancels the operation's context; later ones are swallowed."""
+
+    def handler(_signum: int, _frame: object) -> None:
+        _CANCELLED.append(True)
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+
+def wait_for_resources(state: dict[str, Any]) -> None:
+    """Helm waiting on the cluster after a cancellation (its own rollback or deletion)."""
+    seconds = state["inject"].get("cancel_wait")
+    deadline = None if seconds is None else time.monotonic() + float(seconds)
+    while deadline is None or time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
 def fail_upgrade(
     state: dict[str, Any], path: Path, key: str, entry: dict[str, Any], installing: bool,
-    atomic: bool, name: str,
+    atomic: bool, name: str, cause: str = "context deadline exceeded",
 ) -> None:  # fmt: skip
-    """What Helm does when --wait runs out of time (pkg/action install.go/upgrade.go)."""
-    cause = "context deadline exceeded"
+    """What Helm does when the wait fails or is cancelled (pkg/action install.go and
+    upgrade.go, failRelease)."""
     history = state["releases"][key]
+    word = atomic_word(state)
     if installing:
         entry.update(status="failed", description=f'Release "{name}" failed: {cause}')
-        if atomic:  # uninstalled, history and all
+        if atomic:  # uninstalled, history and all (action.Uninstall, KeepHistory false)
+            entry.update(
+                status="uninstalling", description="Deletion in progress (or silently failed)"
+            )
+            save_state(path, state)
+            if helm4(state) and cause == "context canceled":
+                # Helm 4's uninstall waits for the deletion (pods terminating), Helm 3's
+                # does not
+                wait_for_resources(state)
             del state["releases"][key]
             save_state(path, state)
             raise HelmError(
-                f"release {name} failed, and has been uninstalled due to atomic being set: {cause}"
+                f"release {name} failed, and has been uninstalled due to {word} being set: {cause}"
             )
         save_state(path, state)
         raise HelmError(cause)
@@ -330,40 +497,61 @@ def fail_upgrade(
             f"to rollback. original upgrade error: {cause}"
         )
     target = good[-1]
-    record_rollback(history, target)
+    pending = record_rollback(history, target, status="pending-rollback")
+    save_state(path, state)
+    if cause == "context canceled":
+        wait_for_resources(state)  # the rollback waits too (rollin.Wait / WaitStrategy)
+    finish_rollback(history, pending)
     save_state(path, state)
     raise HelmError(
-        f"UPGRADE FAILED: release {name} failed, and has been rolled back due to atomic "
+        f"UPGRADE FAILED: release {name} failed, and has been rolled back due to {word} "
         f"being set: {cause}"
     )
 
 
-def record_rollback(history: list[dict[str, Any]], target: dict[str, Any]) -> dict[str, Any]:
-    for older in history:
-        if older["status"] == "deployed":
-            older["status"] = "superseded"
+def record_rollback(
+    history: list[dict[str, Any]], target: dict[str, Any], status: str = "deployed"
+) -> dict[str, Any]:
     entry = {**target, "revision": history[-1]["revision"] + 1, "updated": now(),
-             "status": "deployed", "description": f"Rollback to {target['revision']}"}  # fmt: skip
+             "status": status, "description": f"Rollback to {target['revision']}"}  # fmt: skip
     history.append(entry)
+    if status == "deployed":
+        finish_rollback(history, entry)
     return entry
 
 
+def finish_rollback(history: list[dict[str, Any]], entry: dict[str, Any]) -> None:
+    for older in history:
+        if older is not entry and older["status"] == "deployed":
+            older["status"] = "superseded"
+    entry["status"] = "deployed"
+
+
 def prune(history: list[dict[str, Any]], history_max: int) -> None:
-    """storage.removeLeastRecent: drop the oldest revisions beyond the limit, never the
-    deployed one."""
+    """storage.Create → removeLeastRecent(max - 1) before a new revision is stored:
+    the oldest go first, never the last deployed one."""
     if history_max <= 0:
         return
-    overage = len(history) - history_max
-    doomed = [r for r in history[:overage] if r["status"] != "deployed"] if overage > 0 else []
+    keep = history_max - 1
+    deployed = [r for r in history if r["status"] == "deployed"]
+    last_deployed = deployed[-1]["revision"] if deployed else None
+    doomed = []
+    for revision in history:
+        if len(history) - len(doomed) <= keep:
+            break
+        if revision["revision"] != last_deployed:
+            doomed.append(revision)
     for revision in doomed:
         history.remove(revision)
 
 
 def cmd_rollback(state: dict[str, Any], path: Path, args: list[str]) -> None:
     positional, values = parse(
-        "rollback", args, ROLLBACK_FLAGS, (1, 2), "helm rollback <RELEASE> [REVISION] [flags]"
-    )
+        "rollback", args, ROLLBACK_FLAGS, (1, 2), "helm rollback <RELEASE> [REVISION] [flags]",
+        state,
+    )  # fmt: skip
     duration(values)
+    wait_strategy(state, values)
     ns = namespace_of(values)
     name = positional[0]
     reach(state)
@@ -384,6 +572,7 @@ def cmd_rollback(state: dict[str, Any], path: Path, args: list[str]) -> None:
     target = next((r for r in history if r["revision"] == wanted), None)
     if target is None:
         raise HelmError(f"release has no {wanted} version")
+    prune(history, int(last(values, "--history-max", default="10") or "10"))
     if state["inject"].get("rollback") == "timeout":
         entry = {**target, "revision": history[-1]["revision"] + 1, "updated": now(),
                  "status": "failed",
@@ -392,7 +581,6 @@ def cmd_rollback(state: dict[str, Any], path: Path, args: list[str]) -> None:
         save_state(path, state)
         raise HelmError(f"release {name} failed: context deadline exceeded")
     record_rollback(history, target)
-    prune(history, int(last(values, "--history-max", default="10") or "10"))
     save_state(path, state)
     print("Rollback was a success! Happy Helming!")
 
@@ -401,7 +589,7 @@ def cmd_status(state: dict[str, Any], _path: Path, args: list[str]) -> None:
     (name,), values = parse(
         "status",
         args,
-        {**OUTPUT_FLAGS, "--revision": True},
+        {**OUTPUT_FLAGS, "--revision": True, "--show-resources": False},
         (1, 1),
         "helm status RELEASE_NAME [flags]",
     )
@@ -412,16 +600,27 @@ def cmd_status(state: dict[str, Any], _path: Path, args: list[str]) -> None:
     if not history:
         raise HelmError("release: not found")
     entry = history[-1]
+    if helm4(state) or "--show-resources" in values:
+        # pkg/action/status.go: builds the stored manifest's objects and gets them from
+        # the API server, which must still serve every kind the manifest names
+        for kind in state["unserved"]:
+            api_version, _, kind_name = kind.rpartition("/")
+            if f"kind: {kind_name}" in entry.get("manifest", ""):
+                raise HelmError(
+                    f'resource mapping not found for name: "{name}" namespace: "{ns}" from '
+                    f'"": no matches for kind "{kind_name}" in version "{api_version}"\n'
+                    "ensure CRDs are installed first"
+                )
     if fmt == "json":
         # the whole release, like Helm (chart stripped): values included
+        info = {"first_deployed": history[0]["updated"], "last_deployed": entry["updated"],
+                "deleted": "", "description": entry["description"],
+                "status": entry["status"], "notes": entry.get("notes", "")}  # fmt: skip
+        if helm4(state):
+            info["resources"] = {"v1/Service": [], "apps/v1/Deployment": []}
         release = {
-            "name": name,
-            "info": {"first_deployed": history[0]["updated"], "last_deployed": entry["updated"],
-                     "deleted": "", "description": entry["description"],
-                     "status": entry["status"], "notes": entry.get("notes", "")},
-            "config": entry.get("config", {}),
-            "manifest": "---\n# Source: wrktalk/templates/deployment.yaml\n",
-            "version": entry["revision"],
+            "name": name, "info": info, "config": entry.get("config", {}),
+            "manifest": entry.get("manifest", ""), "version": entry["revision"],
             "namespace": ns,
         }  # fmt: skip
         print(json.dumps(release))
@@ -482,34 +681,83 @@ def cmd_list(state: dict[str, Any], _path: Path, args: list[str]) -> None:
 
 
 def cmd_uninstall(state: dict[str, Any], path: Path, args: list[str]) -> None:
+    flags = {"--wait": False, "--timeout": True, "--keep-history": False, "--no-hooks": False,
+             "--dry-run": False, "--cascade": True}  # fmt: skip
     (name,), values = parse(
-        "uninstall", args, {"--wait": False, "--timeout": True, "--keep-history": False,
-                            "--no-hooks": False, "--dry-run": False},
-        (1, 1), "helm uninstall RELEASE_NAME [...] [flags]",
-    )  # fmt: skip
+        "uninstall", args, flags, (1, 1), "helm uninstall RELEASE_NAME [...] [flags]", state
+    )
     duration(values)
+    wait_strategy(state, values)
     ns = namespace_of(values)
     reach(state)
     key = f"{ns}/{name}"
     if key not in state["releases"]:
         raise HelmError(f"uninstall: Release not loaded: {name}: release: not found")
+    latest = state["releases"][key][-1]
+    if latest["status"] == "uninstalled":
+        raise HelmError(f'the release named "{name}" is already deleted')
+    # pkg/action/uninstall.go: recorded before anything is deleted; an interrupted
+    # uninstall leaves it, and a second uninstall starts over from here
+    latest.update(status="uninstalling", description="Deletion in progress (or silently failed)")
+    save_state(path, state)
     if "--keep-history" in values:
-        state["releases"][key][-1]["status"] = "uninstalled"
+        latest.update(status="uninstalled", description="Uninstallation complete")
     else:
         del state["releases"][key]
     save_state(path, state)
     print(f'release "{name}" uninstalled')
 
 
+def cmd_lint(state: dict[str, Any], _path: Path, args: list[str]) -> None:
+    positional, values = parse("lint", args, LINT_FLAGS, (0, 99), "helm lint PATH [flags]")
+    import helm_python
+
+    paths = positional or ["."]
+    user_values = load_values(values)
+    strict = flag_on(values, "--strict")
+    failed = 0
+    for chart_path in paths:
+        print(f"==> Linting {chart_path}")
+        report = helm_python.lint(chart_path, user_values, strict=strict,
+                                  namespace=namespace_of(values))  # fmt: skip
+        names = {0: "UNKNOWN", 1: "INFO", 2: "WARNING", 3: "ERROR"}
+        worst = 0
+        for message in report["messages"]:
+            severity = int(message["severity"])
+            worst = max(worst, severity)
+            if severity == 1 and flag_on(values, "--quiet"):
+                continue
+            text = str(message["error"]).rstrip("\n")
+            print(f"[{names.get(severity, 'UNKNOWN')}] {message['path']}: {text}")
+        if worst >= 3 or (strict and worst >= 2) or report.get("errors"):
+            failed += 1
+        print()
+    if failed:
+        raise HelmError(f"{len(paths)} chart(s) linted, {failed} chart(s) failed")
+    print(f"{len(paths)} chart(s) linted, 0 chart(s) failed")
+
+
+def cmd_template(state: dict[str, Any], _path: Path, args: list[str]) -> None:
+    positional, values = parse(
+        "template", args, TEMPLATE_FLAGS, (1, 2), "helm template [NAME] [CHART] [flags]"
+    )
+    name, chart_arg = positional if len(positional) == 2 else ["release-name", positional[0]]
+    if "--validate" in values:
+        reach(state)
+    chart = load_chart(chart_arg)
+    print(render(chart, load_values(values), name, namespace_of(values), 1, True, ""))
+
+
 COMMANDS = {
     "version": cmd_version, "upgrade": cmd_upgrade, "rollback": cmd_rollback,
     "status": cmd_status, "history": cmd_history, "hist": cmd_history, "list": cmd_list,
-    "ls": cmd_list, "uninstall": cmd_uninstall, "delete": cmd_uninstall,
+    "ls": cmd_list, "uninstall": cmd_uninstall, "delete": cmd_uninstall, "lint": cmd_lint,
+    "template": cmd_template,
 }  # fmt: skip
 
 
 # -- helpers ---------------------------------------------------------------------------
-def load_chart(arg: str) -> dict[str, str]:
+def load_chart(arg: str) -> dict[str, Any]:
     """Chart metadata, with Helm's messages for a missing path or Chart.yaml."""
     chart_path = Path(arg)
     if not chart_path.exists():
@@ -539,18 +787,64 @@ def load_chart(arg: str) -> dict[str, str]:
     if "name" not in meta:
         raise HelmError("validation: chart.metadata.name is required")
     return {"name": meta["name"], "version": meta.get("version", "0.1.0"),
-            "appVersion": meta.get("appVersion", ""), "notes": notes}  # fmt: skip
+            "appVersion": meta.get("appVersion", ""), "notes": notes, "path": arg}  # fmt: skip
 
 
-def load_values(files: list[str]) -> dict[str, str]:
-    config: dict[str, str] = {}
-    for name in files:
+def load_values(values: dict[str, list[str]]) -> dict[str, Any]:
+    """-f files then --set expressions, merged like Helm's values.Options (Helm's own parser)."""
+    import helm_python
+
+    config: dict[str, Any] = {}
+    for name in values.get("--values", []) + values.get("-f", []):
         try:
             text = Path(name).read_text()
         except FileNotFoundError:
             raise HelmError(f"open {name}: no such file or directory") from None
-        config.update(re.findall(r"^(\w+):\s*(.*?)\s*$", text, re.M))
+        try:
+            loaded = helm_python.values_from_yaml(text) or {}
+        except helm_python.HelmError as exc:
+            raise HelmError(f"failed to parse {name}: {exc}") from None
+        config = merge(config, loaded)
+    parsers = {"--set": helm_python.parse_set_string,
+               "--set-string": helm_python.parse_set_string_values}  # fmt: skip
+    for flag, parser in parsers.items():
+        for expression in values.get(flag, []):
+            try:
+                config = merge(config, parser(expression))
+            except helm_python.HelmError as exc:
+                raise HelmError(f"failed parsing {flag} data: {exc}") from None
     return config
+
+
+def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def render(
+    chart: dict[str, Any], user_values: dict[str, Any], name: str, ns: str, revision: int,
+    installing: bool, prefix: str,
+) -> str:  # fmt: skip
+    """The manifest, rendered by Helm's engine with the chart's schema applied; a chart
+    or values error is Helm's own message."""
+    import helm_python
+
+    try:
+        with helm_python.Chart.load(chart["path"]) as loaded:
+            rendered = loaded.render(user_values, name=name, namespace=ns, revision=revision,
+                                     is_install=installing, is_upgrade=not installing)  # fmt: skip
+    except helm_python.HelmError as exc:
+        raise HelmError(prefix + str(exc).rstrip("\n")) from None
+    return "".join(
+        f"---\n# Source: {source}\n{text}"
+        for source, text in sorted(rendered.items())
+        if text.strip() and not source.endswith("NOTES.txt")
+    )
 
 
 def print_status(name: str, ns: str, entry: dict[str, Any]) -> None:

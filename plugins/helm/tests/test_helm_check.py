@@ -28,7 +28,9 @@ async def test_all_good(
 
     assert list(results) == ["helm binary", "kubernetes cluster", "namespace access"]
     assert all(r.ok for r in results.values())
-    assert results["helm binary"].detail == f"{fake_helm.bin_dir / 'helm'}, Helm v3.14.4"
+    assert (
+        results["helm binary"].detail == f"{fake_helm.bin_dir / 'helm'}, Helm {fake_helm.version}"
+    )
     assert results["namespace access"].detail == (
         "can list Helm releases in namespace 'wrktalk' (1 found)"
     )

@@ -21,25 +21,21 @@ MakeDeployer = Callable[..., HelmDeployer]
 
 
 def upgrade_argv(
-    chart: Path,
-    values: Path | None,
-    version: str,
-    *,
-    atomic: str = "--atomic",
-    timeout: str = "10m",
+    fake: FakeHelm, chart: Path, values: Path | None, version: str, *, timeout: str = "10m"
 ) -> list[str]:
     return [
         "upgrade", "--install", "wrktalk", str(chart),
         "--namespace", "wrktalk", "--create-namespace",
-        *(["-f", str(values)] if values else []),
-        "--wait", "--timeout", timeout, "--history-max", "10", atomic,
+        *(["-f", str(values)] if values else []), "--reset-values",
+        fake.wait, "--timeout", timeout, "--history-max", "10", fake.atomic,
         "--description", f"wrktalk-agent release {version}",
     ]  # fmt: skip
 
 
 VERSION = ["version", "--template", "{{.Version}}"]
-STATUS = ["status", "wrktalk", "--namespace", "wrktalk", "--output", "json"]
-HISTORY = ["history", "wrktalk", "--namespace", "wrktalk", "--output", "json"]
+# the release's state, from Helm's storage only (never `helm status`)
+LATEST = ["history", "wrktalk", "--max", "1", "--namespace", "wrktalk", "--output", "json"]
+HISTORY = ["history", "wrktalk", "--max", "1000000", "--namespace", "wrktalk", "--output", "json"]
 
 
 async def test_first_install(
@@ -51,8 +47,8 @@ async def test_first_install(
     chart = request.workdir / "wrktalk"
     assert fake_helm.calls() == [
         VERSION,
-        STATUS,  # "release: not found": a first install, nothing to recover
-        upgrade_argv(chart, request.values_file, "1.0.0"),
+        LATEST,  # "release: not found": a first install, nothing to recover
+        upgrade_argv(fake_helm, chart, request.values_file, "1.0.0"),
         HISTORY,
     ]
     [revision] = fake_helm.revisions()
@@ -60,7 +56,7 @@ async def test_first_install(
     assert revision["description"] == "wrktalk-agent release 1.0.0"
     assert "wrktalk" in fake_helm.state()["namespaces"]  # --create-namespace did it
     assert outcome.details["revision"] == 1
-    assert outcome.details["helm_version"] == "v3.14.4"
+    assert outcome.details["helm_version"] == fake_helm.version
     assert 'Release "wrktalk" does not exist. Installing it now.' in outcome.output
     assert "STATUS: deployed" in outcome.output
 
@@ -112,15 +108,16 @@ async def test_exact_argv_with_connection_flags_extra_args_and_no_values(
     connection = ["--kube-context", "onprem", "--kubeconfig", "/etc/kube/config"]
     assert fake_helm.calls() == [
         VERSION,  # never talks to the cluster: no connection flags
-        ["status", "wt", "--namespace", "apps", "--output", "json", *connection],
+        ["history", "wt", "--max", "1", "--namespace", "apps", "--output", "json", *connection],
         [
             "upgrade", "--install", "wt", str(request.workdir / "wrktalk"),
-            "--namespace", "apps", "--create-namespace",
-            "--wait", "--timeout", "90s", "--history-max", "3", "--atomic",
+            "--namespace", "apps", "--create-namespace", "--reset-values",
+            fake_helm.wait, "--timeout", "90s", "--history-max", "3", fake_helm.atomic,
             "--description", "wrktalk-agent release 2.0.0-rc.1",
             *connection, "--set-string", "image.registry=registry.local",
         ],
-        ["history", "wt", "--namespace", "apps", "--output", "json", *connection],
+        ["history", "wt", "--max", "1000000", "--namespace", "apps", "--output", "json",
+         *connection],
     ]  # fmt: skip
     assert fake_helm.revisions("wt", "apps")[0]["status"] == "deployed"
 
@@ -137,8 +134,8 @@ async def test_namespaced_rbac_needs_create_namespace_off(
     await make_deployer(create_namespace=False).deploy(request)
     assert fake_helm.calls()[-2] == [
         "upgrade", "--install", "wrktalk", str(request.workdir / "wrktalk"),
-        "--namespace", "wrktalk", "-f", str(request.values_file),
-        "--wait", "--timeout", "10m", "--history-max", "10", "--atomic",
+        "--namespace", "wrktalk", "-f", str(request.values_file), "--reset-values",
+        fake_helm.wait, "--timeout", "10m", "--history-max", "10", fake_helm.atomic,
         "--description", "wrktalk-agent release 1.0.0",
     ]  # fmt: skip
     assert fake_helm.revisions()[0]["status"] == "deployed"
@@ -152,8 +149,9 @@ async def test_helm_4_uses_rollback_on_failure(
     outcome = await make_deployer().deploy(request)
     upgrade = fake_helm.calls()[2]
     assert upgrade == upgrade_argv(
-        request.workdir / "wrktalk", request.values_file, "1.0.0", atomic="--rollback-on-failure"
+        fake_helm, request.workdir / "wrktalk", request.values_file, "1.0.0"
     )
+    assert "--rollback-on-failure" in upgrade
     assert outcome.details["helm_version"] == "v4.0.1"
     # the deprecated flag would have worked on Helm 4 but warned in the task output
     assert "deprecated" not in outcome.output
@@ -161,6 +159,7 @@ async def test_helm_4_uses_rollback_on_failure(
 
 async def test_helm_3_would_reject_the_helm_4_flag(fake_helm: FakeHelm, tmp_path: Path) -> None:
     """The fake is strict like Helm 3, so choosing the flag by version is really tested."""
+    fake_helm.configure(version="v3.16.4")
     process = await asyncio.create_subprocess_exec(
         "helm", "upgrade", "--install", "x", str(tmp_path), "--rollback-on-failure",
         stderr=asyncio.subprocess.PIPE,
@@ -194,14 +193,14 @@ async def test_pending_upgrade_is_rolled_back_before_deploying(
     request = make_request("1.2.0")
     outcome = await make_deployer().deploy(request)
 
-    rollback = ["rollback", "wrktalk", "2", "--namespace", "wrktalk", "--wait",
+    rollback = ["rollback", "wrktalk", "2", "--namespace", "wrktalk", fake_helm.wait,
                 "--timeout", "10m", "--history-max", "10"]  # fmt: skip
     assert fake_helm.calls() == [
         VERSION,
-        STATUS,
+        LATEST,
         HISTORY,
         rollback,
-        upgrade_argv(request.workdir / "wrktalk", request.values_file, "1.2.0"),
+        upgrade_argv(fake_helm, request.workdir / "wrktalk", request.values_file, "1.2.0"),
         HISTORY,
     ]
     revisions = fake_helm.revisions()
@@ -223,7 +222,15 @@ async def test_pending_install_without_deployed_revision_is_uninstalled(
     request = make_request("1.0.0")
     await make_deployer().deploy(request)
 
-    uninstall = ["uninstall", "wrktalk", "--namespace", "wrktalk", "--wait", "--timeout", "10m"]
+    uninstall = [
+        "uninstall",
+        "wrktalk",
+        "--namespace",
+        "wrktalk",
+        fake_helm.wait,
+        "--timeout",
+        "10m",
+    ]
     assert fake_helm.calls()[3] == uninstall
     assert [(r["revision"], r["status"]) for r in fake_helm.revisions()] == [(1, "deployed")]
     assert any("uninstalled revision 1 (pending-install)" in line for line in make_request.reports)
@@ -233,11 +240,12 @@ async def test_pending_upgrade_without_any_deployed_revision_needs_an_operator(
     fake_helm: FakeHelm, make_deployer: MakeDeployer, make_request: RequestFactory
 ) -> None:
     fake_helm.seed([("failed", "Release failed"), ("pending-upgrade", "Preparing upgrade")])
+    # (a superseded revision would be rolled back to, as Helm's own atomic rollback does)
     with pytest.raises(DeployError, match="no deployed revision to return to") as caught:
         await make_deployer().deploy(make_request("1.0.0"))
     assert caught.value.system_changed is False
     assert "helm rollback wrktalk REVISION -n wrktalk" in str(caught.value)
-    assert [c[0] for c in fake_helm.calls()] == ["version", "status", "history"]
+    assert [c[0] for c in fake_helm.calls()] == ["version", "history", "history"]
 
 
 async def test_timeout_fails_with_helms_error_and_output_tail(
@@ -253,7 +261,8 @@ async def test_timeout_fails_with_helms_error_and_output_tail(
     error = caught.value
     assert str(error) == (
         "helm upgrade to release 1.1.0 failed: Error: UPGRADE FAILED: release wrktalk failed, "
-        "and has been rolled back due to atomic being set: context deadline exceeded"
+        f"and has been rolled back due to {fake_helm.atomic_word} being set: "
+        "context deadline exceeded"
     )
     assert error.system_changed is True
     assert error.output.endswith("context deadline exceeded")
@@ -286,7 +295,7 @@ async def test_first_install_timeout_is_uninstalled_by_atomic(
     fake_helm: FakeHelm, make_deployer: MakeDeployer, make_request: RequestFactory
 ) -> None:
     fake_helm.configure(inject={"upgrade": "timeout"})
-    with pytest.raises(DeployError, match="has been uninstalled due to atomic being set"):
+    with pytest.raises(DeployError, match=r"has been uninstalled due to .* being set"):
         await make_deployer().deploy(make_request("1.0.0"))
     assert fake_helm.revisions() == []
 
@@ -363,16 +372,23 @@ async def test_hung_helm_is_stopped_and_its_pending_release_recovered_next_time(
     with pytest.raises(DeployError, match="did not finish within 3s and was stopped") as caught:
         await deployer.deploy(make_request("1.1.0"))
     assert caught.value.system_changed is True
-    assert _gone(fake_helm.pids()[-1])
-    assert fake_helm.revisions()[-1]["status"] == "pending-upgrade"
+    assert await _gone(fake_helm.pids()[-1])
+    # Helm marked the upgrade failed and started its own rollback, which waited for the
+    # resources until the agent's SIGKILL 5 s after its SIGTERM
+    assert [(r["revision"], r["status"]) for r in fake_helm.revisions()] == [
+        (1, "deployed"),
+        (2, "failed"),
+        (3, "pending-rollback"),
+    ]
+    assert fake_helm.revisions()[1]["description"] == 'Upgrade "wrktalk" failed: context canceled'
 
     fake_helm.configure(inject={})
     outcome = await deployer.deploy(make_request("1.1.0"))
-    assert outcome.details["recovered"].startswith("rolled back revision 2 (pending-upgrade)")
+    assert outcome.details["recovered"].startswith("rolled back revision 3 (pending-rollback)")
     assert fake_helm.revisions()[-1]["status"] == "deployed"
 
 
-async def test_cancelling_a_deploy_stops_helm(
+async def test_cancelling_a_first_install_leaves_what_each_helm_leaves(
     fake_helm: FakeHelm, make_deployer: MakeDeployer, make_request: RequestFactory
 ) -> None:
     fake_helm.configure(inject={"upgrade": "hang"})
@@ -382,12 +398,25 @@ async def test_cancelling_a_deploy_stops_helm(
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    assert _gone(fake_helm.pids()[-1])
+    assert await _gone(fake_helm.pids()[-1])
+    if fake_helm.major == 3:  # its cleanup uninstall does not wait: gone within the grace
+        assert fake_helm.revisions() == []
+    else:  # Helm 4's waits for the deletion and was killed: `uninstalling` lasts
+        assert [r["status"] for r in fake_helm.revisions()] == ["uninstalling"]
+
+    fake_helm.configure(inject={})
+    outcome = await make_deployer().deploy(make_request("1.0.0"))
+    assert [r["status"] for r in fake_helm.revisions()] == ["deployed"]
+    if fake_helm.major == 4:
+        assert outcome.details["recovered"] == "finished the interrupted uninstall of revision 1"
 
 
-def _gone(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
+async def _gone(pid: int) -> bool:
+    """Whether the process is gone (reaped), waiting for the reaper a little."""
+    for _ in range(100):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        await asyncio.sleep(0.05)
     return False

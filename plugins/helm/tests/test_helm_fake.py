@@ -110,7 +110,7 @@ def test_pending_release_blocks_upgrades_but_not_rollback(fake_helm: FakeHelm, c
 
 
 def test_version_template(fake_helm: FakeHelm) -> None:
-    assert helm("version", "--template", "{{.Version}}").stdout == "v3.14.4"
+    assert helm("version", "--template", "{{.Version}}").stdout == fake_helm.version
     fake_helm.configure(version="v4.0.1")
     assert helm("version", "--template", "{{.Version}}").stdout == "v4.0.1"
     result = helm("upgrade", "-i", "web", ".", "--atomic")

@@ -11,13 +11,14 @@ from wrktalk_agent_helm import HelmDeployer
 from wrktalk_agent_helm.deployer import find_revision
 
 from .conftest import FakeHelm, RequestFactory
+from .test_helm_deploy import HISTORY, LATEST
 
 pytestmark = pytest.mark.timeout(60)
 MakeDeployer = Callable[..., HelmDeployer]
 
 
-def rollback_argv(revision: int) -> list[str]:
-    return ["rollback", "wrktalk", str(revision), "--namespace", "wrktalk", "--wait",
+def rollback_argv(revision: int, wait: str = "--wait") -> list[str]:
+    return ["rollback", "wrktalk", str(revision), "--namespace", "wrktalk", wait,
             "--timeout", "10m", "--history-max", "10"]  # fmt: skip
 
 
@@ -34,10 +35,10 @@ async def test_rollback_returns_to_the_newest_revision_of_that_release(
 
     # revision 3: not 1 (older), nor 4 (1.0.0-rc.1 merely starts with the same text)
     assert fake_helm.calls() == [
-        ["status", "wrktalk", "--namespace", "wrktalk", "--output", "json"],
-        ["history", "wrktalk", "--namespace", "wrktalk", "--output", "json"],
-        rollback_argv(3),
-        ["history", "wrktalk", "--namespace", "wrktalk", "--output", "json"],
+        LATEST,
+        HISTORY,
+        rollback_argv(3, fake_helm.wait),
+        HISTORY,
     ]
     latest = fake_helm.revisions()[-1]
     assert (latest["revision"], latest["status"], latest["description"]) == (
@@ -61,7 +62,7 @@ async def test_auto_rollback_after_a_failed_deploy(
         await deployer.deploy(make_request("1.1.0"))
 
     await deployer.rollback(make_request("1.0.0", purpose="auto-rollback"))
-    assert fake_helm.calls()[-2] == rollback_argv(1)
+    assert fake_helm.calls()[-2] == rollback_argv(1, fake_helm.wait)
     assert fake_helm.revisions()[-1]["description"] == "Rollback to 1"
 
 
@@ -90,7 +91,7 @@ async def test_rollback_redeploys_when_helm_pruned_the_revision(
     outcome = await deployer.rollback(request)
 
     calls = fake_helm.calls()
-    assert [c[0] for c in calls] == ["status", "history", "upgrade", "history"]
+    assert [c[0] for c in calls] == ["history", "history", "upgrade", "history"]
     assert calls[2][:4] == ["upgrade", "--install", "wrktalk", str(request.workdir / "wrktalk")]
     assert calls[2][-2:] == ["--description", "wrktalk-agent release 1.0.0"]
     assert fake_helm.revisions()[-1]["description"] == "wrktalk-agent release 1.0.0"
@@ -107,7 +108,7 @@ async def test_rollback_installs_when_the_release_is_gone(
     outcome = await make_deployer().rollback(make_request("1.0.0", purpose="rollback"))
     assert [c[0] for c in fake_helm.calls()] == [
         "version",
-        "status",
+        "history",
         "history",
         "upgrade",
         "history",
@@ -128,7 +129,7 @@ async def test_rollback_recovers_a_stuck_release_first(
     )
     outcome = await make_deployer().rollback(make_request("1.0.0", purpose="rollback"))
     rollbacks = [c for c in fake_helm.calls() if c[0] == "rollback"]
-    assert rollbacks == [rollback_argv(2), rollback_argv(1)]
+    assert rollbacks == [rollback_argv(2, fake_helm.wait), rollback_argv(1, fake_helm.wait)]
     assert outcome.details["recovered"].startswith("rolled back revision 3 (pending-upgrade)")
     assert fake_helm.revisions()[-1]["description"] == "Rollback to 1"
 

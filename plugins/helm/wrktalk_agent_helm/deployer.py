@@ -2,7 +2,12 @@
 
 Every Helm revision the agent creates carries the description
 ``wrktalk-agent release <version>``; that is how a later rollback finds the revision of
-a release version in ``helm history``.
+a release version in ``helm history``, and how :meth:`HelmDeployer.live_release` tells
+which release runs.
+
+The release's state is always read with ``helm history --max 1``: it reads only Helm's
+storage, where ``helm status`` (in Helm 4) also asks the API server for every resource
+of the stored manifest and fails when a kind is no longer served.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -20,7 +26,9 @@ from wrktalk_agent.interfaces import (
     DeployError,
     DeployOutcome,
     DeployRequest,
+    LiveState,
     PluginContext,
+    ValidationError,
     validate_version,
 )
 from wrktalk_agent.process import NOT_FOUND, TIMED_OUT, CommandResult, run, tail
@@ -30,6 +38,10 @@ __all__ = ["HelmDeployer", "find_chart", "find_revision", "helm_error", "release
 
 SUPPORTED_MAJORS = (3, 4)
 PENDING_STATUSES = frozenset({"pending-install", "pending-upgrade", "pending-rollback"})
+#: statuses an interrupted helm leaves behind: Helm refuses an upgrade on a pending
+#: release ("another operation ... is in progress") and on an uninstalling one ("has no
+#: deployed releases"); a failed one it upgrades, but the target is half-changed
+UNFINISHED_STATUSES = PENDING_STATUSES | {"uninstalling", "failed"}
 #: statuses of a revision that once ran fine and can be returned to
 ROLLBACK_TARGET_STATUSES = frozenset({"deployed", "superseded"})
 #: hard limit of status/history/list/version calls (an unreachable API server makes
@@ -37,8 +49,14 @@ ROLLBACK_TARGET_STATUSES = frozenset({"deployed", "superseded"})
 QUERY_TIMEOUT = 120.0
 #: the output kept for the task result: the core's byte bound, and at most this many lines
 MAX_OUTPUT_LINES = 100
-_VERSION = re.compile(r"^v?(\d+)\.(\d+)\.(\d+)\S*$")
+#: Helm's version: ``v3.16.4``, also ``v3.16`` and ``v3.16+unreleased`` from source builds
+_VERSION = re.compile(r"^v?(\d+)\.(\d+)(?:\.(\d+))?([-+]\S*)?$")
 _NOT_FOUND = "release: not found"
+_UNREACHABLE = "Kubernetes cluster unreachable"
+#: ``helm history`` shows the newest 256 revisions unless told otherwise; with
+#: ``--history-max 0`` a release can have more, and rollback must see them all
+HISTORY_ALL = 1_000_000
+_ROLLBACK_TO = re.compile(r"^Rollback to (\d+)$")
 
 
 def release_description(version: str) -> str:
@@ -61,6 +79,35 @@ def find_chart(workdir: Path) -> Path:
     else:
         detail = "expected Chart.yaml at the top, one chart directory or one packaged chart (*.tgz)"
     raise DeployError(f"no Helm chart found in the release: {detail}", system_changed=False)
+
+
+def values_arg(path: Path) -> str:
+    """A path as one item of Helm's ``-f`` string slice, which pflag reads as a CSV record:
+    quoted when it holds a comma or a quote, so Helm does not split it."""
+    text = str(path)
+    if any(ch in text for ch in ',"') or text.startswith(" "):
+        return '"' + text.replace('"', '""') + '"'
+    return text
+
+
+def release_version(entry: dict[str, Any], history: list[dict[str, Any]]) -> str | None:
+    """The release version a revision runs: from the agent's description, following
+    Helm's "Rollback to N" back to the revision it copied."""
+    by_revision = {int(e["revision"]): e for e in history}
+    seen: set[int] = set()
+    while True:
+        description = str(entry.get("description") or "")
+        prefix = release_description("")
+        if description.startswith(prefix):
+            return description[len(prefix) :] or None
+        match = _ROLLBACK_TO.match(description)
+        if match is None or int(match.group(1)) in seen:
+            return None
+        seen.add(int(match.group(1)))
+        target = by_revision.get(int(match.group(1)))
+        if target is None:
+            return None
+        entry = target
 
 
 def find_revision(history: list[dict[str, Any]], version: str) -> int | None:
@@ -193,7 +240,7 @@ class HelmDeployer:
                 f"rolling back Helm release {release} to revision {revision} (release {version})"
             )
             await self._action(
-                ["rollback", release, str(revision), *self._wait_flags()],
+                ["rollback", release, str(revision), *await self._wait_flags()],
                 what=f"helm rollback to revision {revision}",
                 hard_timeout=self.settings.timeout_seconds + self.hard_timeout_margin,
                 transcript=transcript,
@@ -203,19 +250,133 @@ class HelmDeployer:
             outcome.details["recovered"] = recovered
         return outcome
 
+    async def validate(self, request: DeployRequest) -> Sequence[str]:
+        """Check the release before anything changes: ``helm lint --strict`` and
+        ``helm template`` with the release's values (every template rendered, the chart's
+        ``values.schema.json`` applied; no cluster needed), then a server-side dry run of
+        the upgrade, which also runs the API server's own validation.
+
+        Raises :class:`ValidationError` with Helm's own message when the release is bad.
+        Validation that cannot run (helm missing, the cluster unreachable) fails the task
+        or, with ``on_validation_unavailable=warn``, is returned as a warning.
+        """
+        try:
+            version = self._checked_version(request)
+            chart = find_chart(request.workdir)
+        except DeployError as exc:
+            raise ValidationError(str(exc)) from None
+        warnings: list[str] = []
+        try:
+            await self._helm_major()
+        except DeployError as exc:
+            return self._unavailable(f"the release could not be validated: {exc}", warnings)
+        namespace = ["--namespace", self.settings.namespace]
+        values = self._values_flags(request)[:-1]  # lint/template know no --reset-values
+        lint = await self._run(
+            ["lint", "--strict", str(chart), *namespace, *values],
+            timeout=QUERY_TIMEOUT, capture_stdout=True, connection=False,
+        )  # fmt: skip
+        if not lint.ok:
+            findings = [
+                line.strip()
+                for line in lint.stdout.splitlines()
+                if line.startswith(("[ERROR]", "[WARNING]"))
+            ]
+            summary = "; ".join(findings) or helm_error(lint.output, lint.returncode)
+            raise ValidationError(
+                f"helm lint --strict refused the chart: {summary}"[:1000],
+                output=bounded("\n".join([*findings, lint.output])),
+            )
+        # The rendered manifests hold the values (secrets): captured and dropped.
+        template = await self._run(
+            ["template", self.settings.release_name, str(chart), *namespace, *values],
+            timeout=QUERY_TIMEOUT, capture_stdout=True, connection=False,
+        )  # fmt: skip
+        if not template.ok:
+            raise ValidationError(
+                f"helm template failed: {helm_error(template.output, template.returncode)}",
+                output=bounded(template.output),
+            )
+        try:
+            latest = await self._latest()
+        except DeployError as exc:
+            return self._unavailable(f"server-side dry run not run: {exc}", warnings)
+        if latest is not None and latest.get("status") in PENDING_STATUSES | {"uninstalling"}:
+            warnings.append(
+                f"server-side dry run skipped: Helm release {self.settings.release_name} is "
+                f"{latest.get('status')}; the deploy recovers it first"
+            )
+            return warnings
+        dry_run = await self._run(
+            ["upgrade", "--install", self.settings.release_name, str(chart), *namespace,
+             *self._values_flags(request), "--dry-run=server",
+             "--description", release_description(version)],
+            timeout=QUERY_TIMEOUT, capture_stdout=True, extra=self.settings.extra_args,
+        )  # fmt: skip
+        if dry_run.returncode == TIMED_OUT:
+            error = f"helm upgrade --dry-run=server got no answer within {QUERY_TIMEOUT:g}s"
+            return self._unavailable(f"server-side dry run not run: {error}", warnings)
+        if not dry_run.ok:
+            error = helm_error(dry_run.output, dry_run.returncode)
+            if _UNREACHABLE in error:
+                return self._unavailable(f"server-side dry run not run: {error}", warnings)
+            raise ValidationError(
+                f"helm upgrade --dry-run=server failed: {error}", output=bounded(dry_run.output)
+            )
+        return warnings
+
+    def _unavailable(self, message: str, warnings: list[str]) -> list[str]:
+        if self.settings.on_validation_unavailable == "fail":
+            raise ValidationError(
+                f"{message} (WRKTALK_AGENT_HELM_ON_VALIDATION_UNAVAILABLE=warn deploys anyway)"
+            )
+        return [*warnings, message]
+
+    async def live_release(self) -> LiveState:
+        """What the cluster runs, from Helm's storage only (read-only): the newest
+        revision's status, and the release version recorded in its description."""
+        release = self.settings.release_name
+        try:
+            history = await self._history()
+        except DeployError as exc:
+            return LiveState(None, "unknown", str(exc))
+        if not history:
+            return LiveState(
+                None, "absent", f"Helm has no release {release} in {self.settings.namespace}"
+            )
+        latest = history[-1]
+        status, revision = str(latest.get("status")), latest.get("revision")
+        if status == "deployed":
+            version = release_version(latest, history)
+            detail = f"Helm release {release} revision {revision} is deployed"
+            if version is None:
+                detail += " (not by wrktalk-agent: its description names no release)"
+            return LiveState(version, "deployed", detail)
+        if status == "uninstalled":
+            return LiveState(None, "absent", f"Helm release {release} was uninstalled")
+        # half-applied: the best guess is what the newest revision that ran fine runs
+        good = [e for e in history if e.get("status") in ROLLBACK_TARGET_STATUSES]
+        version = release_version(good[-1], history) if good else None
+        chart = f"{latest.get('chart')}, app version {latest.get('app_version') or '-'}"
+        return LiveState(
+            version,
+            "half-applied",
+            f"Helm release {release} revision {revision} is {status} ({chart}): "
+            f"{latest.get('description')}",
+        )
+
     # -- steps -------------------------------------------------------------------------
     async def _upgrade(
         self, request: DeployRequest, chart: Path, version: str, transcript: list[str]
     ) -> DeployOutcome:
         release = self.settings.release_name
-        values = ["-f", str(request.values_file)] if request.values_file is not None else []
         create = ["--create-namespace"] if self.settings.create_namespace else []
         atomic = "--atomic" if await self._helm_major() == 3 else "--rollback-on-failure"
         args = [
             "upgrade", "--install", release, str(chart),
             "--namespace", self.settings.namespace, *create,
-            *values,
-            "--wait", "--timeout", self.settings.timeout,
+            *self._values_flags(request),
+            await self._wait_flag(), "--timeout", self.settings.timeout,
             "--history-max", str(self.settings.history_max),
             atomic,
             "--description", release_description(version),
@@ -235,18 +396,27 @@ class HelmDeployer:
         return await self._outcome("upgrade --install", transcript, chart=chart.name)
 
     async def _recover_pending(self, request: DeployRequest, transcript: list[str]) -> str | None:
-        """Unblock a release left pending by an interrupted helm run.
+        """Unblock a release an interrupted helm left unfinished.
 
-        The core runs one deployment per installation at a time, so a pending release seen
-        here is not another helm still at work but the remains of one that was killed;
-        Helm itself would refuse any upgrade ("another operation ... is in progress").
+        The core runs one deployment per installation at a time, so such a release is not
+        another helm still at work but the remains of one that was stopped — by the agent
+        (its runner gives helm 5 s after SIGTERM, less than Helm's own cancellation
+        rollback or uninstall may take) or by a crash:
+
+        * ``pending-install``/``pending-upgrade``/``pending-rollback`` (killed mid-run, or
+          during the rollback Helm started itself after a cancelled upgrade, which leaves
+          ``failed`` + ``pending-rollback``): rolled back to the last deployed revision
+          (else the newest superseded one), or uninstalled when nothing ever ran;
+        * ``uninstalling`` (Helm's own uninstall after a cancelled first install, which in
+          Helm 4 waits for the deletion, or an interrupted uninstall of ours): the
+          uninstall is run again, which Helm accepts; the release is then installed afresh;
+        * ``failed``: Helm upgrades and rolls back from it as it is; nothing to do.
         """
-        status = await self._status()
-        if status is None:
+        latest = await self._latest()
+        if latest is None:
             return None  # first install
-        info = status.get("info") or {}
-        state, stuck = info.get("status"), status.get("version")
-        if state not in PENDING_STATUSES:
+        state, stuck = latest.get("status"), latest.get("revision")
+        if state not in PENDING_STATUSES and state != "uninstalling":
             return None
         release, namespace = self.settings.release_name, self.settings.namespace
         await request.report(
@@ -255,27 +425,29 @@ class HelmDeployer:
         )
         history = await self._history() or []
         deployed = [int(e["revision"]) for e in history if e.get("status") == "deployed"]
-        if deployed:
-            target = max(deployed)
+        superseded = [int(e["revision"]) for e in history if e.get("status") == "superseded"]
+        if state == "uninstalling" or (state == "pending-install" and not deployed):
             await self._action(
-                ["rollback", release, str(target), *self._wait_flags()],
+                ["uninstall", release, "--namespace", namespace, await self._wait_flag(),
+                 "--timeout", self.settings.timeout],
+                what=f"helm uninstall of the {state} release",
+                hard_timeout=self.settings.timeout_seconds + self.hard_timeout_margin,
+                transcript=transcript,
+            )  # fmt: skip
+            if state == "uninstalling":
+                note = f"finished the interrupted uninstall of revision {stuck}"
+            else:
+                note = f"uninstalled revision {stuck} ({state}); the release was never deployed"
+        elif deployed or superseded:
+            target = max(deployed) if deployed else max(superseded)
+            which = "the last deployed one" if deployed else "the newest that once ran"
+            await self._action(
+                ["rollback", release, str(target), *await self._wait_flags()],
                 what=f"helm rollback of the stuck release to revision {target}",
                 hard_timeout=self.settings.timeout_seconds + self.hard_timeout_margin,
                 transcript=transcript,
             )
-            note = (
-                f"rolled back revision {stuck} ({state}) to revision {target}, "
-                "the last deployed one"
-            )
-        elif state == "pending-install":
-            await self._action(
-                ["uninstall", release, "--namespace", namespace, "--wait",
-                 "--timeout", self.settings.timeout],
-                what="helm uninstall of the never-deployed release",
-                hard_timeout=self.settings.timeout_seconds + self.hard_timeout_margin,
-                transcript=transcript,
-            )  # fmt: skip
-            note = f"uninstalled revision {stuck} ({state}); the release was never deployed"
+            note = f"rolled back revision {stuck} ({state}) to revision {target}, {which}"
         else:
             raise DeployError(
                 f"Helm release {release} is stuck in {state} (revision {stuck}) and has no "
@@ -321,7 +493,7 @@ class HelmDeployer:
                 f"{helm_error(result.output, result.returncode)} (wrktalk-agent needs Helm 3 or 4)",
                 system_changed=False,
             )
-        match = _VERSION.match(text)
+        match = _VERSION.fullmatch(text)
         if match is None or int(match.group(1)) not in SUPPORTED_MAJORS:
             raise DeployError(
                 f"Helm {text[:40] or '(no version)'} is not supported: "
@@ -331,15 +503,13 @@ class HelmDeployer:
         self._helm_version, self._major = text, int(match.group(1))
         return self._major
 
-    async def _status(self) -> dict[str, Any] | None:
-        # The JSON holds the release's values (secrets): parsed, never logged or reported.
-        status = await self._query(["status", self.settings.release_name])
-        if status is not None and not isinstance(status, dict):
-            raise DeployError("helm status printed unexpected JSON", system_changed=False)
-        return status
+    async def _latest(self) -> dict[str, Any] | None:
+        """The release's newest revision from Helm's storage (``None``: no release)."""
+        history = await self._history(limit=1)
+        return history[-1] if history else None
 
-    async def _history(self) -> list[dict[str, Any]] | None:
-        history = await self._query(["history", self.settings.release_name])
+    async def _history(self, limit: int = HISTORY_ALL) -> list[dict[str, Any]] | None:
+        history = await self._query(["history", self.settings.release_name, "--max", str(limit)])
         if history is not None and not (
             isinstance(history, list)
             and all(isinstance(e, dict) and isinstance(e.get("revision"), int) for e in history)
@@ -428,10 +598,23 @@ class HelmDeployer:
             flags += ["--kubeconfig", str(self.settings.kubeconfig)]
         return flags
 
-    def _wait_flags(self) -> list[str]:
+    async def _wait_flag(self) -> str:
+        """Helm 3: ``--wait``. Helm 4: ``--wait=STRATEGY`` — always with ``=``, since its
+        optional value would otherwise be read as a bare ``--wait`` and a positional."""
+        if await self._helm_major() == 3:
+            return "--wait"
+        return f"--wait={self.settings.wait_strategy}"
+
+    def _values_flags(self, request: DeployRequest) -> list[str]:
+        """The release's values, and nothing else: ``--reset-values`` keeps Helm from
+        reusing the previous release's values when this release ships none."""
+        values = ["-f", values_arg(request.values_file)] if request.values_file else []
+        return [*values, "--reset-values"]
+
+    async def _wait_flags(self) -> list[str]:
         return [
             "--namespace", self.settings.namespace,
-            "--wait", "--timeout", self.settings.timeout,
+            await self._wait_flag(), "--timeout", self.settings.timeout,
             # rollback prunes history too; keep it on the same limit as upgrade
             "--history-max", str(self.settings.history_max),
         ]  # fmt: skip

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -28,8 +28,12 @@ _DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
 MANAGED_FLAGS = frozenset({
     "--install", "-i", "--namespace", "-n", "--create-namespace", "--wait", "--timeout",
     "--history-max", "--atomic", "--rollback-on-failure", "--description", "--kube-context",
-    "--kubeconfig",
+    "--kubeconfig", "--reset-values", "--reuse-values", "--reset-then-reuse-values",
+    "--dry-run",
 })  # fmt: skip
+#: one-letter flags of `helm upgrade` that take a value: in a group such as ``-fFILE`` the
+#: rest of the item is that value, not more flags
+_SHORTHAND_WITH_VALUE = frozenset("fno")
 _UNIT_SECONDS = {
     "ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0,
 }  # fmt: skip
@@ -98,6 +102,18 @@ class HelmSettings(BaseSettings):
         "They show up in process listings: keep secrets in values_data instead.",
     )
     binary: str = Field("helm", description="helm executable: a name looked up on PATH, or a path.")
+    wait_strategy: Literal["watcher", "legacy"] = Field(
+        "watcher",
+        description="Helm 4 only: how --wait decides that resources are ready, passed as "
+        "--wait=STRATEGY (watcher: kstatus, also custom resources; legacy: Helm 3's checks). "
+        "Helm 3 always gets a plain --wait.",
+    )
+    on_validation_unavailable: Literal["fail", "warn"] = Field(
+        "fail",
+        description="When a release's validation cannot run (helm missing, the cluster "
+        "unreachable for the server-side dry run): fail the task before maintenance, or "
+        "deploy anyway with a warning in the task's timeline.",
+    )
     history_max: int = Field(
         10, ge=0, description="helm --history-max: revisions Helm keeps per release (0: no limit)."
     )
@@ -159,7 +175,7 @@ class HelmSettings(BaseSettings):
         for item in value:
             if any(ch in item for ch in "\n\r\x00"):
                 raise ValueError(f"argument {item!r} contains a newline or NUL character")
-            if item.split("=", 1)[0] in MANAGED_FLAGS:
+            if _managed(item):
                 raise ValueError(
                     f"{item!r} is set by the agent itself; use the matching "
                     "WRKTALK_AGENT_HELM_* setting instead"
@@ -169,6 +185,21 @@ class HelmSettings(BaseSettings):
     @property
     def timeout_seconds(self) -> float:
         return parse_go_duration(self.timeout)
+
+
+def _managed(item: str) -> bool:
+    """Whether one extra argument sets a flag the deployer manages, as pflag would read it:
+    ``--flag``, ``--flag=value``, ``-n``, ``-nNS``, ``-n=NS`` or a group such as ``-in``."""
+    if item.startswith("--"):
+        return item.split("=", 1)[0] in MANAGED_FLAGS
+    if not item.startswith("-") or item == "-":
+        return False
+    for letter in item[1:]:
+        if f"-{letter}" in MANAGED_FLAGS:
+            return True
+        if letter in _SHORTHAND_WITH_VALUE or letter == "=":
+            return False
+    return False
 
 
 def _has_control(value: str) -> bool:
