@@ -18,7 +18,7 @@ loaded from the bundle's tar), each run deploys a new version on top of the last
 Compose v2 is ``docker compose``, found through ``DOCKER_CONFIG`` (default
 /work/compose-v2 when it holds the plugin, else the docker CLI's own); a variant whose
 binary is missing is skipped with one line saying so. Goal (issue 19): the agent's
-deploy step ≤ 1.1× the by-hand time, the maintenance window ≤ 1.2×.
+deploy step ≤ 1.1x the by-hand time, the maintenance window ≤ 1.2x.
 
 This file is also the agent's plugin for the maintenance flag it uses here
 (``WRKTALK_AGENT_EXTRA_PLUGINS=bench_deploy``): a file written and removed, so that the
@@ -170,7 +170,10 @@ class _AppImage:
             with tarfile.open(fileobj=layer, mode="w") as tar:
                 tar.add(rootfs, arcname=".")
             subprocess.run(
-                ["docker", "import", "-", tag], input=layer.getvalue(), check=True, capture_output=True
+                ["docker", "import", "-", tag],
+                input=layer.getvalue(),
+                check=True,
+                capture_output=True,
             )
             saved = Path(tmp) / "app.tar"
             subprocess.run(["docker", "save", "-o", str(saved), tag], check=True)
@@ -234,6 +237,7 @@ class _VariantBench:
         self.root = root
         self.db_url = db_url
         self.project = f"wrktalk-bench-{variant}-{uuid.uuid4().hex[:6]}"
+        self.label = f"label=com.docker.compose.project={self.project}"
         self.port = _free_port()
         self.env = _docker_env(variant)
         self.sequence = 0
@@ -299,7 +303,13 @@ class _VariantBench:
             await _check([*compose, "up", "-d", "--remove-orphans"], cwd=target, env=self.env)
             while True:  # a person would watch `docker ps`; we poll inspect every 50 ms
                 ids = await _check(
-                    ["docker", "ps", "-q", "--filter", f"label=com.docker.compose.project={self.project}"],
+                    [
+                        "docker",
+                        "ps",
+                        "-q",
+                        "--filter",
+                        f"label=com.docker.compose.project={self.project}",
+                    ],
                     env=self.env,
                 )
                 health = await _check(
@@ -417,7 +427,7 @@ class _VariantBench:
         import time
         import uuid
 
-        from wrktalk_agent.interfaces import DeployRequest, PluginContext, Release
+        from wrktalk_agent.interfaces import DeployRequest, Release
 
         version, tarball, env_data = self.release()
         workdir = self.root / f"prepared-{version}"
@@ -492,7 +502,13 @@ class _VariantBench:
                     inproc.append(await self.prepared())
         finally:
             ids = subprocess.run(
-                ["docker", "ps", "-aq", "--filter", f"label=com.docker.compose.project={self.project}"],
+                [
+                    "docker",
+                    "ps",
+                    "-aq",
+                    "--filter",
+                    f"label=com.docker.compose.project={self.project}",
+                ],
                 capture_output=True,
                 text=True,
             ).stdout.split()
@@ -515,16 +531,15 @@ class _VariantBench:
         from _support import table
 
         base = statistics.median(hand)
-        step = "deploy"
-        rows = [["by hand (extract, load, up, healthy, site answers)", _stats(hand), "1.00×"]]
+        rows = [["by hand (extract, load, up, healthy, site answers)", _stats(hand), "1.00x"]]
 
         def row(label: str, values: list[float]) -> list[str]:
             ratio = statistics.median(values) / base if values else 0
-            return [label, _stats(values), f"{ratio:.2f}×"]
+            return [label, _stats(values), f"{ratio:.2f}x"]
 
         rows.append(row("agent: run --once, start → site answers", [a["to site"] for a in agent]))
         rows.append(row("agent: run --once, start → exit", [a["to exit"] for a in agent]))
-        for name in ("resolve", "artifact", "maintenance-on", step, "maintenance-off"):
+        for name in ("resolve", "artifact", "maintenance-on", "deploy", "maintenance-off"):
             values = [a[name] for a in agent if name in a]
             if values:
                 rows.append(row(f"  task step {name}", values))
