@@ -153,7 +153,7 @@ async def test_prepare_stages_without_touching_the_live_release(
     outcome = await deployer.deploy(second)
     assert http_get(port) == "1.1.0\n"
     # nothing staged is done twice: the deploy itself only brought the project up
-    assert [c.split()[:2] for c in outcome.details["commands"]][0] == ["docker", "load"]
+    assert next(c.split()[:2] for c in outcome.details["commands"]) == ["docker", "load"]
     assert len(outcome.details["commands"]) == 2
     assert outcome.details["images_loaded"] == ["images/app.tar"]
 

@@ -51,7 +51,8 @@ def test_services_added_removed_and_images_and_ports_changed(tmp_path: Path) -> 
         "service added: assets (built from source)",
         "service added: worker (registry.example/wrktalk/worker:2.4.0)",
         "service removed: cron (registry.example/wrktalk/cron:1.0)",
-        "image changed: web registry.example/wrktalk/web:2.3.0 → registry.example/wrktalk/web:2.4.0",
+        "image changed: web registry.example/wrktalk/web:2.3.0"
+        " → registry.example/wrktalk/web:2.4.0",
         "published ports changed: web 127.0.0.1:${APP_PORT}:8080 → 127.0.0.1:8443:8080",
     ]
 
