@@ -52,6 +52,16 @@ async def test_a_good_release_validates_with_the_image_only_in_its_bundle(
     assert not app_image.present(), "validate must not load anything"
 
 
+async def test_a_variable_the_env_does_not_set_is_a_warning(
+    deployer: ComposeDeployer, builder: ReleaseBuilder, app_image: AppImage
+) -> None:
+    port = free_loopback_port()
+    request = builder.request("1.0.0", app_files(app_image, "1.0.0"), env_data=f"APP_PORT={port}\n")
+    [warning] = await deployer.validate(request)
+    assert "APP_VERSION" in warning
+    assert "variable is not set" in warning
+
+
 async def test_a_typo_in_the_compose_file_is_refused_with_compose_s_message(
     deployer: ComposeDeployer, builder: ReleaseBuilder, app_image: AppImage
 ) -> None:

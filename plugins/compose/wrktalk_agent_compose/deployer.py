@@ -128,8 +128,13 @@ class ComposeDeployer:
                 f"compose config rejects the release: {config.summary()}", output=config.output
             )
         services = resolved_services(config.stdout)
-        warnings = [f"service {name} has no image: compose will build it" for name, s in
-                    services.items() if not s.get("image")]  # fmt: skip
+        # compose's warnings (stderr), e.g. a variable the .env does not set
+        warnings = [
+            line.strip() for line in config.output.splitlines() if "variable is not set" in line
+        ]
+        for name, service in services.items():
+            if not service.get("image"):
+                warnings.append(f"service {name} has no image: compose will build it")
         await self._check_images(layout, services)
         await self._check_ports(services)
         return warnings
