@@ -262,6 +262,7 @@ class _VariantBench:
     async def serves(self, version: str, deadline: float = 120.0) -> float:
         """Poll the site every 10 ms until it serves ``version``; returns the time then."""
         import asyncio
+        import http.client
         import time
         import urllib.request
 
@@ -270,7 +271,7 @@ class _VariantBench:
                 url = f"http://127.0.0.1:{self.port}/"
                 with urllib.request.urlopen(url, timeout=1) as response:
                     return str(response.read().decode())
-            except OSError:
+            except (OSError, http.client.HTTPException):  # the old container going away
                 return ""
 
         give_up = time.monotonic() + deadline
