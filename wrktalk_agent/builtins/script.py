@@ -30,7 +30,9 @@ from wrktalk_agent.interfaces import (
     DeployError,
     DeployOutcome,
     DeployRequest,
+    LiveState,
     PluginContext,
+    ValidationError,
     validate_version,
 )
 from wrktalk_agent.process import run
@@ -71,6 +73,53 @@ class ScriptDeployer:
         except OSError as exc:
             return [CheckResult("script working dir", False, f"{base}: {exc.strerror or exc}")]
         return [CheckResult("script working dir", True, f"{base} writable")]
+
+    async def validate(self, request: DeployRequest) -> Sequence[str]:
+        """The release's ``deploy`` script exists at its root as a regular, executable
+        file (a symlink is refused: it could point anywhere on the host)."""
+        try:
+            version = validate_version(request.release.version)
+        except ValueError as exc:
+            raise ValidationError(str(exc)) from None
+        script = request.workdir / SCRIPT_NAME
+        try:
+            info = script.lstat()
+        except FileNotFoundError:
+            raise ValidationError(
+                f"release {version} has no '{SCRIPT_NAME}' script at its root"
+            ) from None
+        except OSError as exc:
+            raise ValidationError(f"cannot read the '{SCRIPT_NAME}' script: {exc}") from None
+        if stat.S_ISLNK(info.st_mode):
+            raise ValidationError(
+                f"'{SCRIPT_NAME}' in release {version} is a symlink; ship the script itself"
+            )
+        if not stat.S_ISREG(info.st_mode):
+            raise ValidationError(f"'{SCRIPT_NAME}' in release {version} is not a regular file")
+        if not info.st_mode & stat.S_IXUSR:
+            raise ValidationError(
+                f"'{SCRIPT_NAME}' in release {version} is not executable (chmod +x it "
+                "before packing the release)"
+            )
+        return []
+
+    async def live_release(self) -> LiveState:
+        """The release ``WORKING_DIR/current`` points to (read-only)."""
+        link = self.settings.working_dir / "current"
+        try:
+            target = os.readlink(link)
+        except FileNotFoundError:
+            return LiveState(None, "absent", f"{link} does not exist: nothing deployed")
+        except OSError as exc:
+            return LiveState(None, "unknown", f"cannot read {link}: {exc.strerror or exc}")
+        version = Path(target).name
+        if not (link.parent / target).is_dir():
+            return LiveState(None, "unknown", f"{link} points to {target}, which is missing")
+        try:
+            validate_version(version)
+        except ValueError:
+            return LiveState(None, "unknown", f"{link} points to {target}, not a release")
+        return LiveState(version, "deployed", f"{link} -> {target}")
 
     async def deploy(self, request: DeployRequest) -> DeployOutcome:
         return await self._apply(request)

@@ -16,7 +16,12 @@ from compose_support import ReleaseBuilder, Reports
 from wrktalk_agent.interfaces import DeployError, DeployRequest
 from wrktalk_agent.process import NOT_FOUND, TAIL_BYTES, TIMED_OUT, run
 from wrktalk_agent_compose import ComposeDeployer, ComposeSettings
-from wrktalk_agent_compose.commands import ComposeCommand, detect_variant, resolve_variant
+from wrktalk_agent_compose.commands import (
+    ComposeCommand,
+    detect_variant,
+    project_containers,
+    resolve_variant,
+)
 
 RELEASE = Path("/var/lib/wrktalk-agent/compose/releases/1.2.3")
 
@@ -32,41 +37,51 @@ def command(variant: str, *, env: bool = True) -> ComposeCommand:
     )
 
 
-def test_v2_up_waits_with_a_timeout_and_removes_orphans() -> None:
-    assert command("v2").up(wait_timeout=300) == [
+def test_v2_up_removes_orphans_and_leaves_the_wait_to_the_agent() -> None:
+    assert command("v2").up() == [
         "docker", "compose", "-p", "wrktalk",
-        "-f", "/var/lib/wrktalk-agent/compose/releases/1.2.3/docker-compose.yml",
-        "--env-file", "/var/lib/wrktalk-agent/compose/releases/1.2.3/.env",
-        "up", "-d", "--wait", "--wait-timeout", "300", "--remove-orphans",
-    ]  # fmt: skip
-
-
-def test_v1_up_has_no_wait_flags() -> None:
-    assert command("v1").up(wait_timeout=300) == [
-        "docker-compose", "-p", "wrktalk",
         "-f", "/var/lib/wrktalk-agent/compose/releases/1.2.3/docker-compose.yml",
         "--env-file", "/var/lib/wrktalk-agent/compose/releases/1.2.3/.env",
         "up", "-d", "--remove-orphans",
     ]  # fmt: skip
 
 
+def test_v1_up_with_the_label_override() -> None:
+    with_labels = ComposeCommand(
+        variant="v1",
+        docker="docker",
+        compose_v1="docker-compose",
+        project="wrktalk",
+        compose_file=RELEASE / "docker-compose.yml",
+        env_file=RELEASE / ".env",
+        overrides=(RELEASE / ".wrktalk-release.yml",),
+    )
+    assert with_labels.up() == [
+        "docker-compose", "-p", "wrktalk",
+        "-f", "/var/lib/wrktalk-agent/compose/releases/1.2.3/docker-compose.yml",
+        "-f", "/var/lib/wrktalk-agent/compose/releases/1.2.3/.wrktalk-release.yml",
+        "--env-file", "/var/lib/wrktalk-agent/compose/releases/1.2.3/.env",
+        "up", "-d", "--remove-orphans",
+    ]  # fmt: skip
+
+
 def test_without_env_file_and_with_recreate() -> None:
-    assert command("v2", env=False).up(wait_timeout=5, force_recreate=True) == [
+    assert command("v2", env=False).up(force_recreate=True) == [
         "docker", "compose", "-p", "wrktalk",
         "-f", "/var/lib/wrktalk-agent/compose/releases/1.2.3/docker-compose.yml",
-        "up", "-d", "--wait", "--wait-timeout", "5", "--remove-orphans", "--force-recreate",
+        "up", "-d", "--remove-orphans", "--force-recreate",
     ]  # fmt: skip
-    assert command("v1", env=False).up(wait_timeout=5, force_recreate=True)[-4:] == [
+    assert command("v1", env=False).up(force_recreate=True)[-4:] == [
         "up", "-d", "--remove-orphans", "--force-recreate",
     ]  # fmt: skip
 
 
-def test_listing_containers_includes_stopped_ones_in_both_variants() -> None:
-    assert command("v2", env=False).container_ids()[-3:] == ["ps", "--all", "--quiet"]
-    assert command("v1", env=False).container_ids() == [
-        "docker-compose", "-p", "wrktalk",
-        "-f", "/var/lib/wrktalk-agent/compose/releases/1.2.3/docker-compose.yml",
-        "ps", "-q",
+def test_listing_containers_uses_docker_ps_with_compose_labels() -> None:
+    assert project_containers("docker", "wrktalk", "--quiet") == [
+        "docker", "ps", "--all", "--no-trunc",
+        "--filter", "label=com.docker.compose.project=wrktalk",
+        "--filter", "label=com.docker.compose.oneoff=False",
+        "--quiet",
     ]  # fmt: skip
 
 
@@ -96,13 +111,15 @@ elif args[:2] == ["load", "-i"]:
         fail("Error processing tar file(exit status 1): unexpected EOF")
     print("Loaded image: app:1")
 elif args[0] == "compose" and "up" in args:
-    if "unhealthy" in broken:
+    if "up-fails" in broken:
         fail("dependency failed to start: container wrktalk-web-1 is unhealthy")
-    print(" Container wrktalk-web-1  Healthy")
-elif args[0] == "compose" and "ps" in args:
+    print(" Container wrktalk-web-1  Started")
+elif args[:2] == ["ps", "--all"]:
     print("0123456789ab")
+elif args[0] == "events":
+    pass  # no events: the wait falls back to polling
 elif args[0] == "inspect":
-    health = "unhealthy" if "unhealthy" in broken else "healthy"
+    health = "unhealthy" if "unhealthy" in broken or "up-fails" in broken else "healthy"
     print(json.dumps([{{
         "Id": "0123456789abcdef", "Name": "/wrktalk-web-1",
         "Config": {{"Labels": {{"com.docker.compose.service": "web"}}}},
@@ -251,16 +268,26 @@ async def test_v2_deploy_runs_exactly_these_commands(
     release_dir = deployer.settings.working_dir / "releases" / "1.2.3"
     base = [
         "compose", "-p", "wrktalk", "-f", f"{release_dir}/compose.yaml",
-        "--env-file", f"{release_dir}/.env",
+        "-f", f"{release_dir}/.wrktalk-release.yml", "--env-file", f"{release_dir}/.env",
     ]  # fmt: skip
-    assert calls(tmp_path) == [
+    listing = [
+        "ps", "--all", "--no-trunc", "--filter", "label=com.docker.compose.project=wrktalk",
+        "--filter", "label=com.docker.compose.oneoff=False", "--quiet",
+    ]  # fmt: skip
+    done = calls(tmp_path)
+    # the event stream runs beside the listing: its place in the log varies
+    [events] = [c for c in done if c[0] == "events"]
+    done.remove(events)
+    assert events[:2] == ["events", "--since"]
+    assert "label=com.docker.compose.project=wrktalk" in events
+    assert done == [
         ["compose", "version"],
         ["load", "-i", f"{request.workdir}/images/app.tar"],
-        [*base, "up", "-d", "--wait", "--wait-timeout", "120", "--remove-orphans"],
-        [*base, "ps", "--all", "--quiet"],
+        [*base, "up", "-d", "--remove-orphans"],
+        listing,
         ["inspect", "0123456789ab"],
     ]
-    assert outcome.output.strip() == "Container wrktalk-web-1  Healthy"
+    assert outcome.output.strip() == "Container wrktalk-web-1  Started"
     assert outcome.details["compose"] == "v2"
     assert outcome.details["containers"] == {"wrktalk-web-1": "running, healthy"}
     assert reports.lines == [
@@ -277,7 +304,7 @@ async def test_v2_unhealthy_names_the_container_and_shows_its_logs(
     monkeypatch: pytest.MonkeyPatch,
     make_deployer: Callable[..., ComposeDeployer],
 ) -> None:
-    monkeypatch.setenv("FAKE_BROKEN", "unhealthy")
+    monkeypatch.setenv("FAKE_BROKEN", "up-fails")
     deployer = make_deployer(docker_binary=str(fake_bin / "docker"))
     with pytest.raises(DeployError) as failure:
         await deployer.deploy(v2_release(builder))

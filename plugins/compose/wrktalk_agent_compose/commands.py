@@ -30,31 +30,49 @@ class ComposeCommand:
     project: str
     compose_file: Path
     env_file: Path | None
+    #: more compose files merged over ``compose_file`` (the agent's release labels)
+    overrides: tuple[Path, ...] = ()
 
     def base(self) -> list[str]:
         program = [self.docker, "compose"] if self.variant == "v2" else [self.compose_v1]
         args = [*program, "-p", self.project, "-f", str(self.compose_file)]
+        for override in self.overrides:
+            args += ["-f", str(override)]
         # Passed explicitly to v1 too: where v1 looks for .env by default changed
         # between releases (working directory vs. project directory).
         if self.env_file is not None:
             args += ["--env-file", str(self.env_file)]
         return args
 
-    def up(self, *, wait_timeout: int, force_recreate: bool = False) -> list[str]:
-        args = [*self.base(), "up", "-d"]
-        if self.variant == "v2":
-            args += ["--wait", "--wait-timeout", str(wait_timeout)]
-        args.append("--remove-orphans")
+    def up(self, *, force_recreate: bool = False) -> list[str]:
+        # No v2 `--wait`: the agent waits itself for both variants, reacting to Docker's
+        # events within ~100 ms (v2's own wait polls more coarsely).
+        args = [*self.base(), "up", "-d", "--remove-orphans"]
         if force_recreate:
             args.append("--force-recreate")
         return args
 
-    def container_ids(self) -> list[str]:
-        # v2's `ps` hides stopped containers unless asked; v1's shows them by default
-        # (its -a would add one-off `run` containers, which are not part of the release).
-        if self.variant == "v2":
-            return [*self.base(), "ps", "--all", "--quiet"]
-        return [*self.base(), "ps", "-q"]
+    def config(self) -> list[str]:
+        """Validate and print the resolved model (interpolated: may hold secrets)."""
+        return [*self.base(), "config"]
+
+
+#: labels Compose puts on the containers it creates (both variants)
+PROJECT_LABEL = "com.docker.compose.project"
+ONE_OFF_LABEL = "com.docker.compose.oneoff"
+SERVICE_LABEL = "com.docker.compose.service"
+CONFIG_FILES_LABEL = "com.docker.compose.project.config_files"
+
+
+def project_containers(docker: str, project: str, *extra: str) -> list[str]:
+    """`docker ps` of the project's service containers, stopped ones too (one-off `run`
+    containers are not part of a release). Cheaper than a compose `ps`, same answer."""
+    return [
+        docker, "ps", "--all", "--no-trunc",
+        "--filter", f"label={PROJECT_LABEL}={project}",
+        "--filter", f"label={ONE_OFF_LABEL}=False",
+        *extra,
+    ]  # fmt: skip
 
 
 def version_command(settings: ComposeSettings, variant: Variant) -> list[str]:

@@ -5,30 +5,58 @@ from __future__ import annotations
 import asyncio
 import tempfile
 from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
+from uuid import UUID
 
 from wrktalk_agent.interfaces import (
     CheckResult,
     DeployError,
     DeployOutcome,
     DeployRequest,
+    LiveState,
     PluginContext,
+    ValidationError,
     validate_version,
 )
 from wrktalk_agent.process import run, tail
 
+from .changes import summarize_changes
 from .commands import (
     QUERY_TIMEOUT_SECONDS,
     ComposeCommand,
     Variant,
     detect_variant,
     probe,
+    project_containers,
     resolve_variant,
 )
 from .health import ProjectContainers
 from .layout import ReleaseLayout, read_layout
-from .releases import RELEASES_DIR, install_release, prune_releases
+from .live import live_state
+from .releases import RELEASES_DIR, InstalledRelease, install_release, prune_releases
 from .settings import ComposeSettings
+from .validation import (
+    bundled_images,
+    normalize_image,
+    port_in_use,
+    ports_from_docker_ps,
+    published_ports,
+    resolved_services,
+)
+
+
+@dataclass
+class _Prepared:
+    """A release staged for one task: images loaded, release directory (maybe) installed."""
+
+    version: str
+    layout: ReleaseLayout
+    variant: Variant
+    loaded: list[str] = field(default_factory=list)
+    installed: InstalledRelease | None = None
+    commands: list[str] = field(default_factory=list)
 
 
 class ComposeDeployer:
@@ -43,6 +71,8 @@ class ComposeDeployer:
         self.settings = settings if settings is not None else ComposeSettings()
         self.context = context
         self._variant: Variant | None = None
+        #: what `prepare` staged for a task, picked up by its deploy
+        self._prepared: dict[tuple[UUID, str, str], _Prepared] = {}
 
     # -- preflight -------------------------------------------------------------------
     async def check(self) -> Sequence[CheckResult]:
@@ -78,6 +108,121 @@ class ComposeDeployer:
             return CheckResult("working dir", False, f"{releases} is not writable: {exc}")
         return CheckResult("working dir", True, f"{releases} is writable")
 
+    # -- before maintenance: validate and prepare ---------------------------------------
+    async def validate(self, request: DeployRequest) -> Sequence[str]:
+        """Refuse a release that cannot come up, before anything changes: compose's own
+        `config` check with the release's ``.env``, every image either bundled or already
+        present, every published host port free or held by this project."""
+        try:
+            self._checked_version(request)
+            layout = read_layout(request.workdir)
+            variant = await self._compose_variant()
+        except DeployError as exc:
+            raise ValidationError(str(exc), output=exc.output) from None
+        command = self._command(variant, layout.compose_file, request.env_file)
+        config = await run(
+            command.config(), cwd=layout.root, timeout=QUERY_TIMEOUT_SECONDS, capture_stdout=True
+        )
+        if not config.ok:  # stderr only: stdout would be the interpolated model
+            raise ValidationError(
+                f"compose config rejects the release: {config.summary()}", output=config.output
+            )
+        services = resolved_services(config.stdout)
+        # compose's warnings (stderr), e.g. a variable the .env does not set
+        warnings = [
+            line.strip() for line in config.output.splitlines() if "variable is not set" in line
+        ]
+        for name, service in services.items():
+            if not service.get("image"):
+                warnings.append(f"service {name} has no image: compose will build it")
+        await self._check_images(layout, services)
+        await self._check_ports(services)
+        return warnings
+
+    async def _check_images(
+        self, layout: ReleaseLayout, services: dict[str, dict[str, Any]]
+    ) -> None:
+        wanted = sorted({str(s["image"]) for s in services.values() if s.get("image")})
+        bundled = await asyncio.to_thread(bundled_images, layout.images)
+        elsewhere = [image for image in wanted if normalize_image(image) not in bundled]
+        if not elsewhere:
+            return
+        present = await run(
+            [self.settings.docker_binary, "image", "inspect", "--format", "{{.Id}}", *elsewhere],
+            timeout=QUERY_TIMEOUT_SECONDS,
+        )
+        if present.ok:
+            return
+        missing = [i for i in elsewhere if f"no such image: {i}".lower() in present.output.lower()]
+        if not missing:  # not an answer about the images: docker itself failed
+            raise ValidationError(f"could not check the images: {present.summary()}")
+        raise ValidationError(
+            f"image(s) neither in the release's images/ nor present on this host: "
+            f"{', '.join(missing)}",
+            output=present.output,
+        )
+
+    async def _check_ports(self, services: dict[str, dict[str, Any]]) -> None:
+        ports = sorted({p for s in services.values() for p in published_ports(s)})
+        taken = [p for p in ports if await asyncio.to_thread(port_in_use, p)]
+        if not taken:
+            return
+        listed = await run(
+            project_containers(
+                self.settings.docker_binary, self.settings.project_name, "--format", "{{.Ports}}"
+            ),
+            timeout=QUERY_TIMEOUT_SECONDS,
+            capture_stdout=True,
+        )
+        if not listed.ok:
+            raise ValidationError(f"could not check the published ports: {listed.summary()}")
+        ours = ports_from_docker_ps(listed.stdout.splitlines())
+        others = [p for p in taken if (p.port, p.protocol) not in ours]
+        if others:
+            raise ValidationError(
+                f"published port(s) {', '.join(map(str, others))} already in use by another "
+                f"process (not by compose project {self.settings.project_name})"
+            )
+
+    async def prepare(self, request: DeployRequest) -> None:
+        """Load the bundled images and install the release directory, before maintenance
+        goes on: neither touches the running containers. Re-installing the live version
+        is left to the deploy (its containers bind-mount that directory)."""
+        await self._prepared_for(request, early=True)
+
+    async def _prepared_for(self, request: DeployRequest, *, early: bool = False) -> _Prepared:
+        key = (request.task_id, request.purpose, str(request.workdir))
+        prepared = self._prepared.get(key)
+        if prepared is None:
+            version = self._checked_version(request)
+            layout = read_layout(request.workdir)
+            variant = await self._compose_variant()
+            prepared = _Prepared(version, layout, variant)
+            prepared.loaded = await self._load_images(request, layout, prepared.commands)
+            self._prepared = {key: prepared}  # one task at a time: forget older ones
+        live = request.current is not None and request.current.version == prepared.version
+        if prepared.installed is None and not (early and live):
+            prepared.installed = await self._install(request, prepared)
+        return prepared
+
+    async def _install(self, request: DeployRequest, prepared: _Prepared) -> InstalledRelease:
+        version = prepared.version
+        try:
+            installed = await asyncio.to_thread(
+                install_release,
+                self.settings.working_dir,
+                version,
+                prepared.layout,
+                request.env_file,
+            )
+        except OSError as exc:
+            raise DeployError(
+                f"could not install release {version} into {self.settings.working_dir}: {exc}",
+                system_changed=False,
+            ) from exc
+        await request.report(f"compose: release {version} installed in {installed.path}")
+        return installed
+
     # -- deploy and rollback ----------------------------------------------------------
     async def deploy(self, request: DeployRequest) -> DeployOutcome:
         return await self._apply(request)
@@ -88,35 +233,19 @@ class ComposeDeployer:
         return await self._apply(request)
 
     async def _apply(self, request: DeployRequest) -> DeployOutcome:
-        version = self._checked_version(request)
-        layout = read_layout(request.workdir)
-        variant = await self._compose_variant()
-        commands: list[str] = []
-
-        loaded = await self._load_images(request, layout, commands)
-        try:
-            installed = await asyncio.to_thread(
-                install_release, self.settings.working_dir, version, layout, request.env_file
-            )
-        except OSError as exc:
-            raise DeployError(
-                f"could not install release {version} into {self.settings.working_dir}: {exc}",
-                system_changed=False,
-            ) from exc
-        await request.report(f"compose: release {version} installed in {installed.path}")
-
-        command = ComposeCommand(
-            variant=variant,
-            docker=self.settings.docker_binary,
-            compose_v1=self.settings.compose_v1_binary,
-            project=self.settings.project_name,
-            compose_file=installed.compose_file,
-            env_file=installed.env_file,
+        # Whatever `prepare` did for this request is not done again.
+        prepared = await self._prepared_for(request)
+        self._prepared = {}
+        installed = prepared.installed
+        assert installed is not None
+        version, variant, commands = prepared.version, prepared.variant, prepared.commands
+        command = self._command(
+            variant, installed.compose_file, installed.env_file, installed.labels_file
         )
-        containers = ProjectContainers(command, installed.path, layout.one_shot_services)
-        up_args = command.up(
-            wait_timeout=self.settings.wait_timeout, force_recreate=installed.replaced
+        containers = ProjectContainers(
+            self.settings.docker_binary, command.project, prepared.layout.one_shot_services
         )
+        up_args = command.up(force_recreate=installed.replaced)
         commands.append(" ".join(up_args))
         await request.report(
             f"compose: {variant} up of project {command.project} ({request.purpose} {version})"
@@ -128,10 +257,7 @@ class ComposeDeployer:
             if bad:
                 raise await containers.failure(f"{message}; not ready", bad, up.output)
             raise DeployError(message, output=up.output)
-        if variant == "v1":  # v1 has no --wait: it returns once containers are started
-            states = await containers.wait_until_ready(self.settings.wait_timeout)
-        else:
-            states = await containers.current()
+        states = await containers.wait_until_ready(self.settings.wait_timeout)
         await request.report(f"compose: {len(states)} container(s) ready")
 
         pruned = await self._prune(request, version)
@@ -139,12 +265,42 @@ class ComposeDeployer:
             "compose": variant,
             "project": command.project,
             "release_dir": str(installed.path),
-            "images_loaded": loaded,
+            "images_loaded": prepared.loaded,
             "containers": {s.name: s.describe() for s in states},
             "pruned_releases": pruned,
             "commands": commands,
         }
         return DeployOutcome(output=tail(up.output), details=details)
+
+    def _command(
+        self,
+        variant: Variant,
+        compose_file: Path,
+        env_file: Path | None,
+        *overrides: Path,
+    ) -> ComposeCommand:
+        return ComposeCommand(
+            variant=variant,
+            docker=self.settings.docker_binary,
+            compose_v1=self.settings.compose_v1_binary,
+            project=self.settings.project_name,
+            compose_file=compose_file,
+            env_file=env_file,
+            overrides=overrides,
+        )
+
+    # -- what changes, what is live ---------------------------------------------------
+    async def describe_changes(
+        self, current_workdir: Path | None, target_workdir: Path
+    ) -> list[str]:
+        """Services added and removed, images and published ports changed (see
+        :func:`~wrktalk_agent_compose.changes.summarize_changes`)."""
+        return await asyncio.to_thread(summarize_changes, current_workdir, target_workdir)
+
+    async def live_release(self) -> LiveState:
+        """What the project's containers run, from the release label each carries (or,
+        for containers of an older agent, the release directory in compose's own label)."""
+        return await live_state(self.settings)
 
     def _checked_version(self, request: DeployRequest) -> str:
         # The core validates too; this is the last check before the version becomes a
@@ -162,6 +318,8 @@ class ComposeDeployer:
     async def _load_images(
         self, request: DeployRequest, layout: ReleaseLayout, commands: list[str]
     ) -> list[str]:
+        # Loading a tag that running containers use only moves the tag: they keep their
+        # image, so this is safe before maintenance.
         loaded = []
         for image in layout.images:
             relative = image.relative_to(layout.root).as_posix()

@@ -26,6 +26,8 @@ class ReleaseLayout:
     #: services that other services wait for with ``service_completed_successfully``:
     #: they are meant to exit, so exiting with 0 is success for them (as in v2's --wait).
     one_shot_services: frozenset[str] = field(default_factory=frozenset)
+    #: the services the compose file defines, in file order
+    services: tuple[str, ...] = ()
 
 
 def read_layout(root: Path) -> ReleaseLayout:
@@ -48,7 +50,7 @@ def read_layout(root: Path) -> ReleaseLayout:
             + "); keep exactly one"
         )
     compose_file = found[0]
-    document = _load_compose_document(compose_file)
+    document = load_compose_document(compose_file)
     images_dir = root / IMAGES_DIR
     images = tuple(sorted(images_dir.glob("*.tar"))) if images_dir.is_dir() else ()
     return ReleaseLayout(
@@ -56,10 +58,11 @@ def read_layout(root: Path) -> ReleaseLayout:
         compose_file=compose_file,
         images=images,
         one_shot_services=_one_shot_services(document["services"]),
+        services=tuple(str(name) for name in document["services"]),
     )
 
 
-def _load_compose_document(path: Path) -> dict[str, Any]:
+def load_compose_document(path: Path) -> dict[str, Any]:
     try:
         document = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.MarkedYAMLError as exc:

@@ -7,6 +7,7 @@ outlives the task. Current and previous are kept; older ones are pruned.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -21,6 +22,10 @@ from .layout import IMAGES_DIR, ReleaseLayout
 
 RELEASES_DIR = "releases"
 ENV_FILE_NAME = ".env"
+#: the agent's own compose file, merged over the release's: labels every service's
+#: containers with the release version (what ``live_release`` reads back)
+LABELS_FILE_NAME = ".wrktalk-release.yml"
+RELEASE_LABEL = "io.wrktalk.release"
 #: prefixes of our own scratch directories inside releases/; never valid versions
 _STAGING_PREFIX = ".tmp-"
 _REPLACED_PREFIX = ".old-"
@@ -31,6 +36,7 @@ class InstalledRelease:
     path: Path
     compose_file: Path
     env_file: Path | None
+    labels_file: Path
     #: a directory for this version existed and was replaced: containers still running
     #: from it bind-mount the removed copy, so they must be recreated
     replaced: bool
@@ -63,6 +69,7 @@ def install_release(
             shutil.copyfile(env_file, staged_env)
         if staged_env.exists():
             staged_env.chmod(0o600)
+        (staging / LABELS_FILE_NAME).write_text(labels_override(version, layout.services))
         # mtime orders releases for pruning; copytree copied the source's.
         os.utime(staging)
         target = releases / version
@@ -76,8 +83,15 @@ def install_release(
         path=target,
         compose_file=target / layout.compose_file.relative_to(layout.root),
         env_file=installed_env if installed_env.exists() else None,
+        labels_file=target / LABELS_FILE_NAME,
         replaced=replaced,
     )
+
+
+def labels_override(version: str, services: Iterable[str]) -> str:
+    """A compose file that adds the release label to each service (JSON is YAML)."""
+    model = {"services": {name: {"labels": {RELEASE_LABEL: version}} for name in services}}
+    return json.dumps(model, indent=2) + "\n"
 
 
 def prune_releases(working_dir: Path, keep: int, protected: Iterable[str]) -> list[str]:
