@@ -28,6 +28,7 @@ from wrktalk_agent.db.repository import DatabaseUnavailable, Repository
 from wrktalk_agent.interfaces import BackendError, validate_version
 from wrktalk_agent.log import configure_logging, get_logger
 from wrktalk_agent.plugins import PluginError, SettingsError, format_validation_error
+from wrktalk_agent.safe_text import visible
 
 T = TypeVar("T")
 
@@ -40,7 +41,8 @@ class Failure(click.ClickException):
         self.exit_code = exit_code  # type: ignore[misc]  # per instance, click reads it
 
     def show(self, file: Any = None) -> None:
-        for line in self.format_message().splitlines():
+        # messages quote database values and tool output: shown, never interpreted
+        for line in visible(self.format_message(), newlines=True).splitlines():
             click.echo(line if line.startswith("  ") else f"error: {line}", err=True)
 
 
@@ -272,7 +274,10 @@ def release_list(as_json: bool) -> None:
         return
     for r in releases:
         flag = "current" if r.is_current else "previous" if r.is_previous else ""
-        click.echo(f"{r.release_version:20} {r.chart_type:8} {r.size:>12} {r.sha256[:12]} {flag}")
+        click.echo(
+            f"{visible(r.release_version):20} {visible(r.chart_type):8} {r.size:>12} "
+            f"{visible(r.sha256[:12])} {flag}"
+        )
 
 
 # -- tasks -----------------------------------------------------------------------------
@@ -346,8 +351,8 @@ def task_list(as_json: bool, status: str | None, task_type: str | None, limit: i
     for t in tasks:
         when = t.created_at.strftime("%Y-%m-%d %H:%M:%S") if t.created_at else ""
         click.echo(
-            f"{t.id}  {t.type:8} {t.release_version or '-':16} {t.status:10} {when}  "
-            f"{(t.error_message or '')[:60]}"
+            f"{t.id}  {visible(t.type):8} {visible(t.release_version or '-'):16} "
+            f"{visible(t.status):10} {when}  {visible((t.error_message or '')[:60])}"
         )
 
 
@@ -364,13 +369,16 @@ def task_show(task_id: UUID) -> None:
     if found is None:
         raise Failure(f"no task {task_id}", exit_code=2)
     click.echo(
-        f"{found.type} {found.release_version or ''} {found.status} "
-        f"(agent {found.claimed_by or '-'})"
+        f"{visible(found.type)} {visible(found.release_version)} {visible(found.status)} "
+        f"(agent {visible(found.claimed_by or '-')})"
     )
     if found.error_message:
-        click.echo(f"error: {found.error_message}")
+        click.echo(f"error: {visible(found.error_message, newlines=True)}")
     for e in events:
-        click.echo(f"  {e.created_at:%H:%M:%S.%f}"[:-3] + f"  {e.step:22} {e.status:9} {e.message}")
+        click.echo(
+            f"  {e.created_at:%H:%M:%S.%f}"[:-3]
+            + f"  {visible(e.step):22} {visible(e.status):9} {visible(e.message)}"
+        )
 
 
 @task.command("cancel")
@@ -388,7 +396,9 @@ def task_cancel(task_id: UUID) -> None:
             if existing is None:
                 raise Failure(f"no task {task_id}", exit_code=2)
             raise Failure(
-                f"task {task_id} is {existing.status}; only pending tasks can be cancelled", 2
+                f"task {task_id} is {visible(existing.status)}; only pending tasks can be "
+                "cancelled",
+                2,
             )
         return cancelled
 
@@ -472,7 +482,7 @@ def maintenance(action: str, reason: str) -> None:
                 log.info("maintenance.operator_off", reason=reason)
             return bool(await handler.status())
         except BackendError as exc:
-            raise Failure(f"{handler.name}: {exc}") from None
+            raise Failure(f"{handler.name}: {visible(exc)}") from None
 
     state = run_async(with_repo(settings, act))
     click.echo(f"maintenance mode is {'ON' if state else 'off'} ({settings.maintenance_name})")
@@ -490,7 +500,7 @@ def check(as_json: bool) -> None:
     if as_json:
         print_json([{"name": r.name, "ok": r.ok, "detail": r.detail} for r in results])
     else:
-        click.echo(format_checks(results))
+        click.echo(visible(format_checks(results), newlines=True))
     if not all(r.ok for r in results):
         sys.exit(1)
 

@@ -10,6 +10,8 @@ from typing import Any
 
 import structlog
 
+from wrktalk_agent.safe_text import visible
+
 _SECRET_KEYS = re.compile(r"password|secret|token|dsn|env_data|authorization", re.I)
 _DSN_PASSWORD = re.compile(r"(postgres(?:ql)?://[^:/@\s]+:)[^@\s]+@")
 
@@ -23,6 +25,19 @@ def redact_secrets(
             event_dict[key] = "***"
         elif isinstance(value, str) and "://" in value:
             event_dict[key] = _DSN_PASSWORD.sub(r"\1***@", value)
+    return event_dict
+
+
+def escape_for_console(
+    _: Any, __: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """Console lines quote tool output and database values: control characters (ANSI
+    escapes, carriage returns, bidi overrides) become visible escapes so a log line can
+    neither restyle the operator's terminal nor forge another line. JSON lines need no
+    such step: the JSON encoder escapes control characters itself."""
+    for key, value in list(event_dict.items()):
+        if isinstance(value, str):
+            event_dict[key] = visible(value, newlines=key == "exception")
     return event_dict
 
 
@@ -40,6 +55,7 @@ def configure_logging(level: str = "info", fmt: str = "auto") -> None:
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             redact_secrets,
             structlog.processors.format_exc_info,
+            *([escape_for_console] if use_console else []),
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(

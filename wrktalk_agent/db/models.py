@@ -1,12 +1,21 @@
-"""Typed rows of the tables the agent reads."""
+"""Typed rows of the tables the agent reads.
+
+Rows come from a database that a backend (or a person with psql) writes, possibly on a
+schema without the agent's CHECK constraints. Reading a row never fails because of a value
+the agent does not know: an unknown task type or status, or a chart type, is kept as it
+is (so ``task list`` and the dashboard can show it) and :meth:`Task.problems` names it for
+the code that must not act on it. Infinite timestamps arrive from asyncpg as naive
+``datetime.max`` / ``datetime.min``; they are read as UTC so that comparisons work.
+"""
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Any, Literal
+from datetime import UTC, datetime
+from typing import Any, Literal, get_args
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationInfo, ValidatorFunctionWrapHandler
+from pydantic import field_validator
 
 from wrktalk_agent.interfaces import Release
 
@@ -14,8 +23,31 @@ TaskType = Literal["deploy", "rollback"]
 TaskStatus = Literal["pending", "inProgress", "completed", "failed"]
 
 
+TASK_TYPES: tuple[str, ...] = get_args(TaskType)
+TASK_STATUSES: tuple[str, ...] = get_args(TaskStatus)
+CHART_TYPES: tuple[str, ...] = ("helm", "compose")
+
+
 class _Row(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _aware(cls, value: Any) -> Any:
+        # 'infinity' / '-infinity' come back naive; every other timestamp is UTC-aware
+        if isinstance(value, datetime) and value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value
+
+
+def _keep_unknown(value: Any, handler: ValidatorFunctionWrapHandler, info: ValidationInfo) -> Any:
+    """A value outside the Literal is kept as text instead of failing the whole row."""
+    try:
+        return handler(value)
+    except ValueError:
+        if isinstance(value, str):
+            return value
+        raise
 
 
 class Task(_Row):
@@ -33,6 +65,20 @@ class Task(_Row):
     claimed_by: str | None = None
     release_version: str | None = None
 
+    _tolerant = field_validator("type", "status", mode="wrap")(_keep_unknown)
+
+    def problems(self) -> list[str]:
+        """What makes this row impossible to process, column and value named (empty: none).
+
+        ``type`` and ``status`` may hold values outside their annotation (see the module
+        docstring): code that dispatches on them must call this first."""
+        found = []
+        if self.type not in TASK_TYPES:
+            found.append(f"type {self.type!r} is not one of {', '.join(TASK_TYPES)}")
+        if self.status not in TASK_STATUSES:
+            found.append(f"status {self.status!r} is not one of {', '.join(TASK_STATUSES)}")
+        return found
+
 
 class ArtifactInfo(_Row):
     """A release without its bytes (``size`` comes from ``octet_length``)."""
@@ -49,6 +95,18 @@ class ArtifactInfo(_Row):
     signature: str | None = None
     has_env: bool = False
     has_values: bool = False
+
+    _tolerant = field_validator("chart_type", mode="wrap")(_keep_unknown)
+
+    @field_validator("release_version", "sha256", mode="before")
+    @classmethod
+    def _text(cls, value: Any) -> Any:
+        return "" if value is None else value  # NOT NULL on our schema, maybe not on theirs
+
+    @field_validator("size", mode="before")
+    @classmethod
+    def _size(cls, value: Any) -> Any:
+        return 0 if value is None else value  # octet_length(NULL)
 
     def as_release(self) -> Release:
         return Release(
