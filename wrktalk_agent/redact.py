@@ -142,9 +142,7 @@ def _env_secrets(text: str) -> Iterator[str]:
             inner = raw[1:-1]
             values = [inner]
             if raw[0] == '"':
-                values.append(
-                    inner.replace("\\n", "\n").replace('\\"', '"').replace("\\\\", "\\")
-                )
+                values.append(inner.replace("\\n", "\n").replace('\\"', '"').replace("\\\\", "\\"))
         elif " #" in raw:
             values.append(raw.split(" #", 1)[0].rstrip())
         for value in values:
@@ -159,7 +157,9 @@ def _values_secrets(text: str) -> Iterator[str]:
         return
     if len(text) <= MAX_YAML_BYTES:
         try:
-            tree = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+            # the safe loader (its C version when built): plain data, no Python objects
+            loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+            tree = yaml.load(text, Loader=loader)  # noqa: S506
         except (yaml.YAMLError, ValueError, RecursionError):
             pass
         else:
@@ -236,7 +236,7 @@ def _trie_pattern(words: list[str]) -> str:
         # chains of single children become one literal (keeps the nesting shallow)
         parts: list[str] = []
         while len(node) == 1 and "" not in node:
-            (char, node), = node.items()
+            ((char, node),) = node.items()
             parts.append(re.escape(char))
         prefix = "".join(parts)
         ends = "" in node

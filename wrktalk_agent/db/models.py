@@ -14,8 +14,13 @@ from datetime import UTC, datetime
 from typing import Any, Literal, get_args
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, ValidationInfo, ValidatorFunctionWrapHandler
-from pydantic import field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    ValidationInfo,
+    ValidatorFunctionWrapHandler,
+    field_validator,
+)
 
 from wrktalk_agent.interfaces import Release
 
