@@ -23,7 +23,7 @@ from pydantic import SecretStr
 from wrktalk_agent.bootstrap import make_registry
 from wrktalk_agent.cli import main
 from wrktalk_agent.config import AgentSettings
-from wrktalk_agent.db.schema import check_schema, init_schema
+from wrktalk_agent.db.schema import check_schema, init_schema, missing_constraints
 from wrktalk_agent.preflight import run_checks
 from wrktalk_agent.testing import add_release
 
@@ -200,12 +200,16 @@ async def test_cli_renders_every_hostile_row(repo, cli, backend_schema: bool) ->
 
 
 async def test_db_check_names_missing_check_constraints_and_init_adds_them(
-    repo, database_url: str
+    repo, database_url: str, cli
 ) -> None:
     await insert_corpus(repo, backend_schema=True)
+    checked = await asyncio.to_thread(cli, "db", "check")
+    assert checked.exit_code == 1
+    assert "check constraint on agent_task.type" in checked.output
     conn = await asyncpg.connect(database_url)
     try:
-        problems = await check_schema(conn)
+        assert await check_schema(conn) == []  # the agent runs without them
+        problems = await missing_constraints(conn)
         assert (
             "check constraint on agent_task.type (known task types: "
             "type IN ('deploy', 'rollback')) is missing"
@@ -216,7 +220,7 @@ async def test_db_check_names_missing_check_constraints_and_init_adds_them(
         )
         # the bad rows already there do not stop db init (NOT VALID); new ones are refused
         assert await init_schema(conn) == problems
-        assert await check_schema(conn) == []
+        assert await missing_constraints(conn) == []
         with pytest.raises(asyncpg.CheckViolationError):
             await conn.execute("INSERT INTO agent_task (type) VALUES ('redeploy')")
     finally:

@@ -139,7 +139,7 @@ def db_init() -> None:
 def db_check() -> None:
     """Tell what the database lacks; exit 1 if anything."""
     settings = load_settings()
-    problems = run_async(with_repo(settings, lambda r: r.check_schema()))
+    problems = run_async(with_repo(settings, _schema_problems))
     if problems:
         click.echo(f"the database at {settings.masked_dsn()} lacks:")
         for line in problems:
@@ -147,6 +147,14 @@ def db_check() -> None:
         click.echo("run `wrktalk-agent db init` to add them")
         sys.exit(1)
     click.echo("schema complete")
+
+
+async def _schema_problems(repo: Repository) -> list[str]:
+    from wrktalk_agent.db.schema import missing_constraints
+
+    problems = await repo.check_schema()
+    async with repo.connection() as conn:
+        return problems + await missing_constraints(conn)
 
 
 # -- releases --------------------------------------------------------------------------

@@ -103,10 +103,6 @@ async def check_schema(conn: asyncpg.Connection) -> list[str]:
     for name, purpose in EXPECTED_INDEXES.items():
         if name not in indexes:
             problems.append(f"index {name} ({purpose}) is missing")
-    problems.extend(
-        f"check constraint on {table}.{column} ({purpose}: {condition}) is missing"
-        for table, column, condition, purpose in await _missing_checks(conn, present)
-    )
     if "deployment_config" in present and not await conn.fetchval(
         "SELECT EXISTS (SELECT 1 FROM deployment_config)"
     ):
@@ -126,6 +122,28 @@ async def check_schema(conn: asyncpg.Connection) -> list[str]:
     return problems
 
 
+async def missing_constraints(conn: asyncpg.Connection) -> list[str]:
+    """The CHECK constraints a backend-owned schema lacks, in plain words. Not part of
+    :func:`check_schema`: the agent runs without them (it fails a row it cannot process),
+    so only `db check` reports them and `db init` adds them."""
+    return [
+        f"check constraint on {table}.{column} ({purpose}: {condition}) is missing"
+        for table, column, condition, purpose in await _missing_checks(
+            conn, await _present_columns(conn)
+        )
+    ]
+
+
+async def _present_columns(conn: asyncpg.Connection) -> dict[str, set[str]]:
+    present: dict[str, set[str]] = {}
+    for row in await conn.fetch(
+        """SELECT table_name, column_name FROM information_schema.columns
+           WHERE table_schema = current_schema()"""
+    ):
+        present.setdefault(row["table_name"], set()).add(row["column_name"])
+    return present
+
+
 async def _missing_checks(
     conn: asyncpg.Connection, present: dict[str, set[str]]
 ) -> list[tuple[str, str, str, str]]:
@@ -143,7 +161,7 @@ async def init_schema(conn: asyncpg.Connection) -> list[str]:
     """Apply the schema; return what was missing before (empty: nothing was changed)."""
     async with conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock($1)", _INIT_LOCK)
-        missing = await check_schema(conn)
+        missing = await check_schema(conn) + await missing_constraints(conn)
         if missing:
             await conn.execute(schema_sql())
             await _add_checks(conn)
@@ -153,13 +171,7 @@ async def init_schema(conn: asyncpg.Connection) -> list[str]:
 async def _add_checks(conn: asyncpg.Connection) -> None:
     """CHECK constraints a pre-existing table lacks (CREATE TABLE IF NOT EXISTS skipped it).
     NOT VALID: rows already there are not checked, so a bad old row cannot block `db init`."""
-    rows = await conn.fetch(
-        """SELECT table_name, column_name FROM information_schema.columns
-           WHERE table_schema = current_schema()"""
-    )
-    present: dict[str, set[str]] = {}
-    for row in rows:
-        present.setdefault(row["table_name"], set()).add(row["column_name"])
+    present = await _present_columns(conn)
     for table, column, condition, _ in await _missing_checks(conn, present):
         # identifiers come from EXPECTED_CHECKS above, never from input
         await conn.execute(
