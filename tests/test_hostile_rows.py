@@ -95,8 +95,7 @@ async def insert_corpus(
     )
     empty = await repo.pool.fetchval(
         """INSERT INTO release_artifact (release_version, chart_type, artifact_data, sha256)
-           VALUES ($1, 'compose', ''::bytea, repeat('0', 64)) RETURNING id""",
-        "empty" + NASTY,
+           VALUES ('0.0.1-empty', 'compose', ''::bytea, repeat('0', 64)) RETURNING id"""
     )
     if backend_schema:
         await repo.pool.execute(
@@ -234,8 +233,9 @@ MUST_FAIL = {
     "-infinity": ("execute_after", "-infinity"),
     "far past": None,  # due: it simply runs
     "null artifact": ("release_artifact_id", "NULL"),
-    "empty artifact": ("artifact", ""),
+    "empty artifact": ("artifact_data", "empty"),
     "unknown type": ("type", "redeploy"),
+    "hostile release": ("release_version", "2.0.0"),
 }
 
 

@@ -24,6 +24,7 @@ from pydantic import ValidationError
 from wrktalk_agent import __version__
 from wrktalk_agent.bootstrap import StartupError, make_registry, open_services, plugin_context
 from wrktalk_agent.config import AgentSettings
+from wrktalk_agent.db.models import tolerant_rows
 from wrktalk_agent.db.repository import DatabaseUnavailable, Repository
 from wrktalk_agent.interfaces import BackendError, validate_version
 from wrktalk_agent.log import configure_logging, get_logger
@@ -74,7 +75,8 @@ def run_async(coro: Coroutine[Any, Any, T]) -> T:
 async def with_repo(settings: AgentSettings, work: Callable[[Repository], Awaitable[T]]) -> T:
     repo = await Repository.connect(settings)
     try:
-        return await work(repo)
+        with tolerant_rows():  # a row with an unknown status is shown, not fatal
+            return await work(repo)
     finally:
         await repo.close()
 

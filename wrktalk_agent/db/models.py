@@ -1,15 +1,20 @@
 """Typed rows of the tables the agent reads.
 
 Rows come from a database that a backend (or a person with psql) writes, possibly on a
-schema without the agent's CHECK constraints. Reading a row never fails because of a value
-the agent does not know: an unknown task type or status, or a chart type, is kept as it
-is (so ``task list`` and the dashboard can show it) and :meth:`Task.problems` names it for
-the code that must not act on it. Infinite timestamps arrive from asyncpg as naive
-``datetime.max`` / ``datetime.min``; they are read as UTC so that comparisons work.
+schema without the agent's CHECK constraints. By default a task type, task status or
+chart type outside the known values is a validation error, so the agent can never act on
+one by mistake. Readers that only show rows (the CLI, the dashboard) parse inside
+:func:`tolerant_rows`: there an unknown value is kept as it is, so one bad row does not
+hide all the others, and :meth:`Task.problems` names it. Infinite timestamps arrive from
+asyncpg as naive ``datetime.max`` / ``datetime.min``; they are read as UTC so that
+comparisons work.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any, Literal, get_args
 from uuid import UUID
@@ -45,12 +50,26 @@ class _Row(BaseModel):
         return value
 
 
+_TOLERANT: ContextVar[bool] = ContextVar("wrktalk_tolerant_rows", default=False)
+
+
+@contextmanager
+def tolerant_rows() -> Iterator[None]:
+    """Rows parsed in this block keep unknown types and statuses (for display only)."""
+    token = _TOLERANT.set(True)
+    try:
+        yield
+    finally:
+        _TOLERANT.reset(token)
+
+
 def _keep_unknown(value: Any, handler: ValidatorFunctionWrapHandler, info: ValidationInfo) -> Any:
-    """A value outside the Literal is kept as text instead of failing the whole row."""
+    """Inside :func:`tolerant_rows`, a value outside the Literal is kept as text instead of
+    failing the whole row."""
     try:
         return handler(value)
     except ValueError:
-        if isinstance(value, str):
+        if isinstance(value, str) and _TOLERANT.get():
             return value
         raise
 
@@ -75,8 +94,8 @@ class Task(_Row):
     def problems(self) -> list[str]:
         """What makes this row impossible to process, column and value named (empty: none).
 
-        ``type`` and ``status`` may hold values outside their annotation (see the module
-        docstring): code that dispatches on them must call this first."""
+        Only rows parsed inside :func:`tolerant_rows` can have any (see the module
+        docstring)."""
         found = []
         if self.type not in TASK_TYPES:
             found.append(f"type {self.type!r} is not one of {', '.join(TASK_TYPES)}")
