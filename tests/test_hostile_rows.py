@@ -369,3 +369,24 @@ async def test_check_passes_privileges_for_the_owner(agent_settings: AgentSettin
     settings = agent_settings.model_copy(update={"notifiers": [], "deployer": "script"})
     results = {r.name: r for r in await run_checks(settings, make_registry(settings))}
     assert results["privileges"].ok, results["privileges"].detail
+
+
+async def test_cli_without_a_privilege_is_one_line(
+    database_url: str, tmp_path: Path, repo, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    role, url = await _limited_role(database_url, "REVOKE SELECT ON agent_task FROM {role}")
+    try:
+        for key in list(__import__("os").environ):
+            if key.startswith("WRKTALK_AGENT_"):
+                monkeypatch.delenv(key)
+        env = {"WRKTALK_AGENT_DATABASE_URL": url, "WRKTALK_AGENT_LOG_FORMAT": "json"}
+        result = await asyncio.to_thread(
+            CliRunner().invoke, main, ["task", "list"], env=env, catch_exceptions=False
+        )
+        assert result.exit_code == 1
+        assert result.output.strip().splitlines() == [
+            "error: permission denied for table agent_task; "
+            "`wrktalk-agent check` names every missing privilege"
+        ]
+    finally:
+        await _drop_role(database_url, role)

@@ -70,6 +70,8 @@ def run_async(coro: Coroutine[Any, Any, T]) -> T:
         raise Failure(str(exc), exit_code=2) from None
     except asyncpg.UndefinedTableError as exc:
         raise Failure(f"{exc}; run `wrktalk-agent db init`") from None
+    except asyncpg.InsufficientPrivilegeError as exc:
+        raise Failure(f"{exc}; `wrktalk-agent check` names every missing privilege") from None
 
 
 async def with_repo(settings: AgentSettings, work: Callable[[Repository], Awaitable[T]]) -> T:

@@ -76,9 +76,9 @@ class Redactor:
             _add(found, value)
         for value in _values_secrets(_text(values_data)):
             _add(found, value)
-        for value in extra:
-            if value:
-                _add(found, value)
+        for secret in extra:
+            if secret:
+                _add(found, secret)
         ordered = sorted(found, key=lambda s: (-len(s), s))[:MAX_SECRETS]
         self._long = [s for s in ordered if len(s) > _LONG]
         short = [s for s in ordered if len(s) <= _LONG]
