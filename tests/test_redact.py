@@ -122,3 +122,31 @@ def test_visible_examples() -> None:
     assert visible("[/]oops[/bold] ünïcödé 漢字") == "[/]oops[/bold] ünïcödé 漢字"
     assert visible(None) == ""
     assert visible_value({"k\x07": ["\x9b", 1]}) == {"k\\x07": ["\\x9b", 1]}
+
+
+def test_log_lines_inside_redacting_are_masked_tracebacks_too(capsys) -> None:
+    import json as _json
+
+    from wrktalk_agent.log import configure_logging, get_logger, redacting
+
+    configure_logging("info", "json")
+    log = get_logger()
+    with redacting(Redactor("API_TOKEN=tok-in-the-log\n")):
+        try:
+            raise RuntimeError("deploy printed tok-in-the-log")
+        except RuntimeError:
+            log.exception("task.crashed", output="x tok-in-the-log y")
+    log.info("after", output="tok-in-the-log")  # outside the block: not this task's secret
+    lines = [_json.loads(line) for line in capsys.readouterr().err.splitlines()]
+    assert "tok-in-the-log" not in _json.dumps(lines[0])
+    assert lines[0]["output"] == "x *** y" and "***" in lines[0]["exception"]
+    assert lines[1]["output"] == "tok-in-the-log"
+
+
+def test_console_log_lines_show_escapes(capsys) -> None:
+    from wrktalk_agent.log import configure_logging, get_logger
+
+    configure_logging("info", "console")
+    get_logger().info("step", message="\x1b[2Jwiped\u202e")
+    err = capsys.readouterr().err
+    assert "\\x1b[2Jwiped\\u202e" in err and "\x1b" not in err  # no colours: not a tty

@@ -5,8 +5,10 @@ from __future__ import annotations
 import logging
 import re
 import sys
-from collections.abc import MutableMapping
-from typing import Any
+from collections.abc import Iterator, MutableMapping
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Any, Protocol
 
 import structlog
 
@@ -25,6 +27,35 @@ def redact_secrets(
             event_dict[key] = "***"
         elif isinstance(value, str) and "://" in value:
             event_dict[key] = _DSN_PASSWORD.sub(r"\1***@", value)
+    return event_dict
+
+
+class _Redactor(Protocol):
+    def redact(self, text: str) -> str: ...
+
+
+_REDACTOR: ContextVar[_Redactor | None] = ContextVar("wrktalk_log_redactor", default=None)
+
+
+@contextmanager
+def redacting(redactor: _Redactor) -> Iterator[None]:
+    """Log lines written inside this block (in this task) have the release's secrets
+    masked by ``redactor`` (a :class:`wrktalk_agent.redact.Redactor`), tracebacks too."""
+    token = _REDACTOR.set(redactor)
+    try:
+        yield
+    finally:
+        _REDACTOR.reset(token)
+
+
+def redact_known_secrets(
+    _: Any, __: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    redactor = _REDACTOR.get()
+    if redactor is not None:
+        for key, value in list(event_dict.items()):
+            if isinstance(value, str):
+                event_dict[key] = redactor.redact(value)
     return event_dict
 
 
@@ -55,6 +86,7 @@ def configure_logging(level: str = "info", fmt: str = "auto") -> None:
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             redact_secrets,
             structlog.processors.format_exc_info,
+            redact_known_secrets,
             *([escape_for_console] if use_console else []),
             renderer,
         ],
