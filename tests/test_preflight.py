@@ -155,8 +155,8 @@ async def test_a_healthy_setup_passes_every_check(settings, registry, repo) -> N
     results = await run_checks(settings, registry, None)
 
     assert [r.name for r in results] == [
-        "database", "schema", "deployer testdeploy: tool", "deployer testdeploy: target",
-        "notifier admins: recipients", "work dir", "trusted keys",
+        "database", "schema", "privileges", "deployer testdeploy: tool",
+        "deployer testdeploy: target", "notifier admins: recipients", "work dir", "trusted keys",
     ]  # fmt: skip
     assert all(r.ok for r in results), format_checks(results)
     checks = by_name(results)

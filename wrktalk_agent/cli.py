@@ -25,11 +25,12 @@ from pydantic import ValidationError
 from wrktalk_agent import __version__
 from wrktalk_agent.bootstrap import StartupError, make_registry, open_services, plugin_context
 from wrktalk_agent.config import AgentSettings
-from wrktalk_agent.db.models import MaintenanceState
+from wrktalk_agent.db.models import MaintenanceState, tolerant_rows
 from wrktalk_agent.db.repository import DatabaseUnavailable, Repository
 from wrktalk_agent.interfaces import BackendError, validate_version
 from wrktalk_agent.log import configure_logging, get_logger
 from wrktalk_agent.plugins import PluginError, SettingsError, format_validation_error
+from wrktalk_agent.safe_text import visible
 
 T = TypeVar("T")
 
@@ -42,7 +43,8 @@ class Failure(click.ClickException):
         self.exit_code = exit_code  # type: ignore[misc]  # per instance, click reads it
 
     def show(self, file: Any = None) -> None:
-        for line in self.format_message().splitlines():
+        # messages quote database values and tool output: shown, never interpreted
+        for line in visible(self.format_message(), newlines=True).splitlines():
             click.echo(line if line.startswith("  ") else f"error: {line}", err=True)
 
 
@@ -69,12 +71,15 @@ def run_async(coro: Coroutine[Any, Any, T]) -> T:
         raise Failure(str(exc), exit_code=2) from None
     except asyncpg.UndefinedTableError as exc:
         raise Failure(f"{exc}; run `wrktalk-agent db init`") from None
+    except asyncpg.InsufficientPrivilegeError as exc:
+        raise Failure(f"{exc}; `wrktalk-agent check` names every missing privilege") from None
 
 
 async def with_repo(settings: AgentSettings, work: Callable[[Repository], Awaitable[T]]) -> T:
     repo = await Repository.connect(settings)
     try:
-        return await work(repo)
+        with tolerant_rows():  # a row with an unknown status is shown, not fatal
+            return await work(repo)
     finally:
         await repo.close()
 
@@ -139,7 +144,7 @@ def db_init() -> None:
 def db_check() -> None:
     """Tell what the database lacks; exit 1 if anything."""
     settings = load_settings()
-    problems = run_async(with_repo(settings, lambda r: r.check_schema()))
+    problems = run_async(with_repo(settings, _schema_problems))
     if problems:
         click.echo(f"the database at {settings.masked_dsn()} lacks:")
         for line in problems:
@@ -147,6 +152,14 @@ def db_check() -> None:
         click.echo("run `wrktalk-agent db init` to add them")
         sys.exit(1)
     click.echo("schema complete")
+
+
+async def _schema_problems(repo: Repository) -> list[str]:
+    from wrktalk_agent.db.schema import missing_constraints
+
+    problems = await repo.check_schema()
+    async with repo.connection() as conn:
+        return problems + await missing_constraints(conn)
 
 
 # -- releases --------------------------------------------------------------------------
@@ -274,7 +287,10 @@ def release_list(as_json: bool) -> None:
         return
     for r in releases:
         flag = "current" if r.is_current else "previous" if r.is_previous else ""
-        click.echo(f"{r.release_version:20} {r.chart_type:8} {r.size:>12} {r.sha256[:12]} {flag}")
+        click.echo(
+            f"{visible(r.release_version):20} {visible(r.chart_type):8} {r.size:>12} "
+            f"{visible(r.sha256[:12])} {flag}"
+        )
 
 
 # -- tasks -----------------------------------------------------------------------------
@@ -348,8 +364,8 @@ def task_list(as_json: bool, status: str | None, task_type: str | None, limit: i
     for t in tasks:
         when = t.created_at.strftime("%Y-%m-%d %H:%M:%S") if t.created_at else ""
         click.echo(
-            f"{t.id}  {t.type:8} {t.release_version or '-':16} {t.status:10} {when}  "
-            f"{(t.error_message or '')[:60]}"
+            f"{t.id}  {visible(t.type):8} {visible(t.release_version or '-'):16} "
+            f"{visible(t.status):10} {when}  {visible((t.error_message or '')[:60])}"
         )
 
 
@@ -366,13 +382,16 @@ def task_show(task_id: UUID) -> None:
     if found is None:
         raise Failure(f"no task {task_id}", exit_code=2)
     click.echo(
-        f"{found.type} {found.release_version or ''} {found.status} "
-        f"(agent {found.claimed_by or '-'})"
+        f"{visible(found.type)} {visible(found.release_version)} {visible(found.status)} "
+        f"(agent {visible(found.claimed_by or '-')})"
     )
     if found.error_message:
-        click.echo(f"error: {found.error_message}")
+        click.echo(f"error: {visible(found.error_message, newlines=True)}")
     for e in events:
-        click.echo(f"  {e.created_at:%H:%M:%S.%f}"[:-3] + f"  {e.step:22} {e.status:9} {e.message}")
+        click.echo(
+            f"  {e.created_at:%H:%M:%S.%f}"[:-3]
+            + f"  {visible(e.step):22} {visible(e.status):9} {visible(e.message)}"
+        )
 
 
 @task.command("cancel")
@@ -390,7 +409,9 @@ def task_cancel(task_id: UUID) -> None:
             if existing is None:
                 raise Failure(f"no task {task_id}", exit_code=2)
             raise Failure(
-                f"task {task_id} is {existing.status}; only pending tasks can be cancelled", 2
+                f"task {task_id} is {visible(existing.status)}; only pending tasks can be "
+                "cancelled",
+                2,
             )
         return cancelled
 
@@ -486,7 +507,7 @@ def maintenance(action: str, reason: str, who: str | None, force: bool) -> None:
                 log.info(f"maintenance.operator_{action}", reason=reason, by=operator)
             live = bool(await handler.status()) if handler is not None else None
         except BackendError as exc:
-            raise Failure(f"{settings.maintenance_name}: {exc}") from None
+            raise Failure(f"{settings.maintenance_name}: {visible(exc)}") from None
         return live, await repo.maintenance_state()
 
     live, state = run_async(with_repo(settings, act))
@@ -494,7 +515,7 @@ def maintenance(action: str, reason: str, who: str | None, force: bool) -> None:
     line = f"maintenance mode is {'ON' if state.enabled else 'off'}"
     if state.enabled:
         since = state.since.strftime("%Y-%m-%d %H:%M:%S %Z") if state.since else "unknown"
-        line += f" — owner: {maint.describe_owner(state)}, since {since}"
+        line += f" — owner: {visible(maint.describe_owner(state))}, since {since}"
     click.echo(f"{line}{f' ({proxy})' if proxy else ''}")
 
 
@@ -510,7 +531,7 @@ def check(as_json: bool) -> None:
     if as_json:
         print_json([{"name": r.name, "ok": r.ok, "detail": r.detail} for r in results])
     else:
-        click.echo(format_checks(results))
+        click.echo(visible(format_checks(results), newlines=True))
     if not all(r.ok for r in results):
         sys.exit(1)
 

@@ -5,10 +5,14 @@ from __future__ import annotations
 import logging
 import re
 import sys
-from collections.abc import MutableMapping
-from typing import Any
+from collections.abc import Iterator, MutableMapping
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Any, Protocol
 
 import structlog
+
+from wrktalk_agent.safe_text import visible
 
 _SECRET_KEYS = re.compile(r"password|secret|token|dsn|env_data|authorization", re.I)
 _DSN_PASSWORD = re.compile(r"(postgres(?:ql)?://[^:/@\s]+:)[^@\s]+@")
@@ -26,6 +30,48 @@ def redact_secrets(
     return event_dict
 
 
+class _Redactor(Protocol):
+    def redact(self, text: str) -> str: ...
+
+
+_REDACTOR: ContextVar[_Redactor | None] = ContextVar("wrktalk_log_redactor", default=None)
+
+
+@contextmanager
+def redacting(redactor: _Redactor) -> Iterator[None]:
+    """Log lines written inside this block (in this task) have the release's secrets
+    masked by ``redactor`` (a :class:`wrktalk_agent.redact.Redactor`), tracebacks too."""
+    token = _REDACTOR.set(redactor)
+    try:
+        yield
+    finally:
+        _REDACTOR.reset(token)
+
+
+def redact_known_secrets(
+    _: Any, __: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    redactor = _REDACTOR.get()
+    if redactor is not None:
+        for key, value in list(event_dict.items()):
+            if isinstance(value, str):
+                event_dict[key] = redactor.redact(value)
+    return event_dict
+
+
+def escape_for_console(
+    _: Any, __: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """Console lines quote tool output and database values: control characters (ANSI
+    escapes, carriage returns, bidi overrides) become visible escapes so a log line can
+    neither restyle the operator's terminal nor forge another line. JSON lines need no
+    such step: the JSON encoder escapes control characters itself."""
+    for key, value in list(event_dict.items()):
+        if isinstance(value, str):
+            event_dict[key] = visible(value, newlines=key == "exception")
+    return event_dict
+
+
 def configure_logging(level: str = "info", fmt: str = "auto") -> None:
     use_console = fmt == "console" or (fmt == "auto" and sys.stderr.isatty())
     renderer: Any = (
@@ -40,6 +86,8 @@ def configure_logging(level: str = "info", fmt: str = "auto") -> None:
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             redact_secrets,
             structlog.processors.format_exc_info,
+            redact_known_secrets,
+            *([escape_for_console] if use_console else []),
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(

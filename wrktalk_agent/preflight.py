@@ -14,11 +14,28 @@ from pathlib import Path
 
 from wrktalk_agent.config import AgentSettings
 from wrktalk_agent.db import DatabaseUnavailable, Repository
+from wrktalk_agent.db import queries as q
 from wrktalk_agent.interfaces import CheckResult, PluginContext, Recipient, SmtpConfig
 from wrktalk_agent.plugins import Kind, PluginError, PluginRegistry, SettingsError
 from wrktalk_agent.signing import load_trusted_keys
 
-__all__ = ["format_checks", "run_checks"]
+__all__ = ["AGENT_PRIVILEGES", "format_checks", "run_checks"]
+
+#: What `wrktalk-agent run` does to each table, and why (named when missing).
+AGENT_PRIVILEGES: tuple[tuple[str, str, str], ...] = (
+    ("agent_task", "SELECT", "finding due tasks"),
+    ("agent_task", "UPDATE", "claiming, heartbeating and finishing tasks"),
+    ("agent_task_event", "SELECT", "task timelines"),
+    ("agent_task_event", "INSERT", "recording each step"),
+    ("release_artifact", "SELECT", "reading releases"),
+    ("release_artifact", "UPDATE", "marking the current and previous release"),
+    ("deployment_config", "SELECT", "the SMTP settings and the maintenance flag"),
+    ("deployment_config", "UPDATE", "recording polls and the maintenance flag"),
+    ("agent_instance", "SELECT", "the agents list"),
+    ("agent_instance", "INSERT", "registering this agent"),
+    ("agent_instance", "UPDATE", "recording this agent's polls"),
+    ("admin", "SELECT", "who to notify"),
+)
 
 
 class _UnreachableDirectory:
@@ -60,10 +77,12 @@ async def run_checks(
         if repo is None:
             results.append(CheckResult("database", False, unreachable))
             results.append(CheckResult("schema", False, "not checked: database unreachable"))
+            results.append(CheckResult("privileges", False, "not checked: database unreachable"))
         else:
             detail = f"PostgreSQL at {settings.server_label()} reachable ({settings.masked_dsn()})"
             results.append(CheckResult("database", True, detail))
             results.append(await _schema_check(repo))
+            results.append(await _privileges_check(repo))
 
         if context is None:
             context = PluginContext(
@@ -90,6 +109,48 @@ async def _schema_check(repo: Repository) -> CheckResult:
     if problems:
         return CheckResult("schema", False, "; ".join(problems) + " (run `wrktalk-agent db init`)")
     return CheckResult("schema", True, "all tables, columns, indexes and the trigger present")
+
+
+async def _privileges_check(repo: Repository) -> CheckResult:
+    """Ask PostgreSQL what the role may do (has_table_privilege and friends) instead of
+    finding out mid-deploy. LISTEN needs no privilege."""
+    try:
+        rows = await repo.pool.fetch(
+            q.TABLE_PRIVILEGES,
+            [table for table, _, _ in AGENT_PRIVILEGES],
+            [privilege for _, privilege, _ in AGENT_PRIVILEGES],
+        )
+        other = await repo.pool.fetchrow(q.OTHER_PRIVILEGES)
+    except Exception as exc:
+        return CheckResult("privileges", False, f"could not ask for privileges: {exc}")
+    assert other is not None
+    role = other["role_name"]
+    missing: list[str] = []
+    grants: dict[str, list[str]] = {}
+    for row, (table, privilege, why) in zip(rows, AGENT_PRIVILEGES, strict=True):
+        if row["granted"] is False:  # None: the table is missing (the schema check says so)
+            missing.append(f"{privilege} on {table} ({why})")
+            grants.setdefault(table, []).append(privilege)
+    if other["schema_usage"] is False:
+        missing.append("USAGE on the schema (every table)")
+    if other["event_sequence_usage"] is False:
+        missing.append("USAGE on the sequence of agent_task_event.id (recording each step)")
+    for column, function in (
+        ("advisory_lock", "pg_try_advisory_lock"),
+        ("advisory_unlock", "pg_advisory_unlock"),
+    ):
+        if other[column] is False:
+            missing.append(f"EXECUTE on {function}(bigint) (advisory locks)")
+    if not missing:
+        return CheckResult(
+            "privileges", True, f"role {role} may do everything the agent does (LISTEN included)"
+        )
+    hint = "; ".join(
+        f"GRANT {', '.join(privileges)} ON {table} TO {role}"
+        for table, privileges in grants.items()
+    )
+    detail = f"role {role} lacks " + ", ".join(missing) + (f" ({hint})" if hint else "")
+    return CheckResult("privileges", False, detail)
 
 
 def _selected_backends(settings: AgentSettings) -> list[tuple[Kind, str]]:

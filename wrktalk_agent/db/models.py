@@ -1,12 +1,31 @@
-"""Typed rows of the tables the agent reads."""
+"""Typed rows of the tables the agent reads.
+
+Rows come from a database that a backend (or a person with psql) writes, possibly on a
+schema without the agent's CHECK constraints. By default a task type, task status or
+chart type outside the known values is a validation error, so the agent can never act on
+one by mistake. Readers that only show rows (the CLI, the dashboard) parse inside
+:func:`tolerant_rows`: there an unknown value is kept as it is, so one bad row does not
+hide all the others, and :meth:`Task.problems` names it. Infinite timestamps arrive from
+asyncpg as naive ``datetime.max`` / ``datetime.min``; they are read as UTC so that
+comparisons work.
+"""
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Any, Literal
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from datetime import UTC, datetime
+from typing import Any, Literal, get_args
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    ValidationInfo,
+    ValidatorFunctionWrapHandler,
+    field_validator,
+)
 
 from wrktalk_agent.interfaces import Release
 
@@ -14,8 +33,45 @@ TaskType = Literal["deploy", "rollback"]
 TaskStatus = Literal["pending", "inProgress", "completed", "failed"]
 
 
+TASK_TYPES: tuple[str, ...] = get_args(TaskType)
+TASK_STATUSES: tuple[str, ...] = get_args(TaskStatus)
+CHART_TYPES: tuple[str, ...] = ("helm", "compose")
+
+
 class _Row(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _aware(cls, value: Any) -> Any:
+        # 'infinity' / '-infinity' come back naive; every other timestamp is UTC-aware
+        if isinstance(value, datetime) and value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value
+
+
+_TOLERANT: ContextVar[bool] = ContextVar("wrktalk_tolerant_rows", default=False)
+
+
+@contextmanager
+def tolerant_rows() -> Iterator[None]:
+    """Rows parsed in this block keep unknown types and statuses (for display only)."""
+    token = _TOLERANT.set(True)
+    try:
+        yield
+    finally:
+        _TOLERANT.reset(token)
+
+
+def _keep_unknown(value: Any, handler: ValidatorFunctionWrapHandler, info: ValidationInfo) -> Any:
+    """Inside :func:`tolerant_rows`, a value outside the Literal is kept as text instead of
+    failing the whole row."""
+    try:
+        return handler(value)
+    except ValueError:
+        if isinstance(value, str) and _TOLERANT.get():
+            return value
+        raise
 
 
 class Task(_Row):
@@ -37,6 +93,20 @@ class Task(_Row):
     recovery: bool = False
     release_version: str | None = None
 
+    _tolerant = field_validator("type", "status", mode="wrap")(_keep_unknown)
+
+    def problems(self) -> list[str]:
+        """What makes this row impossible to process, column and value named (empty: none).
+
+        Only rows parsed inside :func:`tolerant_rows` can have any (see the module
+        docstring)."""
+        found = []
+        if self.type not in TASK_TYPES:
+            found.append(f"type {self.type!r} is not one of {', '.join(TASK_TYPES)}")
+        if self.status not in TASK_STATUSES:
+            found.append(f"status {self.status!r} is not one of {', '.join(TASK_STATUSES)}")
+        return found
+
 
 class ArtifactInfo(_Row):
     """A release without its bytes (``size`` comes from ``octet_length``)."""
@@ -53,6 +123,18 @@ class ArtifactInfo(_Row):
     signature: str | None = None
     has_env: bool = False
     has_values: bool = False
+
+    _tolerant = field_validator("chart_type", mode="wrap")(_keep_unknown)
+
+    @field_validator("release_version", "sha256", mode="before")
+    @classmethod
+    def _text(cls, value: Any) -> Any:
+        return "" if value is None else value  # NOT NULL on our schema, maybe not on theirs
+
+    @field_validator("size", mode="before")
+    @classmethod
+    def _size(cls, value: Any) -> Any:
+        return 0 if value is None else value  # octet_length(NULL)
 
     def as_release(self) -> Release:
         return Release(

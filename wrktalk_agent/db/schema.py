@@ -47,6 +47,33 @@ EXPECTED_INDEXES: dict[str, str] = {
     "agent_notification_due": "notification delivery",
 }
 
+#: CHECK constraints the agent relies on, by (table, column): the condition and what it
+#: guards. A backend-owned schema may lack them; `db init` adds them NOT VALID (existing
+#: rows are left for the agent to fail one by one, new rows are checked).
+EXPECTED_CHECKS: dict[tuple[str, str], tuple[str, str]] = {
+    ("agent_task", "type"): ("type IN ('deploy', 'rollback')", "known task types"),
+    ("agent_task", "status"): (
+        "status IN ('pending', 'inProgress', 'completed', 'failed')",
+        "known task statuses",
+    ),
+    ("release_artifact", "chart_type"): (
+        "chart_type IN ('helm', 'compose')",
+        "known chart types",
+    ),
+    ("agent_task_event", "status"): (
+        "status IN ('started', 'succeeded', 'failed', 'skipped', 'info')",
+        "known step statuses",
+    ),
+}
+
+_CHECKED_COLUMNS = """
+SELECT c.relname AS table_name, a.attname AS column_name
+FROM pg_constraint k
+JOIN pg_class c ON c.oid = k.conrelid
+JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = ANY (k.conkey)
+WHERE k.contype = 'c' AND c.relnamespace = current_schema()::regnamespace
+"""
+
 EXPECTED_TRIGGERS: dict[str, tuple[str, str]] = {
     "agent_task_notify": ("agent_task", "immediate wake-up on new tasks (LISTEN/NOTIFY)"),
 }
@@ -103,11 +130,59 @@ async def check_schema(conn: asyncpg.Connection) -> list[str]:
     return problems
 
 
+async def missing_constraints(conn: asyncpg.Connection) -> list[str]:
+    """The CHECK constraints a backend-owned schema lacks, in plain words. Not part of
+    :func:`check_schema`: the agent runs without them (it fails a row it cannot process),
+    so only `db check` reports them and `db init` adds them."""
+    return [
+        f"check constraint on {table}.{column} ({purpose}: {condition}) is missing"
+        for table, column, condition, purpose in await _missing_checks(
+            conn, await _present_columns(conn)
+        )
+    ]
+
+
+async def _present_columns(conn: asyncpg.Connection) -> dict[str, set[str]]:
+    present: dict[str, set[str]] = {}
+    for row in await conn.fetch(
+        """SELECT table_name, column_name FROM information_schema.columns
+           WHERE table_schema = current_schema()"""
+    ):
+        present.setdefault(row["table_name"], set()).add(row["column_name"])
+    return present
+
+
+async def _missing_checks(
+    conn: asyncpg.Connection, present: dict[str, set[str]]
+) -> list[tuple[str, str, str, str]]:
+    """(table, column, condition, purpose) of each expected CHECK constraint that no
+    constraint on that column provides (the name does not matter: a backend names its own)."""
+    checked = {(r["table_name"], r["column_name"]) for r in await conn.fetch(_CHECKED_COLUMNS)}
+    return [
+        (table, column, condition, purpose)
+        for (table, column), (condition, purpose) in EXPECTED_CHECKS.items()
+        if column in present.get(table, set()) and (table, column) not in checked
+    ]
+
+
 async def init_schema(conn: asyncpg.Connection) -> list[str]:
     """Apply the schema; return what was missing before (empty: nothing was changed)."""
     async with conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock($1)", _INIT_LOCK)
-        missing = await check_schema(conn)
+        missing = await check_schema(conn) + await missing_constraints(conn)
         if missing:
             await conn.execute(schema_sql())
+            await _add_checks(conn)
     return missing
+
+
+async def _add_checks(conn: asyncpg.Connection) -> None:
+    """CHECK constraints a pre-existing table lacks (CREATE TABLE IF NOT EXISTS skipped it).
+    NOT VALID: rows already there are not checked, so a bad old row cannot block `db init`."""
+    present = await _present_columns(conn)
+    for table, column, condition, _ in await _missing_checks(conn, present):
+        # identifiers come from EXPECTED_CHECKS above, never from input
+        await conn.execute(
+            f'ALTER TABLE {table} ADD CONSTRAINT "{table}_{column}_check" '
+            f"CHECK ({condition}) NOT VALID"
+        )

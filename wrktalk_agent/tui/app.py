@@ -23,6 +23,7 @@ from textual.widgets import DataTable, Footer, TabbedContent, TabPane
 
 from wrktalk_agent.config import AgentSettings
 from wrktalk_agent.db.models import Task, TaskStatus
+from wrktalk_agent.safe_text import visible
 from wrktalk_agent.tui import format as fmt
 from wrktalk_agent.tui.data import (
     ActionRefused,
@@ -263,9 +264,9 @@ class MainScreen(Screen[None]):
         previous_id = state.previous_id
         body = Text.assemble(
             "Queue a rollback from ",
-            (state.current_version or "none", "bold"),
+            (visible(state.current_version or "none"), "bold"),
             " to ",
-            (state.previous_version or "?", "bold"),
+            (visible(state.previous_version or "?"), "bold"),
             ".\n",
             "An agent will put the site in maintenance mode while it runs.",
         )
@@ -300,7 +301,7 @@ class MainScreen(Screen[None]):
             return
         body = Text.assemble(
             "Cancel the pending ",
-            (f"{task.type} {task.release_version or ''}".strip(), "bold"),
+            (visible(f"{task.type} {task.release_version or ''}".strip()), "bold"),
             f" (task {fmt.short_id(task.id)})?\n",
             "It will be marked failed with a 'cancelled' message.",
         )
@@ -348,7 +349,12 @@ class MainScreen(Screen[None]):
 
     @on(ActionFinished)
     def action_finished(self, message: ActionFinished) -> None:
-        self.notify(message.text, severity="information" if message.ok else "error")
+        # the text quotes versions and database errors: never read it as markup
+        self.notify(
+            visible(message.text),
+            severity="information" if message.ok else "error",
+            markup=False,
+        )
         self.request_refresh()
 
 

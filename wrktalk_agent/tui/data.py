@@ -20,7 +20,14 @@ from uuid import UUID
 import asyncpg
 
 from wrktalk_agent.config import AgentSettings
-from wrktalk_agent.db.models import AgentInstance, ArtifactInfo, Task, TaskEvent, TaskStatus
+from wrktalk_agent.db.models import (
+    AgentInstance,
+    ArtifactInfo,
+    Task,
+    TaskEvent,
+    TaskStatus,
+    tolerant_rows,
+)
 from wrktalk_agent.db.repository import (
     CONNECTION_ERRORS,
     DatabaseUnavailable,
@@ -272,7 +279,8 @@ class DashboardSource:
                 async with self._connecting:
                     if self._repo is None:
                         self._repo = await Repository.connect(self.settings, timeout=5.0)
-                yield self._repo
+                with tolerant_rows():  # a row with an unknown status is shown, not fatal
+                    yield self._repo
         except DatabaseUnavailable as exc:
             raise SourceUnavailable(str(exc)) from None
         except _LOST_CONNECTION as exc:

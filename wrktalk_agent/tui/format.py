@@ -8,6 +8,8 @@ from typing import Any
 
 from rich.text import Text
 
+from wrktalk_agent.safe_text import visible
+
 #: One colour per task status, so a failed deploy catches the eye among completed ones.
 STATUS_STYLES: dict[str, str] = {
     "pending": "yellow",
@@ -110,18 +112,25 @@ def is_stale(moment: datetime | None, now: datetime, stale_after: float) -> bool
     return moment is None or now - moment > timedelta(seconds=stale_after)
 
 
+def plain(value: object, style: str = "") -> Text:
+    """Data as a Text: never read as markup, control characters made visible."""
+    return Text(visible(value), style=style)
+
+
 def status_text(status: str) -> Text:
-    return Text(status, style=STATUS_STYLES.get(status, ""))
+    return plain(status, STATUS_STYLES.get(status, ""))
 
 
 def event_status_text(status: str) -> Text:
-    return Text(status, style=EVENT_STYLES.get(status, ""))
+    return plain(status, EVENT_STYLES.get(status, ""))
 
 
 def first_line(text: str | None, width: int = 120) -> str:
+    """The first line, cut to ``width``, control characters made visible."""
     if not text:
         return ""
     line = text.strip().splitlines()[0] if text.strip() else ""
+    line = visible(line[: width * 4])  # escapes lengthen the text: cut after them too
     return line if len(line) <= width else line[: width - 1] + "…"
 
 

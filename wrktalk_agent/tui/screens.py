@@ -18,6 +18,7 @@ from textual.timer import Timer
 from textual.widgets import Button, Footer, Input, Label, Static
 
 from wrktalk_agent.db.models import ArtifactInfo, Task, TaskEvent
+from wrktalk_agent.safe_text import visible, visible_value
 from wrktalk_agent.tui import format as fmt
 from wrktalk_agent.tui.data import DashboardSource, SourceUnavailable, TaskDetail
 from wrktalk_agent.tui.messages import DetailFailed, DetailLoaded
@@ -97,9 +98,9 @@ class TaskDetailScreen(Screen[None]):
                     (
                         Text(fmt.clock_time(event.created_at, day)),
                         Text(event_took),
-                        Text(event.step, style="bold"),
+                        fmt.plain(event.step, "bold"),
                         fmt.event_status_text(event.status),
-                        Text(fmt.mask_secrets(event.message)),
+                        fmt.plain(fmt.mask_secrets(event.message)),
                     ),
                 )
                 for event, event_took in zip(events, took, strict=True)
@@ -108,7 +109,7 @@ class TaskDetailScreen(Screen[None]):
         error = self.query_one("#detail-error", Static)
         error.display = bool(task.error_message)
         # errors quote tool output and URLs: masked like the result
-        error_text = fmt.mask_secrets(task.error_message or "")
+        error_text = visible(fmt.mask_secrets(task.error_message or ""), newlines=True)
         error.update(Text.assemble(("Error\n", "bold"), (error_text, "red")))
         self.query_one("#detail-result", Static).update(result_text(task.result))
         if task.status in ("pending", "inProgress"):
@@ -118,14 +119,14 @@ class TaskDetailScreen(Screen[None]):
     def show_failure(self, message: DetailFailed) -> None:
         status = self.query_one("#detail-status", Static)
         status.add_class("error")
-        status.update(Text(f"✖ {message.error} · retrying"))
+        status.update(Text(f"✖ {visible(message.error)} · retrying"))
         self._timer = self.set_timer(self.refresh_interval, self.load)
 
 
 def header_text(task: Task, now: datetime) -> Text:
     end = task.completed_at or (now if task.status == "inProgress" else None)
     text = Text.assemble(
-        (f"{task.type} {task.release_version or ''}".rstrip(), "bold"),
+        (visible(f"{task.type} {task.release_version or ''}".rstrip()), "bold"),
         "  ",
         fmt.status_text(task.status),
         ("  task ", "dim"),
@@ -139,7 +140,7 @@ def header_text(task: Task, now: datetime) -> Text:
         ("picked up ", "dim"),
         fmt.full_time(task.picked_up_at),
         ("   by ", "dim"),
-        task.claimed_by or "—",
+        visible(task.claimed_by or "—"),
         ("   took ", "dim"),
         fmt.duration(task.picked_up_at, end),
         "\n",
@@ -184,7 +185,7 @@ def result_text(result: dict[str, Any] | None) -> Text:
         return Text("no result recorded", style="dim")
     lines: list[str] = []
     outputs: list[tuple[str, str]] = []
-    _flatten(fmt.mask_secrets(result), "", lines, outputs)
+    _flatten(visible_value(fmt.mask_secrets(result), newlines=True), "", lines, outputs)
     text = Text("Result\n", style="bold")
     text.append("\n".join(lines))
     for path, output in outputs:
@@ -274,18 +275,18 @@ class DeployDialog(ModalScreen[DeployChoice | None]):
     def compose(self) -> ComposeResult:
         release = self.release
         body = Text.assemble(
-            (release.chart_type, "bold"),
+            (visible(release.chart_type), "bold"),
             f" · {fmt.human_size(release.size)}",
-            f" · sha256 {fmt.short_sha(release.sha256)} · ",
+            f" · sha256 {visible(fmt.short_sha(release.sha256))} · ",
             ("signed", "green") if release.signature else ("not signed", "bold yellow"),
             "\n",
             ("live now: ", "dim"),
-            self.current or "none",
+            visible(self.current or "none"),
         )
         if release.is_current:
             body.append("\nthis release is already live: it would be deployed again", "yellow")
         with Vertical(classes="dialog"):
-            yield Label(Text(f"Deploy {release.release_version}?"), classes="dialog-title")
+            yield Label(Text(f"Deploy {visible(release.release_version)}?"), classes="dialog-title")
             yield Static(body, classes="dialog-body")
             yield Label("When (UTC, ISO 8601; empty = now):")
             yield Input(placeholder="e.g. 2025-06-01T22:00", id="when")
@@ -306,7 +307,7 @@ class DeployDialog(ModalScreen[DeployChoice | None]):
         try:
             when = fmt.parse_when(self.query_one("#when", Input).value, self.now)
         except ValueError as exc:
-            self.query_one("#when-error", Static).update(Text(str(exc), style="bold red"))
+            self.query_one("#when-error", Static).update(fmt.plain(exc, "bold red"))
             return
         self.dismiss(DeployChoice(self.release, when))
 

@@ -10,6 +10,7 @@ from textual.binding import Binding
 from textual.widgets import DataTable, Static
 
 from wrktalk_agent.db.models import AgentInstance, ArtifactInfo, Task, TaskEvent
+from wrktalk_agent.safe_text import visible
 from wrktalk_agent.tui import format as fmt
 from wrktalk_agent.tui.data import Filters, Snapshot
 
@@ -88,12 +89,12 @@ def task_cells(task: Task, snapshot: Snapshot) -> Cells:
         info = Text(fmt.first_line(fmt.mask_secrets(task.error_message), 200), style="red")
     return (
         fmt.status_text(task.status),
-        Text(task.type),
-        Text(task.release_version or "—"),
+        fmt.plain(task.type),
+        fmt.plain(task.release_version or "—"),
         when,
         Text(fmt.duration(task.picked_up_at, end)),
         info,
-        Text(task.claimed_by or ""),
+        fmt.plain(task.claimed_by or ""),
     )
 
 
@@ -103,7 +104,7 @@ def running_info(task: Task, step: TaskEvent | None, snapshot: Snapshot) -> Text
     if step is None:
         text.append("claimed", style="bold")
     else:
-        text.append(step.step, style="bold")
+        text.append(visible(step.step), style="bold")
         text.append(f" {fmt.span((snapshot.now - step.created_at).total_seconds())}")
     stale = fmt.is_stale(task.last_heartbeat, snapshot.now, snapshot.stale_after)
     text.append(
@@ -128,17 +129,17 @@ def agent_cells(agent: AgentInstance, snapshot: Snapshot) -> Cells:
     running = {r.task.id: r.task for r in snapshot.running}
     task = running.get(agent.current_task_id) if agent.current_task_id else None
     if task is not None:
-        task_text = Text(f"{task.type} {task.release_version or ''}".strip(), style="cyan")
+        task_text = fmt.plain(f"{task.type} {task.release_version or ''}".strip(), "cyan")
     else:
         task_text = Text(fmt.short_id(agent.current_task_id) if agent.current_task_id else "idle")
     return (
-        Text(agent.agent_id, style="bold red" if stale else "bold"),
+        fmt.plain(agent.agent_id, "bold red" if stale else "bold"),
         Text("STALE", style="bold white on red") if stale else Text("alive", style="green"),
         Text(fmt.age(agent.last_poll, now)),
         Text(fmt.age(agent.last_heartbeat, now) if agent.last_heartbeat else "—"),
         task_text,
-        Text(f"{agent.hostname}:{agent.pid}"),
-        Text(agent.version),
+        fmt.plain(f"{agent.hostname}:{agent.pid}"),
+        fmt.plain(agent.version),
     )
 
 
@@ -175,11 +176,11 @@ def release_cells(release: ArtifactInfo, now: datetime) -> Cells:
     else:
         flag = Text("")
     return (
-        Text(release.release_version, style="bold" if release.is_current else ""),
+        fmt.plain(release.release_version, "bold" if release.is_current else ""),
         flag,
-        Text(release.chart_type),
+        fmt.plain(release.chart_type),
         Text(fmt.human_size(release.size), justify="right"),
-        Text(fmt.short_sha(release.sha256)),
+        fmt.plain(fmt.short_sha(release.sha256)),
         Text("signed", style="green") if release.signature else Text("no", style="dim"),
         Text(fmt.clock_time(release.applied_at, now)),
         Text(fmt.clock_time(release.created_at, now)),
@@ -207,11 +208,11 @@ class Overview(Static):
         state, now = snapshot.installation, snapshot.now
         lines = [
             Text.assemble(
-                (installation, "bold"),
+                (visible(installation), "bold"),
                 ("  live ", "dim"),
-                (state.current_version or "none", "bold green"),
+                (visible(state.current_version or "none"), "bold green"),
                 ("  prev ", "dim"),
-                state.previous_version or "none",
+                visible(state.previous_version or "none"),
                 ("  pending ", "dim"),
                 (str(state.pending_count), "bold yellow" if state.pending_count else ""),
             )
@@ -231,9 +232,9 @@ class Overview(Static):
         lines.append(agents)
         for running in snapshot.running:
             task = running.task
-            line = Text(f"{task.type} {task.release_version or ''} ", style="bold cyan")
+            line = fmt.plain(f"{task.type} {task.release_version or ''} ", "bold cyan")
             line.append_text(running_info(task, running.step, snapshot))
-            line.append(f" · {task.claimed_by or 'unknown agent'}", style="dim")
+            line.append(f" · {visible(task.claimed_by or 'unknown agent')}", style="dim")
             lines.append(line)
         if not snapshot.running:
             lines.append(Text("no task running", style="dim"))
@@ -263,7 +264,7 @@ class StatusBar(Static):
 
     def show_error(self, error: str, retry_in: float, last_good: datetime | None) -> None:
         self.add_class("error")
-        text = Text.assemble("✖ ", error, f" · retrying in {fmt.span(retry_in)}")
+        text = Text.assemble("✖ ", visible(error), f" · retrying in {fmt.span(retry_in)}")
         if last_good is not None:
             text.append(f" · data as of {fmt.full_time(last_good)}")
         self.update(text)
