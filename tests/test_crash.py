@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import os
 import random
@@ -46,7 +47,7 @@ def deploy_spans(recording: Recording) -> dict[str, tuple[float, float]]:
 
 def assert_no_overlap(recording: Recording) -> None:
     spans = sorted(deploy_spans(recording).values())
-    for (_, end), (start, _) in zip(spans, spans[1:], strict=False):
+    for (_, end), (start, _) in itertools.pairwise(spans):
         assert start >= end, f"two deploys overlapped by {end - start:.3f}s"
 
 

@@ -164,7 +164,8 @@ class Deliverer:
         while True:
             rows = await self.repo.claim_notifications(
                 self.settings.agent_id,
-                self.settings.notify_timeout + 30.0,
+                # a dead deliverer's lock outlives its cut-off, then lapses
+                self.settings.notify_timeout * 1.5 + 5.0,
                 list(self.by_name),
                 limit=10,
             )

@@ -15,17 +15,19 @@ written outcome or that fenced stop.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import time
 import urllib.error
 import urllib.request
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 from uuid import UUID
 
 import asyncpg
@@ -46,6 +48,7 @@ from wrktalk_agent.artifacts import (
     secure_delete,
     write_secret_file,
 )
+from wrktalk_agent.config import AgentSettings
 from wrktalk_agent.db.models import ArtifactInfo, Task
 from wrktalk_agent.db.repository import CONNECTION_ERRORS, EventStatus, FlagChange, Repository
 from wrktalk_agent.guard import bounded, describe
@@ -61,8 +64,9 @@ from wrktalk_agent.interfaces import (
     validate_version,
 )
 from wrktalk_agent.lease import Lease, held
-from wrktalk_agent.log import get_logger
+from wrktalk_agent.log import get_logger, redacting
 from wrktalk_agent.process import tail
+from wrktalk_agent.redact import Redactor
 from wrktalk_agent.services import Services
 
 __all__ = ["DB_ERRORS", "Services", "StepFailed", "TaskOutcome", "TaskRun", "Timeline"]
@@ -134,21 +138,57 @@ class Verdict:
     rollback_error: str | None = None
 
 
+class Secrets:
+    """What a task must never let out: its releases' ``.env`` values and secret-looking
+    ``values.yaml`` scalars (see :mod:`wrktalk_agent.redact` for the rule) and the
+    database and SMTP passwords. Every timeline entry, error, task result, notification
+    and log line of the task passes through :meth:`redact` before it leaves."""
+
+    def __init__(self, extra: Sequence[str | None] = ()) -> None:
+        self._redactors = [Redactor(extra=extra)]
+
+    def add_release(self, env_data: str | None, values_data: str | None) -> None:
+        if env_data or values_data:
+            self._redactors.append(Redactor(env_data, values_data))
+
+    def add(self, secret: str) -> None:
+        self._redactors.append(Redactor(extra=[secret]))
+
+    def redact(self, text: str) -> str:
+        for redactor in self._redactors:
+            text = redactor.redact(text)
+        return text
+
+    def redact_value(self, value: Any) -> Any:
+        for redactor in self._redactors:
+            value = redactor.redact_value(value)
+        return value
+
+
 class Timeline:
     """A task's timeline entries, buffered with their own times and written in one
     statement before anything slow and with the outcome: a fast task costs a few round
     trips, not one per entry, and an outage only delays them."""
 
-    def __init__(self, repo: Repository, task_id: UUID, agent_id: str, log: Any) -> None:
+    def __init__(
+        self,
+        repo: Repository,
+        task_id: UUID,
+        agent_id: str,
+        log: Any,
+        secrets: Secrets | None = None,
+    ) -> None:
         self.repo = repo
         self.task_id = task_id
         self.agent_id = agent_id
         self.log = log
+        self.secrets = secrets or Secrets()
         self.unsaved: list[PendingEvent] = []
 
     async def add(
         self, step: str, status: EventStatus, message: str = "", *, flush: bool = False
     ) -> None:
+        message = self.secrets.redact(message)
         self.unsaved.append(PendingEvent(datetime.now(UTC), step, status, message))
         if flush:
             await self.flush()
@@ -181,7 +221,8 @@ class TaskRun:
         self.instance_id = instance_id
         self.claimed_at = claimed_at
         self.log = get_logger()
-        self.timeline = Timeline(self.repo, task.id, self.agent_id, self.log)
+        self.secrets = Secrets(extra=_known_passwords(self.settings))
+        self.timeline = Timeline(self.repo, task.id, self.agent_id, self.log, self.secrets)
         self.steps: list[StepTiming] = []
         self.result: dict[str, Any] = {"agent_id": self.agent_id, "steps": []}
         self.workdirs: list[Path] = []
@@ -194,6 +235,11 @@ class TaskRun:
         #: the owner recorded for this task's window (None: an operator's window held it)
         self.maintenance_owner: str | None = None
         self.enable_failed = False
+
+    def _tail(self, output: str) -> str:
+        """The end of a tool's output, secrets masked before it is cut (a cut could
+        leave half a secret that no longer matches)."""
+        return tail(self.secrets.redact(output))
 
     # -- events and steps --------------------------------------------------------------
     async def event(
@@ -247,7 +293,14 @@ class TaskRun:
             log=self.log,
         )
         try:
-            with process.track_groups(self.settings.fence_grace_seconds) as groups:
+            with (
+                redacting(self.secrets),
+                process.track_groups(self.settings.fence_grace_seconds) as groups,
+            ):
+                with contextlib.suppress(*DB_ERRORS, asyncpg.PostgresError, TimeoutError):
+                    smtp = await asyncio.wait_for(self.repo.smtp_config(), 5)
+                    if smtp.password is not None:
+                        self.secrets.add(smtp.password.get_secret_value())
                 async with held(lease):
                     outcome = await self._under_lease(lease, groups)
         finally:
@@ -338,7 +391,10 @@ class TaskRun:
             purpose, f"{purpose} {version} with {self.s.deployer.name}", slow=True
         ):
             outcome = await self._call_deployer(purpose, self.target, workdir)
-            self.result["deployer"] = {"output": tail(outcome.output), "details": outcome.details}
+            self.result["deployer"] = {
+                "output": self._tail(outcome.output),
+                "details": outcome.details,
+            }
             await self.event(purpose, "succeeded", f"{version} applied")
         await self._health_check()
 
@@ -358,14 +414,18 @@ class TaskRun:
                 )
         else:
             if self.task.release_artifact_id is None:
-                raise StepFailed("deploy task names no release artifact")
+                raise StepFailed("release_artifact_id is NULL: a deploy task must name a release")
             self.target = await self.repo.release_by_id(self.task.release_artifact_id)
             if self.target is None:
                 raise StepFailed(f"release artifact {self.task.release_artifact_id} not found")
         try:  # the backend may have written anything: it must not reach a command line
             validate_version(self.target.release_version)
         except ValueError as exc:
-            raise StepFailed(str(exc)) from None
+            raise StepFailed(f"release_version: {exc}") from None
+        if self.target.size == 0:
+            raise StepFailed(
+                f"artifact_data of release {self.target.release_version} is empty (0 bytes)"
+            )
         accepted = tuple(getattr(self.s.deployer, "chart_types", ()))
         if accepted and self.target.chart_type not in accepted:
             raise StepFailed(
@@ -415,6 +475,7 @@ class TaskRun:
                 )
                 fetched.path.unlink()
                 env_data, values_data = await self.repo.release_secrets(artifact.id)
+                self.secrets.add_release(env_data, values_data)
                 if env_data is not None:
                     write_secret_file(root / ENV_FILE, env_data)
                 if values_data is not None:
@@ -475,7 +536,7 @@ class TaskRun:
                 system_changed=True,
             ) from None
         except DeployError as exc:
-            self.result.setdefault("deployer", {})["output"] = tail(exc.output)
+            self.result.setdefault("deployer", {})["output"] = self._tail(exc.output)
             raise StepFailed(
                 str(exc), system_changed=exc.system_changed, output=exc.output
             ) from None
@@ -507,7 +568,7 @@ class TaskRun:
                 except ValidationError as exc:
                     self.result["rejected_before_deploy"] = True
                     if exc.output:
-                        self.result["validation"] = {"output": tail(exc.output)}
+                        self.result["validation"] = {"output": self._tail(exc.output)}
                     raise StepFailed(f"rejected before deploy: {exc}") from None
                 except BackendError as exc:
                     self.result["rejected_before_deploy"] = True
@@ -570,7 +631,7 @@ class TaskRun:
             self.result["auto_rollback"] = {
                 "to": version,
                 "ok": True,
-                "output": tail(outcome.output),
+                "output": self._tail(outcome.output),
             }
             return None
         except StepFailed as exc:
@@ -644,7 +705,12 @@ class TaskRun:
     ) -> Literal["completed", "failed"] | None:
         """Write the outcome, flags, maintenance record and the notifications promised in
         one transaction (retrying through outages). None: the task was taken away."""
-        status, error = verdict.status, verdict.error
+        status = verdict.status
+        error = self.secrets.redact(verdict.error) if verdict.error else None
+        rollback_error = (
+            self.secrets.redact(verdict.rollback_error) if verdict.rollback_error else None
+        )
+        self.result = self.secrets.redact_value(self.result)
         self.result["outcome"] = status
         if error:
             self.result["error"] = error
@@ -662,7 +728,7 @@ class TaskRun:
             error=error,
             started_at=self.started_at,
             steps=self.steps,
-            rollback_error=verdict.rollback_error,
+            rollback_error=rollback_error,
         )
         try:
             return await write_outcome(
@@ -734,6 +800,16 @@ async def write_outcome(
         timeline.unsaved.clear()
         return attempt_status
     return None
+
+
+def _known_passwords(settings: AgentSettings) -> list[str | None]:
+    """The database password, from the settings or the DSN."""
+    found: list[str | None] = []
+    if settings.db_password is not None:
+        found.append(settings.db_password.get_secret_value())
+    with contextlib.suppress(ValueError):
+        found.append(urlsplit(settings.dsn()).password)
+    return found
 
 
 def _kind_for(task_type: str, status: str) -> NotificationKind:
