@@ -1,9 +1,10 @@
-"""Developer and CI sessions: nox -s tests lint typecheck build e2e bench demo."""
+"""Developer and CI sessions: nox -s tests lint typecheck build e2e image bench demo."""
 
 from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 import nox
@@ -13,6 +14,7 @@ nox.options.reuse_existing_virtualenvs = True
 
 ROOT = Path(__file__).parent
 PLUGINS = ["helm", "compose", "nginx", "haproxy", "smtp"]
+IMAGE_TAG = "wrktalk-agent:dev"
 EDITABLE = ["-e", ".[dev]"] + [arg for p in PLUGINS for arg in ("-e", f"plugins/{p}")]
 
 
@@ -71,6 +73,46 @@ def e2e(session: nox.Session) -> None:
     session.run(
         "python", "-m", "pytest", "-m", "e2e", "tests", "plugins/compose", *session.posargs, env=env
     )
+
+
+@nox.session
+def image(session: nox.Session) -> None:
+    """Build the container image (wrktalk-agent:dev) without a registry, then test it end
+    to end: a base made with mmdebstrap (cached), the wheelhouse, `docker build`, and
+    tests/image against PostgreSQL at 127.0.0.1:5432 (WRKTALK_TEST_DATABASE_URL)."""
+    session.install(*EDITABLE)
+    session.run("bash", "scripts/start-dockerd.sh", external=True)
+    started = time.monotonic()
+    base = os.environ.get("BASE_IMAGE") or _last_line(
+        session.run("bash", "scripts/make-base-image.sh", external=True, silent=True)
+    )
+    session.log(f"base image {base} ({time.monotonic() - started:.0f}s)")
+    built = time.monotonic()
+    session.run(
+        "bash", "scripts/build-image.sh", external=True, env={"BASE_IMAGE": base, "TAG": IMAGE_TAG}
+    )
+    size = session.run(
+        "docker", "image", "inspect", "-f", "{{.Size}}", IMAGE_TAG, external=True, silent=True
+    )
+    session.log(
+        f"{IMAGE_TAG}: {int(_last_line(size)) / 1e6:.0f} MB; build {time.monotonic() - built:.0f}s "
+        f"(with the base image: {time.monotonic() - started:.0f}s)"
+    )
+    env = {
+        "WRKTALK_IMAGE": IMAGE_TAG,
+        "WRKTALK_BASE_IMAGE": base,
+        "WRKTALK_E2E": "1",
+        "WRKTALK_TEST_DATABASE_URL": os.environ.get(
+            "WRKTALK_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+        ),
+    }
+    session.run("python", "-m", "pytest", "tests/image", *session.posargs, env=env)
+    session.log(f"image session: {time.monotonic() - started:.0f}s in all")
+
+
+def _last_line(output: str | None) -> str:
+    lines = (output or "").strip().splitlines()
+    return lines[-1].strip() if lines else ""
 
 
 @nox.session

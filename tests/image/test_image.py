@@ -13,6 +13,7 @@ and the apps it deploys, and the test reaches its HTTP endpoint.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import shutil
 import subprocess
@@ -31,7 +32,10 @@ from wrktalk_agent.testing import PgServer, add_release
 
 IMAGE = os.environ.get("WRKTALK_IMAGE", "")
 if not IMAGE:
-    pytest.skip("no image to test: `nox -s image` builds one and sets WRKTALK_IMAGE", allow_module_level=True)
+    pytest.skip(
+        "no image to test: `nox -s image` builds one and sets WRKTALK_IMAGE",
+        allow_module_level=True,
+    )
 
 pytestmark = pytest.mark.e2e
 
@@ -46,7 +50,9 @@ TASK_TIMEOUT = 180
 SOCKET = "/var/run/docker.sock"
 
 
-def docker(*args: str, check: bool = False, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+def docker(
+    *args: str, check: bool = False, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         ["docker", *args], capture_output=True, text=True, check=check, timeout=timeout
     )
@@ -109,15 +115,11 @@ def container_args(
 def run_image(
     image: str, url: str, compose_dir: Path, *command: str, socket: bool = True
 ) -> subprocess.CompletedProcess[str]:
-    return docker(
-        "run", "--rm", *container_args(url, compose_dir, socket=socket), image, *command
-    )
+    return docker("run", "--rm", *container_args(url, compose_dir, socket=socket), image, *command)
 
 
 @pytest.fixture
-def start_agent(
-    image: str, image_db: str, compose_dir: Path
-) -> Iterator[Callable[..., str]]:
+def start_agent(image: str, image_db: str, compose_dir: Path) -> Iterator[Callable[..., str]]:
     """``start_agent(**env)``: `wrktalk-agent run` (the image's default command) in a
     detached container; returns its name. Removed after the test."""
     names: list[str] = []
@@ -186,8 +188,8 @@ def test_runs_as_uid_10001_under_tini(image: str) -> None:
 
 
 def test_compose_v2_and_no_helm_in_the_compose_flavour(image: str) -> None:
-    result = docker("run", "--rm", "--read-only", "--tmpfs", "/tmp", image,
-                    "sh", "-c", "docker compose version; command -v helm || echo no-helm")  # fmt: skip
+    script = "docker compose version; command -v helm || echo no-helm"
+    result = docker("run", "--rm", "--read-only", "--tmpfs", "/tmp", image, "sh", "-c", script)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("Docker Compose version 2.")
     assert result.stdout.split()[-1] == "no-helm"
@@ -218,8 +220,12 @@ async def test_deploy_upgrade_and_rollback_through_compose_v2(
     http_port = support.free_loopback_port()
     env_data = lambda v: f"APP_PORT={port}\nAPP_VERSION={v}\n"  # noqa: E731
     app_image.remove()  # the engine can only get it from the bundle
-    v1 = await add_release(image_repo, "1.0.0", bundle(app_image, "1.0.0"), env_data=env_data("1.0.0"))
-    v2 = await add_release(image_repo, "1.1.0", bundle(app_image, "1.1.0"), env_data=env_data("1.1.0"))
+    v1 = await add_release(
+        image_repo, "1.0.0", bundle(app_image, "1.0.0"), env_data=env_data("1.0.0")
+    )
+    v2 = await add_release(
+        image_repo, "1.1.0", bundle(app_image, "1.1.0"), env_data=env_data("1.1.0")
+    )
     name = start_agent(
         WRKTALK_AGENT_COMPOSE_PROJECT_NAME=compose_project.name,
         WRKTALK_AGENT_HTTP_HOST="127.0.0.1",
@@ -230,7 +236,11 @@ async def test_deploy_upgrade_and_rollback_through_compose_v2(
         WRKTALK_AGENT_HEALTHCHECK_RETRIES="40",
     )
 
-    for kind, release, served in (("deploy", v1, "1.0.0"), ("deploy", v2, "1.1.0"), ("rollback", None, "1.0.0")):
+    for kind, release, served in (
+        ("deploy", v1, "1.0.0"),
+        ("deploy", v2, "1.1.0"),
+        ("rollback", None, "1.0.0"),
+    ):
         task = await image_repo.create_task(kind, release.id if release else None)
         done = await finished(image_repo, task.id, name)
         assert done.status == "completed", f"{done.error_message}\n{logs(name)[-4000:]}"
@@ -293,3 +303,67 @@ async def test_docker_stop_during_a_deploy_lets_it_finish(
     assert docker("inspect", "-f", "{{.State.ExitCode}}", name).stdout.strip() == "0"
     assert "drain" in logs(name).lower() or "shutdown" in logs(name).lower()
     assert support.http_get(port) == "2.0.0\n"
+
+
+# -- the helm flavour: build arguments -------------------------------------------------------
+FAKE_HELM = "#!/bin/sh\necho v3.16.3+gfake\n"
+
+
+@pytest.fixture(scope="module")
+def build_context(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of what the Dockerfile reads, with a stand-in helm tarball in
+    deploy/image/helm/ (the air-gapped path: no download)."""
+    root = Path(__file__).resolve().parents[2]
+    context = tmp_path_factory.mktemp("context")
+    for name in ("Dockerfile", ".dockerignore", "deploy/docker-entrypoint.sh"):
+        (context / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(root / name, context / name)
+    shutil.copytree(root / "deploy" / "image", context / "deploy" / "image")
+    helm_dir = context / "deploy" / "image" / "helm"
+    helm_dir.mkdir(exist_ok=True)
+    staging = tmp_path_factory.mktemp("helm") / "linux-amd64"
+    staging.mkdir()
+    (staging / "helm").write_text(FAKE_HELM)
+    (staging / "helm").chmod(0o755)
+    tarball = helm_dir / "helm-v3.16.3-linux-amd64.tar.gz"
+    subprocess.run(
+        ["tar", "-czf", str(tarball), "-C", str(staging.parent), "linux-amd64"], check=True
+    )
+    return context
+
+
+def build(context: Path, tag: str, **args: str) -> subprocess.CompletedProcess[str]:
+    base = os.environ.get("WRKTALK_BASE_IMAGE", "debian:trixie-slim")
+    build_args = [
+        a for k, v in {"BASE_IMAGE": base, **args}.items() for a in ("--build-arg", f"{k}={v}")
+    ]
+    return docker("build", *build_args, "-t", tag, str(context))
+
+
+@pytest.fixture
+def helm_tag(docker_engine: None) -> Iterator[str]:
+    tag = f"wrktalk-agent-helm-test:{uuid.uuid4().hex[:8]}"
+    yield tag
+    docker("rmi", "-f", tag)
+
+
+def test_helm_without_its_checksum_stops_the_build(build_context, helm_tag) -> None:
+    result = build(build_context, helm_tag, HELM_VERSION="3.16.3")
+    assert result.returncode != 0
+    assert "needs --build-arg HELM_SHA256=" in result.stdout + result.stderr
+
+
+def test_helm_with_a_wrong_checksum_stops_the_build(build_context, helm_tag) -> None:
+    result = build(build_context, helm_tag, HELM_VERSION="3.16.3", HELM_SHA256="0" * 64)
+    assert result.returncode != 0
+    assert "does not match --build-arg HELM_SHA256=" in result.stdout + result.stderr
+    assert docker("image", "inspect", helm_tag).returncode != 0
+
+
+def test_helm_flavour_carries_the_verified_binary(build_context, helm_tag) -> None:
+    tarball = build_context / "deploy" / "image" / "helm" / "helm-v3.16.3-linux-amd64.tar.gz"
+    digest = hashlib.sha256(tarball.read_bytes()).hexdigest()
+    result = build(build_context, helm_tag, HELM_VERSION="3.16.3", HELM_SHA256=digest)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr
+    ran = docker("run", "--rm", "--read-only", helm_tag, "helm", "version", "--short")
+    assert ran.stdout.strip() == "v3.16.3+gfake"
