@@ -10,7 +10,8 @@
 # in ~/.cache/wrktalk-agent, so after `docker image prune` only the import is repeated.
 # Remove the tarball (or set REFRESH=1) to take newer Debian packages.
 #
-# Settings (environment): BASE_TAG (default wrktalk-agent-base:trixie), DEBIAN_SUITE
+# Settings (environment): BASE_TAG (default wrktalk-agent-base:trixie), PACKAGES (the
+# package list, default deploy/image/packages; deploy/compose/nginx/packages for nginx), DEBIAN_SUITE
 # (default trixie), DEBIAN_MIRROR (default deb.debian.org), REFRESH=1.
 # Needs root (or working user namespaces) for mmdebstrap, and a Docker engine.
 set -euo pipefail
@@ -24,8 +25,10 @@ die() {
 tag="${BASE_TAG:-wrktalk-agent-base:trixie}"
 suite="${DEBIAN_SUITE:-trixie}"
 cache="${XDG_CACHE_HOME:-$HOME/.cache}/wrktalk-agent"
-packages="$(grep -v '^#' deploy/image/packages | xargs)"
-[ -n "$packages" ] || die "deploy/image/packages lists no package"
+packages_file="${PACKAGES:-deploy/image/packages}"
+[ -f "$packages_file" ] || die "PACKAGES=$packages_file: no such file"
+packages="$(grep -v '^#' "$packages_file" | xargs)"
+[ -n "$packages" ] || die "$packages_file lists no package"
 # what the image is made of: the suite and the package list
 key="$(printf '%s\n' "$suite" "$packages" | sha256sum | cut -c1-16)"
 tarball="$cache/base-$suite-$key.tar"
