@@ -1,105 +1,114 @@
-# syntax=docker/dockerfile:1
+# The wrktalk-agent image: the agent core with its five plugins, Debian's python3, docker
+# CLI, Compose v2 and tini; helm only when asked for (see "Helm" below).
 #
-# One image for Kubernetes (helm) and Docker hosts (docker compose): the agent core with
-# its five plugins, helm, and the docker CLI with the compose v2 plugin.
+#   scripts/build-image.sh                     # wheelhouse + base check + this build
 #
-#   docker build \
-#     --build-arg DOCKER_SHA256_AMD64=<sha256 of docker-${DOCKER_VERSION}.tgz> \
-#     --build-arg COMPOSE_SHA256_AMD64=<from docker-compose-linux-x86_64.sha256> \
-#     -t wrktalk-agent:0.1.0 .
+# or by hand, from the repository root:
 #
-# Every downloaded binary is pinned by version and checked against a sha256 given here;
-# the build stops when a checksum is missing or does not match. See docs/operator.md
-# ("Building the image") for where each checksum is published.
+#   scripts/build-wheelhouse.sh                # the Python side, into deploy/image/wheelhouse
+#   docker build -t wrktalk-agent:dev .        # on debian:trixie-slim, from a registry
+#   docker build --build-arg BASE_IMAGE="$(scripts/make-base-image.sh)" -t wrktalk-agent:dev .
+#                                              # no registry: a base made with mmdebstrap
+#
+# Nothing is installed from a package index during the build: Python packages come from
+# the wheelhouse in the build context; Debian packages from Debian's signed archive (none
+# at all on the mmdebstrap base, which already has them). The build works with the
+# classic builder and with BuildKit.
+#
+# Helm (the Kubernetes flavour) is a pinned download verified against a sha256 you pass:
+#
+#   --build-arg HELM_VERSION=3.16.3 --build-arg HELM_SHA256=<helm-v3.16.3-linux-amd64.tar.gz.sha256sum>
+#
+# The tarball is taken from deploy/image/helm/ when it is there (air-gapped builds),
+# otherwise from https://get.helm.sh. Without HELM_VERSION the image has no helm.
 
-ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+ARG BASE_IMAGE=debian:trixie-slim
 
-# --- 1. wheels: the six distributions and all their dependencies ------------------------
-FROM ${PYTHON_IMAGE} AS wheels
-WORKDIR /src
-COPY pyproject.toml README.md ./
-COPY wrktalk_agent ./wrktalk_agent
-COPY plugins ./plugins
-# Dependencies become wheels here too, so the final stage installs offline (--no-index)
-# and needs no compiler.
-RUN pip wheel --no-cache-dir --wheel-dir /wheels \
-        ".[tui]" ./plugins/helm ./plugins/compose ./plugins/nginx ./plugins/haproxy ./plugins/smtp
-
-# --- 2. tools: helm, docker CLI, compose plugin; each verified ---------------------------
-FROM ${PYTHON_IMAGE} AS tools
-ARG TARGETARCH=amd64
-# Helm publishes helm-vX.Y.Z-linux-ARCH.tar.gz.sha256sum next to each tarball (get.helm.sh).
-# The values below are those for v3.16.3; cross-checked against several independent public
-# projects that pin the same release, not re-downloaded while writing this file.
-ARG HELM_VERSION=3.16.3
-ARG HELM_SHA256_AMD64=f5355c79190951eed23c5432a3b920e071f4c00a64f75e077de0dd4cb7b294ea
-ARG HELM_SHA256_ARM64=5bd34ed774df6914b323ff84a0a156ea6ff2ba1eaf0113962fa773f3f9def798
-# Docker publishes no checksum file for its static CLI tarballs: compute the sha256 of
-# download.docker.com/linux/static/stable/<x86_64|aarch64>/docker-${DOCKER_VERSION}.tgz
-# once, from a trusted network, and pass it here.
-ARG DOCKER_VERSION=27.3.1
-ARG DOCKER_SHA256_AMD64=
-ARG DOCKER_SHA256_ARM64=
-# Compose publishes docker-compose-linux-<x86_64|aarch64>.sha256 with each GitHub release.
-ARG COMPOSE_VERSION=2.32.1
-ARG COMPOSE_SHA256_AMD64=
-ARG COMPOSE_SHA256_ARM64=
-
-RUN apt-get update \
-    && apt-get install -y --no-install-recommends ca-certificates curl \
-    && rm -rf /var/lib/apt/lists/*
-
+# --- 1. runtime: Debian packages, the user ----------------------------------------------
+FROM ${BASE_IMAGE} AS runtime
+COPY deploy/image/packages /usr/local/share/wrktalk-agent/packages
 SHELL ["/bin/sh", "-eu", "-c"]
-RUN case "${TARGETARCH}" in \
-        amd64) arch=x86_64; helm_sha="${HELM_SHA256_AMD64}"; docker_sha="${DOCKER_SHA256_AMD64}"; compose_sha="${COMPOSE_SHA256_AMD64}" ;; \
-        arm64) arch=aarch64; helm_sha="${HELM_SHA256_ARM64}"; docker_sha="${DOCKER_SHA256_ARM64}"; compose_sha="${COMPOSE_SHA256_ARM64}" ;; \
-        *) echo "unsupported TARGETARCH ${TARGETARCH} (amd64 or arm64)" >&2; exit 1 ;; \
-    esac; \
-    upper=$(echo "${TARGETARCH}" | tr a-z A-Z); \
-    for pair in "HELM:${helm_sha}" "DOCKER:${docker_sha}" "COMPOSE:${compose_sha}"; do \
-        if [ -z "${pair#*:}" ]; then \
-            echo "missing --build-arg ${pair%%:*}_SHA256_${upper}: every download is verified (see the comments in the Dockerfile)" >&2; \
-            exit 1; \
-        fi; \
+RUN missing=""; \
+    for package in $(grep -v '^#' /usr/local/share/wrktalk-agent/packages); do \
+        dpkg-query -W -f '${Status}\n' "$package" 2>/dev/null | grep -q 'ok installed' \
+            || missing="$missing $package"; \
     done; \
-    mkdir -p /out /tmp/dl && cd /tmp/dl; \
-    curl -fsSLo helm.tgz "https://get.helm.sh/helm-v${HELM_VERSION}-linux-${TARGETARCH}.tar.gz"; \
-    curl -fsSLo docker.tgz "https://download.docker.com/linux/static/stable/${arch}/docker-${DOCKER_VERSION}.tgz"; \
-    curl -fsSLo docker-compose "https://github.com/docker/compose/releases/download/v${COMPOSE_VERSION}/docker-compose-linux-${arch}"; \
-    printf '%s  %s\n' "${helm_sha}" helm.tgz "${docker_sha}" docker.tgz "${compose_sha}" docker-compose \
-        | sha256sum -c -; \
-    tar -xzf helm.tgz --strip-components=1 -C /out "linux-${TARGETARCH}/helm"; \
-    tar -xzf docker.tgz --strip-components=1 -C /out docker/docker; \
-    install -m 0755 docker-compose /out/docker-compose; \
-    rm -rf /tmp/dl
+    if [ -n "$missing" ]; then \
+        apt-get update; \
+        DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $missing; \
+        rm -rf /var/lib/apt/lists/*; \
+    fi; \
+    docker compose version; \
+    groupadd --system --gid 10001 wrktalk; \
+    useradd --system --uid 10001 --gid 10001 --home-dir /home/wrktalk --create-home wrktalk; \
+    install -d -o 10001 -g 10001 -m 0700 /var/lib/wrktalk-agent /var/lib/wrktalk-agent/work; \
+    install -d -o 10001 -g 10001 -m 0755 /var/run/wrktalk
 
-# --- 3. the image ------------------------------------------------------------------------
-FROM ${PYTHON_IMAGE}
-
-# tini as PID 1: forwards SIGTERM to the agent and reaps what helm or docker leave behind.
-RUN apt-get update \
-    && apt-get install -y --no-install-recommends tini \
-    && rm -rf /var/lib/apt/lists/*
-
-RUN --mount=type=bind,from=wheels,source=/wheels,target=/wheels \
-    pip install --no-cache-dir --no-index --find-links /wheels \
+# --- 2. the Python side, from the wheelhouse ---------------------------------------------
+FROM runtime AS python
+COPY deploy/image/ /build/
+RUN if [ ! -f /build/wheelhouse/python-version ]; then \
+        echo "no wheelhouse in deploy/image/wheelhouse: run scripts/build-wheelhouse.sh first" >&2; \
+        exit 1; \
+    fi; \
+    want="$(cat /build/wheelhouse/python-version)"; \
+    have="$(python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])')"; \
+    if [ "$want" != "$have" ]; then \
+        echo "the wheelhouse is for Python $want, the base image has Python $have:" \
+             "run WHEELHOUSE_PYTHON=$have scripts/build-wheelhouse.sh" >&2; \
+        exit 1; \
+    fi; \
+    python3 -m venv --without-pip /opt/wrktalk-agent; \
+    set -- /build/wheelhouse/pip-*.whl; \
+    /opt/wrktalk-agent/bin/python "$1/pip" install --quiet --no-cache-dir --no-index \
+        --disable-pip-version-check --find-links /build/wheelhouse \
         "wrktalk-agent[tui]" wrktalk-agent-helm wrktalk-agent-compose \
-        wrktalk-agent-nginx wrktalk-agent-haproxy wrktalk-agent-smtp
+        wrktalk-agent-nginx wrktalk-agent-haproxy wrktalk-agent-smtp; \
+    /opt/wrktalk-agent/bin/wrktalk-agent plugins
 
-COPY --from=tools /out/helm /out/docker /usr/local/bin/
-COPY --from=tools /out/docker-compose /usr/local/lib/docker/cli-plugins/docker-compose
-COPY --chmod=0755 deploy/docker-entrypoint.sh /usr/local/bin/docker-entrypoint.sh
+# --- 3. helm, when asked for --------------------------------------------------------------
+FROM runtime AS helm
+ARG HELM_VERSION=
+ARG HELM_SHA256=
+COPY deploy/image/ /build/
+RUN mkdir -p /out; \
+    if [ -z "${HELM_VERSION}" ]; then exit 0; fi; \
+    debian_arch="$(dpkg --print-architecture)"; \
+    case "$debian_arch" in \
+        amd64|arm64) ;; \
+        *) echo "helm: unsupported architecture $debian_arch (amd64 or arm64)" >&2; exit 1 ;; \
+    esac; \
+    tarball="helm-v${HELM_VERSION}-linux-${debian_arch}.tar.gz"; \
+    if ! echo "${HELM_SHA256}" | grep -Eq '^[0-9a-f]{64}$'; then \
+        echo "HELM_VERSION=${HELM_VERSION} needs --build-arg HELM_SHA256=<sha256 of $tarball>" \
+             "(published beside it as $tarball.sha256sum)" >&2; \
+        exit 1; \
+    fi; \
+    if [ -f "/build/helm/$tarball" ]; then \
+        cp "/build/helm/$tarball" /tmp/; \
+    else \
+        python3 -c 'import sys, urllib.request; urllib.request.urlretrieve(sys.argv[1], sys.argv[2])' \
+            "https://get.helm.sh/$tarball" "/tmp/$tarball" \
+            || { echo "helm: cannot download https://get.helm.sh/$tarball; put it in deploy/image/helm/" >&2; exit 1; }; \
+    fi; \
+    if ! echo "${HELM_SHA256}  /tmp/$tarball" | sha256sum -c - >/dev/null 2>&1; then \
+        echo "$tarball does not match --build-arg HELM_SHA256=${HELM_SHA256}" >&2; \
+        exit 1; \
+    fi; \
+    tar -xzf "/tmp/$tarball" -C /out --strip-components=1 "linux-$debian_arch/helm"; \
+    /out/helm version --short
 
-# A fixed numeric uid/gid so that Kubernetes' runAsNonRoot can verify it and volume
-# ownership (fsGroup) is predictable.
-RUN groupadd --system --gid 10001 wrktalk \
-    && useradd --system --uid 10001 --gid 10001 --home-dir /home/wrktalk --create-home wrktalk \
-    && install -d -o 10001 -g 10001 -m 0700 /var/lib/wrktalk-agent /var/lib/wrktalk-agent/work \
-    && install -d -o 10001 -g 10001 -m 0755 /var/run/wrktalk
+# --- 4. the image --------------------------------------------------------------------------
+FROM runtime
+COPY --from=python /opt/wrktalk-agent /opt/wrktalk-agent
+COPY --from=helm /out/ /usr/local/bin/
+COPY deploy/docker-entrypoint.sh /usr/local/bin/docker-entrypoint.sh
+RUN chmod 0755 /usr/local/bin/docker-entrypoint.sh
 
-# helm and docker write caches and config below these; with a read-only root file
-# system, /tmp is the writable volume (an emptyDir in deploy/k8s).
-ENV PYTHONUNBUFFERED=1 \
+# helm and docker write caches and config below /tmp: with a read-only root file system,
+# /tmp and the work dir are the writable volumes (emptyDirs in deploy/k8s).
+ENV PATH=/opt/wrktalk-agent/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+    PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     WRKTALK_AGENT_HTTP_PORT=8080 \
     WRKTALK_AGENT_WORK_DIR=/var/lib/wrktalk-agent/work \
@@ -114,9 +123,10 @@ WORKDIR /home/wrktalk
 EXPOSE 8080
 
 # /healthz answers 503 when the agent's main loop stopped ticking; the port follows
-# WRKTALK_AGENT_HTTP_PORT (python is there anyway; curl is not).
+# WRKTALK_AGENT_HTTP_PORT.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
-    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('WRKTALK_AGENT_HTTP_PORT', '8080'), timeout=4)"]
+    CMD ["python3", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('WRKTALK_AGENT_HTTP_PORT', '8080'), timeout=4)"]
 
+# tini as PID 1: forwards SIGTERM to the agent and reaps what helm or docker leave behind.
 ENTRYPOINT ["tini", "--", "/usr/local/bin/docker-entrypoint.sh"]
 CMD ["wrktalk-agent", "run"]

@@ -1,9 +1,10 @@
-"""Developer and CI sessions: nox -s tests lint typecheck build e2e bench demo."""
+"""Developer and CI sessions: nox -s tests lint typecheck build e2e image bench demo."""
 
 from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 import nox
@@ -13,6 +14,9 @@ nox.options.reuse_existing_virtualenvs = True
 
 ROOT = Path(__file__).parent
 PLUGINS = ["helm", "compose", "nginx", "haproxy", "smtp"]
+IMAGE_TAG = "wrktalk-agent:dev"
+NGINX_TAG = "wrktalk-agent-nginx:dev"
+NGINX_BASE_TAG = "wrktalk-nginx-base:trixie"
 EDITABLE = ["-e", ".[dev]"] + [arg for p in PLUGINS for arg in ("-e", f"plugins/{p}")]
 
 
@@ -71,6 +75,59 @@ def e2e(session: nox.Session) -> None:
     session.run(
         "python", "-m", "pytest", "-m", "e2e", "tests", "plugins/compose", *session.posargs, env=env
     )
+
+
+@nox.session
+def image(session: nox.Session) -> None:
+    """Build the container image (wrktalk-agent:dev) and deploy/compose's nginx image
+    without a registry, then test them end to end: bases made with mmdebstrap (cached),
+    the wheelhouse, `docker build`, and tests/image (the image, then the compose stack
+    with Compose v2) against PostgreSQL at 127.0.0.1:5432 (WRKTALK_TEST_DATABASE_URL)."""
+    session.install(*EDITABLE)
+    session.run("bash", "scripts/start-dockerd.sh", external=True)
+    started = time.monotonic()
+    base = os.environ.get("BASE_IMAGE") or _last_line(
+        session.run("bash", "scripts/make-base-image.sh", external=True, silent=True)
+    )
+    session.log(f"base image {base} ({time.monotonic() - started:.0f}s)")
+    built = time.monotonic()
+    session.run(
+        "bash", "scripts/build-image.sh", external=True, env={"BASE_IMAGE": base, "TAG": IMAGE_TAG}
+    )
+    size = session.run(
+        "docker", "image", "inspect", "-f", "{{.Size}}", IMAGE_TAG, external=True, silent=True
+    )
+    session.log(
+        f"{IMAGE_TAG}: {int(_last_line(size)) / 1e6:.0f} MB; build {time.monotonic() - built:.0f}s "
+        f"(with the base image: {time.monotonic() - started:.0f}s)"
+    )
+    # deploy/compose's nginx: Debian's nginx with the plugin's snippets from that image
+    nginx_packages = {"PACKAGES": "deploy/compose/nginx/packages", "BASE_TAG": NGINX_BASE_TAG}
+    nginx_base = _last_line(
+        session.run(
+            "bash", "scripts/make-base-image.sh", external=True, silent=True, env=nginx_packages
+        )
+    )
+    session.run(
+        "bash", "scripts/build-nginx-image.sh", external=True,
+        env={"BASE_IMAGE": nginx_base, "AGENT_IMAGE": IMAGE_TAG, "TAG": NGINX_TAG},
+    )  # fmt: skip
+    env = {
+        "WRKTALK_IMAGE": IMAGE_TAG,
+        "WRKTALK_NGINX_IMAGE": NGINX_TAG,
+        "WRKTALK_BASE_IMAGE": base,
+        "WRKTALK_E2E": "1",
+        "WRKTALK_TEST_DATABASE_URL": os.environ.get(
+            "WRKTALK_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+        ),
+    }
+    session.run("python", "-m", "pytest", "tests/image", *session.posargs, env=env)
+    session.log(f"image session: {time.monotonic() - started:.0f}s in all")
+
+
+def _last_line(output: str | None) -> str:
+    lines = (output or "").strip().splitlines()
+    return lines[-1].strip() if lines else ""
 
 
 @nox.session

@@ -36,6 +36,7 @@ _compose = plugin_test_fixtures("compose")
 docker_engine = _compose.docker_engine
 app_image = _compose.app_image
 compose_project = _compose.compose_project
+compose_variant = _compose.compose_variant  # each test runs under Compose v1 and v2
 support = plugin_test_module("compose", "compose_support")
 
 #: a deploy loads an image and waits for a health check: seconds, not minutes
@@ -61,9 +62,11 @@ def port() -> int:
 
 
 @pytest.fixture
-def compose_env(compose_project, tmp_path) -> dict[str, str]:
-    """The compose plugin's settings: this test's project, a working dir in tmp."""
+def compose_env(compose_project, compose_variant, tmp_path) -> dict[str, str]:
+    """The compose plugin's settings: this test's project and compose variant, a working
+    dir in tmp."""
     return {
+        "WRKTALK_AGENT_COMPOSE_COMMAND": compose_variant,
         "WRKTALK_AGENT_COMPOSE_PROJECT_NAME": compose_project.name,
         "WRKTALK_AGENT_COMPOSE_WORKING_DIR": str(tmp_path / "compose"),
         "WRKTALK_AGENT_COMPOSE_WAIT_TIMEOUT": "60",

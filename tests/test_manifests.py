@@ -52,9 +52,14 @@ def k8s_env(objects, container) -> dict[str, str]:
     return env
 
 
+def with_defaults(text: str) -> str:
+    """The compose file as `docker compose` reads it with none of its variables set."""
+    return re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", text)
+
+
 @pytest.fixture(scope="module")
 def compose() -> dict[str, Any]:
-    return yaml.safe_load((COMPOSE / "docker-compose.yml").read_text())
+    return yaml.safe_load(with_defaults((COMPOSE / "docker-compose.yml").read_text()))
 
 
 @pytest.fixture(scope="module")
@@ -240,5 +245,20 @@ def test_compose_shares_the_maintenance_flag_with_nginx(compose, compose_env) ->
     shared = [name for name, target in mounts["agent"].items() if target == flag_dir]
     assert shared and shared[0] in compose["volumes"], "the flag dir is not a named volume"
     assert mounts["nginx"].get(shared[0]) == flag_dir
+    # nginx.conf includes the plugin's server snippet, which the nginx image carries
+    # rendered with its defaults: those must test the flag file the agent writes
     nginx_conf = (COMPOSE / "nginx.conf").read_text()
-    assert f"if (-f {compose_env['WRKTALK_AGENT_NGINX_FLAG_FILE']})" in nginx_conf
+    assert "include /etc/nginx/snippets/wrktalk-maintenance.conf;" in nginx_conf
+    nginx_dockerfile = (COMPOSE / "nginx" / "Dockerfile").read_text()
+    assert "/etc/nginx/snippets/wrktalk-maintenance.conf" in nginx_dockerfile
+    snippet = pytest.importorskip("wrktalk_agent_nginx").render_snippets().server
+    assert f"if (-f {compose_env['WRKTALK_AGENT_NGINX_FLAG_FILE']})" in snippet
+
+
+def test_compose_agent_runs_locked_down(compose, compose_env) -> None:
+    agent = compose["services"]["agent"]
+    assert agent["read_only"] is True
+    tmpfs = [t.split(":")[0] for t in agent["tmpfs"]]
+    # the Dockerfile's work dir and /tmp (docker's and helm's config and caches)
+    assert sorted(tmpfs) == ["/tmp", "/var/lib/wrktalk-agent/work"]
+    assert compose["name"]  # Compose v2 only: v1 rejects a top-level name

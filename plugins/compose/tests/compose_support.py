@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -30,11 +31,28 @@ def docker(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["docker", *args], capture_output=True, text=True, check=check)
 
 
+#: where scripts/install-compose-v2.sh puts Compose v2 (a DOCKER_CONFIG dir) by default
+INSTALLED_V2_CONFIG = Path(
+    os.environ.get("WRKTALK_DOCKER_CONFIG")
+    or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    / "wrktalk-agent"
+    / "docker-config"
+)
+
+
 def compose_available(variant: str) -> bool:
+    """Whether this variant runs here. For v2, a plugin installed by
+    scripts/install-compose-v2.sh is used when the docker CLI has none of its own: its
+    DOCKER_CONFIG is exported for this process and the agents it starts."""
     args = ["docker", "compose", "version"] if variant == "v2" else ["docker-compose", "version"]
     if shutil.which(args[0]) is None:
         return False
-    return subprocess.run(args, capture_output=True).returncode == 0
+    if subprocess.run(args, capture_output=True).returncode == 0:
+        return True
+    if variant == "v2" and (INSTALLED_V2_CONFIG / "cli-plugins" / "docker-compose").is_file():
+        os.environ["DOCKER_CONFIG"] = str(INSTALLED_V2_CONFIG)
+        return subprocess.run(args, capture_output=True).returncode == 0
+    return False
 
 
 @dataclass(frozen=True)
