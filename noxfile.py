@@ -17,7 +17,12 @@ PLUGINS = ["helm", "compose", "nginx", "haproxy", "smtp"]
 IMAGE_TAG = "wrktalk-agent:dev"
 NGINX_TAG = "wrktalk-agent-nginx:dev"
 NGINX_BASE_TAG = "wrktalk-nginx-base:trixie"
-EDITABLE = ["-e", ".[dev]"] + [arg for p in PLUGINS for arg in ("-e", f"plugins/{p}")]
+EXAMPLES = ["webhook", "symlink", "flagfile"]
+EDITABLE = (
+    ["-e", ".[dev]"]
+    + [arg for p in PLUGINS for arg in ("-e", f"plugins/{p}")]
+    + [arg for e in EXAMPLES for arg in ("-e", f"examples/{e}")]
+)
 
 
 @nox.session

@@ -115,7 +115,8 @@ def plugins(as_json: bool) -> None:
         origin = f"{info.distribution} {info.version}" if info.distribution else "module"
         click.echo(f"{info.name:10} {origin}")
         if info.error:
-            click.echo(f"{'':10} warning: failed to import: {info.error}")
+            kind = "failed to import" if info.error_kind == "import" else "invalid"
+            click.echo(f"{'':10} warning: {kind}: {visible(info.error)}")
             continue
         click.echo(f"{'':10} hooks: {', '.join(info.hooks) or '-'}")
         click.echo(f"{'':10} backends: {', '.join(info.backends) or '-'}")

@@ -35,6 +35,9 @@ AGENT_PRIVILEGES: tuple[tuple[str, str, str], ...] = (
     ("agent_instance", "INSERT", "registering this agent"),
     ("agent_instance", "UPDATE", "recording this agent's polls"),
     ("admin", "SELECT", "who to notify"),
+    ("agent_notification", "SELECT", "finding notifications to deliver"),
+    ("agent_notification", "INSERT", "promising notifications with each outcome"),
+    ("agent_notification", "UPDATE", "recording deliveries"),
 )
 
 

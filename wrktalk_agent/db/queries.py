@@ -30,8 +30,9 @@ _SQL_EVENT = """jsonb_build_object(
 
 # One statement per poll:
 #  - record the poll and that this process is alive;
-#  - reject pending rows no agent can run (unknown type, a due time of ±infinity): failed
-#    with the column and value named, the admins' notification promised in the outbox;
+#  - reject pending rows no agent can run (an unknown type, a due time of -infinity):
+#    failed with the column and value named, the admins' notification promised in the
+#    outbox ('infinity' means "never": such a row stays pending and is never due);
 #  - take over a task whose lease ran out (its owner stopped heartbeating longer ago than
 #    the lease the owner recorded): it stays inProgress, so the one-deployment slot stays
 #    taken while the new owner finds out what is live and clears what was left;
@@ -56,7 +57,7 @@ WITH polled AS (
     FROM agent_task r
     WHERE r.status = 'pending'
       AND (r.type IS NULL OR r.type NOT IN ('deploy', 'rollback')
-           OR NOT isfinite(coalesce(r.execute_after, now())))
+           OR r.execute_after = '-infinity')
     ORDER BY r.created_at, r.id
     LIMIT 20
     FOR UPDATE SKIP LOCKED
