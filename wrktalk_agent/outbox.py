@@ -92,7 +92,7 @@ def event_from_json(data: Mapping[str, Any], notification_id: UUID) -> Notificat
         return datetime.fromisoformat(value) if isinstance(value, str) else None
 
     try:
-        kind = NotificationKind(data.get("kind"))
+        kind = NotificationKind(str(data.get("kind")))
     except ValueError:
         kind = NotificationKind.DEPLOY_FAILED
     return NotificationEvent(

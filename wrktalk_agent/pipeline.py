@@ -76,6 +76,7 @@ DB_ERRORS: tuple[type[BaseException], ...] = (
     *CONNECTION_ERRORS,
     asyncpg.PostgresConnectionError,
 )
+_FLUSH_ERRORS: tuple[type[BaseException], ...] = (*DB_ERRORS, TimeoutError)
 
 
 @dataclass(frozen=True)
@@ -201,7 +202,7 @@ class Timeline:
             await asyncio.wait_for(
                 self.repo.add_events(self.task_id, batch, self.agent_id), timeout
             )
-        except (*DB_ERRORS, TimeoutError) as exc:
+        except _FLUSH_ERRORS as exc:
             self.log.warning("event.deferred", count=len(batch), error=describe(exc))
             return
         del self.unsaved[: len(batch)]
