@@ -266,14 +266,17 @@ def test_maintenance_command_with_nginx_flag(cli, tmp_path: Path) -> None:
         "WRKTALK_AGENT_MAINTENANCE_MODE_HANDLER": "nginx",
         "WRKTALK_AGENT_NGINX_FLAG_FILE": str(flag),
     }
-    on = cli("maintenance", "on", "--reason", "db migration", env=env)
+    on = cli("maintenance", "on", "--reason", "db migration", "--by", "alice", env=env)
     assert on.exit_code == 0, on.output
-    assert "maintenance mode is ON (nginx)" in on.output
+    assert "maintenance mode is ON — owner: operator alice (db migration), since " in on.output
+    assert on.output.rstrip().endswith("(nginx: ON)")
     assert flag.exists() and "db migration" in flag.read_text()
-    assert "ON" in cli("maintenance", "status", env=env).output
+    assert "owner: operator alice" in cli("maintenance", "status", env=env).output
+    # with no handler configured, status still tells what the database records
+    assert "owner: operator alice" in cli("maintenance", "status").output
     off = cli("maintenance", "off", env=env)
-    assert "maintenance mode is off" in off.output and not flag.exists()
-    none = cli("maintenance", "status")
+    assert "maintenance mode is off (nginx: off)" in off.output and not flag.exists()
+    none = cli("maintenance", "on")
     assert none.exit_code == 2 and "is 'none'" in none.output
 
 

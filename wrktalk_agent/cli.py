@@ -485,7 +485,7 @@ def maintenance(action: str, reason: str, who: str | None, force: bool) -> None:
     if settings.maintenance_name is None and action != "status":
         raise Failure("WRKTALK_AGENT_MAINTENANCE_MODE_HANDLER is 'none': nothing to switch", 2)
     log = get_logger(agent_id=settings.agent_id)
-    operator = who or os.environ.get("USER") or "operator"
+    operator = who or os.environ.get("USER") or _login_name()
 
     async def act(repo: Repository) -> tuple[bool | None, MaintenanceState]:
         handler = None
@@ -518,6 +518,15 @@ def maintenance(action: str, reason: str, who: str | None, force: bool) -> None:
         since = state.since.strftime("%Y-%m-%d %H:%M:%S %Z") if state.since else "unknown"
         line += f" — owner: {visible(maint.describe_owner(state))}, since {since}"
     click.echo(f"{line}{f' ({proxy})' if proxy else ''}")
+
+
+def _login_name() -> str:
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
 
 
 # -- check -----------------------------------------------------------------------------

@@ -22,7 +22,8 @@ def describe(exc: BaseException | None) -> str:
 async def bounded(call: Awaitable[T], seconds: float, what: str) -> T:
     """Await a backend method for at most ``seconds``. A hang becomes a
     :class:`BackendError` saying so, and so does any exception that is not already one
-    (a bug in a plugin is a failed step, never a crashed agent). Cancellation passes."""
+    (a bug in a plugin is a failed step, never a crashed agent). A cancellation the agent
+    asked for passes; one the backend raised by itself is a failure like any other."""
     try:
         async with asyncio.timeout(seconds):
             return await call
@@ -30,5 +31,17 @@ async def bounded(call: Awaitable[T], seconds: float, what: str) -> T:
         raise
     except TimeoutError:
         raise BackendError(f"{what} did not finish within {seconds:g}s") from None
+    except asyncio.CancelledError:
+        if cancel_requested():
+            raise
+        # the backend cancelled something of its own and let it escape: a failure
+        raise BackendError(f"{what} was cancelled from within") from None
     except Exception as exc:
         raise BackendError(f"{what} failed: {describe(exc)}") from exc
+
+
+def cancel_requested() -> bool:
+    """Whether the running task was asked to stop (as opposed to a ``CancelledError``
+    that a backend raised on its own)."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0

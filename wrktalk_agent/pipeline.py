@@ -51,7 +51,7 @@ from wrktalk_agent.artifacts import (
 from wrktalk_agent.config import AgentSettings
 from wrktalk_agent.db.models import ArtifactInfo, Task
 from wrktalk_agent.db.repository import CONNECTION_ERRORS, EventStatus, FlagChange, Repository
-from wrktalk_agent.guard import bounded, describe
+from wrktalk_agent.guard import bounded, cancel_requested, describe
 from wrktalk_agent.interfaces import (
     BackendError,
     DeployError,
@@ -204,6 +204,10 @@ class Timeline:
             )
         except _FLUSH_ERRORS as exc:
             self.log.warning("event.deferred", count=len(batch), error=describe(exc))
+            return
+        except asyncpg.PostgresError as exc:  # refused (e.g. no INSERT privilege): the
+            # outcome write tries again and, refused again, ends the task without them
+            self.log.error("event.refused", count=len(batch), error=describe(exc))
             return
         del self.unsaved[: len(batch)]
 
@@ -372,6 +376,9 @@ class TaskRun:
                         verdict.rollback_error = rollback_error
                 return verdict
         except asyncio.CancelledError:
+            if not cancel_requested():  # raised by a backend on its own: a failure
+                self.log.error("task.crashed", error="CancelledError raised by a backend")
+                return Verdict("failed", error="unexpected error: cancelled from within")
             return Verdict("failed", error="interrupted by shutdown")
         except Exception as exc:  # a bug in the core or a plugin: never a stuck task
             self.log.exception("task.crashed")
@@ -534,6 +541,13 @@ class TaskRun:
         except TimeoutError:
             raise StepFailed(
                 f"{purpose} did not finish within {limit:g}s (WRKTALK_AGENT_DEPLOY_TIMEOUT)",
+                system_changed=True,
+            ) from None
+        except asyncio.CancelledError:
+            if cancel_requested():
+                raise
+            raise StepFailed(
+                f"deployer {self.s.deployer.name!r} {purpose} was cancelled from within",
                 system_changed=True,
             ) from None
         except DeployError as exc:
@@ -764,42 +778,49 @@ async def write_outcome(
 ) -> Literal["completed", "failed"] | None:
     """The one transaction that ends a task, retried through outages; only while
     ``task``'s claim still owns it. Returns the status written (None: taken away,
-    nothing written). When the
-    database refuses it (a constraint, a trigger: retrying cannot help), the task still
-    ends: failed, with what was refused, and without the flag change."""
+    nothing written).
+
+    When the database refuses it (a constraint, a trigger, a missing privilege: retrying
+    cannot help) the task still ends, in smaller writes: failed, saying what was
+    refused, without the flag change and the timeline entries; then also without the
+    notification. Only a refusal of the task row itself leaves it to the lease."""
     log = timeline.log
     assert task.claim_token is not None
     names = outbox.notifier_names(services.notifiers)
-    attempt_flags, attempt_status, attempt_error = flags, status, error
-    for fallback in (False, True):
+    flags_now, status_now, error_now, notify = flags, status, error, True
+    for fallback in range(3):
         try:
             async for attempt in db_retrying(log, "outcome", services.repo):
                 with attempt:
                     row = await services.repo.finish_task(
                         task.id,
                         task.claim_token,
-                        status=attempt_status,
+                        status=status_now,
                         result=result,
-                        error=attempt_error,
-                        flags=attempt_flags,
+                        error=error_now,
+                        flags=flags_now,
                         events=list(timeline.unsaved),
                         agent_id=services.settings.agent_id,
                         maintenance_owner=maintenance_owner,
-                        notifications=(names, outbox.event_json(event)),
+                        notifications=(names, outbox.event_json(event)) if notify else None,
                     )
         except asyncpg.PostgresError as exc:
-            if fallback:
+            if fallback == 2:
                 raise
-            log.error("outcome.refused", error=describe(exc), outcome=status)
-            attempt_flags, attempt_status = None, "failed"
-            attempt_error = f"the database refused the outcome ({status}): {describe(exc)}"
-            result = {**result, "outcome": "failed", "error": attempt_error}
-            event = dataclasses.replace(event, outcome="failed", error=attempt_error)
+            log.error("outcome.refused", error=describe(exc), outcome=status_now)
+            timeline.unsaved.clear()
+            if fallback == 1:
+                notify = False
+                continue
+            flags_now, status_now = None, "failed"
+            error_now = f"the database refused the outcome ({status}): {describe(exc)}"
+            result = {**result, "outcome": "failed", "error": error_now}
+            event = dataclasses.replace(event, outcome="failed", error=error_now)
             continue
         if row is None:
             return None
         timeline.unsaved.clear()
-        return attempt_status
+        return status_now
     return None
 
 
