@@ -238,12 +238,15 @@ async def test_wrong_haproxy_backend_fails_the_task_before_the_deployer(
     )
 
 
-async def test_maintenance_left_on_is_cleared_when_the_agent_starts(
+async def test_maintenance_left_by_an_ended_task_is_cleared_when_the_agent_starts(
     site, recording_settings, recording, repo, spawn_agent
 ):
-    # what an agent that crashed mid-deploy leaves behind
-    await site.backend().enable("deploy 1.0.0 (left on by a crashed agent)")
-    await repo.set_maintenance_flag(True)
+    # what a task whose switch-off failed leaves behind: on, owned by a task that ended
+    release = await add_release(repo, "1.0.0")
+    task = await repo.create_task("deploy", release.id)
+    await repo.pool.execute("UPDATE agent_task SET status = 'failed' WHERE id = $1", task.id)
+    await repo.task_maintenance_on(f"task:{task.id}", "deploy 1.0.0")
+    await site.backend().enable("deploy 1.0.0")
     await site.assert_maintenance()
 
     env = agent_env(recording_settings, recording, **site.env, WRKTALK_AGENT_NOTIFIERS="")
@@ -254,6 +257,20 @@ async def test_maintenance_left_on_is_cleared_when_the_agent_starts(
     assert await repo.maintenance_flag() is False
     assert await site.backend().status() is False
     log = agent_log(agent)
-    assert "maintenance.cleared" in log
-    assert "maintenance mode was on with no task in progress" in log
+    assert "maintenance.cleared" in log and f"left on by task {task.id}" in log
     assert recording.records("start") == []
+
+
+async def test_an_operators_window_survives_an_agent_start(
+    site, recording_settings, recording, repo, spawn_agent
+):
+    await site.backend().enable("db migration")
+    await repo.pool.execute(
+        "UPDATE deployment_config SET maintenance_mode_enabled = true,"
+        " maintenance_owner = 'operator:alice', maintenance_reason = 'db migration'"
+    )
+    env = agent_env(recording_settings, recording, **site.env, WRKTALK_AGENT_NOTIFIERS="")
+    agent = spawn_agent(env, "--once")
+    assert await asyncio.to_thread(agent.wait, 30) == 0
+    await site.assert_maintenance()
+    assert (await repo.maintenance_state()).owner == "operator:alice"

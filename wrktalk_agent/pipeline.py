@@ -240,6 +240,8 @@ class TaskRun:
         #: the owner recorded for this task's window (None: an operator's window held it)
         self.maintenance_owner: str | None = None
         self.enable_failed = False
+        #: the lease is lost and the steps are being stopped
+        self.fencing = False
 
     def _tail(self, output: str) -> str:
         """The end of a tool's output, secrets masked before it is cut (a cut could
@@ -269,7 +271,8 @@ class TaskRun:
             await self.event(name, "failed", str(exc))
             raise
         except asyncio.CancelledError:
-            await self.event(name, "failed", "interrupted")
+            why = "stopped: the lease was lost" if self.fencing else "interrupted by shutdown"
+            await self.event(name, "failed", why)
             raise
         except Exception as exc:
             await self.event(name, "failed", f"unexpected error: {describe(exc)}")
@@ -352,6 +355,7 @@ class TaskRun:
     ) -> TaskOutcome:
         """The lease is gone: stop everything this task started, write nothing."""
         self.log.error("task.fenced", reason=lease.reason)
+        self.fencing = True
         work.cancel()
         await asyncio.wait({work}, timeout=self.settings.stale_margin / 2)
         killed = process.kill_groups(groups)
