@@ -433,7 +433,7 @@ class TaskRun:
         try:  # the backend may have written anything: it must not reach a command line
             validate_version(self.target.release_version)
         except ValueError as exc:
-            raise StepFailed(f"release_version: {exc}") from None
+            raise StepFailed(f"{exc} (column release_version)") from None
         if self.target.size == 0:
             raise StepFailed(
                 f"artifact_data of release {self.target.release_version} is empty (0 bytes)"
