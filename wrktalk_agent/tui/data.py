@@ -25,7 +25,7 @@ from wrktalk_agent.db.repository import (
     CONNECTION_ERRORS,
     DatabaseUnavailable,
     Repository,
-    connect_once,
+    connect_listener,
 )
 from wrktalk_agent.db.schema import NOTIFY_CHANNEL
 
@@ -221,7 +221,7 @@ class DashboardSource:
         delay = 1.0
         while True:
             try:
-                conn = await connect_once(self.settings, timeout=QUERY_TIMEOUT)
+                conn = await connect_listener(self.settings, timeout=QUERY_TIMEOUT)
             except _CONNECT_ERRORS as exc:
                 on_state(f"live updates off: {exc}")
                 await asyncio.sleep(delay)
@@ -271,7 +271,7 @@ class DashboardSource:
             async with asyncio.timeout(QUERY_TIMEOUT):
                 async with self._connecting:
                     if self._repo is None:
-                        self._repo = await Repository.connect(self.settings, timeout=5.0)
+                        self._repo = await Repository.connect(self.settings, timeout=5.0, tui=True)
                 yield self._repo
         except DatabaseUnavailable as exc:
             raise SourceUnavailable(str(exc)) from None
