@@ -32,6 +32,7 @@ from test_ha_servers import (
     wait_replayed,
 )
 
+from wrktalk_agent.artifacts import fetch_artifact
 from wrktalk_agent.config import AgentSettings
 from wrktalk_agent.db.repository import (
     CONNECTION_ERRORS,
@@ -303,6 +304,11 @@ def bouncer() -> Iterator[tuple[PgNode, PgBouncer]]:
         primary.destroy()
 
 
+def _private(path: Path) -> Path:
+    path.mkdir(mode=0o700, parents=True)
+    return path
+
+
 def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "wrktalk_agent.cli", *args],
@@ -467,6 +473,12 @@ async def test_pooler_connections_share_few_server_connections_without_mixing_st
                 assert await repo.pool.fetchval("SELECT $1::int + $2::int", i, 1) == i + 1
             elif i % 3 == 1:
                 assert await repo.pool.fetchval("SELECT $1::text", str(i)) == str(i)
+            elif i % 30 == 2:  # a prepared statement in a transaction, several chunks
+                async with repo.connection() as conn:
+                    fetched = await fetch_artifact(
+                        conn, release, _private(tmp_path / f"a{i}"), max_bytes=10**8
+                    )
+                assert fetched.sha256 == release.sha256
             else:
                 assert (await repo.release_by_id(release.id)).release_version == "big"
 

@@ -105,23 +105,15 @@ class AgentConnection(asyncpg.Connection):
 
 
 class PoolerConnection(AgentConnection):
-    """A connection through PgBouncer in transaction pooling mode (before 1.21, which knows
-    nothing of prepared statements). With the statement cache off asyncpg still uses the
-    unnamed prepared statement, in two round trips (parse, then bind and execute); between
-    them PgBouncer may hand the server connection to another client whose own parse
-    replaces it. So a statement outside a transaction runs in one of its own (the server
-    connection stays ours until COMMIT), and explicitly prepared statements get names no
-    other process can use."""
-
-    async def _do_execute(self, *args: Any, **kwargs: Any) -> Any:
-        if self.is_in_transaction():
-            return await super()._do_execute(*args, **kwargs)
-        async with self.transaction():
-            return await super()._do_execute(*args, **kwargs)
+    """A connection through PgBouncer in transaction pooling mode (before 1.21, PgBouncer
+    knows nothing of prepared statements). With the statement cache off, asyncpg runs a
+    query as the unnamed statement, parse and execute before one Sync, so PgBouncer keeps
+    the server connection for it. Statements prepared explicitly (the artifact stream, in
+    its transaction) are left behind on PgBouncer's server connection, where another
+    process's asyncpg would later create the same name: so their names carry a token of
+    this process."""
 
     def _get_unique_id(self, prefix: str) -> str:
-        # asyncpg numbers statements per process; two agents (or the agent and the TUI)
-        # would create the same name on one PgBouncer server connection
         return f"__wrktalk_{_PROCESS_TOKEN}_{super()._get_unique_id(prefix).strip('_')}"
 
 
