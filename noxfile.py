@@ -1,4 +1,4 @@
-"""Developer and CI sessions: nox -s tests lint typecheck build e2e bench demo."""
+"""Developer and CI sessions: nox -s tests lint typecheck build e2e ha bench demo."""
 
 from __future__ import annotations
 
@@ -71,6 +71,18 @@ def e2e(session: nox.Session) -> None:
     session.run(
         "python", "-m", "pytest", "-m", "e2e", "tests", "plugins/compose", *session.posargs, env=env
     )
+
+
+@nox.session
+def ha(session: nox.Session) -> None:
+    """HA PostgreSQL: a primary and a streaming replica (PG 15 binaries), a failover in the
+    middle of a deploy, host lists, PgBouncer in transaction mode (Debian pgbouncer).
+    Patroni with etcd is a manual check (docs/operator.md, "HA PostgreSQL")."""
+    session.install(*EDITABLE)
+    session.run(
+        "python", "-m", "pytest", "tests/test_ha.py", "tests/test_ha_servers.py",
+        *session.posargs,
+    )  # fmt: skip
 
 
 @nox.session

@@ -179,10 +179,12 @@ async def main() -> None:
             (
                 "NOTIFY -> pickup, PgBouncer + direct LISTEN",
                 await pickup_seconds(
-                    "pgbouncer-listen", pooled, work / "pl",
+                    "pgbouncer-listen",
+                    pooled,
+                    work / "pl",
                     WRKTALK_AGENT_DB_POOLER="pgbouncer",
                     WRKTALK_AGENT_LISTEN_DATABASE_URL=primary.url(),
-                ),  # fmt: skip
+                ),
             ),
             (
                 "NOTIFY -> pickup, PgBouncer polling only",

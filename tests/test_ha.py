@@ -159,7 +159,9 @@ async def test_a_write_on_a_read_only_server_is_an_outage_and_retires_the_connec
 
     async def gone(pid: int) -> None:
         for _ in range(200):
-            if not await watcher.fetchval("SELECT count(*) FROM pg_stat_activity WHERE pid = $1", pid):
+            if not await watcher.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE pid = $1", pid
+            ):
                 return
             await asyncio.sleep(0.05)
         raise AssertionError(f"backend {pid} still there: the connection was not retired")
@@ -447,9 +449,7 @@ async def test_the_agent_listens_over_the_direct_connection_not_the_pooler(
             "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'LISTEN%' "
             "AND client_addr IS NOT NULL"
         )
-        await _wait_for(
-            lambda: watcher.fetchval(sql), 30, "a direct LISTEN connection", proc
-        )
+        await _wait_for(lambda: watcher.fetchval(sql), 30, "a direct LISTEN connection", proc)
     finally:
         await watcher.close()
 
@@ -459,7 +459,7 @@ async def test_pooler_connections_share_few_server_connections_without_mixing_st
     bouncer, tmp_path
 ):
     """Many clients, one server connection: each statement keeps its own parameters."""
-    primary, pool = bouncer
+    _, pool = bouncer
     settings = AgentSettings(
         database_url=pool.url(), db_pooler="pgbouncer", work_dir=tmp_path,
         db_pool_min_size=10, db_pool_max_size=10,

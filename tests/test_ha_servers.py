@@ -144,7 +144,8 @@ def add_replica(primary: PgNode, name: str = "replica") -> PgNode:
     """A streaming replica of ``primary`` (pg_basebackup -R), started."""
     node = PgNode(name, _private_dir(f"wrktalk-ha-{name}-"))
     _run([str(PG_BIN / "pg_basebackup"), "-h", "127.0.0.1", "-p", str(primary.port),
-          "-U", "postgres", "-D", str(node.data), "-R", "-X", "stream", "-c", "fast", "--no-sync"])  # fmt: skip
+          "-U", "postgres", "-D", str(node.data), "-R", "-X", "stream", "-c", "fast",
+          "--no-sync"])  # fmt: skip
     node.start()
     return node
 

@@ -206,15 +206,23 @@ class AgentSettings(BaseSettings):
                 f"WRKTALK_AGENT_DB_PORT lists {len(self.db_port)} ports for {len(hosts)} "
                 "hosts in WRKTALK_AGENT_DB_HOST; give one port for all, or one per host"
             )
-        for variable, url in (
-            ("WRKTALK_AGENT_DATABASE_URL", self.database_url),
-            ("WRKTALK_AGENT_LISTEN_DATABASE_URL", self.listen_database_url),
+        for variable, url, wrong_scheme in (
+            (
+                "WRKTALK_AGENT_DATABASE_URL",
+                self.database_url,
+                "WRKTALK_AGENT_DATABASE_URL must start with postgresql://",
+            ),
+            (
+                "WRKTALK_AGENT_LISTEN_DATABASE_URL",
+                self.listen_database_url,
+                "WRKTALK_AGENT_LISTEN_DATABASE_URL must start with postgresql://",
+            ),
         ):
             if url is None:
                 continue
             scheme = urlsplit(url.get_secret_value()).scheme
             if scheme not in ("postgres", "postgresql"):
-                raise ValueError(f"{variable} must start with postgresql://")
+                raise ValueError(wrong_scheme)
             attrs = _query(url.get_secret_value()).get("target_session_attrs")
             if attrs is not None and attrs not in SESSION_ATTRS:
                 raise ValueError(
