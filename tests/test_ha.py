@@ -248,8 +248,9 @@ async def test_a_failover_during_a_deploy_loses_nothing(recording, spawn_agent, 
         await asyncio.to_thread(wait_replayed_sync, primary, replica)
 
         primary.stop("fast")  # every WAL record is sent to the replica before it stops
+        go.touch()  # the deploy finishes while there is no primary at all:
+        await asyncio.sleep(3)  # its timeline entries and outcome wait (retried)
         replica.promote()
-        go.touch()  # the deploy finishes while the agent's connections are dead
 
         repo = await Repository.connect(settings_for([replica.hostport], tmp_path / "w2"))
         try:
