@@ -1,9 +1,10 @@
-"""Developer and CI sessions: nox -s tests lint typecheck build e2e image bench demo."""
+"""Developer and CI sessions: nox -s tests lint typecheck build e2e image ha bench demo."""
 
 from __future__ import annotations
 
 import json
 import os
+import tempfile
 import time
 from pathlib import Path
 
@@ -133,6 +134,28 @@ def image(session: nox.Session) -> None:
 def _last_line(output: str | None) -> str:
     lines = (output or "").strip().splitlines()
     return lines[-1].strip() if lines else ""
+
+
+@nox.session
+def ha(session: nox.Session) -> None:
+    """HA PostgreSQL: a primary and a streaming replica (PG 15 binaries), a failover in the
+    middle of a deploy, host lists, PgBouncer in transaction mode (Debian pgbouncer), and a
+    Patroni switchover with a local etcd (Debian etcd-server; Patroni from PyPI)."""
+    session.install(*EDITABLE)
+    # Patroni runs as the postgres user when we are root: its interpreter must not live
+    # under root's home (pyenv), so it gets a venv of the system Python in the temp dir.
+    system_python = "/usr/bin/python3" if Path("/usr/bin/python3").exists() else "python3"
+    patroni_venv = Path(tempfile.gettempdir()) / "wrktalk-patroni-venv"
+    session.run(system_python, "-m", "venv", str(patroni_venv), external=True)
+    session.run(
+        str(patroni_venv / "bin" / "pip"), "install", "-q", "patroni[etcd3]", "psycopg2-binary",
+        external=True,
+    )  # fmt: skip
+    session.run(
+        "python", "-m", "pytest", "tests/test_ha.py", "tests/test_ha_servers.py",
+        "tests/test_ha_patroni.py", *session.posargs,
+        env={"WRKTALK_TEST_PATRONI": str(patroni_venv / "bin" / "patroni")},
+    )  # fmt: skip
 
 
 @nox.session

@@ -54,3 +54,52 @@ def test_invalid_values_name_their_variables_and_hide_secrets() -> None:
         AgentSettings(database_url="mysql://root:hunter2@x/db")
     [line] = format_validation_error(caught.value, AgentSettings)
     assert "must start with postgresql://" in line and "hunter2" not in line
+
+
+def test_a_host_list_with_per_host_ports_becomes_a_multi_host_dsn(monkeypatch) -> None:
+    monkeypatch.setenv("WRKTALK_AGENT_DB_HOST", "pg1, pg2:5433 ,[fd00::3]")
+    monkeypatch.setenv("WRKTALK_AGENT_DB_PORT", "6432")
+    monkeypatch.setenv("WRKTALK_AGENT_DB_PASSWORD", "hunter2")
+    settings = AgentSettings()
+    assert settings.hosts() == [("pg1", 6432), ("pg2", 5433), ("fd00::3", 6432)]
+    assert settings.dsn() == "postgresql://wrktalk:hunter2@pg1:6432,pg2:5433,[fd00::3]:6432/wrktalk"
+    assert (
+        settings.masked_dsn() == "postgresql://wrktalk:***@pg1:6432,pg2:5433,[fd00::3]:6432/wrktalk"
+    )
+    assert settings.server_label() == "pg1:6432,pg2:5433,[fd00::3]:6432"
+    assert settings.target_session_attrs() == "read-write"
+    assert settings.target_session_attrs(tui=True) == "read-write"
+
+    listed = AgentSettings(db_host="a,b,c", db_port="5432,5433,5434")
+    assert listed.hosts() == [("a", 5432), ("b", 5433), ("c", 5434)]
+
+
+def test_the_dsn_names_its_own_target_session_attrs_and_the_tui_may_read_a_standby() -> None:
+    url = "postgresql://u:secret@h1:5432,h2:5432/db?target_session_attrs=primary"
+    settings = AgentSettings(database_url=url, tui_target_session_attrs="prefer-standby")
+    assert settings.target_session_attrs() is None  # asyncpg reads it from the DSN
+    assert settings.target_session_attrs(tui=True) == "prefer-standby"
+    assert settings.server_label() == "h1:5432,h2:5432"
+    assert "secret" not in settings.masked_dsn()
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"db_host": "a,b", "db_port": "1,2,3"}, "WRKTALK_AGENT_DB_PORT lists 3 ports for 2 hosts"),
+        ({"db_host": "a:99999"}, "the port must be a number between 1 and 65535"),
+        ({"db_host": "a,:5432"}, "names no host"),
+        ({"db_port": "5432,x"}, "WRKTALK_AGENT_DB_PORT"),
+        ({"db_target_session_attrs": "any"}, "WRKTALK_AGENT_DB_TARGET_SESSION_ATTRS"),
+        (
+            {"database_url": "postgresql://u:pw@h/db?target_session_attrs=master"},
+            "target_session_attrs='master' is not one of",
+        ),
+        ({"listen_database_url": "mysql://u:pw@h/db"}, "LISTEN_DATABASE_URL must start"),
+    ],
+)
+def test_bad_multi_host_settings_are_one_line_each(env, message) -> None:
+    with pytest.raises(ValidationError) as caught:
+        AgentSettings(**env)
+    [line] = format_validation_error(caught.value, AgentSettings)
+    assert message in line and "pw" not in line

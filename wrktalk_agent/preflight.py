@@ -15,6 +15,7 @@ from pathlib import Path
 from wrktalk_agent.config import AgentSettings
 from wrktalk_agent.db import DatabaseUnavailable, Repository
 from wrktalk_agent.db import queries as q
+from wrktalk_agent.db.repository import pooler_mode
 from wrktalk_agent.interfaces import CheckResult, PluginContext, Recipient, SmtpConfig
 from wrktalk_agent.plugins import Kind, PluginError, PluginRegistry, SettingsError
 from wrktalk_agent.signing import load_trusted_keys
@@ -77,12 +78,18 @@ async def run_checks(
             unreachable = str(exc)
         except Exception as exc:  # e.g. an unknown role: still one line, not a traceback
             unreachable = f"cannot connect to PostgreSQL at {settings.server_label()}: {exc}"
+        # the database line also says which way the agent talks to PostgreSQL: direct, or
+        # PgBouncer with or without a direct LISTEN connection
+        mode = pooler_mode(settings)
         if repo is None:
-            results.append(CheckResult("database", False, unreachable))
+            results.append(CheckResult("database", False, f"{unreachable}; {mode}"))
             results.append(CheckResult("schema", False, "not checked: database unreachable"))
             results.append(CheckResult("privileges", False, "not checked: database unreachable"))
         else:
-            detail = f"PostgreSQL at {settings.server_label()} reachable ({settings.masked_dsn()})"
+            detail = (
+                f"PostgreSQL at {settings.server_label()} reachable "
+                f"({settings.masked_dsn()}); {mode}"
+            )
             results.append(CheckResult("database", True, detail))
             results.append(await _schema_check(repo))
             results.append(await _privileges_check(repo))

@@ -30,7 +30,7 @@ from wrktalk_agent import __version__, maintenance, metrics, process
 from wrktalk_agent.artifacts import secure_delete
 from wrktalk_agent.bootstrap import StartupError
 from wrktalk_agent.db.models import PollResult, Task
-from wrktalk_agent.db.repository import Repository, connect_once
+from wrktalk_agent.db.repository import Repository, connect_listener, listen_dsn, pooler_mode
 from wrktalk_agent.db.schema import NOTIFY_CHANNEL
 from wrktalk_agent.guard import describe
 from wrktalk_agent.log import get_logger
@@ -90,7 +90,10 @@ class Agent:
         await self.startup()
         side: list[asyncio.Task[None]] = []
         if self.settings.listen and not once:
-            side.append(asyncio.create_task(self._listen(), name="listener"))
+            if listen_dsn(self.settings) is None:
+                self.log.info("listener.off", reason=pooler_mode(self.settings))
+            else:
+                side.append(asyncio.create_task(self._listen(), name="listener"))
         if not once:
             side.append(asyncio.create_task(self.deliverer.run(self.stop_event), name="outbox"))
         for task in side:
@@ -300,7 +303,7 @@ class Agent:
         while not self.stop_event.is_set():
             conn: asyncpg.Connection | None = None
             try:
-                conn = await connect_once(self.settings, timeout=10)
+                conn = await connect_listener(self.settings, timeout=10)
                 lost = asyncio.Event()
                 conn.add_termination_listener(lambda _c, lost=lost: lost.set())
                 await conn.add_listener(NOTIFY_CHANNEL, self._on_notify)

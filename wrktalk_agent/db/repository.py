@@ -15,7 +15,7 @@ from uuid import UUID
 import asyncpg
 
 from wrktalk_agent import __version__
-from wrktalk_agent.config import AgentSettings
+from wrktalk_agent.config import AgentSettings, dsn_server_label
 from wrktalk_agent.db import queries as q
 from wrktalk_agent.db.models import (
     AgentInstance,
@@ -51,6 +51,14 @@ def _event_columns(events: Sequence[PendingEventLike]) -> tuple[list[Any], ...]:
     )
 
 
+#: The server answered but is not (or no longer) the primary: a standby reached through a
+#: host list or a pooler, or a primary demoted under an open connection. For the agent
+#: this is an outage like any other (retry, reconnect), never a task failure.
+NOT_PRIMARY_ERRORS: tuple[type[BaseException], ...] = (
+    asyncpg.ReadOnlySQLTransactionError,  # "cannot execute UPDATE in a read-only transaction"
+    asyncpg.TargetServerAttributeNotMatched,  # no host of the list is read-write (yet)
+)
+
 #: Errors that mean "the database is not there right now" (as opposed to a bug in a query).
 CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     OSError,
@@ -62,11 +70,62 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.CrashShutdownError,
     asyncpg.TooManyConnectionsError,
     asyncpg.InternalClientError,  # seen while a server shuts down mid-query
+    *NOT_PRIMARY_ERRORS,
 )
 
 
 class DatabaseUnavailable(Exception):
     """PostgreSQL could not be reached; the message names host:port, never the password."""
+
+
+class ListenUnavailable(DatabaseUnavailable):
+    """LISTEN cannot work with these settings (a transaction pooler and no direct DSN)."""
+
+
+class AgentConnection(asyncpg.Connection):
+    """Every connection of the agent: a server that turns out not to be the primary
+    (``ReadOnlySQLTransactionError``) retires the connection, so that the next attempt
+    reconnects through the host list and finds the new primary. Outside a transaction
+    the connection is terminated at once; inside one it is marked and terminated when the
+    pool takes it back (after asyncpg's rollback), see :func:`_keep_session`."""
+
+    not_primary = False
+
+    def _seen_not_primary(self) -> None:
+        self.not_primary = True
+        if not self.is_in_transaction():
+            self.terminate()
+
+    async def execute(self, query: str, *args: Any, timeout: float | None = None) -> str:
+        try:
+            return await super().execute(query, *args, timeout=timeout)
+        except asyncpg.ReadOnlySQLTransactionError:
+            self._seen_not_primary()
+            raise
+
+    async def _do_execute(self, *args: Any, **kwargs: Any) -> Any:
+        # the one path of fetch/fetchrow/fetchval/executemany/execute-with-arguments
+        try:
+            return await super()._do_execute(*args, **kwargs)  # type: ignore[misc]
+        except asyncpg.ReadOnlySQLTransactionError:
+            self._seen_not_primary()
+            raise
+
+
+class PoolerConnection(AgentConnection):
+    """A connection through PgBouncer in transaction pooling mode (before 1.21, PgBouncer
+    knows nothing of prepared statements). With the statement cache off, asyncpg runs a
+    query as the unnamed statement, parse and execute before one Sync, so PgBouncer keeps
+    the server connection for it. Statements prepared explicitly (the artifact stream, in
+    its transaction) are left behind on PgBouncer's server connection, where another
+    process's asyncpg would later create the same name: so their names carry a token of
+    this process."""
+
+    def _get_unique_id(self, prefix: str) -> str:
+        return f"__wrktalk_{_PROCESS_TOKEN}_{super()._get_unique_id(prefix).strip('_')}"
+
+
+_PROCESS_TOKEN = os.urandom(6).hex()
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
@@ -76,37 +135,114 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
         )
 
 
-async def connect_once(settings: AgentSettings, *, timeout: float = 10.0) -> asyncpg.Connection:
-    """A single connection (for LISTEN, or one-shot CLI commands)."""
+def _connect_kwargs(settings: AgentSettings, *, tui: bool = False) -> dict[str, Any]:
+    """What every connection of the main DSN (pool or single) is opened with."""
+    kwargs: dict[str, Any] = {
+        "ssl": _ssl(settings),
+        "server_settings": _app_name(),
+        "target_session_attrs": settings.target_session_attrs(tui=tui),
+        "connection_class": AgentConnection,
+    }
+    if settings.db_pooler != "none":
+        # PgBouncer forwards no named statement to the right server connection
+        kwargs["statement_cache_size"] = 0
+        kwargs["connection_class"] = PoolerConnection
+    return kwargs
+
+
+async def connect_once(
+    settings: AgentSettings, *, timeout: float = 10.0, tui: bool = False
+) -> asyncpg.Connection:
+    """A single connection to the main DSN (through the pooler, if there is one). For
+    LISTEN use :func:`connect_listener`."""
     with _unavailable_as_one_line(settings):
         conn = await asyncpg.connect(
-            settings.dsn(), ssl=_ssl(settings), timeout=timeout, server_settings=_app_name()
+            settings.dsn(), timeout=timeout, **_connect_kwargs(settings, tui=tui)
         )
     await _init_connection(conn)
     return conn
 
 
+def listen_dsn(settings: AgentSettings) -> str | None:
+    """The DSN LISTEN goes over: LISTEN_DATABASE_URL if set, else the main DSN unless it
+    goes through a transaction pooler (where a LISTEN is lost with the server connection
+    it ran on). ``None``: LISTEN cannot work, only polling (see :func:`pooler_mode`)."""
+    if settings.listen_database_url is not None:
+        return settings.listen_database_url.get_secret_value()
+    if settings.db_pooler != "none":
+        return None
+    return settings.dsn()
+
+
+async def connect_listener(settings: AgentSettings, *, timeout: float = 10.0) -> asyncpg.Connection:
+    """A direct connection for LISTEN, always on the primary (NOTIFY is not replicated;
+    a standby refuses LISTEN). Raises :class:`ListenUnavailable` when the settings give
+    LISTEN no way to work, :class:`DatabaseUnavailable` when the server is down."""
+    dsn = listen_dsn(settings)
+    if dsn is None:
+        raise ListenUnavailable(pooler_mode(settings))
+    label = dsn_server_label(dsn)
+    attrs = None if "target_session_attrs=" in dsn else settings.db_target_session_attrs
+    with _unavailable_as_one_line(settings, label):
+        conn = await asyncpg.connect(
+            dsn,
+            timeout=timeout,
+            ssl=None if "sslmode=" in dsn else settings.db_ssl_mode,
+            server_settings={"application_name": "wrktalk-agent listener"},
+            target_session_attrs=attrs,
+            connection_class=AgentConnection,
+        )
+    return conn
+
+
+def pooler_mode(settings: AgentSettings) -> str:
+    """One line for ``check`` and the logs: how the agent talks to PostgreSQL."""
+    attrs = settings.target_session_attrs() or "as the DSN says"
+    hosts = settings.server_label()
+    if settings.db_pooler == "none":
+        return f"direct connections to {hosts} (target_session_attrs {attrs}); LISTEN on the same"
+    mode = (
+        f"through PgBouncer at {hosts} (transaction pooling: statement cache off, "
+        "statements in their own transactions)"
+    )
+    if settings.listen_database_url is None:
+        return (
+            f"{mode}; LISTEN cannot work through the pooler and "
+            "WRKTALK_AGENT_LISTEN_DATABASE_URL is unset: polling only, every "
+            f"{settings.poll_interval:g}s"
+        )
+    listen = dsn_server_label(settings.listen_database_url.get_secret_value())
+    return f"{mode}; LISTEN over a direct connection to {listen}"
+
+
 @contextmanager
-def _unavailable_as_one_line(settings: AgentSettings) -> Iterator[None]:
+def _unavailable_as_one_line(settings: AgentSettings, label: str | None = None) -> Iterator[None]:
     """Connection failures become :class:`DatabaseUnavailable` naming host:port only."""
+    server = label or settings.server_label()
     try:
         yield
     except asyncpg.InvalidPasswordError as exc:
         raise DatabaseUnavailable(
-            f"PostgreSQL at {settings.server_label()} refused the credentials: {exc}"
+            f"PostgreSQL at {server} refused the credentials: {exc}"
         ) from None
     except asyncpg.InvalidCatalogNameError as exc:
-        raise DatabaseUnavailable(f"PostgreSQL at {settings.server_label()}: {exc}") from None
-    except CONNECTION_ERRORS as exc:
+        raise DatabaseUnavailable(f"PostgreSQL at {server}: {exc}") from None
+    except asyncpg.TargetServerAttributeNotMatched:
+        attrs = settings.target_session_attrs() or "the DSN's target_session_attrs"
         raise DatabaseUnavailable(
-            f"cannot reach PostgreSQL at {settings.server_label()}: {_reason(exc)}"
+            f"no server at {server} is {attrs} (all standbys? a failover under way?)"
         ) from None
+    except CONNECTION_ERRORS as exc:
+        raise DatabaseUnavailable(f"cannot reach PostgreSQL at {server}: {_reason(exc)}") from None
 
 
 async def _keep_session(conn: asyncpg.Connection) -> None:
     """Pool connections carry no session state (no LISTEN, session locks or SET), so the
     default reset query after every use would be a wasted statement on each poll; an open
-    transaction is still rolled back by asyncpg itself."""
+    transaction is still rolled back by asyncpg itself. A connection that met a read-only
+    server is dropped here: the pool opens a new one through the host list."""
+    if getattr(conn, "not_primary", False):
+        conn.terminate()
 
 
 def _ssl(settings: AgentSettings) -> str | None:
@@ -133,17 +269,19 @@ class Repository:
         self.closed = False
 
     @classmethod
-    async def connect(cls, settings: AgentSettings, *, timeout: float = 10.0) -> Repository:
+    async def connect(
+        cls, settings: AgentSettings, *, timeout: float = 10.0, tui: bool = False
+    ) -> Repository:
+        """A pool on the main DSN; ``tui`` picks TUI_TARGET_SESSION_ATTRS when set."""
         with _unavailable_as_one_line(settings):
             pool = await asyncpg.create_pool(
                 settings.dsn(),
-                ssl=_ssl(settings),
                 min_size=settings.db_pool_min_size,
                 max_size=settings.db_pool_max_size,
                 timeout=timeout,
                 init=_init_connection,
                 reset=_keep_session,
-                server_settings=_app_name(),
+                **_connect_kwargs(settings, tui=tui),
             )
         return cls(pool, settings)
 

@@ -32,7 +32,7 @@ from wrktalk_agent.db.repository import (
     CONNECTION_ERRORS,
     DatabaseUnavailable,
     Repository,
-    connect_once,
+    connect_listener,
 )
 from wrktalk_agent.db.schema import NOTIFY_CHANNEL
 
@@ -228,7 +228,7 @@ class DashboardSource:
         delay = 1.0
         while True:
             try:
-                conn = await connect_once(self.settings, timeout=QUERY_TIMEOUT)
+                conn = await connect_listener(self.settings, timeout=QUERY_TIMEOUT)
             except _CONNECT_ERRORS as exc:
                 on_state(f"live updates off: {exc}")
                 await asyncio.sleep(delay)
@@ -278,7 +278,7 @@ class DashboardSource:
             async with asyncio.timeout(QUERY_TIMEOUT):
                 async with self._connecting:
                     if self._repo is None:
-                        self._repo = await Repository.connect(self.settings, timeout=5.0)
+                        self._repo = await Repository.connect(self.settings, timeout=5.0, tui=True)
                 with tolerant_rows():  # a row with an unknown status is shown, not fatal
                     yield self._repo
         except DatabaseUnavailable as exc:
