@@ -35,6 +35,10 @@ from wrktalk_agent.safe_text import visible
 T = TypeVar("T")
 
 
+class HttpPortError(Exception):
+    """The HTTP endpoint could not bind its address."""
+
+
 class Failure(click.ClickException):
     """An expected failure: message printed as ``error: ...``, exit code 1 (or given)."""
 
@@ -48,13 +52,23 @@ class Failure(click.ClickException):
             click.echo(line if line.startswith("  ") else f"error: {line}", err=True)
 
 
+#: the settings of this invocation, for naming the server in connection errors
+_loaded: AgentSettings | None = None
+
+
 def load_settings(**overrides: Any) -> AgentSettings:
+    global _loaded
     try:
         settings = AgentSettings(**overrides)
     except ValidationError as exc:
         raise Failure("\n".join(format_validation_error(exc, AgentSettings)), exit_code=2) from None
     configure_logging(settings.log_level, settings.log_format)
+    _loaded = settings
     return settings
+
+
+def _server() -> str:
+    return f" at {_loaded.server_label()}" if _loaded is not None else ""
 
 
 def run_async(coro: Coroutine[Any, Any, T]) -> T:
@@ -73,6 +87,16 @@ def run_async(coro: Coroutine[Any, Any, T]) -> T:
         raise Failure(f"{exc}; run `wrktalk-agent db init`") from None
     except asyncpg.InsufficientPrivilegeError as exc:
         raise Failure(f"{exc}; `wrktalk-agent check` names every missing privilege") from None
+    except asyncpg.InvalidAuthorizationSpecificationError as exc:
+        # 28000/28P01: an unknown role, a wrong password, no pg_hba.conf entry
+        raise Failure(
+            f"PostgreSQL{_server()} refused the connection: {visible(exc)} "
+            "(check WRKTALK_AGENT_DB_USER / _DB_PASSWORD and the server's pg_hba.conf)"
+        ) from None
+    except asyncpg.PostgresError as exc:
+        raise Failure(f"PostgreSQL{_server()}: {type(exc).__name__}: {visible(exc)}") from None
+    except HttpPortError as exc:
+        raise Failure(str(exc), exit_code=2) from None
 
 
 async def with_repo(settings: AgentSettings, work: Callable[[Repository], Awaitable[T]]) -> T:
@@ -432,7 +456,10 @@ def run(once: bool) -> None:
 async def _run(settings: AgentSettings, *, once: bool) -> int:
     from wrktalk_agent.runtime import Agent
 
-    log = get_logger(agent_id=settings.agent_id)
+    import structlog
+
+    structlog.contextvars.bind_contextvars(agent_id=settings.agent_id)  # every line, library ones too
+    log = get_logger()
     services = await open_services(settings)
     agent = Agent(services)
     agent.install_signal_handlers()
@@ -466,7 +493,13 @@ async def _start_http(agent: Any, settings: AgentSettings) -> Any:
             await asyncio.wait_for(conn.fetchval("SELECT 1"), 3)
         return True
 
-    return await start_http_server(settings.http_host, settings.http_port or 0, state, ready)
+    try:
+        return await start_http_server(settings.http_host, settings.http_port or 0, state, ready)
+    except OSError as exc:
+        raise HttpPortError(
+            f"cannot serve HTTP on {settings.http_host}:{settings.http_port}: "
+            f"{exc.strerror or exc} (WRKTALK_AGENT_HTTP_PORT / WRKTALK_AGENT_HTTP_HOST)"
+        ) from None
 
 
 # -- maintenance -----------------------------------------------------------------------
