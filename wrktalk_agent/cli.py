@@ -820,7 +820,8 @@ async def _start_http(agent: Any, settings: AgentSettings) -> Any:
     except OSError as exc:
         raise HttpPortError(
             f"cannot serve HTTP on {settings.http_host}:{settings.http_port}: "
-            f"{exc.strerror or exc} (WRKTALK_AGENT_HTTP_PORT / WRKTALK_AGENT_HTTP_HOST)"
+            f"{os.strerror(exc.errno) if exc.errno else exc} "
+            "(WRKTALK_AGENT_HTTP_PORT / WRKTALK_AGENT_HTTP_HOST)"
         ) from None
 
 
