@@ -55,7 +55,8 @@ def main() -> int:
         print(f"{label:34} {min(times) * 1000:8.1f} {medians[label] * 1000:10.1f}")
     baseline = medians["python -c 'import click, pydantic'"]
     ratio = medians["wrktalk-agent --help"] / baseline
-    print(f"\n--help / import click, pydantic: {ratio:.2f}x (goal <= 2x): {'ok' if ratio <= 2 else 'MISSED'}")
+    verdict = "ok" if ratio <= 2 else "MISSED"
+    print(f"\n--help / import click, pydantic: {ratio:.2f}x (goal <= 2x): {verdict}")
 
     print("\nheavy modules loaded:")
     probes = {

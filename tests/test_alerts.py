@@ -144,7 +144,8 @@ async def test_a_live_agent_during_a_deploy_feeds_every_rule(
                 "interval": "1m",
                 "input_series": [
                     {
-                        "series": f"wrktalk_agent_last_successful_poll_timestamp_seconds{{{labels}}}",
+                        "series": "wrktalk_agent_last_successful_poll_timestamp_seconds"
+                        f"{{{labels}}}",
                         "values": f"{start_poll:.3f}x15",
                     },
                     {

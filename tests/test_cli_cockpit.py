@@ -10,8 +10,6 @@ import re
 import socket
 import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 
 import asyncpg
@@ -149,13 +147,16 @@ def test_duplicate_rollback_and_past_after_are_refused(cli, release, database_ur
 
 
 def test_wait_follows_a_task_to_its_end(cli, database_url, tmp_path: Path) -> None:
-    script = "#!/bin/sh\necho deploying; sleep 0.3\n[ \"$WRKTALK_RELEASE_VERSION\" = 2.0.0 ]\n"
+    script = '#!/bin/sh\necho deploying; sleep 0.3\n[ "$WRKTALK_RELEASE_VERSION" = 2.0.0 ]\n'
     for version in ("1.0.0", "2.0.0", "3.0.0"):
         path = tmp_path / f"{version}.tgz"
         path.write_bytes(make_tarball({"deploy": script}))
-        assert cli(
-            "release", "add", str(path), "--version", version, "--chart-type", "compose"
-        ).exit_code == 0
+        assert (
+            cli(
+                "release", "add", str(path), "--version", version, "--chart-type", "compose"
+            ).exit_code
+            == 0
+        )
     env = {
         "WRKTALK_AGENT_DEPLOYER": "script",
         "WRKTALK_AGENT_SCRIPT_WORKING_DIR": str(tmp_path / "site"),
@@ -195,15 +196,14 @@ def test_wait_follows_a_task_to_its_end(cli, database_url, tmp_path: Path) -> No
 
 
 def test_rejected_role_is_one_line_from_every_command(cli, database_url) -> None:
-    from urllib.parse import urlsplit
-
     from wrktalk_agent.config import AgentSettings
 
-    parts = urlsplit(database_url)
     url = re.sub(r"//[^@/]*@", "//no_such_role_x@", database_url, count=1)
     label = AgentSettings(database_url=url).server_label()
     for args in (["run", "--once"], ["db", "check"], ["task", "list"]):
-        result = cli(*args, env={"WRKTALK_AGENT_DATABASE_URL": url, "WRKTALK_AGENT_DEPLOYER": "script"})
+        result = cli(
+            *args, env={"WRKTALK_AGENT_DATABASE_URL": url, "WRKTALK_AGENT_DEPLOYER": "script"}
+        )
         assert result.exit_code == 1, (args, result.output)
         lines = result.output.strip().splitlines()
         assert len(lines) == 1, result.output
@@ -251,8 +251,9 @@ def test_misspelled_variables_are_named_with_a_suggestion(cli) -> None:
         "plugin; did you mean WRKTALK_AGENT_POLL_INTERVAL?" in result.output
     )
     assert "did you mean WRKTALK_AGENT_SMTP_HOST?" in result.output  # a plugin's setting
-    assert "WRKTALK_AGENT_ZZZZZZZZ is not a setting of the agent or an installed plugin (ignored)" in (
-        result.output
+    assert (
+        "WRKTALK_AGENT_ZZZZZZZZ is not a setting of the agent or an installed plugin (ignored)"
+        in (result.output)
     )
 
 
@@ -260,18 +261,24 @@ def test_secret_files(cli, database_url, tmp_path: Path) -> None:
     url_file = tmp_path / "url"
     url_file.write_text(database_url + "\n")
     result = cli(
-        "db", "check", env={"WRKTALK_AGENT_DATABASE_URL": None, "WRKTALK_AGENT_DATABASE_URL_FILE": str(url_file)}
+        "db",
+        "check",
+        env={"WRKTALK_AGENT_DATABASE_URL": None, "WRKTALK_AGENT_DATABASE_URL_FILE": str(url_file)},
     )
     assert result.exit_code == 0, result.output
     missing = cli("db", "check", env={"WRKTALK_AGENT_DATABASE_URL_FILE": str(tmp_path / "nope")})
     assert missing.exit_code == 2
     assert missing.output.strip().splitlines() == [
-        "error: WRKTALK_AGENT_DATABASE_URL and WRKTALK_AGENT_DATABASE_URL_FILE are both set; keep one"
+        "error: WRKTALK_AGENT_DATABASE_URL and WRKTALK_AGENT_DATABASE_URL_FILE are both set; "
+        "keep one"
     ]
     unreadable = cli(
         "db",
         "check",
-        env={"WRKTALK_AGENT_DATABASE_URL": None, "WRKTALK_AGENT_DB_PASSWORD_FILE": str(tmp_path / "nope")},
+        env={
+            "WRKTALK_AGENT_DATABASE_URL": None,
+            "WRKTALK_AGENT_DB_PASSWORD_FILE": str(tmp_path / "nope"),
+        },
     )
     assert unreadable.exit_code == 2
     assert unreadable.output.strip() == (

@@ -632,8 +632,7 @@ async def follow(repo: Repository, task_id: UUID, timeout: float | None) -> int:
 
 def _event_line(e: Any) -> str:
     return (
-        f"{e.created_at:%H:%M:%S}  {visible(e.step):22} {visible(e.status):9} "
-        f"{visible(e.message)}"
+        f"{e.created_at:%H:%M:%S}  {visible(e.step):22} {visible(e.status):9} {visible(e.message)}"
     ).rstrip()
 
 
@@ -778,7 +777,9 @@ async def _run(settings: AgentSettings, *, once: bool) -> int:
     from wrktalk_agent.log import get_logger
     from wrktalk_agent.runtime import Agent
 
-    structlog.contextvars.bind_contextvars(agent_id=settings.agent_id)  # every line, library ones too
+    structlog.contextvars.bind_contextvars(
+        agent_id=settings.agent_id
+    )  # every line, library ones too
     log = get_logger()
     services = await open_services(settings)
     agent = Agent(services)

@@ -7,8 +7,8 @@ import os
 import re
 import socket
 import tempfile
-from pathlib import Path
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import parse_qsl, quote, urlsplit, urlunsplit
 
@@ -370,6 +370,13 @@ def unknown_variable_warnings(environ: Mapping[str, str], known: set[str]) -> li
         if not upper.startswith("WRKTALK_AGENT_") or upper in known:
             continue
         close = difflib.get_close_matches(upper, sorted(known), n=1, cutoff=0.75)
-        hint = f"; did you mean {close[0]}?" if close else " (ignored)"
-        lines.append(f"{variable} is not a setting of the agent or an installed plugin{hint}")
+        if close:
+            lines.append(
+                f"{variable} is not a setting of the agent or an installed plugin; "
+                f"did you mean {close[0]}?"
+            )
+        else:
+            lines.append(
+                f"{variable} is not a setting of the agent or an installed plugin (ignored)"
+            )
     return lines

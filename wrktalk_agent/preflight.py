@@ -241,7 +241,9 @@ def format_checks(results: Sequence[CheckResult]) -> str:
         else ""
     )
     if failed:
-        lines.append(f"{failed} of {len(results)} checks failed" + (f"; {warning}" if warned else ""))
+        lines.append(
+            f"{failed} of {len(results)} checks failed" + (f"; {warning}" if warned else "")
+        )
     elif warned:
         lines.append(f"no check that blocks deploys failed; {warning}")
     else:
