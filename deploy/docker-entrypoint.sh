@@ -8,7 +8,10 @@
 # `tui`, a shell) start without it: a check that demands a complete schema must not
 # block the `db init` that completes it.
 #
-# WRKTALK_AGENT_SKIP_CHECK=1 skips the check (e.g. to start while SMTP is down).
+# Only what blocks deploys stops the container (database, schema, privileges, deployer,
+# maintenance handler, work dir, keys). A failing notifier (the mail server is down) is a
+# WARN line and `check` exits 0: the agent starts, and rollbacks stay possible, while the
+# mails wait in the outbox. WRKTALK_AGENT_SKIP_CHECK=1 skips the check entirely.
 set -eu
 
 if [ "$#" -eq 0 ]; then

@@ -104,7 +104,11 @@ def test_every_yaml_file_parses() -> None:
 
 def test_kustomization_lists_every_manifest() -> None:
     listed = yaml.safe_load((K8S / "kustomization.yaml").read_text())["resources"]
-    present = sorted(p.name for p in K8S.glob("*.yaml") if p.name != "kustomization.yaml")
+    present = sorted(
+        p.name
+        for p in K8S.glob("*.yaml")
+        if p.name not in ("kustomization.yaml", "app-namespace.yaml")  # applied by hand, once
+    )
     assert sorted(listed) == present
 
 
@@ -199,6 +203,17 @@ def test_rbac_is_scoped_to_the_helm_namespace(objects, pod, k8s_env) -> None:
     # Helm keeps its release history in Secrets of the release's namespace
     secrets_rule = next(r for r in role["rules"] if "secrets" in r["resources"])
     assert {"get", "list", "create", "update", "delete"} <= set(secrets_rule["verbs"])
+
+
+def test_the_kustomization_does_not_own_the_application_namespace(k8s_env) -> None:
+    """`kubectl delete -k deploy/k8s` deletes what the kustomization lists: never
+    WrkTalk's own namespace (and everything in it)."""
+    kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
+    namespace = k8s_env["WRKTALK_AGENT_KUBE_NAMESPACE"]
+    for resource in kustomization["resources"]:
+        for doc in yaml.safe_load_all((K8S / resource).read_text()):
+            if doc and doc["kind"] == "Namespace":
+                assert doc["metadata"]["name"] != namespace, f"{resource} owns {namespace}"
 
 
 def test_the_secret_holds_placeholders_only(objects) -> None:

@@ -20,7 +20,13 @@ class StartupError(Exception):
 
 
 def make_registry(settings: AgentSettings) -> PluginRegistry:
-    return PluginRegistry(settings.extra_plugins)
+    from wrktalk_agent.config import SecretFileError, plugin_secret_overrides
+
+    try:
+        overrides = plugin_secret_overrides()  # WRKTALK_AGENT_SMTP_PASSWORD_FILE
+    except SecretFileError as exc:
+        raise PluginError(str(exc)) from None
+    return PluginRegistry(settings.extra_plugins, settings_overrides=overrides)
 
 
 def plugin_context(settings: AgentSettings, repo: Repository) -> PluginContext:

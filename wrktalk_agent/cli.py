@@ -2,37 +2,38 @@
 
 Exit codes: 0 success, 1 failure (task failed, database unreachable, check failed),
 2 bad input or configuration. Errors are one readable line each, never a traceback.
+
+Imports are lazy: ``--help`` loads click and this module only, and each command loads
+the database driver, pydantic models or rich when it needs them.
 """
 
 from __future__ import annotations
 
-import asyncio
-import hashlib
-import json
 import os
 import sys
-import tarfile
-from collections.abc import Awaitable, Callable, Coroutine
-from datetime import UTC, datetime
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from uuid import UUID
 
-import asyncpg
 import click
-from pydantic import ValidationError
 
-from wrktalk_agent import __version__
-from wrktalk_agent.bootstrap import StartupError, make_registry, open_services, plugin_context
-from wrktalk_agent.config import AgentSettings
-from wrktalk_agent.db.models import MaintenanceState, tolerant_rows
-from wrktalk_agent.db.repository import DatabaseUnavailable, Repository
-from wrktalk_agent.interfaces import BackendError, validate_version
-from wrktalk_agent.log import configure_logging, get_logger
-from wrktalk_agent.plugins import PluginError, SettingsError, format_validation_error
 from wrktalk_agent.safe_text import visible
 
+if TYPE_CHECKING:
+    from wrktalk_agent.config import AgentSettings
+    from wrktalk_agent.db.models import MaintenanceState, Task
+    from wrktalk_agent.db.repository import Repository
+
 T = TypeVar("T")
+OUTPUTS = ("table", "wide", "json")
+#: how many characters of a task id listings show (like docker's short ids)
+SHORT_ID = 8
+
+
+class HttpPortError(Exception):
+    """The HTTP endpoint could not bind its address."""
 
 
 class Failure(click.ClickException):
@@ -48,17 +49,66 @@ class Failure(click.ClickException):
             click.echo(line if line.startswith("  ") else f"error: {line}", err=True)
 
 
-def load_settings(**overrides: Any) -> AgentSettings:
+#: the settings of this invocation, for naming the server in connection errors
+_loaded: AgentSettings | None = None
+
+
+def load_settings(*, warn_unknown: bool = False, **overrides: Any) -> AgentSettings:
+    """Settings from the environment; bad ones are one line each (exit 2).
+    ``warn_unknown``: name misspelled ``WRKTALK_AGENT_*`` variables (on stderr)."""
+    global _loaded
+    from pydantic import ValidationError
+
+    from wrktalk_agent.config import AgentSettings, SecretFileError
+    from wrktalk_agent.log import configure_logging
+    from wrktalk_agent.plugins import format_validation_error
+
     try:
         settings = AgentSettings(**overrides)
+    except SecretFileError as exc:
+        raise Failure(str(exc), exit_code=2) from None
     except ValidationError as exc:
         raise Failure("\n".join(format_validation_error(exc, AgentSettings)), exit_code=2) from None
     configure_logging(settings.log_level, settings.log_format)
+    _loaded = settings
+    if warn_unknown:
+        _warn_unknown_variables(settings)
     return settings
+
+
+def _warn_unknown_variables(settings: AgentSettings) -> None:
+    from wrktalk_agent.config import known_variables, unknown_variable_warnings
+    from wrktalk_agent.plugins import PluginError, PluginRegistry
+
+    models: list[Any] = []
+    try:
+        registry = PluginRegistry(settings.extra_plugins)
+    except PluginError:
+        registry = None
+    if registry is not None:
+        for backends in registry.backends.values():
+            for backend in backends.values():
+                model = getattr(backend.cls, "settings_model", None)
+                if model is not None:
+                    models.append(model)
+    for line in unknown_variable_warnings(os.environ, known_variables(models)):
+        click.echo(f"warning: {line}", err=True)
+
+
+def _server() -> str:
+    return f" at {_loaded.server_label()}" if _loaded is not None else ""
 
 
 def run_async(coro: Coroutine[Any, Any, T]) -> T:
     """Run a coroutine, turning expected failures into one-line errors."""
+    import asyncio
+
+    import asyncpg
+
+    from wrktalk_agent.bootstrap import StartupError
+    from wrktalk_agent.db.repository import DatabaseUnavailable
+    from wrktalk_agent.plugins import PluginError, SettingsError
+
     try:
         return asyncio.run(coro)
     except DatabaseUnavailable as exc:
@@ -73,9 +123,22 @@ def run_async(coro: Coroutine[Any, Any, T]) -> T:
         raise Failure(f"{exc}; run `wrktalk-agent db init`") from None
     except asyncpg.InsufficientPrivilegeError as exc:
         raise Failure(f"{exc}; `wrktalk-agent check` names every missing privilege") from None
+    except asyncpg.InvalidAuthorizationSpecificationError as exc:
+        # 28000/28P01: an unknown role, a wrong password, no pg_hba.conf entry
+        raise Failure(
+            f"PostgreSQL{_server()} refused the connection: {visible(exc)} "
+            "(check WRKTALK_AGENT_DB_USER / _DB_PASSWORD and the server's pg_hba.conf)"
+        ) from None
+    except asyncpg.PostgresError as exc:
+        raise Failure(f"PostgreSQL{_server()}: {type(exc).__name__}: {visible(exc)}") from None
+    except HttpPortError as exc:
+        raise Failure(str(exc), exit_code=2) from None
 
 
 async def with_repo(settings: AgentSettings, work: Callable[[Repository], Awaitable[T]]) -> T:
+    from wrktalk_agent.db.models import tolerant_rows
+    from wrktalk_agent.db.repository import Repository
+
     repo = await Repository.connect(settings)
     try:
         with tolerant_rows():  # a row with an unknown status is shown, not fatal
@@ -85,11 +148,89 @@ async def with_repo(settings: AgentSettings, work: Callable[[Repository], Awaita
 
 
 def print_json(data: Any) -> None:
+    import json
+
     click.echo(json.dumps(data, indent=2, default=str))
 
 
+# -- output ----------------------------------------------------------------------------
+def output_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """``-o table|wide|json`` (and ``--json``, the same as ``-o json``)."""
+    func = click.option(
+        "--json", "as_json", is_flag=True, help="Same as -o json (kept for scripts)."
+    )(func)
+    return click.option(
+        "-o",
+        "--output",
+        type=click.Choice(OUTPUTS),
+        default="table",
+        show_default=True,
+        help="table, wide (more columns, full ids) or json.",
+    )(func)
+
+
+def _format(output: str, as_json: bool) -> str:
+    return "json" if as_json else output
+
+
+def print_table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    """A header row and aligned columns (rich). Cells are data: shown through
+    :func:`visible` as plain Text, never parsed as markup. Not on a terminal, lines are
+    never cut or wrapped, so ``grep`` and ``awk`` see whole rows."""
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    tty = sys.stdout.isatty()
+    table = Table(
+        box=None,
+        show_edge=False,
+        pad_edge=False,
+        padding=(0, 2, 0, 0),
+        header_style="bold" if tty else "",
+        highlight=False,
+    )
+    for column in columns:
+        table.add_column(Text(column), no_wrap=True, overflow="ellipsis")
+    for row in rows:
+        table.add_row(*(Text(visible("" if cell is None else str(cell))) for cell in row))
+    width = os.get_terminal_size().columns if tty else 100_000
+    console = Console(
+        width=width,
+        force_terminal=tty,
+        no_color=not tty,
+        markup=False,
+        emoji=False,
+        highlight=False,
+        soft_wrap=False,
+    )
+    with console.capture() as captured:
+        console.print(table)
+    click.echo("\n".join(line.rstrip() for line in captured.get().splitlines()))
+
+
+def _time(value: datetime | None, *, seconds: bool = True) -> str:
+    if value is None:
+        return "-"
+    return value.strftime("%Y-%m-%d %H:%M:%S" if seconds else "%Y-%m-%d %H:%M")
+
+
+def shown_status(task: Task) -> str:
+    """The stored status, except that a cancelled task (stored as ``failed``: the backend's
+    status set has no "cancelled") is shown as ``cancelled``."""
+    if task.status == "failed" and (task.error_message or "").startswith("cancelled"):
+        return "cancelled"
+    return str(task.status)
+
+
+def _short(task_id: UUID | None, wide: bool) -> str:
+    if task_id is None:
+        return "-"
+    return str(task_id) if wide else str(task_id)[:SHORT_ID]
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="wrktalk-agent")
+@click.version_option(package_name="wrktalk-agent", prog_name="wrktalk-agent")
 def main() -> None:
     """On-premises deployment agent for WrkTalk.
 
@@ -99,27 +240,46 @@ def main() -> None:
 
 # -- plugins ---------------------------------------------------------------------------
 @main.command()
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def plugins(as_json: bool) -> None:
+@output_options
+def plugins(output: str, as_json: bool) -> None:
     """List installed plugins: name, version, distribution, hooks, backends."""
+    from wrktalk_agent.bootstrap import make_registry
+    from wrktalk_agent.plugins import PluginError
+
     settings = load_settings()
     try:
         registry = make_registry(settings)
     except PluginError as exc:
         raise Failure(str(exc), exit_code=2) from None
     infos = registry.infos()
-    if as_json:
+    fmt = _format(output, as_json)
+    if fmt == "json":
         print_json([info.as_dict() for info in infos])
         return
+    wide = fmt == "wide"
+    columns = ["NAME", "DISTRIBUTION", "VERSION", "BACKENDS", "STATUS"]
+    if wide:
+        columns.insert(4, "HOOKS")
+    rows = []
     for info in infos:
-        origin = f"{info.distribution} {info.version}" if info.distribution else "module"
-        click.echo(f"{info.name:10} {origin}")
+        status = "ok"
+        if info.error:
+            status = "failed to import" if info.error_kind == "import" else "invalid"
+        row = [
+            info.name,
+            info.distribution or "module",
+            info.version or "-",
+            ", ".join(info.backends) or "-",
+            status,
+        ]
+        if wide:
+            row.insert(4, ", ".join(info.hooks) or "-")
+        rows.append(row)
+    print_table(columns, rows)
+    for info in infos:
         if info.error:
             kind = "failed to import" if info.error_kind == "import" else "invalid"
-            click.echo(f"{'':10} warning: {kind}: {visible(info.error)}")
-            continue
-        click.echo(f"{'':10} hooks: {', '.join(info.hooks) or '-'}")
-        click.echo(f"{'':10} backends: {', '.join(info.backends) or '-'}")
+            click.echo(f"warning: {visible(info.name)}: {kind}: {visible(info.error)}", err=True)
 
 
 # -- db --------------------------------------------------------------------------------
@@ -170,6 +330,8 @@ def release() -> None:
 
 
 def _version(_ctx: Any, _param: Any, value: str) -> str:
+    from wrktalk_agent.interfaces import validate_version
+
     try:
         return validate_version(value)
     except ValueError as exc:
@@ -196,6 +358,11 @@ def release_add(
     sign_key: Path | None,
 ) -> None:
     """Store FILE (.tar, .tar.gz, .tgz) as release VERSION."""
+    import hashlib
+    import tarfile
+
+    import asyncpg
+
     from wrktalk_agent.signing import load_private_key, sign_release
 
     settings = load_settings()
@@ -278,29 +445,45 @@ def release_keygen(out: Path) -> None:
 
 
 @release.command("list")
-@click.option("--json", "as_json", is_flag=True)
-def release_list(as_json: bool) -> None:
+@output_options
+def release_list(output: str, as_json: bool) -> None:
     """List stored releases (newest first)."""
     settings = load_settings()
     releases = run_async(with_repo(settings, lambda r: r.list_releases()))
-    if as_json:
+    fmt = _format(output, as_json)
+    if fmt == "json":
         print_json([r.model_dump(mode="json") for r in releases])
         return
+    wide = fmt == "wide"
+    columns = ["VERSION", "TYPE", "SIZE", "SHA256", "STATE"]
+    if wide:
+        columns += ["SIGNED", "ENV", "VALUES", "APPLIED", "CREATED", "ID"]
+    rows = []
     for r in releases:
-        flag = "current" if r.is_current else "previous" if r.is_previous else ""
-        click.echo(
-            f"{visible(r.release_version):20} {visible(r.chart_type):8} {r.size:>12} "
-            f"{visible(r.sha256[:12])} {flag}"
-        )
+        state = "current" if r.is_current else "previous" if r.is_previous else "-"
+        row: list[Any] = [r.release_version, r.chart_type, r.size, r.sha256[:12], state]
+        if wide:
+            row += [
+                "yes" if r.signature else "no",
+                "yes" if r.has_env else "no",
+                "yes" if r.has_values else "no",
+                _time(r.applied_at),
+                _time(r.created_at),
+                str(r.id),
+            ]
+        rows.append(row)
+    print_table(columns, rows)
 
 
 # -- tasks -----------------------------------------------------------------------------
 @main.group()
 def task() -> None:
-    """Create, list and cancel tasks."""
+    """Create, list, follow and cancel tasks. TASK_ID may be any unique prefix of an id."""
 
 
 def _when(_ctx: Any, _param: Any, value: str | None) -> datetime | None:
+    from datetime import UTC
+
     if value is None:
         return None
     try:
@@ -309,13 +492,59 @@ def _when(_ctx: Any, _param: Any, value: str | None) -> datetime | None:
         raise click.BadParameter(
             f"{value!r} is not an ISO time like 2026-01-31T22:00:00+00:00"
         ) from None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC).astimezone(UTC)
+    parsed = parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    if parsed < datetime.now(UTC):
+        # a past time would run at once, which is what leaving --after out says plainly
+        raise click.BadParameter(
+            f"{value} is in the past; leave --after out to run the task now"
+        ) from None
+    return parsed.astimezone(UTC)
+
+
+_ID_CHARS = frozenset("0123456789abcdef-")
+
+
+async def resolve_task_id(repo: Repository, given: str) -> UUID:
+    """A full task id, or a unique prefix of one (like git and docker accept)."""
+    text = given.strip().lower()
+    if not text or not set(text) <= _ID_CHARS or len(text) > 36:
+        raise Failure(f"{given!r} is not a task id (hexadecimal digits, as listed)", 2)
+    digits = text.replace("-", "")
+    if len(digits) == 32:
+        return UUID(digits)
+    # a range on the primary key: the index answers it
+    low, high = UUID(digits.ljust(32, "0")), UUID(digits.ljust(32, "f"))
+    rows = await repo.pool.fetch(
+        "SELECT id FROM agent_task WHERE id BETWEEN $1 AND $2 ORDER BY id LIMIT 6", low, high
+    )
+    if not rows:
+        raise Failure(f"no task {given}", 2)
+    if len(rows) > 1:
+        candidates = ", ".join(str(r["id"]) for r in rows[:5])
+        more = " and more" if len(rows) > 5 else ""
+        raise Failure(f"task id prefix {given} is ambiguous: {candidates}{more}", 2)
+    return UUID(str(rows[0]["id"]))
+
+
+def _wait_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    func = click.option(
+        "--timeout",
+        type=click.FloatRange(min=0, min_open=True),
+        default=None,
+        help="With --wait: give up waiting after this many seconds (exit 1; the task goes on).",
+    )(func)
+    return click.option(
+        "--wait",
+        is_flag=True,
+        help="Follow the task to its end, printing its steps; exit 0 completed, 1 failed.",
+    )(func)
 
 
 @task.command("deploy")
 @click.argument("version", callback=_version)
 @click.option("--after", callback=_when, help="Not before this ISO time (default: now).")
-def task_deploy(version: str, after: datetime | None) -> None:
+@_wait_options
+def task_deploy(version: str, after: datetime | None, wait: bool, timeout: float | None) -> None:
     """Ask the agent to deploy release VERSION."""
     settings = load_settings()
 
@@ -325,99 +554,210 @@ def task_deploy(version: str, after: datetime | None) -> None:
             raise Failure(
                 f"no release {version}; store it first with `wrktalk-agent release add`", 2
             )
-        return await repo.create_task("deploy", artifact.id, after)
+        created = await repo.create_task("deploy", artifact.id, after)
+        click.echo(f"deploy task {created.id} for {version} is pending")
+        if wait:
+            return await follow(repo, created.id, timeout)
+        return 0
 
-    created = run_async(with_repo(settings, create))
-    click.echo(f"deploy task {created.id} for {version} is pending")
+    sys.exit(run_async(with_repo(settings, create)))
 
 
 @task.command("rollback")
 @click.option("--after", callback=_when, help="Not before this ISO time (default: now).")
-def task_rollback(after: datetime | None) -> None:
+@_wait_options
+def task_rollback(after: datetime | None, wait: bool, timeout: float | None) -> None:
     """Ask the agent to roll back to the previous release."""
     settings = load_settings()
 
     async def create(repo: Repository) -> Any:
+        pending = await repo.pool.fetchval(
+            "SELECT id FROM agent_task WHERE type = 'rollback' AND status = 'pending' "
+            "ORDER BY created_at LIMIT 1"
+        )
+        if pending is not None:
+            raise Failure(
+                f"rollback task {pending} is already pending; wait for it or cancel it "
+                f"(`wrktalk-agent task cancel {str(pending)[:SHORT_ID]}`)",
+                2,
+            )
         previous = await repo.previous_release()
         if previous is None:
             raise Failure("no previous release to roll back to", exit_code=2)
         # naming the target lets the agent refuse if "previous" changes before it runs
-        return await repo.create_task("rollback", previous.id, after), previous
+        created = await repo.create_task("rollback", previous.id, after)
+        click.echo(f"rollback task {created.id} to {previous.release_version} is pending")
+        if wait:
+            return await follow(repo, created.id, timeout)
+        return 0
 
-    created, previous = run_async(with_repo(settings, create))
-    click.echo(f"rollback task {created.id} to {previous.release_version} is pending")
+    sys.exit(run_async(with_repo(settings, create)))
+
+
+async def follow(repo: Repository, task_id: UUID, timeout: float | None) -> int:
+    """Print the task's timeline as it grows until the task ends: 0 completed, 1 failed."""
+    import asyncio
+    import math
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + (timeout if timeout is not None else math.inf)
+    seen = 0
+    said_waiting = False
+    while True:
+        found = await repo.get_task(task_id)
+        if found is None:
+            raise Failure(f"task {task_id} disappeared from the database")
+        events = await repo.task_events(task_id)
+        for e in events[seen:]:
+            click.echo(_event_line(e))
+        seen = len(events)
+        if found.status in ("completed", "failed"):
+            if found.status == "completed":
+                click.echo(f"task {str(task_id)[:SHORT_ID]} completed")
+                return 0
+            raise Failure(
+                f"task {str(task_id)[:SHORT_ID]} {shown_status(found)}: "
+                f"{found.error_message or 'no error message'}"
+            )
+        if found.status == "pending" and not said_waiting:
+            click.echo("waiting for an agent to claim it …")
+            said_waiting = True
+        if loop.time() >= deadline:
+            raise Failure(
+                f"task {str(task_id)[:SHORT_ID]} is still {found.status} after {timeout:g}s; "
+                f"it goes on: `wrktalk-agent task show {str(task_id)[:SHORT_ID]}`"
+            )
+        await asyncio.sleep(min(0.5, max(0.0, deadline - loop.time())))
+
+
+def _event_line(e: Any) -> str:
+    return (
+        f"{e.created_at:%H:%M:%S}  {visible(e.step):22} {visible(e.status):9} {visible(e.message)}"
+    ).rstrip()
 
 
 @task.command("list")
-@click.option("--json", "as_json", is_flag=True)
+@output_options
 @click.option("--status", type=click.Choice(["pending", "inProgress", "completed", "failed"]))
 @click.option("--type", "task_type", type=click.Choice(["deploy", "rollback"]))
 @click.option("--limit", type=click.IntRange(1, 10_000), default=50, show_default=True)
-def task_list(as_json: bool, status: str | None, task_type: str | None, limit: int) -> None:
+def task_list(
+    output: str, as_json: bool, status: str | None, task_type: str | None, limit: int
+) -> None:
     """List recent tasks (newest first)."""
     settings = load_settings()
     tasks = run_async(
         with_repo(settings, lambda r: r.list_tasks(status=status, task_type=task_type, limit=limit))
     )
-    if as_json:
+    fmt = _format(output, as_json)
+    if fmt == "json":
         print_json([t.model_dump(mode="json") for t in tasks])
         return
+    wide = fmt == "wide"
+    columns = ["ID", "TYPE", "VERSION", "STATUS", "CREATED"]
+    if wide:
+        columns += ["AFTER", "PICKED UP", "FINISHED", "AGENT"]
+    columns.append("ERROR")
+    rows = []
     for t in tasks:
-        when = t.created_at.strftime("%Y-%m-%d %H:%M:%S") if t.created_at else ""
-        click.echo(
-            f"{t.id}  {visible(t.type):8} {visible(t.release_version or '-'):16} "
-            f"{visible(t.status):10} {when}  {visible((t.error_message or '')[:60])}"
-        )
+        row: list[Any] = [
+            _short(t.id, wide),
+            t.type,
+            t.release_version or "-",
+            shown_status(t),
+            _time(t.created_at),
+        ]
+        if wide:
+            row += [
+                _time(t.execute_after),
+                _time(t.picked_up_at),
+                _time(t.completed_at),
+                t.claimed_by or "-",
+            ]
+        error = " ".join((t.error_message or "").split())
+        row.append(error if wide else error[:60] + ("…" if len(error) > 60 else ""))
+        rows.append(row)
+    print_table(columns, rows)
 
 
 @task.command("show")
-@click.argument("task_id", type=click.UUID)
-def task_show(task_id: UUID) -> None:
+@click.argument("task_id")
+@output_options
+def task_show(task_id: str, output: str, as_json: bool) -> None:
     """Show one task with its step timeline."""
     settings = load_settings()
 
     async def show(repo: Repository) -> Any:
-        return await repo.get_task(task_id), await repo.task_events(task_id)
+        resolved = await resolve_task_id(repo, task_id)
+        return await repo.get_task(resolved), await repo.task_events(resolved)
 
     found, events = run_async(with_repo(settings, show))
     if found is None:
         raise Failure(f"no task {task_id}", exit_code=2)
+    fmt = _format(output, as_json)
+    if fmt == "json":
+        print_json(
+            {
+                "task": found.model_dump(mode="json"),
+                "events": [e.model_dump(mode="json") for e in events],
+            }
+        )
+        return
+    wide = fmt == "wide"
     click.echo(
-        f"{visible(found.type)} {visible(found.release_version)} {visible(found.status)} "
-        f"(agent {visible(found.claimed_by or '-')})"
+        f"{visible(found.type)} {visible(found.release_version or '-')} "
+        f"{visible(shown_status(found))} (task {found.id}, agent "
+        f"{visible(found.claimed_by or '-')})"
     )
     if found.error_message:
         click.echo(f"error: {visible(found.error_message, newlines=True)}")
+    columns = ["TIME", "STEP", "STATUS", "MESSAGE"] + (["AGENT"] if wide else [])
+    rows = []
     for e in events:
-        click.echo(
-            f"  {e.created_at:%H:%M:%S.%f}"[:-3]
-            + f"  {visible(e.step):22} {visible(e.status):9} {visible(e.message)}"
-        )
+        when = f"{e.created_at:%Y-%m-%d %H:%M:%S.%f}"[:-3] if wide else f"{e.created_at:%H:%M:%S}"
+        row = [when, e.step, e.status, " ".join(e.message.split())]
+        if wide:
+            row.append(e.agent_id or "-")
+        rows.append(row)
+    if rows:
+        print_table(columns, rows)
 
 
 @task.command("cancel")
-@click.argument("task_id", type=click.UUID)
-def task_cancel(task_id: UUID) -> None:
-    """Cancel a pending task (it will never be claimed)."""
-    settings = load_settings()
+@click.argument("task_id")
+@click.option("--by", "who", default=None, help="Who cancels (default: $USER).")
+def task_cancel(task_id: str, who: str | None) -> None:
+    """Cancel a pending task (it will never be claimed).
 
-    async def cancel(repo: Repository) -> Any:
-        cancelled = await repo.cancel_task(
-            task_id, "cancelled by operator (wrktalk-agent task cancel)"
+    It is stored as failed (the backend's status set has no "cancelled") with an error
+    starting "cancelled" and the result {"cancelled": true, "by": ...}; listings show
+    "cancelled"."""
+    settings = load_settings()
+    operator = who or os.environ.get("USER") or "operator"
+
+    async def cancel(repo: Repository) -> UUID:
+        resolved = await resolve_task_id(repo, task_id)
+        cancelled = await repo.pool.fetchval(
+            """UPDATE agent_task
+               SET status = 'failed', completed_at = now(), error_message = $2, result = $3
+               WHERE id = $1 AND status = 'pending' RETURNING id""",
+            resolved,
+            f"cancelled by {operator} (wrktalk-agent task cancel)",
+            {"cancelled": True, "by": operator},
         )
         if cancelled is None:
-            existing = await repo.get_task(task_id)
+            existing = await repo.get_task(resolved)
             if existing is None:
                 raise Failure(f"no task {task_id}", exit_code=2)
             raise Failure(
-                f"task {task_id} is {visible(existing.status)}; only pending tasks can be "
-                "cancelled",
+                f"task {resolved} is {visible(shown_status(existing))}; only pending tasks can "
+                "be cancelled",
                 2,
             )
-        return cancelled
+        return resolved
 
-    run_async(with_repo(settings, cancel))
-    click.echo(f"task {task_id} cancelled")
+    resolved = run_async(with_repo(settings, cancel))
+    click.echo(f"task {resolved} cancelled")
 
 
 # -- run -------------------------------------------------------------------------------
@@ -425,14 +765,22 @@ def task_cancel(task_id: UUID) -> None:
 @click.option("--once", is_flag=True, help="Run at most one due task, then exit.")
 def run(once: bool) -> None:
     """Run the agent: claim tasks and deploy them until stopped (SIGTERM/SIGINT)."""
-    settings = load_settings()
+    settings = load_settings(warn_unknown=True)
     sys.exit(run_async(_run(settings, once=once)))
 
 
 async def _run(settings: AgentSettings, *, once: bool) -> int:
+    import structlog
+
+    from wrktalk_agent import __version__
+    from wrktalk_agent.bootstrap import open_services
+    from wrktalk_agent.log import get_logger
     from wrktalk_agent.runtime import Agent
 
-    log = get_logger(agent_id=settings.agent_id)
+    structlog.contextvars.bind_contextvars(
+        agent_id=settings.agent_id
+    )  # every line, library ones too
+    log = get_logger()
     services = await open_services(settings)
     agent = Agent(services)
     agent.install_signal_handlers()
@@ -456,6 +804,8 @@ async def _run(settings: AgentSettings, *, once: bool) -> int:
 
 
 async def _start_http(agent: Any, settings: AgentSettings) -> Any:
+    import asyncio
+
     from wrktalk_agent.http import HealthState, start_http_server
 
     state = HealthState(loop_stuck_after=max(60.0, 3 * settings.poll_interval))
@@ -466,7 +816,14 @@ async def _start_http(agent: Any, settings: AgentSettings) -> Any:
             await asyncio.wait_for(conn.fetchval("SELECT 1"), 3)
         return True
 
-    return await start_http_server(settings.http_host, settings.http_port or 0, state, ready)
+    try:
+        return await start_http_server(settings.http_host, settings.http_port or 0, state, ready)
+    except OSError as exc:
+        raise HttpPortError(
+            f"cannot serve HTTP on {settings.http_host}:{settings.http_port}: "
+            f"{os.strerror(exc.errno) if exc.errno else exc} "
+            "(WRKTALK_AGENT_HTTP_PORT / WRKTALK_AGENT_HTTP_HOST)"
+        ) from None
 
 
 # -- maintenance -----------------------------------------------------------------------
@@ -480,6 +837,9 @@ def maintenance(action: str, reason: str, who: str | None, force: bool) -> None:
 
     An operator's window stays on through deploys and agent restarts until switched off."""
     from wrktalk_agent import maintenance as maint
+    from wrktalk_agent.bootstrap import make_registry, plugin_context
+    from wrktalk_agent.interfaces import BackendError
+    from wrktalk_agent.log import get_logger
 
     settings = load_settings()
     if settings.maintenance_name is None and action != "status":
@@ -531,18 +891,36 @@ def _login_name() -> str:
 
 # -- check -----------------------------------------------------------------------------
 @main.command()
-@click.option("--json", "as_json", is_flag=True)
-def check(as_json: bool) -> None:
-    """Preflight: database, schema, plugins, work dir, keys. Exit 1 on any failure."""
-    from wrktalk_agent.preflight import format_checks, run_checks
+@click.option("--json", "as_json", is_flag=True, help="Same as -o json.")
+@click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table")
+@click.option("--strict", is_flag=True, help="Exit 1 on warnings too (a notifier failing).")
+def check(as_json: bool, output: str, strict: bool) -> None:
+    """Preflight: database, schema, plugins, work dir, keys.
 
-    settings = load_settings()
+    Exit 1 when something blocks deploys (database, schema, privileges, deployer,
+    maintenance handler, work dir, trusted keys). A failing notifier only degrades them
+    (mails wait in the outbox): it is a WARN line and exit 0, unless --strict."""
+    from wrktalk_agent.bootstrap import make_registry
+    from wrktalk_agent.preflight import blocks_deploys, format_checks, run_checks
+
+    settings = load_settings(warn_unknown=True)
     results = run_async(run_checks(settings, make_registry(settings), None))
-    if as_json:
-        print_json([{"name": r.name, "ok": r.ok, "detail": r.detail} for r in results])
+    if as_json or output == "json":
+        print_json(
+            [
+                {
+                    "name": r.name,
+                    "ok": r.ok,
+                    "blocking": blocks_deploys(r),
+                    "status": "ok" if r.ok else "fail" if blocks_deploys(r) else "warn",
+                    "detail": r.detail,
+                }
+                for r in results
+            ]
+        )
     else:
         click.echo(visible(format_checks(results), newlines=True))
-    if not all(r.ok for r in results):
+    if any(not r.ok and (strict or blocks_deploys(r)) for r in results):
         sys.exit(1)
 
 

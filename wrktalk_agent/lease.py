@@ -113,6 +113,7 @@ class Lease:
             if failures:
                 self.log.info("heartbeat.recovered", after_failures=failures)
             self.renewed_at = sent
+            metrics.heartbeat_renewed()
             failures = 0
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import re
 import sys
+import threading
 from collections.abc import Iterator, MutableMapping
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -91,22 +92,68 @@ def configure_logging(level: str = "info", fmt: str = "auto") -> None:
         if use_console
         else structlog.processors.JSONRenderer()
     )
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        redact_secrets,
+    ]
+    rendering: list[Any] = [
+        structlog.processors.format_exc_info,
+        redact_known_secrets,
+        *([escape_for_console] if use_console else []),
+        renderer,
+    ]
+    numeric_level = logging.getLevelNamesMapping()[level.upper()]
     structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            redact_secrets,
-            structlog.processors.format_exc_info,
-            redact_known_secrets,
-            *([escape_for_console] if use_console else []),
-            renderer,
-        ],
-        wrapper_class=structlog.make_filtering_bound_logger(
-            logging.getLevelNamesMapping()[level.upper()]
-        ),
+        processors=[*shared, *rendering],
+        wrapper_class=structlog.make_filtering_bound_logger(numeric_level),
         logger_factory=structlog.PrintLoggerFactory(file=_CurrentStderr()),
         cache_logger_on_first_use=False,
+    )
+    _route_standard_logging(shared, rendering, numeric_level)
+
+
+class _StructlogHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Marks the root handler as ours, so a second configure replaces it."""
+
+
+def _route_standard_logging(shared: list[Any], rendering: list[Any], level: int) -> None:
+    """Records of the standard library and of libraries (asyncio's "Task exception was
+    never retrieved", asyncpg, aiohttp) go through the same processors: one JSON line
+    each, the traceback inside it, secrets masked — never a bare traceback on stderr."""
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[structlog.stdlib.add_logger_name, *shared],
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *rendering],
+    )
+    handler = _StructlogHandler(_CurrentStderr())
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if isinstance(h, _StructlogHandler)]:
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(max(level, logging.INFO))  # library debug chatter stays out
+    logging.captureWarnings(True)
+    sys.unraisablehook = _log_unraisable
+    threading.excepthook = _log_thread_exception
+
+
+def _log_unraisable(unraisable: Any) -> None:
+    exc = unraisable.exc_value
+    logging.getLogger("python").error(
+        "unraisable exception in %r: %s",
+        unraisable.object,
+        unraisable.err_msg or "",
+        exc_info=(type(exc), exc, unraisable.exc_traceback) if exc is not None else None,
+    )
+
+
+def _log_thread_exception(args: Any) -> None:
+    thread = args.thread.name if args.thread is not None else "?"
+    logging.getLogger("python").error(
+        "exception in thread %s",
+        thread,
+        exc_info=(args.exc_type, args.exc_value, args.exc_traceback),
     )
 
 

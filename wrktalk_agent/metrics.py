@@ -1,10 +1,36 @@
-"""Prometheus metrics of the agent (served on /metrics by :mod:`wrktalk_agent.http`)."""
+"""Prometheus metrics of the agent (served on /metrics by :mod:`wrktalk_agent.http`).
+
+Liveness has two clocks: the poll (idle agent) and the lease heartbeat (an agent busy with
+a task does not poll). An alert takes the newer of the two, so a 40-minute Helm deploy
+never looks like a dead agent. Counters exist at zero from the start (every task type and
+outcome), so ``increase()`` sees the first failure; the ``_created`` series are off.
+"""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+import time
+from typing import Any
+
+import prometheus_client
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    ProcessCollector,
+)
+
+# `*_created` series double every counter and histogram and no alert uses them.
+prometheus_client.disable_created_metrics()
 
 REGISTRY = CollectorRegistry(auto_describe=True)
+#: process_cpu_seconds_total, process_resident_memory_bytes, process_open_fds, ...
+PROCESS = ProcessCollector(registry=REGISTRY)
+
+#: Task types and the outcomes a finished run can have (see ``pipeline.TaskOutcome``).
+TASK_TYPES = ("deploy", "rollback")
+OUTCOMES = ("completed", "failed", "taken away", "fenced")
 
 TASKS = Counter(
     "wrktalk_agent_tasks",
@@ -31,9 +57,29 @@ LAST_POLL = Gauge(
     "Unix time of the last poll that reached the database.",
     registry=REGISTRY,
 )
+LAST_HEARTBEAT = Gauge(
+    "wrktalk_agent_last_heartbeat_timestamp_seconds",
+    "Unix time of the last renewal of a running task's lease (moves while a task runs).",
+    registry=REGISTRY,
+)
 HEARTBEAT_FAILURES = Counter(
     "wrktalk_agent_heartbeat_failures",
     "Heartbeats that could not be written.",
+    registry=REGISTRY,
+)
+RUNNING = Gauge(
+    "wrktalk_agent_running_tasks",
+    "Tasks this agent is running now (0 or 1).",
+    registry=REGISTRY,
+)
+RUNNING_SINCE = Gauge(
+    "wrktalk_agent_running_task_started_timestamp_seconds",
+    "Unix time the running task was claimed; 0 while idle.",
+    registry=REGISTRY,
+)
+PENDING = Gauge(
+    "wrktalk_agent_pending_tasks",
+    "Pending tasks in the database (due now or scheduled), as of the last refresh.",
     registry=REGISTRY,
 )
 MAINTENANCE = Gauge(
@@ -47,6 +93,11 @@ ABANDONED = Counter(
     registry=REGISTRY,
 )
 AGENT_INFO = Info("wrktalk_agent", "Agent identity and version.", registry=REGISTRY)
+LIVE_RELEASE = Info(
+    "wrktalk_agent_live_release",
+    "The release marked current in the database (version, chart type).",
+    registry=REGISTRY,
+)
 LEASES_LOST = Counter(
     "wrktalk_agent_leases_lost",
     "Tasks whose lease this agent lost (it stopped its own deploy).",
@@ -58,3 +109,41 @@ NOTIFICATIONS = Counter(
     ["notifier", "result"],
     registry=REGISTRY,
 )
+
+for _type in TASK_TYPES:
+    TASK_SECONDS.labels(type=_type)
+    for _outcome in OUTCOMES:
+        TASKS.labels(type=_type, outcome=_outcome)
+
+
+def task_started(claimed_at_wall: float | None = None) -> None:
+    RUNNING.set(1)
+    RUNNING_SINCE.set(claimed_at_wall if claimed_at_wall is not None else time.time())
+
+
+def task_ended() -> None:
+    RUNNING.set(0)
+    RUNNING_SINCE.set(0)
+
+
+def heartbeat_renewed() -> None:
+    LAST_HEARTBEAT.set(time.time())
+
+
+#: one cheap statement: pending tasks (the partial index on pending rows) and the live release
+_REFRESH = """
+SELECT (SELECT count(*) FROM agent_task WHERE status = 'pending') AS pending,
+       (SELECT release_version FROM release_artifact WHERE is_current LIMIT 1) AS version,
+       (SELECT chart_type FROM release_artifact WHERE is_current LIMIT 1) AS chart_type
+"""
+
+
+async def refresh_from_database(pool: Any) -> None:
+    """Pending tasks and the live release; the caller decides how often (and catches)."""
+    row = await pool.fetchrow(_REFRESH)
+    if row is None:
+        return
+    PENDING.set(row["pending"])
+    LIVE_RELEASE.info(
+        {"version": str(row["version"] or ""), "chart_type": str(row["chart_type"] or "")}
+    )

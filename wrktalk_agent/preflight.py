@@ -20,7 +20,7 @@ from wrktalk_agent.interfaces import CheckResult, PluginContext, Recipient, Smtp
 from wrktalk_agent.plugins import Kind, PluginError, PluginRegistry, SettingsError
 from wrktalk_agent.signing import load_trusted_keys
 
-__all__ = ["AGENT_PRIVILEGES", "format_checks", "run_checks"]
+__all__ = ["AGENT_PRIVILEGES", "blocks_deploys", "format_checks", "run_checks"]
 
 #: What `wrktalk-agent run` does to each table, and why (named when missing).
 AGENT_PRIVILEGES: tuple[tuple[str, str, str], ...] = (
@@ -225,17 +225,34 @@ def _trusted_keys_check(entries: Sequence[str]) -> CheckResult:
     return CheckResult("trusted keys", True, f"{len(keys)} Ed25519 key(s) loaded")
 
 
+def blocks_deploys(result: CheckResult) -> bool:
+    """Whether a failure of this check keeps deploys from working. A notifier only
+    degrades them: the outcome is recorded, the mail waits in the outbox and is retried,
+    so a mail server outage must not keep the agent (and its rollbacks) from starting."""
+    return not result.name.startswith("notifier ")
+
+
 def format_checks(results: Sequence[CheckResult]) -> str:
     """A table for humans: status, check, detail; and a closing summary line."""
     width = max((len(r.name) for r in results), default=0)
     lines = []
     for result in results:
         detail = " ".join(result.detail.split())  # multi-line details stay on their row
-        status = "ok" if result.ok else "FAIL"
+        status = "ok" if result.ok else "FAIL" if blocks_deploys(result) else "WARN"
         lines.append(f"{status:<4}  {result.name:<{width}}  {detail}".rstrip())
-    failed = sum(not r.ok for r in results)
+    failed = sum(not r.ok and blocks_deploys(r) for r in results)
+    warned = sum(not r.ok and not blocks_deploys(r) for r in results)
+    warning = (
+        f"{warned} warning(s): notifications are delayed (kept in the outbox), deploys work"
+        if warned
+        else ""
+    )
     if failed:
-        lines.append(f"{failed} of {len(results)} checks failed")
+        lines.append(
+            f"{failed} of {len(results)} checks failed" + (f"; {warning}" if warned else "")
+        )
+    elif warned:
+        lines.append(f"no check that blocks deploys failed; {warning}")
     else:
         lines.append(f"all {len(results)} checks passed")
     return "\n".join(lines)

@@ -66,6 +66,8 @@ class Agent:
         self.deliverer = Deliverer(services, self.log)
         process.set_janitor_grace(self.settings.fence_grace_seconds)
         metrics.AGENT_INFO.info({"version": __version__, "agent_id": self.settings.agent_id})
+        #: monotonic time of the last refresh of the pending/live-release metrics
+        self._metrics_refreshed = -math.inf
 
     # -- signals -----------------------------------------------------------------------
     def install_signal_handlers(self) -> None:
@@ -147,6 +149,7 @@ class Agent:
                 await self._sleep(delay)
                 continue
             metrics.LAST_POLL.set(time.time())
+            await self._refresh_metrics()
             for task_id, error in polled.rejected:
                 self.log.error("task.rejected", task_id=str(task_id), error=error)
             if polled.rejected:
@@ -168,6 +171,14 @@ class Agent:
                 timeout = max(0.0, min(timeout, polled.next_due_in + 0.005))
             await self._sleep(timeout)
         return EXIT_OK
+
+    async def _refresh_metrics(self) -> None:
+        """Pending tasks and the live release for /metrics, at most every 10 s."""
+        if time.monotonic() - self._metrics_refreshed < 10.0:
+            return
+        self._metrics_refreshed = time.monotonic()
+        with contextlib.suppress(*POLL_ERRORS):
+            await asyncio.wait_for(metrics.refresh_from_database(self.repo.pool), 5)
 
     async def _sleep(self, timeout: float) -> None:
         """Wait for a NOTIFY, a stop request or the timeout."""
@@ -206,6 +217,7 @@ class Agent:
         kind = RecoveryRun if recovery else TaskRun
         run = kind(self.services, task, claimed_at=claimed_at, instance_id=self.instance_id)
         self.running = run
+        metrics.task_started()
         job = asyncio.create_task(run.execute(), name=f"task-{task.id}")
         try:
             await self._wait_any([self.stop_event], [job])
@@ -219,6 +231,8 @@ class Agent:
                 return TaskOutcome.FAILED
         finally:
             self.running = None
+            metrics.task_ended()
+            self._metrics_refreshed = -math.inf  # the live release may have changed
             self.deliverer.wake.set()
 
     async def _drain(self, job: asyncio.Task[TaskOutcome]) -> None:

@@ -153,7 +153,7 @@ class ScriptDeployer:
         )
         if not result.ok:
             raise DeployError(
-                f"{SCRIPT_NAME} {request.purpose} of {version} failed: {result.summary()}",
+                f"./{SCRIPT_NAME} {request.purpose} failed for {version}: {result.summary()}",
                 output=result.output,
             )
         self._point_current(target)
