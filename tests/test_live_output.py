@@ -4,6 +4,8 @@ runs — line by line, masked, bounded — through ``process.output_sink``."""
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import sys
 from pathlib import Path
 
@@ -14,7 +16,7 @@ from wrktalk_agent.builtins import script
 from wrktalk_agent.live_output import LiveOutput, is_output, output_text
 from wrktalk_agent.log import get_logger
 from wrktalk_agent.pipeline import Secrets, Timeline
-from wrktalk_agent.testing import TaskHarness
+from wrktalk_agent.testing import TaskHarness, add_release
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -130,3 +132,84 @@ async def test_a_deploy_shows_its_output_while_it_runs(
     assert all(SECRET not in e.message for e in report.timeline)
     # each line kept its own time, in order
     assert [e.created_at for e in output] == sorted(e.created_at for e in output)
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "wrktalk_agent.cli", *args]
+
+
+async def test_task_show_follow_prints_output_as_it_comes_and_exits_with_the_outcome(
+    repo, database_url: str, tmp_path: Path
+) -> None:
+    go = tmp_path / "go"
+    deploy_script = (
+        "#!/bin/sh\n"
+        "for i in 1 2 3; do echo \"tick $i\"; sleep 0.5; done\n"
+        f"while [ ! -e {go} ]; do sleep 0.1; done\n"
+        "echo done\n"
+    )
+    release = await add_release(repo, "3.0.0", {"deploy": deploy_script})
+    task = await repo.create_task("deploy", release.id)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WRKTALK_AGENT_")}
+    env.update(
+        {
+            "WRKTALK_AGENT_DATABASE_URL": database_url,
+            "WRKTALK_AGENT_DEPLOYER": "script",
+            "WRKTALK_AGENT_SCRIPT_WORKING_DIR": str(tmp_path / "site"),
+            "WRKTALK_AGENT_WORK_DIR": str(tmp_path / "work"),
+            "WRKTALK_AGENT_NOTIFIERS": "",
+            "WRKTALK_AGENT_LOG_FORMAT": "json",
+        }
+    )
+    agent_log = tmp_path / "agent.log"
+    with agent_log.open("wb") as log_file:
+        agent = await asyncio.create_subprocess_exec(
+            *_cli("run", "--once"), env=env, stdout=log_file, stderr=log_file
+        )
+    follow = await asyncio.create_subprocess_exec(
+        *_cli("task", "show", str(task.id), "--follow"),
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    assert follow.stdout is not None
+    try:
+        printed: list[str] = []
+        while not any("│ tick 3" in line for line in printed):
+            line = await asyncio.wait_for(follow.stdout.readline(), 60)
+            assert line, f"follow ended early: {printed}"
+            printed.append(line.decode())
+        # printed while the deploy was still running
+        assert (await repo.get_task(task.id)).status == "inProgress"
+        assert any("inProgress" in line for line in printed)
+        go.touch()
+        rest = (await asyncio.wait_for(follow.stdout.read(), 60)).decode()
+        assert await asyncio.wait_for(follow.wait(), 30) == 0
+        assert await asyncio.wait_for(agent.wait(), 60) == 0
+    finally:
+        go.touch()
+        for proc in (follow, agent):
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+    assert "│ done" in rest and "completed" in rest
+    logged = [json.loads(line) for line in agent_log.read_text().splitlines() if line.startswith("{")]
+    outputs = [entry for entry in logged if entry.get("event") == "deploy.output"]
+    assert outputs and all(entry["task_id"] == str(task.id) for entry in outputs)
+
+
+async def test_task_show_follow_on_a_failed_task_exits_1(repo, database_url: str) -> None:
+    release = await add_release(repo, "4.0.0", {"a": "a"})
+    task = await repo.create_task("deploy", release.id)
+    await repo.cancel_task(task.id, "cancelled by a test")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WRKTALK_AGENT_")}
+    env["WRKTALK_AGENT_DATABASE_URL"] = database_url
+    proc = await asyncio.create_subprocess_exec(
+        *_cli("task", "show", str(task.id), "--follow"),
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    output, _ = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 1, output
+    assert "error: cancelled by a test" in output.decode()
