@@ -43,7 +43,7 @@ class Seed:
 
 
 def _id(n: int) -> uuid.UUID:
-    return uuid.UUID(f"00000000-0000-4000-8000-{n:012d}")
+    return uuid.UUID(f"{n:08x}-0000-4000-8000-{n:012d}")
 
 
 async def seed_dashboard(url: str) -> Seed:
