@@ -515,7 +515,7 @@ def rollback_timing(due: int, running: int) -> Text:
         ahead.append("a task is running")
     if due:
         ahead.append(f"{due} task{'s' if due != 1 else ''} due before it")
-    return Text(f"It runs after them: {' and '.join(ahead)}.", style="yellow")
+    return Text(f"It waits: {' and '.join(ahead)}.", style="yellow")
 
 
 def _next(cycle: tuple[T, ...], current: T) -> T:

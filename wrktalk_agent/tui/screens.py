@@ -121,6 +121,9 @@ class TaskDetailScreen(Screen[None]):
         live.display = live_text is not None
         live.update(live_text or "")
         pane = self.query_one("#detail-output", Static)
+        if not output and task.status == "failed":
+            # no live output recorded (an older agent): the end of the deployer's output
+            output = result_output(task.result, day)
         pane.display = bool(output) or task.status == "inProgress"
         pane.update(output_text(output, now, running=task.status == "inProgress"))
         self.query_one("#detail-result", Static).update(result_text(task.result))
@@ -195,6 +198,15 @@ def recovery_text(result: dict[str, Any] | None) -> Text | None:
         text.append("\nnext: ", style="bold")
         text.append(visible(fmt.mask_secrets(str(next_step)), newlines=True))
     return text
+
+
+def result_output(result: dict[str, Any] | None, at: datetime) -> list[OutputLine]:
+    """The deployer's output tail kept in a task result, as output lines."""
+    deployer = (result or {}).get("deployer")
+    text = deployer.get("output") if isinstance(deployer, dict) else None
+    if not isinstance(text, str):
+        return []
+    return [OutputLine(at, "deploy", line) for line in text.splitlines() if line.strip()]
 
 
 def output_text(lines: list[OutputLine], now: datetime, *, running: bool) -> Text:
@@ -311,25 +323,20 @@ class ConfirmDialog(ModalScreen[bool]):
 
 #: Every key of the dashboard, for the help screen: (where, keys, what).
 HELP: tuple[tuple[str, str, str], ...] = (
-    ("everywhere", "?", "this help"),
-    ("everywhere", "q", "quit"),
+    ("everywhere", "? / q", "this help / quit"),
     ("main", "1 2 3", "tasks, agents, releases tab"),
     ("main", "↑ ↓ pgup pgdn", "move in a table"),
     ("main", "enter", "open the selected task"),
-    ("main", "/", "search tasks by id, version, type, status, agent or error"),
-    ("main", "esc", "clear the search"),
-    ("main", "s", "filter by status (all, pending, inProgress, completed, failed)"),
-    ("main", "t", "filter by type (all, deploy, rollback)"),
+    ("main", "/ / esc", "search tasks (id, version, type, status, agent, error) / clear"),
+    ("main", "s / t", "filter by status / by type (each key cycles)"),
     ("main", "o", "sort: newest, oldest, status, version, type"),
     ("main", "l", "show or hide the running task's live output"),
     ("main", "ctrl+r", "refresh now"),
     ("main", "r", "request a rollback to the previous release *"),
     ("main", "d", "deploy the selected release (Releases tab) *"),
     ("main", "c", "cancel the selected task, if pending *"),
-    ("task", "esc backspace", "back to the list"),
-    ("task", "ctrl+r", "reload"),
-    ("dialogs", "enter", "confirm"),
-    ("dialogs", "esc", "back, nothing is written"),
+    ("task", "esc / ctrl+r", "back to the list / reload"),
+    ("dialogs", "enter / esc", "confirm / back (nothing is written)"),
 )
 
 
@@ -348,13 +355,13 @@ class HelpScreen(ModalScreen[None]):
         for place, keys, what in HELP:
             if place != where:
                 where = place
-                text.append(f"{'' if not text else chr(10)}{place}\n", style="bold underline")
+                text.append(f"{place}\n", style="bold underline")
             text.append(f"  {keys:<14}", style="bold cyan")
             text.append(f"{what}\n")
         note = "* hidden: the dashboard is read-only" if self.read_only else "* writes a task"
-        text.append(note, style="dim")
-        with Vertical(classes="dialog help"):
-            yield Label(Text("Keys"), classes="dialog-title")
+        text.append(note + "   ·   esc closes", style="dim")
+        with Vertical(classes="dialog help") as box:
+            box.border_title = "Keys"
             with VerticalScroll(classes="help-body"):
                 yield Static(text)
 

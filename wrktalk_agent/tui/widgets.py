@@ -302,10 +302,10 @@ class Overview(Static):
         first.append_text(live_warning_text(state))
         first.append_text(
             Text.assemble(
-                ("  prev ", "dim"),
-                visible(state.previous_version or "none"),
                 ("  pending ", "dim"),
                 (str(state.pending_count), "bold yellow" if state.pending_count else ""),
+                ("  prev ", "dim"),
+                visible(state.previous_version or "none"),
             )
         )
         lines = [first]
@@ -313,8 +313,8 @@ class Overview(Static):
             lines.append(
                 Text.assemble(
                     ("STALE DATA", "bold white on red"),
-                    f" as of {fmt.clock_time(now, now)} UTC, {fmt.span(unreachable_for)} old:"
-                    " the database does not answer",
+                    f" {fmt.span(unreachable_for)} old, database not answering"
+                    f" (as of {fmt.clock_time(now, now)} UTC)",
                     style="bold red",
                 )
             )
@@ -363,13 +363,13 @@ class MaintenanceBadge(Static):
         if not enabled:
             self.update(" maintenance off ")
             return
-        owner = state.maintenance_owner or "unknown"
+        owner = state.maintenance_owner or "owner not recorded"
         if owner.startswith("task:"):
             owner = "task " + fmt.short_id(owner[5:])
         text = Text(" MAINTENANCE ON ", style="bold")
         text.append(f"\n{visible(owner)}")
         if state.maintenance_since is not None:
-            text.append(f" · {fmt.age(state.maintenance_since, now)}")
+            text.append(f" · since {fmt.clock_time(state.maintenance_since, now)}")
         if state.maintenance_reason:
             text.append(f"\n{visible(state.maintenance_reason)}")
         text.no_wrap, text.overflow = True, "ellipsis"
