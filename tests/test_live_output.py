@@ -144,7 +144,7 @@ async def test_task_show_follow_prints_output_as_it_comes_and_exits_with_the_out
     go = tmp_path / "go"
     deploy_script = (
         "#!/bin/sh\n"
-        "for i in 1 2 3; do echo \"tick $i\"; sleep 0.5; done\n"
+        'for i in 1 2 3; do echo "tick $i"; sleep 0.5; done\n'
         f"while [ ! -e {go} ]; do sleep 0.1; done\n"
         "echo done\n"
     )
@@ -193,7 +193,8 @@ async def test_task_show_follow_prints_output_as_it_comes_and_exits_with_the_out
                 proc.kill()
                 await proc.wait()
     assert "│ done" in rest and "completed" in rest
-    logged = [json.loads(line) for line in agent_log.read_text().splitlines() if line.startswith("{")]
+    logs = agent_log.read_text().splitlines()
+    logged = [json.loads(line) for line in logs if line.startswith("{")]
     outputs = [entry for entry in logged if entry.get("event") == "deploy.output"]
     assert outputs and all(entry["task_id"] == str(task.id) for entry in outputs)
 

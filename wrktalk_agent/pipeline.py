@@ -236,9 +236,7 @@ class TaskRun:
         self.timeline = Timeline(self.repo, task.id, self.agent_id, self.log, self.secrets)
         #: the step output lines belong to (see :mod:`wrktalk_agent.live_output`)
         self.running_step = "claimed"
-        self.output = LiveOutput(
-            self.timeline, self.secrets, self.log, lambda: self.running_step
-        )
+        self.output = LiveOutput(self.timeline, self.secrets, self.log, lambda: self.running_step)
         self.steps: list[StepTiming] = []
         self.result: dict[str, Any] = {"agent_id": self.agent_id, "steps": []}
         self.workdirs: list[Path] = []

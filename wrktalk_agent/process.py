@@ -288,8 +288,8 @@ async def _read(
 class _LineSplitter:
     """Cuts a command's output into lines for an :data:`output_sink`: a newline or a
     carriage return ends a line (progress bars redraw with the latter), blank lines are
-    dropped, a line longer than :data:`SINK_LINE_BYTES` is passed on in pieces. A sink that raises is dropped:
-    streaming is a view, never a reason for a command to fail."""
+    dropped, a line longer than :data:`SINK_LINE_BYTES` is passed on in pieces. A sink
+    that raises is dropped: streaming is a view, never a reason for a command to fail."""
 
     def __init__(self, sink: Callable[[str], None]) -> None:
         self.sink: Callable[[str], None] | None = sink
@@ -310,7 +310,7 @@ class _LineSplitter:
             self._emit(bytes(self.partial))
             self.partial.clear()
 
-    def _emit(self, line: bytes) -> None:
+    def _emit(self, line: bytes | bytearray) -> None:
         text = line.decode(errors="replace").rstrip()
         if not text.strip() or self.sink is None:
             return

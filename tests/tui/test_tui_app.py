@@ -161,7 +161,7 @@ async def test_main_screen_shows_tasks_agents_releases_and_maintenance(
         badge = app.screen.query_one(MaintenanceBadge)
         assert badge.has_class("on") and "MAINTENANCE ON" in text_of(badge)
         overview = text_of(app.screen.query_one(Overview))
-        assert "live 1.3.0  prev 1.2.0  pending 1" in overview
+        assert "live 1.3.0  pending 1  prev 1.2.0" in overview
         assert "1 alive, 1 stale" in overview
 
         await pilot.press("2")

@@ -109,6 +109,8 @@ def test_stale_data_while_the_database_does_not_answer(
     app = make_app(clock=lambda: now[0])
 
     async def outage(pilot: Pilot[None]) -> None:
+        # no refresh in flight: its answer would replace the failure about to be shown
+        await wait_for(pilot, lambda: not app.main._refreshing, "refresh done")
         now[0] = NOW + timedelta(seconds=45)
         app.main.post_message(
             RefreshFailed(

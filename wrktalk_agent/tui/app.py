@@ -405,8 +405,10 @@ class MainScreen(Screen[None]):
                 "failed": "it has already failed",
             }.get(task.status, f"it is {task.status}")
             self.notify(
-                visible(f"Task {fmt.short_id(task.id)} is not cancelled: {why}. "
-                        "Only pending tasks can be cancelled."),
+                visible(
+                    f"Task {fmt.short_id(task.id)} is not cancelled: {why}. "
+                    "Only pending tasks can be cancelled."
+                ),
                 severity="warning",
                 markup=False,
             )

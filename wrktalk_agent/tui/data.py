@@ -233,8 +233,7 @@ class DashboardSource:
                     running[0].task.id, OUTPUT_MARK, OUTPUT_PANE_LINES
                 )
                 output = [
-                    OutputLine(r["created_at"], r["step"], output_text(r["message"]))
-                    for r in rows
+                    OutputLine(r["created_at"], r["step"], output_text(r["message"])) for r in rows
                 ]
         return Snapshot(
             now=now,
