@@ -683,9 +683,21 @@ def task_list(
 @task.command("show")
 @click.argument("task_id")
 @output_options
-def task_show(task_id: str, output: str, as_json: bool) -> None:
+@click.option(
+    "--follow",
+    "-f",
+    is_flag=True,
+    help="Print the timeline as it grows until the task ends (exit 0 completed, 1 failed).",
+)
+def task_show(task_id: str, output: str, as_json: bool, follow: bool) -> None:
     """Show one task with its step timeline."""
     settings = load_settings()
+    if follow:
+
+        async def follow_it(repo: Repository) -> int:
+            return await follow_task(repo, await resolve_task_id(repo, task_id))
+
+        sys.exit(run_async(with_repo(settings, follow_it)))
 
     async def show(repo: Repository) -> Any:
         resolved = await resolve_task_id(repo, task_id)
@@ -721,6 +733,48 @@ def task_show(task_id: str, output: str, as_json: bool) -> None:
         rows.append(row)
     if rows:
         print_table(columns, rows)
+
+
+async def follow_task(repo: Repository, task_id: UUID, interval: float = 1.0) -> int:
+    """``task show --follow``: the timeline as it grows (a deploy's output included),
+    then the outcome; 0 completed, 1 failed. A database outage is waited out."""
+    import asyncio
+
+    import asyncpg
+
+    from wrktalk_agent.db.repository import CONNECTION_ERRORS
+
+    shown, said_status, outage = 0, "", False
+    while True:
+        try:
+            found = await repo.get_task(task_id)
+            if found is None:
+                raise Failure(f"no task {task_id}", exit_code=2)
+            events = await repo.task_events(task_id)
+        except (*CONNECTION_ERRORS, asyncpg.PostgresConnectionError, OSError) as exc:
+            if not outage:
+                click.echo(f"database unreachable, still following: {visible(exc)}", err=True)
+            outage = True
+            await asyncio.sleep(min(interval * 5, 5.0))
+            continue
+        outage = False
+        if found.status != said_status:
+            said_status = found.status
+            click.echo(
+                f"{visible(found.type)} {visible(found.release_version)} {visible(found.status)} "
+                f"(agent {visible(found.claimed_by or '-')})"
+            )
+        for e in events[shown:]:
+            click.echo(
+                f"  {e.created_at:%H:%M:%S.%f}"[:-3]
+                + f"  {visible(e.step):22} {visible(e.status):9} {visible(e.message)}"
+            )
+        shown = max(shown, len(events))
+        if found.status in ("completed", "failed"):
+            if found.error_message:
+                click.echo(f"error: {visible(found.error_message, newlines=True)}")
+            return 0 if found.status == "completed" else 1
+        await asyncio.sleep(interval)
 
 
 @task.command("cancel")

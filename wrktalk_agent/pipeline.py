@@ -64,6 +64,7 @@ from wrktalk_agent.interfaces import (
     validate_version,
 )
 from wrktalk_agent.lease import Lease, held
+from wrktalk_agent.live_output import LiveOutput
 from wrktalk_agent.log import get_logger, redacting
 from wrktalk_agent.process import tail
 from wrktalk_agent.redact import Redactor
@@ -185,31 +186,40 @@ class Timeline:
         self.log = log
         self.secrets = secrets or Secrets()
         self.unsaved: list[PendingEvent] = []
+        # the live output writes from a task of its own: one write at a time, or two
+        # could send the same entries
+        self._writing = asyncio.Lock()
 
     async def add(
         self, step: str, status: EventStatus, message: str = "", *, flush: bool = False
     ) -> None:
-        message = self.secrets.redact(message)
-        self.unsaved.append(PendingEvent(datetime.now(UTC), step, status, message))
+        self.append(step, status, message)
         if flush:
             await self.flush()
 
+    def append(
+        self, step: str, status: EventStatus, message: str = "", *, at: datetime | None = None
+    ) -> None:
+        message = self.secrets.redact(message)
+        self.unsaved.append(PendingEvent(at or datetime.now(UTC), step, status, message))
+
     async def flush(self, timeout: float | None = None) -> None:
-        if not self.unsaved:
-            return
-        batch = list(self.unsaved)
-        try:
-            await asyncio.wait_for(
-                self.repo.add_events(self.task_id, batch, self.agent_id), timeout
-            )
-        except _FLUSH_ERRORS as exc:
-            self.log.warning("event.deferred", count=len(batch), error=describe(exc))
-            return
-        except asyncpg.PostgresError as exc:  # refused (e.g. no INSERT privilege): the
-            # outcome write tries again and, refused again, ends the task without them
-            self.log.error("event.refused", count=len(batch), error=describe(exc))
-            return
-        del self.unsaved[: len(batch)]
+        async with self._writing:
+            if not self.unsaved:
+                return
+            batch = list(self.unsaved)
+            try:
+                await asyncio.wait_for(
+                    self.repo.add_events(self.task_id, batch, self.agent_id), timeout
+                )
+            except _FLUSH_ERRORS as exc:
+                self.log.warning("event.deferred", count=len(batch), error=describe(exc))
+                return
+            except asyncpg.PostgresError as exc:  # refused (e.g. no INSERT privilege):
+                # the outcome write tries again and, refused again, ends the task without
+                self.log.error("event.refused", count=len(batch), error=describe(exc))
+                return
+            del self.unsaved[: len(batch)]
 
 
 class TaskRun:
@@ -228,6 +238,9 @@ class TaskRun:
         self.log = get_logger()
         self.secrets = Secrets(extra=_known_passwords(self.settings))
         self.timeline = Timeline(self.repo, task.id, self.agent_id, self.log, self.secrets)
+        #: the step output lines belong to (see :mod:`wrktalk_agent.live_output`)
+        self.running_step = "claimed"
+        self.output = LiveOutput(self.timeline, self.secrets, self.log, lambda: self.running_step)
         self.steps: list[StepTiming] = []
         self.result: dict[str, Any] = {"agent_id": self.agent_id, "steps": []}
         self.workdirs: list[Path] = []
@@ -264,6 +277,7 @@ class TaskRun:
         await self.event(name, "started", start_message, flush=slow)
         began = time.monotonic()
         ok = False
+        outer, self.running_step = self.running_step, name
         try:
             yield
             ok = True
@@ -278,6 +292,7 @@ class TaskRun:
             await self.event(name, "failed", f"unexpected error: {describe(exc)}")
             raise
         finally:
+            self.running_step = outer
             seconds = time.monotonic() - began
             self.steps.append(StepTiming(step=name, seconds=round(seconds, 3), ok=ok))
             self.result["steps"].append({"step": name, "ok": ok, "seconds": round(seconds, 3)})
@@ -366,7 +381,12 @@ class TaskRun:
         return TaskOutcome.FENCED
 
     async def _work(self) -> Verdict:
-        """The steps and, after a failed deploy, the automatic rollback."""
+        """The steps and, after a failed deploy, the automatic rollback, with what their
+        commands print streaming into the timeline."""
+        async with self.output.streaming():
+            return await self._steps_verdict()
+
+    async def _steps_verdict(self) -> Verdict:
         try:
             try:
                 await self._run_steps()

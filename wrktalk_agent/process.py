@@ -24,7 +24,7 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,6 +46,29 @@ _STOP_GRACE: contextvars.ContextVar[float] = contextvars.ContextVar(
 _TASK_GROUPS: contextvars.ContextVar[set[int] | None] = contextvars.ContextVar(
     "wrktalk_task_groups", default=None
 )
+
+
+#: Where the lines commands print go while they run (besides the bounded tail every
+#: :class:`CommandResult` keeps): the core sets a sink for the duration of a task, so that
+#: every plugin's commands stream into the task's timeline without the plugin doing
+#: anything. The sink is called with one line at a time (no line end) and must not block.
+output_sink: contextvars.ContextVar[Callable[[str], None] | None] = contextvars.ContextVar(
+    "wrktalk_output_sink", default=None
+)
+#: A line longer than this is passed to the sink in pieces (a progress bar without line
+#: ends must not grow a buffer without limit).
+SINK_LINE_BYTES = 4 * 1024
+
+
+@contextlib.contextmanager
+def streaming_output(sink: Callable[[str], None] | None) -> Iterator[None]:
+    """Send the output lines of commands run in this context (and in tasks it creates)
+    to ``sink`` while they run. For the core."""
+    token = output_sink.set(sink)
+    try:
+        yield
+    finally:
+        output_sink.reset(token)
 
 
 def stop_grace() -> float:
@@ -217,16 +240,18 @@ async def _communicate(
     assert proc.stdout is not None
     # Filled while the command runs, so what it printed survives a timeout.
     stdout, output = bytearray(), bytearray()
+    # stdout that is parsed (JSON, a status) is not progress: only the rest streams
+    lines = _LineSplitter(sink) if (sink := output_sink.get()) is not None else None
     try:
         async with asyncio.timeout(timeout):
             if capture_stdout:
                 assert proc.stderr is not None
                 await asyncio.gather(
                     _read(proc.stdout, stdout, keep=None),
-                    _read(proc.stderr, output, keep=TAIL_BYTES),
+                    _read(proc.stderr, output, keep=TAIL_BYTES, lines=lines),
                 )
             else:
-                await _read(proc.stdout, output, keep=TAIL_BYTES)
+                await _read(proc.stdout, output, keep=TAIL_BYTES, lines=lines)
             returncode = await proc.wait()
     except TimeoutError:
         await _stop(proc)
@@ -241,11 +266,58 @@ async def _communicate(
     )
 
 
-async def _read(stream: asyncio.StreamReader, buffer: bytearray, *, keep: int | None) -> None:
-    while chunk := await stream.read(64 * 1024):
-        buffer += chunk
-        if keep is not None and len(buffer) > keep:
-            del buffer[:-keep]
+async def _read(
+    stream: asyncio.StreamReader,
+    buffer: bytearray,
+    *,
+    keep: int | None,
+    lines: _LineSplitter | None = None,
+) -> None:
+    try:
+        while chunk := await stream.read(64 * 1024):
+            buffer += chunk
+            if keep is not None and len(buffer) > keep:
+                del buffer[:-keep]
+            if lines is not None:
+                lines.feed(chunk)
+    finally:
+        if lines is not None:
+            lines.close()
+
+
+class _LineSplitter:
+    """Cuts a command's output into lines for an :data:`output_sink`: a newline or a
+    carriage return ends a line (progress bars redraw with the latter), blank lines are
+    dropped, a line longer than :data:`SINK_LINE_BYTES` is passed on in pieces. A sink
+    that raises is dropped: streaming is a view, never a reason for a command to fail."""
+
+    def __init__(self, sink: Callable[[str], None]) -> None:
+        self.sink: Callable[[str], None] | None = sink
+        self.partial = bytearray()
+
+    def feed(self, chunk: bytes) -> None:
+        self.partial += chunk.replace(b"\r", b"\n")
+        *complete, rest = self.partial.split(b"\n")
+        self.partial = bytearray(rest)
+        for line in complete:
+            self._emit(line)
+        while len(self.partial) > SINK_LINE_BYTES:
+            self._emit(bytes(self.partial[:SINK_LINE_BYTES]))
+            del self.partial[:SINK_LINE_BYTES]
+
+    def close(self) -> None:
+        if self.partial:
+            self._emit(bytes(self.partial))
+            self.partial.clear()
+
+    def _emit(self, line: bytes | bytearray) -> None:
+        text = line.decode(errors="replace").rstrip()
+        if not text.strip() or self.sink is None:
+            return
+        try:
+            self.sink(text)
+        except Exception:
+            self.sink = None
 
 
 async def _stop(proc: asyncio.subprocess.Process) -> None:

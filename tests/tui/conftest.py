@@ -43,7 +43,7 @@ class Seed:
 
 
 def _id(n: int) -> uuid.UUID:
-    return uuid.UUID(f"00000000-0000-4000-8000-{n:012d}")
+    return uuid.UUID(f"{n:08x}-0000-4000-8000-{n:012d}")
 
 
 async def seed_dashboard(url: str) -> Seed:
@@ -310,3 +310,47 @@ async def db_proxy(database_url: str) -> AsyncIterator[DatabaseProxy]:
     yield proxy
     if proxy._server is not None:
         await proxy.cut()
+
+
+async def add_cockpit_state(url: str, seed: Seed) -> None:
+    """What the 3 a.m. views need besides the seed: live output of the running deploy, an
+    operator's maintenance window, a cleanly stopped agent, and a recovered task that left
+    the live version half-applied (the latest finished task)."""
+    conn = await asyncpg.connect(url)
+    try:
+        for n in range(1, 13):
+            await conn.execute(
+                """INSERT INTO agent_task_event (task_id, created_at, step, status, message,
+                       agent_id) VALUES ($1, $2, 'deploy', 'info', $3, 'agent-a')""",
+                seed.running_140,
+                at("2025-03-14T02:28:06") + timedelta(seconds=5 * n),
+                f"│ api  | migration {n} of 12 applied",
+            )
+        await conn.execute(
+            """UPDATE deployment_config SET maintenance_owner = 'operator:ann@wrk-node-1',
+                   maintenance_reason = 'db migration', maintenance_since = $1""",
+            at("2025-03-14T02:10:00"),
+        )
+        await conn.execute(
+            "UPDATE agent_instance SET stopped_at = $1 WHERE agent_id = 'agent-b'",
+            at("2025-03-14T01:12:00"),
+        )
+        result = {
+            "outcome": "failed",
+            "abandoned": "agent agent-a stopped heartbeating",
+            "live": {"version": "1.4.0", "state": "half-applied", "detail": "api 1.4.0, web 1.3.0"},
+            "next_step": "deploy 1.4.0 again or roll back to 1.3.0",
+        }
+        await conn.execute(
+            "UPDATE agent_task SET result = $2::jsonb WHERE id = $1",
+            seed.failed_140,
+            json.dumps(result),
+        )
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+def cockpit(seeded: Seed, database_url: str) -> Seed:
+    asyncio.run(add_cockpit_state(database_url, seeded))
+    return seeded

@@ -459,3 +459,47 @@ SELECT has_schema_privilege(current_schema(), 'USAGE') AS schema_usage,
     has_function_privilege('pg_advisory_unlock(bigint)', 'EXECUTE') AS advisory_unlock,
     current_user AS role_name
 """
+
+# What the dashboard adds for an honest picture: tasks due now (a new task runs after
+# them), who holds maintenance and why, and what the latest finished task found live after
+# a recovery (an interrupted or abandoned deploy leaves the live version uncertain).
+DASHBOARD_STATE = """
+SELECT
+    (SELECT count(*) FROM agent_task
+      WHERE status = 'pending'
+        AND (execute_after IS NULL OR (isfinite(execute_after) AND execute_after <= now())))
+        AS due_count,
+    (SELECT max(maintenance_owner) FROM deployment_config) AS maintenance_owner,
+    (SELECT max(maintenance_reason) FROM deployment_config) AS maintenance_reason,
+    (SELECT max(maintenance_since) FROM deployment_config) AS maintenance_since,
+    f.id AS last_task_id, f.live AS last_live, f.next_step AS last_next_step
+FROM (SELECT 1) one
+LEFT JOIN LATERAL (
+    SELECT t.id, t.result -> 'live' AS live, t.result ->> 'next_step' AS next_step
+    FROM agent_task t
+    WHERE t.status IN ('completed', 'failed')
+    ORDER BY t.completed_at DESC NULLS LAST, t.id DESC
+    LIMIT 1
+) f ON true
+"""
+
+# DASHBOARD_AGENTS with the liveness an agent records itself: last_seen (polls and lease
+# heartbeats) and stopped_at (set on a clean stop).
+DASHBOARD_AGENT_STATES = """
+SELECT i.agent_id, i.hostname, i.pid, i.version, i.started_at, i.last_poll,
+       i.current_task_id, t.last_heartbeat, i.last_seen, i.stopped_at
+FROM agent_instance i
+LEFT JOIN agent_task t ON t.id = i.current_task_id AND t.status = 'inProgress'
+WHERE coalesce(i.last_seen, i.last_poll) > $1 OR t.id IS NOT NULL
+ORDER BY coalesce(i.last_seen, i.last_poll) DESC
+LIMIT 100
+"""
+
+# The newest lines of a task's live output (wrktalk_agent.live_output), newest first.
+DASHBOARD_OUTPUT = """
+SELECT id, created_at, step, message
+FROM agent_task_event
+WHERE task_id = $1 AND status = 'info' AND starts_with(message, $2)
+ORDER BY id DESC
+LIMIT $3
+"""

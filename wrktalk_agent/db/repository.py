@@ -577,6 +577,29 @@ class Repository:
         rows = await self.pool.fetch(q.DASHBOARD_RELEASES, limit)
         return [ArtifactInfo.model_validate(dict(r)) for r in rows]
 
+    async def dashboard_state(self) -> dict[str, Any]:
+        """Tasks due now, the maintenance record, and what the latest finished task found
+        live after a recovery (``last_live``/``last_next_step``, None otherwise)."""
+        row = await self.pool.fetchrow(q.DASHBOARD_STATE)
+        assert row is not None
+        state = dict(row)
+        live = state["last_live"]
+        state["last_live"] = json.loads(live) if isinstance(live, str) else live
+        return state
+
+    async def dashboard_agent_states(self, seen_since: datetime) -> list[dict[str, Any]]:
+        """Agents seen after ``seen_since`` (or running a task), with ``last_seen`` and
+        ``stopped_at``."""
+        return [dict(r) for r in await self.pool.fetch(q.DASHBOARD_AGENT_STATES, seen_since)]
+
+    async def dashboard_output(
+        self, task_id: UUID, mark: str, limit: int = 200
+    ) -> list[dict[str, Any]]:
+        """The newest ``limit`` output lines of a task (messages starting with ``mark``),
+        oldest first."""
+        rows = await self.pool.fetch(q.DASHBOARD_OUTPUT, task_id, mark, limit)
+        return [dict(r) for r in reversed(rows)]
+
 
 @dataclass(frozen=True)
 class FlagChange:

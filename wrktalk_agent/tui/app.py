@@ -19,7 +19,7 @@ from textual.binding import Binding
 from textual.containers import Horizontal
 from textual.screen import Screen
 from textual.timer import Timer
-from textual.widgets import DataTable, Footer, TabbedContent, TabPane
+from textual.widgets import DataTable, Footer, Input, Static, TabbedContent, TabPane
 
 from wrktalk_agent.config import AgentSettings
 from wrktalk_agent.db.models import Task, TaskStatus
@@ -41,15 +41,24 @@ from wrktalk_agent.tui.messages import (
     SnapshotLoaded,
     TasksChanged,
 )
-from wrktalk_agent.tui.screens import ConfirmDialog, DeployChoice, DeployDialog, TaskDetailScreen
+from wrktalk_agent.tui.screens import (
+    ConfirmDialog,
+    DeployChoice,
+    DeployDialog,
+    HelpScreen,
+    TaskDetailScreen,
+)
 from wrktalk_agent.tui.widgets import (
+    SORTS,
     AgentsTable,
     FilterBar,
     MaintenanceBadge,
+    OutputPane,
     Overview,
     ReleasesTable,
     StatusBar,
     TasksTable,
+    empty_text,
 )
 
 STATUS_CYCLE: tuple[TaskStatus | None, ...] = (None, *get_args(TaskStatus))
@@ -64,12 +73,17 @@ class MainScreen(Screen[None]):
     """Overview, tasks, agents and releases, refreshed live; the actions start here."""
 
     BINDINGS = [
+        Binding("question_mark", "help", "Help"),
+        Binding("slash", "search", "Search"),
         Binding("s", "cycle_status", "Status"),
         Binding("t", "cycle_type", "Type"),
+        Binding("o", "cycle_sort", "Sort", show=False),
+        Binding("l", "toggle_output", "Output", show=False),
         Binding("r", "rollback", "Rollback"),
         Binding("d", "deploy", "Deploy"),
         Binding("c", "cancel_task", "Cancel task"),
-        Binding("ctrl+r", "refresh_now", "Refresh"),
+        Binding("ctrl+r", "refresh_now", "Refresh", show=False),
+        Binding("escape", "clear_search", "Clear search", show=False),
         Binding("1", "show_tab('tasks')", "Tasks", show=False),
         Binding("2", "show_tab('agents')", "Agents", show=False),
         Binding("3", "show_tab('releases')", "Releases", show=False),
@@ -90,7 +104,13 @@ class MainScreen(Screen[None]):
         self.read_only = read_only
         self.refresh_interval = refresh_interval
         self.filters = Filters()
+        #: client-side: text the task list must contain, and the order (index in SORTS)
+        self.search = ""
+        self.sort = 0
+        self.show_output = True
         self.snapshot: Snapshot | None = None
+        #: the database stopped answering after the snapshot shown was read
+        self.unreachable = False
         self.listener_error: str | None = "connecting"
         self._timer: Timer | None = None
         self._refreshing = False
@@ -105,7 +125,13 @@ class MainScreen(Screen[None]):
         with TabbedContent(id="tabs"):
             with TabPane("1 Tasks", id="tasks"):
                 yield FilterBar(id="filters")
+                search = Input(placeholder="search id, version, type, status, agent, error")
+                search.id = "search"
+                search.display = False
+                yield search
                 yield TasksTable(id="tasks-table")
+                yield Static(id="tasks-empty")
+                yield OutputPane(id="output")
             with TabPane("2 Agents", id="agents"):
                 yield AgentsTable(id="agents-table")
             with TabPane("3 Releases", id="releases"):
@@ -115,9 +141,13 @@ class MainScreen(Screen[None]):
 
     def on_mount(self) -> None:
         self.query_one(FilterBar).show(self.filters)
+        self.query_one("#tasks-empty").display = False
+        self.query_one(OutputPane).display = False
         self.query_one(TasksTable).focus()
         self.request_refresh()
         self.listen_for_changes()
+        # while the database does not answer, the age of the data shown keeps growing
+        self.set_interval(1.0, self._tick_stale)
 
     # -- refresh loop ------------------------------------------------------------------
     def request_refresh(self) -> None:
@@ -144,9 +174,10 @@ class MainScreen(Screen[None]):
     def show_snapshot(self, message: SnapshotLoaded) -> None:
         snapshot = self.snapshot = message.snapshot
         self._failures = 0
+        self.unreachable = False
         self.query_one(Overview).show(snapshot, self.installation)
-        self.query_one(MaintenanceBadge).show(snapshot.installation.maintenance)
-        self.query_one(TasksTable).show(snapshot)
+        self.query_one(MaintenanceBadge).show(snapshot.installation, snapshot.now)
+        self._show_tasks()
         self.query_one(AgentsTable).show(snapshot)
         self.query_one(ReleasesTable).show(snapshot)
         self.query_one(StatusBar).show_ok(snapshot.now, self.listener_error)
@@ -159,7 +190,36 @@ class MainScreen(Screen[None]):
         delay = min(self.refresh_interval * 2 ** (self._failures - 1), MAX_RETRY_DELAY)
         last_good = self.snapshot.now if self.snapshot else None
         self.query_one(StatusBar).show_error(message.error, delay, last_good)
+        self.unreachable = True
+        self._tick_stale()
         self._refresh_finished(delay)
+
+    def _tick_stale(self) -> None:
+        if self.unreachable and self.snapshot is not None:
+            age = (self.source.now() - self.snapshot.now).total_seconds()
+            self.query_one(Overview).show(self.snapshot, self.installation, unreachable_for=age)
+
+    def _show_tasks(self) -> None:
+        """The task list as filtered, searched and sorted; what an empty one means; the
+        running task's output."""
+        snapshot = self.snapshot
+        if snapshot is None:
+            return
+        self.query_one(FilterBar).show(self.filters, self.search, self.sort)
+        shown = self.query_one(TasksTable).show(snapshot, self.search, self.sort)
+        empty = self.query_one("#tasks-empty", Static)
+        empty.display = shown == 0
+        if shown == 0:
+            empty.update(empty_text(self.filters, self.search))
+        pane = self.query_one(OutputPane)
+        pane.display = self.show_output and bool(snapshot.running)
+        if pane.display:
+            task = snapshot.running[0].task
+            title = visible(
+                f"output of {task.type} {task.release_version or ''} "
+                f"(task {fmt.short_id(task.id)}) · l hides"
+            )
+            pane.show(snapshot.output, title, snapshot.now)
 
     def _refresh_finished(self, delay: float) -> None:
         self._refreshing = False
@@ -208,6 +268,45 @@ class MainScreen(Screen[None]):
         status = _next(STATUS_CYCLE, self.filters.status)
         self._set_filters(Filters(status=status, task_type=self.filters.task_type))
 
+    def action_cycle_sort(self) -> None:
+        self.sort = (self.sort + 1) % len(SORTS)
+        self.action_show_tab("tasks")
+        self._show_tasks()
+
+    def action_toggle_output(self) -> None:
+        self.show_output = not self.show_output
+        self._show_tasks()
+
+    def action_help(self) -> None:
+        self.app.push_screen(HelpScreen(read_only=self.read_only))
+
+    def action_search(self) -> None:
+        self.action_show_tab("tasks")
+        search = self.query_one("#search", Input)
+        search.display = True
+        search.focus()
+
+    def action_clear_search(self) -> None:
+        search = self.query_one("#search", Input)
+        if search.display or self.search:
+            search.value = ""
+            search.display = False
+            self.search = ""
+            self._show_tasks()
+            self.query_one(TasksTable).focus()
+
+    @on(Input.Changed, "#search")
+    def search_changed(self, event: Input.Changed) -> None:
+        self.search = event.value.strip()
+        self._show_tasks()
+
+    @on(Input.Submitted, "#search")
+    def search_done(self) -> None:
+        search = self.query_one("#search", Input)
+        if not search.value.strip():
+            search.display = False
+        self.query_one(TasksTable).focus()
+
     def action_cycle_type(self) -> None:
         task_type = _next(TYPE_CYCLE, self.filters.task_type)
         self._set_filters(Filters(status=self.filters.status, task_type=task_type))
@@ -241,8 +340,8 @@ class MainScreen(Screen[None]):
         elif action == "cancel_task":
             if active != "tasks":
                 return False
-            task = self._selected_task()
-            allowed = task is not None and task.status == "pending"
+            # always allowed: on a task that is not pending it says why nothing happens
+            allowed = self._selected_task() is not None
         else:
             allowed = True
         return True if allowed else None  # None: shown, but disabled
@@ -270,8 +369,8 @@ class MainScreen(Screen[None]):
             ".\n",
             "An agent will put the site in maintenance mode while it runs.",
         )
-        if state.pending_count or self.snapshot.running:
-            body.append("\nOther tasks are queued or running: it runs after them.", "yellow")
+        body.append("\n")
+        body.append_text(rollback_timing(state.due_count, len(self.snapshot.running)))
 
         def confirmed(yes: bool | None) -> None:
             if yes:
@@ -297,7 +396,22 @@ class MainScreen(Screen[None]):
 
     def action_cancel_task(self) -> None:
         task = self._selected_task()
-        if task is None or task.status != "pending":  # check_action disables this key then
+        if task is None:
+            return
+        if task.status != "pending":
+            why = {
+                "inProgress": "it is running; an agent stops a deploy only on shutdown",
+                "completed": "it has completed",
+                "failed": "it has already failed",
+            }.get(task.status, f"it is {task.status}")
+            self.notify(
+                visible(
+                    f"Task {fmt.short_id(task.id)} is not cancelled: {why}. "
+                    "Only pending tasks can be cancelled."
+                ),
+                severity="warning",
+                markup=False,
+            )
             return
         body = Text.assemble(
             "Cancel the pending ",
@@ -392,6 +506,18 @@ class DashboardApp(App[None]):
 
 
 T = TypeVar("T")
+
+
+def rollback_timing(due: int, running: int) -> Text:
+    """When a rollback queued now runs: tasks are claimed oldest first, one at a time."""
+    if not due and not running:
+        return Text("It starts at once (nothing is running or due before it).")
+    ahead = []
+    if running:
+        ahead.append("a task is running")
+    if due:
+        ahead.append(f"{due} task{'s' if due != 1 else ''} due before it")
+    return Text(f"It waits: {' and '.join(ahead)}.", style="yellow")
 
 
 def _next(cycle: tuple[T, ...], current: T) -> T:

@@ -7,6 +7,7 @@ and turn its answers (or its :class:`SourceUnavailable`) into messages.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import getpass
 import socket
 from collections.abc import AsyncIterator, Callable
@@ -35,6 +36,7 @@ from wrktalk_agent.db.repository import (
     connect_listener,
 )
 from wrktalk_agent.db.schema import NOTIFY_CHANNEL
+from wrktalk_agent.live_output import OUTPUT_MARK, is_output, output_text
 
 Clock = Callable[[], datetime]
 TaskTypeFilter = Literal["deploy", "rollback"]
@@ -49,6 +51,8 @@ AGENT_WINDOW = timedelta(hours=24)
 QUERY_TIMEOUT = 10.0
 #: The LISTEN connection is checked this often: a silent network drop sends no FIN.
 LISTENER_KEEPALIVE = 15.0
+#: Lines of live output the main screen's pane keeps for the running task.
+OUTPUT_PANE_LINES = 50
 
 
 #: A connection lost in the middle of an operation (a server shutting down) can also
@@ -76,6 +80,22 @@ class Filters:
 
 
 @dataclass(frozen=True)
+class LiveWarning:
+    """What the latest finished task found live after a recovery (an agent died or lost
+    its lease mid-task): the live version is not simply the one the flags say."""
+
+    task_id: UUID
+    version: str | None
+    state: str
+    detail: str
+    next_step: str | None
+
+    @property
+    def serious(self) -> bool:
+        return self.state != "deployed" or self.next_step is not None
+
+
+@dataclass(frozen=True)
 class InstallationState:
     """What is live and what is queued."""
 
@@ -86,6 +106,27 @@ class InstallationState:
     previous_id: UUID | None
     previous_version: str | None
     pending_count: int
+    #: pending tasks due now: a new task runs after them (and after a running one)
+    due_count: int = 0
+    maintenance_owner: str | None = None
+    maintenance_reason: str | None = None
+    maintenance_since: datetime | None = None
+    live_warning: LiveWarning | None = None
+
+
+class AgentState(AgentInstance):
+    """An agent row with the liveness it records: ``last_seen`` (polls and lease
+    heartbeats) and ``stopped_at`` (a clean stop)."""
+
+    last_seen: datetime | None = None
+    stopped_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class OutputLine:
+    at: datetime
+    step: str
+    text: str
 
 
 @dataclass(frozen=True)
@@ -107,9 +148,11 @@ class Snapshot:
     installation: InstallationState
     tasks: list[Task]
     running: list[Running]
-    agents: list[AgentInstance]
+    agents: list[AgentState]
     releases: list[ArtifactInfo]
     stale_after: float
+    #: the newest output lines of the running task (the first, if several run)
+    output: list[OutputLine] = dataclasses.field(default_factory=list)
 
     @cached_property
     def step_of(self) -> dict[UUID, TaskEvent]:
@@ -118,9 +161,18 @@ class Snapshot:
 
     def agent_last_seen(self, agent: AgentInstance) -> datetime:
         """An agent busy with a deploy stops polling but keeps heartbeating its task."""
-        if agent.last_heartbeat is not None and agent.last_heartbeat > agent.last_poll:
-            return agent.last_heartbeat
-        return agent.last_poll
+        seen = [agent.last_poll, agent.last_heartbeat, getattr(agent, "last_seen", None)]
+        return max(moment for moment in seen if moment is not None)
+
+    def agent_state(self, agent: AgentInstance) -> Literal["alive", "stale", "stopped"]:
+        """``stopped`` after a clean stop (until it polls again), ``stale`` when it has
+        not been seen for the stale period, ``alive`` otherwise."""
+        stopped_at = getattr(agent, "stopped_at", None)
+        if stopped_at is not None and agent.current_task_id is None:
+            return "stopped"
+        if fmt_is_stale(self.agent_last_seen(agent), self.now, self.stale_after):
+            return "stale"
+        return "alive"
 
 
 @dataclass(frozen=True)
@@ -128,6 +180,19 @@ class TaskDetail:
     now: datetime
     task: Task
     events: list[TaskEvent]
+
+    @cached_property
+    def steps(self) -> list[TaskEvent]:
+        """The timeline without the lines of output."""
+        return [e for e in self.events if not is_output(e.message)]
+
+    @cached_property
+    def output(self) -> list[OutputLine]:
+        return [
+            OutputLine(e.created_at, e.step, output_text(e.message))
+            for e in self.events
+            if is_output(e.message)
+        ]
 
 
 class DashboardSource:
@@ -156,8 +221,20 @@ class DashboardSource:
                 status=filters.status, task_type=filters.task_type, limit=TASK_LIMIT
             )
             running = [Running(t, e) for t, e in await repo.dashboard_running()]
-            agents = await repo.dashboard_agents(now - AGENT_WINDOW)
+            agents = [
+                AgentState.model_validate(row)
+                for row in await repo.dashboard_agent_states(now - AGENT_WINDOW)
+            ]
             releases = await repo.dashboard_releases(RELEASE_LIMIT)
+            state = await repo.dashboard_state()
+            output = []
+            if running:
+                rows = await repo.dashboard_output(
+                    running[0].task.id, OUTPUT_MARK, OUTPUT_PANE_LINES
+                )
+                output = [
+                    OutputLine(r["created_at"], r["step"], output_text(r["message"])) for r in rows
+                ]
         return Snapshot(
             now=now,
             filters=filters,
@@ -169,12 +246,18 @@ class DashboardSource:
                 previous_id=overview["previous_id"],
                 previous_version=overview["previous_version"],
                 pending_count=overview["pending_count"],
+                due_count=state["due_count"],
+                maintenance_owner=state["maintenance_owner"],
+                maintenance_reason=state["maintenance_reason"],
+                maintenance_since=state["maintenance_since"],
+                live_warning=_live_warning(state),
             ),
             tasks=tasks,
             running=running,
             agents=agents,
             releases=releases,
             stale_after=self.settings.stale_after_seconds,
+            output=output,
         )
 
     async def detail(self, task_id: UUID) -> TaskDetail | None:
@@ -290,6 +373,26 @@ class DashboardSource:
         except asyncpg.PostgresError as exc:
             # e.g. a database being shut down, or a schema the agent has not migrated yet
             raise SourceUnavailable(f"PostgreSQL at {server}: {_reason(exc)}") from None
+
+
+def _live_warning(state: dict[str, object]) -> LiveWarning | None:
+    live = state.get("last_live")
+    task_id = state.get("last_task_id")
+    if not isinstance(live, dict) or not isinstance(task_id, UUID):
+        return None
+    next_step = state.get("last_next_step")
+    version = live.get("version")
+    return LiveWarning(
+        task_id=task_id,
+        version=str(version) if version is not None else None,
+        state=str(live.get("state") or "unknown"),
+        detail=str(live.get("detail") or ""),
+        next_step=str(next_step) if next_step else None,
+    )
+
+
+def fmt_is_stale(moment: datetime | None, now: datetime, stale_after: float) -> bool:
+    return moment is None or now - moment > timedelta(seconds=stale_after)
 
 
 def _reason(exc: BaseException) -> str:

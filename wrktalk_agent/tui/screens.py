@@ -20,7 +20,7 @@ from textual.widgets import Button, Footer, Input, Label, Static
 from wrktalk_agent.db.models import ArtifactInfo, Task, TaskEvent
 from wrktalk_agent.safe_text import visible, visible_value
 from wrktalk_agent.tui import format as fmt
-from wrktalk_agent.tui.data import DashboardSource, SourceUnavailable, TaskDetail
+from wrktalk_agent.tui.data import DashboardSource, OutputLine, SourceUnavailable, TaskDetail
 from wrktalk_agent.tui.messages import DetailFailed, DetailLoaded
 from wrktalk_agent.tui.widgets import KeyedTable
 
@@ -45,12 +45,15 @@ class TaskDetailScreen(Screen[None]):
         self.refresh_interval = refresh_interval
         self._timer: Timer | None = None
         self.detail: TaskDetail | None = None
+        self._placed = False
 
     def compose(self) -> ComposeResult:
         yield Static(Text(f"task {self.task_id} · loading…"), id="detail-header")
         yield KeyedTable(id="timeline")
         with VerticalScroll(id="detail-body"):
             yield Static(id="detail-error")
+            yield Static(id="detail-live")
+            yield Static(id="detail-output")
             yield Static(id="detail-result")
         yield Static(id="detail-status")
         yield Footer()
@@ -90,6 +93,8 @@ class TaskDetailScreen(Screen[None]):
         self.query_one("#detail-header", Static).update(header_text(task, now))
         # times of day, with the date only when a task runs past midnight
         day = task.picked_up_at or task.created_at or now
+        output = message.detail.output
+        events = message.detail.steps  # the output has a pane of its own
         took = step_durations(events, task, now)
         self.query_one("#timeline", KeyedTable).replace_rows(
             [
@@ -111,7 +116,30 @@ class TaskDetailScreen(Screen[None]):
         # errors quote tool output and URLs: masked like the result
         error_text = visible(fmt.mask_secrets(task.error_message or ""), newlines=True)
         error.update(Text.assemble(("Error\n", "bold"), (error_text, "red")))
+        live = self.query_one("#detail-live", Static)
+        live_text = recovery_text(task.result)
+        live.display = live_text is not None
+        live.update(live_text or "")
+        pane = self.query_one("#detail-output", Static)
+        if not output and task.status == "failed":
+            # no live output recorded (an older agent): the end of the deployer's output
+            output = result_output(task.result, day)
+        pane.display = bool(output) or task.status == "inProgress"
+        pane.update(output_text(output, now, running=task.status == "inProgress"))
         self.query_one("#detail-result", Static).update(result_text(task.result))
+        timeline = self.query_one("#timeline", KeyedTable)
+        body = self.query_one("#detail-body", VerticalScroll)
+        if task.status == "failed" and not self._placed:
+            # a failed task opens on its error: the failing step selected, the error and
+            # the end of the output at the top of the body
+            self._placed = True
+            failed = [i for i, e in enumerate(events) if e.status == "failed"]
+            if failed:
+                timeline.move_cursor(row=failed[0])
+            body.scroll_home(animate=False)
+        elif task.status == "inProgress":
+            timeline.move_cursor(row=max(timeline.row_count - 1, 0))  # follow the newest
+            body.scroll_home(animate=False)
         if task.status in ("pending", "inProgress"):
             self._timer = self.set_timer(self.refresh_interval, self.load)
 
@@ -149,6 +177,49 @@ def header_text(task: Task, now: datetime) -> Text:
         ("   heartbeat ", "dim"),
         fmt.age(task.last_heartbeat, now),
     )
+    return text
+
+
+def recovery_text(result: dict[str, Any] | None) -> Text | None:
+    """What an agent found live after it took over an interrupted or abandoned task, and
+    what the operator should do next (``result.live`` and ``result.next_step``)."""
+    if not result or not isinstance(result.get("live"), dict):
+        return None
+    live = visible_value(fmt.mask_secrets(result["live"]))
+    state = str(live.get("state") or "unknown")
+    text = Text("Recovered after an interruption\n", style="bold yellow")
+    text.append("live now: ", style="dim")
+    text.append(visible(live.get("version") or "nothing"), style="bold")
+    text.append(f" ({visible(state)})", style="green" if state == "deployed" else "bold red")
+    if live.get("detail"):
+        text.append(f" · {visible(live['detail'])}")
+    next_step = result.get("next_step")
+    if next_step:
+        text.append("\nnext: ", style="bold")
+        text.append(visible(fmt.mask_secrets(str(next_step)), newlines=True))
+    return text
+
+
+def result_output(result: dict[str, Any] | None, at: datetime) -> list[OutputLine]:
+    """The deployer's output tail kept in a task result, as output lines."""
+    deployer = (result or {}).get("deployer")
+    text = deployer.get("output") if isinstance(deployer, dict) else None
+    if not isinstance(text, str):
+        return []
+    return [OutputLine(at, "deploy", line) for line in text.splitlines() if line.strip()]
+
+
+def output_text(lines: list[OutputLine], now: datetime, *, running: bool) -> Text:
+    """The end of what the task's commands printed (masked), newest last."""
+    shown = lines[-OUTPUT_TAIL_LINES:]
+    cut = f", last {len(shown)} of {len(lines)} lines" if len(shown) < len(lines) else ""
+    text = Text(f"Output{cut}" + (" (live)" if running else ""), style="bold")
+    if not lines:
+        text.append("\nno output yet", style="dim")
+    for line in shown:
+        text.append("\n")
+        text.append(fmt.clock_time(line.at, now) + " ", style="dim")
+        text.append(visible(fmt.mask_secrets(line.text)))
     return text
 
 
@@ -220,12 +291,12 @@ def _is_flat(value: dict[str, Any] | list[Any]) -> bool:
 
 
 class ConfirmDialog(ModalScreen[bool]):
-    """Yes or no for an action that writes to the database. The focus starts on "Back":
-    an operator woken at night should not confirm by pressing enter out of habit."""
+    """Yes or no for an action that writes to the database, with the keys of every dialog
+    of the dashboard: enter confirms, escape goes back (as in the deploy dialog)."""
 
     BINDINGS = [
-        Binding("y", "answer(True)", "Confirm"),
-        Binding("n,escape", "answer(False)", "Back"),
+        Binding("enter", "answer(True)", "Confirm", priority=True),
+        Binding("escape", "answer(False)", "Back"),
     ]
 
     def __init__(self, title: str, body: Text, confirm_label: str) -> None:
@@ -239,11 +310,8 @@ class ConfirmDialog(ModalScreen[bool]):
             yield Label(Text(self.title_text), classes="dialog-title")
             yield Static(self.body, classes="dialog-body")
             with Horizontal(classes="dialog-buttons"):
-                yield Button(f"{self.confirm_label} (y)", variant="error", id="confirm")
-                yield Button("Back (n)", id="back")
-
-    def on_mount(self) -> None:
-        self.query_one("#back", Button).focus()
+                yield Button(f"{self.confirm_label} (enter)", variant="error", id="confirm")
+                yield Button("Back (esc)", id="back")
 
     def action_answer(self, yes: bool) -> None:
         self.dismiss(yes)
@@ -251,6 +319,54 @@ class ConfirmDialog(ModalScreen[bool]):
     @on(Button.Pressed)
     def pressed(self, event: Button.Pressed) -> None:
         self.dismiss(event.button.id == "confirm")
+
+
+#: Every key of the dashboard, for the help screen: (where, keys, what).
+HELP: tuple[tuple[str, str, str], ...] = (
+    ("everywhere", "? / q", "this help / quit"),
+    ("main", "1 2 3", "tasks, agents, releases tab"),
+    ("main", "↑ ↓ pgup pgdn", "move in a table"),
+    ("main", "enter", "open the selected task"),
+    ("main", "/ / esc", "search tasks (id, version, type, status, agent, error) / clear"),
+    ("main", "s / t", "filter by status / by type (each key cycles)"),
+    ("main", "o", "sort: newest, oldest, status, version, type"),
+    ("main", "l", "show or hide the running task's live output"),
+    ("main", "ctrl+r", "refresh now"),
+    ("main", "r", "request a rollback to the previous release *"),
+    ("main", "d", "deploy the selected release (Releases tab) *"),
+    ("main", "c", "cancel the selected task, if pending *"),
+    ("task", "esc / ctrl+r", "back to the list / reload"),
+    ("dialogs", "enter / esc", "confirm / back (nothing is written)"),
+)
+
+
+class HelpScreen(ModalScreen[None]):
+    """Every key, in one table; any of escape, q or ? closes it."""
+
+    BINDINGS = [Binding("escape,q,question_mark", "dismiss_help", "Close")]
+
+    def __init__(self, *, read_only: bool = False) -> None:
+        super().__init__()
+        self.read_only = read_only
+
+    def compose(self) -> ComposeResult:
+        text = Text()
+        where = ""
+        for place, keys, what in HELP:
+            if place != where:
+                where = place
+                text.append(f"{place}\n", style="bold underline")
+            text.append(f"  {keys:<14}", style="bold cyan")
+            text.append(f"{what}\n")
+        note = "* hidden: the dashboard is read-only" if self.read_only else "* writes a task"
+        text.append(note + "   ·   esc closes", style="dim")
+        with Vertical(classes="dialog help") as box:
+            box.border_title = "Keys"
+            with VerticalScroll(classes="help-body"):
+                yield Static(text)
+
+    def action_dismiss_help(self) -> None:
+        self.dismiss(None)
 
 
 @dataclass(frozen=True)
