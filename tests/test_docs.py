@@ -96,7 +96,7 @@ def test_troubleshooting_quotes_messages_the_code_really_prints() -> None:
     for required in (
         "no previous release to roll back to",
         "sha256 mismatch: expected …, got …",
-        "abandoned: agent … stopped heartbeating at …",
+        "abandoned: agent … stopped heartbeating at …; found …",
         "interrupted by shutdown",
         "task.taken_away",
     ):

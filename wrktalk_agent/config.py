@@ -200,6 +200,7 @@ class AgentSettings(BaseSettings):
         # it was started from
         if isinstance(value, str) and not value.strip():
             raise ValueError("is empty; give a path, or unset it to use the default")
+        return value
 
     @field_validator("db_port", mode="before")
     @classmethod
