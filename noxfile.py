@@ -151,9 +151,13 @@ def ha(session: nox.Session) -> None:
         str(patroni_venv / "bin" / "pip"), "install", "-q", "patroni[etcd3]", "psycopg2-binary",
         external=True,
     )  # fmt: skip
+    # `nox -s ha -- tests/test_ha_patroni.py` runs only what is named (CI: the rest of
+    # the HA tests already ran in the main suite)
+    tests = session.posargs or [
+        "tests/test_ha.py", "tests/test_ha_servers.py", "tests/test_ha_patroni.py"
+    ]
     session.run(
-        "python", "-m", "pytest", "tests/test_ha.py", "tests/test_ha_servers.py",
-        "tests/test_ha_patroni.py", *session.posargs,
+        "python", "-m", "pytest", *tests,
         env={"WRKTALK_TEST_PATRONI": str(patroni_venv / "bin" / "patroni")},
     )  # fmt: skip
 
