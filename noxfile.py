@@ -154,7 +154,9 @@ def ha(session: nox.Session) -> None:
     # `nox -s ha -- tests/test_ha_patroni.py` runs only what is named (CI: the rest of
     # the HA tests already ran in the main suite)
     tests = session.posargs or [
-        "tests/test_ha.py", "tests/test_ha_servers.py", "tests/test_ha_patroni.py"
+        "tests/test_ha.py",
+        "tests/test_ha_servers.py",
+        "tests/test_ha_patroni.py",
     ]
     session.run(
         "python", "-m", "pytest", *tests,
