@@ -308,3 +308,35 @@ def test_release_add_binary_env_file_is_a_clear_error(cli, tarball: Path, tmp_pa
     assert result.exit_code == 2
     assert "--env-file" in result.output and "is not UTF-8 text" in result.output
     assert "Traceback" not in result.output
+
+
+def test_release_diff_names_what_a_release_changes(cli, tmp_path: Path) -> None:
+    import tarfile
+
+    def bundle(name: str, files: dict[str, str]) -> Path:
+        path = tmp_path / name
+        with tarfile.open(path, "w:gz") as tar:
+            for member, text in files.items():
+                source = tmp_path / f"{name}-{member}"
+                source.write_text(text)
+                tar.add(source, arcname=member)
+        return path
+
+    env = {
+        "WRKTALK_AGENT_DEPLOYER": "recording",
+        "WRKTALK_AGENT_EXTRA_PLUGINS": "wrktalk_test_plugin",
+    }
+    one = bundle("one.tgz", {"app.txt": "1", "old.txt": "x"})
+    two = bundle("two.tgz", {"app.txt": "2", "new.txt": "y"})
+    for path, version in ((one, "1.0.0"), (two, "2.0.0")):
+        added = cli("release", "add", str(path), "--version", version, "--chart-type", "compose")
+        assert added.exit_code == 0, added.output
+    result = cli("release", "diff", "1.0.0", "2.0.0", env=env)
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines()[-2:] == ["added new.txt", "removed old.txt"]
+    first = cli("release", "diff", "2.0.0", env=env)  # nothing current: everything is new
+    assert first.output.splitlines()[-2:] == ["added app.txt", "added new.txt"]
+    missing = cli("release", "diff", "9.9.9", env=env)
+    assert missing.exit_code == 2 and "no release 9.9.9" in missing.output
+    plain = cli("release", "diff", "2.0.0", env={"WRKTALK_AGENT_DEPLOYER": "script"})
+    assert plain.exit_code == 2 and "cannot describe changes" in plain.output

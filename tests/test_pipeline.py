@@ -285,3 +285,28 @@ async def test_hung_deployer_is_stopped_and_rolled_back(
         "output": "auto-rollback 1.0.0 ok",
     }
     assert not recording.flag.exists()
+
+
+async def test_what_a_deploy_changes_is_in_the_timeline_the_result_and_the_email(
+    make_agent, recording_settings, recording, repo
+):
+    """The deployer's comparison of the live release with the target is made before
+    maintenance goes on and reported everywhere an operator or admin looks."""
+    await add_release(repo, "1.0.0", {"app.txt": "one", "old.txt": "x"})
+    second = await add_release(repo, "2.0.0", {"app.txt": "two", "new.txt": "y"})
+    agent = await make_agent(recording_settings)
+    await repo.create_task("deploy", (await repo.release_by_version("1.0.0")).id)
+    assert await agent.run(once=True) == 0
+    task = await repo.create_task("deploy", second.id)
+    assert await agent.run(once=True) == 0
+    done = await repo.get_task(task.id)
+    assert done.result["changes"] == ["added new.txt", "removed old.txt"]
+    events = await repo.task_events(task.id)
+    steps = [e.step for e in events]
+    assert steps.index("changes") < steps.index("maintenance-on")
+    assert [e.message for e in events if e.step == "changes" and e.status == "info"] == [
+        "added new.txt",
+        "removed old.txt",
+    ]
+    mail = [r for r in recording.records("notify") if r["task"] == str(task.id)]
+    assert mail[0]["changes"] == ["added new.txt", "removed old.txt"]

@@ -20,6 +20,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 
@@ -286,3 +287,46 @@ def _overwrite(path: str, size: int) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+@dataclass(frozen=True)
+class Materialized:
+    """A release fetched, verified and extracted: ``root`` holds its files, ``.env`` and
+    ``values.yaml`` (0600); ``env_data``/``values_data`` are those secrets, for redaction."""
+
+    root: Path
+    fetched: FetchedArtifact
+    files: int
+    size: int
+    signature: str
+    env_data: str | None
+    values_data: str | None
+
+
+async def materialize(
+    repo: Any,
+    artifact: ArtifactInfo,
+    workdir: Path,
+    *,
+    trusted_keys: list[Any],
+    max_artifact_bytes: int,
+    max_members: int,
+    max_extracted_bytes: int,
+) -> Materialized:
+    """Fetch ``artifact`` into ``workdir`` (private, made by :func:`make_private_dir`),
+    check its sha256 and signature, extract it safely and write its ``.env`` and
+    ``values.yaml``. Raises :class:`ArtifactError`. The caller deletes ``workdir``."""
+    async with repo.connection() as conn:
+        fetched = await fetch_artifact(conn, artifact, workdir, max_bytes=max_artifact_bytes)
+    signature = check_signature(artifact, fetched.sha256, trusted_keys)
+    root = workdir / RELEASE_DIR
+    files, size = await asyncio.to_thread(
+        extract_release, fetched.path, root, max_members=max_members, max_bytes=max_extracted_bytes
+    )
+    fetched.path.unlink()
+    env_data, values_data = await repo.release_secrets(artifact.id)
+    if env_data is not None:
+        write_secret_file(root / ENV_FILE, env_data)
+    if values_data is not None:
+        write_secret_file(root / VALUES_FILE, values_data)
+    return Materialized(root, fetched, files, size, signature, env_data, values_data)

@@ -444,6 +444,73 @@ def release_keygen(out: Path) -> None:
     click.echo(f"agents verify with WRKTALK_AGENT_TRUSTED_KEYS={public_path.resolve()}")
 
 
+@release.command("diff")
+@click.argument("versions", nargs=-1, required=True)
+def release_diff(versions: tuple[str, ...]) -> None:
+    """What deploying TO over FROM changes: release diff [FROM] TO (FROM: the current
+    release). Asks the configured deployer (services, resources, images, ports)."""
+    from wrktalk_agent.artifacts import ArtifactError, make_private_dir, materialize, secure_delete
+    from wrktalk_agent.bootstrap import make_registry, plugin_context
+    from wrktalk_agent.interfaces import BackendError
+    from wrktalk_agent.signing import load_trusted_keys
+
+    if len(versions) > 2:
+        raise Failure("give at most two versions: [FROM] TO", exit_code=2)
+    settings = load_settings()
+
+    async def diff(repo: Repository) -> list[str]:
+        registry = make_registry(settings)
+        deployer = registry.instantiate(
+            "deployer", settings.deployer_name, plugin_context(settings, repo)
+        )
+        describe = getattr(deployer, "describe_changes", None)
+        if describe is None:
+            raise Failure(f"deployer {deployer.name!r} cannot describe changes", exit_code=2)
+        releases = []
+        for version in versions:
+            found = await repo.release_by_version(version)
+            if found is None:
+                raise Failure(f"no release {visible(version)}", exit_code=2)
+            releases.append(found)
+        if len(releases) == 1:
+            releases.insert(0, await repo.current_release())
+        try:
+            keys = load_trusted_keys(settings.trusted_keys)
+        except ValueError as exc:
+            raise Failure(f"WRKTALK_AGENT_TRUSTED_KEYS: {exc}", exit_code=2) from None
+        workdirs: list[Path] = []
+        try:
+            roots: list[Path | None] = []
+            for release in releases:
+                if release is None:
+                    roots.append(None)
+                    continue
+                workdir = make_private_dir(settings.work_dir, "diff-")
+                workdirs.append(workdir)
+                done = await materialize(
+                    repo,
+                    release,
+                    workdir,
+                    trusted_keys=keys,
+                    max_artifact_bytes=settings.max_artifact_bytes,
+                    max_members=settings.max_members,
+                    max_extracted_bytes=settings.max_extracted_bytes,
+                )
+                roots.append(done.root)
+            target = roots[1]
+            assert target is not None
+            return [str(line) for line in await describe(roots[0], target)]
+        except (ArtifactError, BackendError) as exc:
+            raise Failure(visible(str(exc))) from None
+        finally:
+            for workdir in workdirs:
+                secure_delete(workdir)
+
+    lines = run_async(with_repo(settings, diff))
+    for line in lines or ["no change"]:
+        click.echo(visible(line))
+
+
 @release.command("list")
 @output_options
 def release_list(output: str, as_json: bool) -> None:

@@ -264,6 +264,9 @@ class NotificationEvent:
     notification_id: UUID | None = None
     #: what the target was found running after its agent died (TASK_ABANDONED)
     live: str | None = None
+    #: what the task changes (or changed): services, resources, images, ports, from the
+    #: deployer's comparison of the live release with the target (may be empty)
+    changes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

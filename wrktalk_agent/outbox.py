@@ -55,6 +55,7 @@ def build_event(
     steps: Sequence[StepTiming] = (),
     rollback_error: str | None = None,
     live: str | None = None,
+    changes: Sequence[str] = (),
 ) -> NotificationEvent:
     """The one builder of what notifiers are told about a task."""
     version = target.release_version if target else task.release_version
@@ -74,6 +75,7 @@ def build_event(
         steps=tuple(steps),
         rollback_error=rollback_error,
         live=live,
+        changes=tuple(changes),
     )
 
 
@@ -112,6 +114,7 @@ def event_from_json(data: Mapping[str, Any], notification_id: UUID) -> Notificat
         rollback_error=data.get("rollback_error"),
         notification_id=notification_id,
         live=data.get("live"),
+        changes=tuple(str(line) for line in data.get("changes") or ()),
     )
 
 

@@ -38,15 +38,11 @@ from wrktalk_agent import maintenance as maint
 from wrktalk_agent import metrics, outbox, process
 from wrktalk_agent.artifacts import (
     ENV_FILE,
-    RELEASE_DIR,
     VALUES_FILE,
     ArtifactError,
-    check_signature,
-    extract_release,
-    fetch_artifact,
     make_private_dir,
+    materialize,
     secure_delete,
-    write_secret_file,
 )
 from wrktalk_agent.config import AgentSettings
 from wrktalk_agent.db.models import ArtifactInfo, Task
@@ -78,6 +74,8 @@ DB_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.PostgresConnectionError,
 )
 _FLUSH_ERRORS: tuple[type[BaseException], ...] = (*DB_ERRORS, TimeoutError)
+#: Lines of a change summary kept in the result, the timeline and the email.
+MAX_CHANGE_LINES = 50
 
 
 @dataclass(frozen=True)
@@ -244,6 +242,10 @@ class TaskRun:
         self.steps: list[StepTiming] = []
         self.result: dict[str, Any] = {"agent_id": self.agent_id, "steps": []}
         self.workdirs: list[Path] = []
+        #: what the task changes (the deployer's summary), for the result and the email
+        self.changes: list[str] = []
+        #: extracted releases of this task, by release id
+        self.roots: dict[UUID, Path] = {}
         self.target: ArtifactInfo | None = None
         self.current: ArtifactInfo | None = None
         self.started = time.monotonic()
@@ -479,48 +481,47 @@ class TaskRun:
         )
 
     async def _materialize(self, artifact: ArtifactInfo, step_name: str) -> Path:
-        """Fetch, verify and extract ``artifact`` into a private work dir."""
+        """Fetch, verify and extract ``artifact`` into a private work dir (once per task:
+        a release extracted for the change summary serves the automatic rollback too)."""
+        if artifact.id in self.roots:
+            return self.roots[artifact.id]
+        root = await self._fetch_and_extract(artifact, step_name)
+        self.roots[artifact.id] = root
+        return root
+
+    async def _fetch_and_extract(self, artifact: ArtifactInfo, step_name: str) -> Path:
         async with self.step(step_name, f"fetching {artifact.release_version}", slow=True):
             workdir = make_private_dir(self.settings.work_dir, f"task-{self.task.id}-")
             self.workdirs.append(workdir)
             try:
-                async with self.repo.connection() as conn:
-                    fetched = await fetch_artifact(
-                        conn, artifact, workdir, max_bytes=self.settings.max_artifact_bytes
-                    )
-                await self.event(
-                    step_name,
-                    "info",
-                    f"fetched {fetched.size} bytes in {fetched.seconds:.3f}s",
-                )
-                signature = check_signature(artifact, fetched.sha256, self.s.trusted_keys)
-                await self.event(
-                    step_name, "info", f"verified sha256 {fetched.sha256[:12]}…; {signature}"
-                )
-                root = workdir / RELEASE_DIR
-                files, size = await asyncio.to_thread(
-                    extract_release,
-                    fetched.path,
-                    root,
+                done = await materialize(
+                    self.repo,
+                    artifact,
+                    workdir,
+                    trusted_keys=self.s.trusted_keys,
+                    max_artifact_bytes=self.settings.max_artifact_bytes,
                     max_members=self.settings.max_members,
-                    max_bytes=self.settings.max_extracted_bytes,
+                    max_extracted_bytes=self.settings.max_extracted_bytes,
                 )
-                fetched.path.unlink()
-                env_data, values_data = await self.repo.release_secrets(artifact.id)
-                self.secrets.add_release(env_data, values_data)
-                if env_data is not None:
-                    write_secret_file(root / ENV_FILE, env_data)
-                if values_data is not None:
-                    write_secret_file(root / VALUES_FILE, values_data)
             except ArtifactError as exc:
                 raise StepFailed(str(exc)) from None
+            self.secrets.add_release(done.env_data, done.values_data)
+            fetched = done.fetched
+            await self.event(
+                step_name, "info", f"fetched {fetched.size} bytes in {fetched.seconds:.3f}s"
+            )
+            await self.event(
+                step_name, "info", f"verified sha256 {fetched.sha256[:12]}…; {done.signature}"
+            )
             self.result.setdefault("artifacts", {})[artifact.release_version] = {
                 "bytes": fetched.size,
                 "sha256": fetched.sha256,
-                "files": files,
+                "files": done.files,
             }
-            await self.event(step_name, "succeeded", f"extracted {files} files ({size} bytes)")
-        return root
+            await self.event(
+                step_name, "succeeded", f"extracted {done.files} files ({done.size} bytes)"
+            )
+        return done.root
 
     def _request(
         self,
@@ -587,11 +588,42 @@ class TaskRun:
                 f"deployer {self.s.deployer.name!r} failed: {describe(exc)}", system_changed=True
             ) from None
 
+    async def _summarize_changes(self, workdir: Path) -> None:
+        """What the task will change, from the deployer's comparison of the live release
+        with the target, before anything changes (optional ``describe_changes``). A
+        summary that cannot be made is a note, never a failure."""
+        describe_changes = getattr(self.s.deployer, "describe_changes", None)
+        if describe_changes is None or self.target is None:
+            return
+        if self.current is not None and self.current.id == self.target.id:
+            return
+        async with self.step("changes", "comparing with the live release"):
+            try:
+                current_root = None
+                if self.current is not None:
+                    current_root = await self._materialize(self.current, "changes-artifact")
+                lines = await bounded(
+                    describe_changes(current_root, workdir),
+                    self.settings.backend_timeout,
+                    f"{self.s.deployer.name} describe_changes",
+                )
+            except (BackendError, StepFailed) as exc:
+                await self.event("changes", "skipped", f"no summary: {exc}")
+                return
+            self.changes = [str(line) for line in lines or ()][:MAX_CHANGE_LINES]
+            self.result["changes"] = self.changes
+            for line in self.changes:
+                await self.event("changes", "info", line)
+            await self.event(
+                "changes", "succeeded", f"{len(self.changes)} change(s)" if lines else "no change"
+            )
+
     async def _before_maintenance(self, workdir: Path) -> None:
         """The deployer's optional ``validate`` and ``prepare``: a release they refuse
         fails here, before maintenance goes on, with nothing changed."""
         assert self.target is not None
         deployer = self.s.deployer
+        await self._summarize_changes(workdir)
         validate = getattr(deployer, "validate", None)
         prepare = getattr(deployer, "prepare", None)
         if validate is None and prepare is None:
@@ -768,6 +800,7 @@ class TaskRun:
             started_at=self.started_at,
             steps=self.steps,
             rollback_error=rollback_error,
+            changes=self.changes,
         )
         try:
             return await write_outcome(

@@ -129,6 +129,14 @@ class RecordingDeployer:
             output=f"{action} {request.release.version} ok", details={"pid": os.getpid()}
         )
 
+    async def describe_changes(self, current: Path | None, target: Path) -> list[str]:
+        """Files added and removed between the two extracted releases."""
+        before = {p.name for p in current.iterdir()} if current is not None else set()
+        after = {p.name for p in target.iterdir()}
+        return [f"added {n}" for n in sorted(after - before)] + [
+            f"removed {n}" for n in sorted(before - after)
+        ]
+
     async def live_release(self) -> LiveState:
         if not self.settings.live.exists():
             return LiveState(None, "absent", "recording: nothing deployed yet")
@@ -189,6 +197,7 @@ class RecordingNotifier:
                 "steps": [s.step for s in event.steps],
                 "notification_id": str(event.notification_id),
                 "live": event.live,
+                "changes": list(event.changes),
                 "agent": self.context.agent_id,
             },
         )

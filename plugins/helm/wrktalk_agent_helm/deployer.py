@@ -12,6 +12,7 @@ of the stored manifest and fails when a kind is no longer served.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import shutil
@@ -32,6 +33,7 @@ from wrktalk_agent.interfaces import (
     validate_version,
 )
 from wrktalk_agent.process import NOT_FOUND, TIMED_OUT, CommandResult, run, tail
+from wrktalk_agent_helm.changes import summarize_manifests
 from wrktalk_agent_helm.settings import HelmSettings
 
 __all__ = ["HelmDeployer", "find_chart", "find_revision", "helm_error", "release_description"]
@@ -331,6 +333,32 @@ class HelmDeployer:
                 f"{message} (WRKTALK_AGENT_HELM_ON_VALIDATION_UNAVAILABLE=warn deploys anyway)"
             )
         return [*warnings, message]
+
+    async def describe_changes(
+        self, current_workdir: Path | None, target_workdir: Path
+    ) -> list[str]:
+        """Resources added, removed and changed, and container images changed, from the
+        two releases' charts rendered with their own values (``helm template``; no
+        cluster). Nothing of the rendered data is kept."""
+        new = await self._render(target_workdir)
+        old = await self._render(current_workdir) if current_workdir is not None else ""
+        return await asyncio.to_thread(summarize_manifests, old, new)
+
+    async def _render(self, workdir: Path) -> str:
+        chart = find_chart(workdir)
+        values_file = workdir / "values.yaml"
+        values = ["-f", values_arg(values_file)] if values_file.exists() else []
+        result = await self._run(
+            ["template", self.settings.release_name, str(chart),
+             "--namespace", self.settings.namespace, *values],
+            timeout=QUERY_TIMEOUT, capture_stdout=True, connection=False,
+        )  # fmt: skip
+        if not result.ok:
+            raise DeployError(
+                f"helm template failed: {helm_error(result.output, result.returncode)}",
+                system_changed=False,
+            )
+        return result.stdout
 
     async def live_release(self) -> LiveState:
         """What the cluster runs, from Helm's storage only (read-only): the newest
