@@ -320,7 +320,7 @@ def test_libpq_variables(cli, database_url, monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setenv("WRKTALK_AGENT_DB_USER", "explicit")
     settings = AgentSettings()
     assert settings.db_user == "explicit"  # WRKTALK_AGENT_DB_* wins
-    assert settings.db_host == host and settings.db_port == port
+    assert settings.db_host == host and settings.db_port == [port]
     assert settings.db_password.get_secret_value() == "pw" and settings.db_ssl_mode == "require"
 
 

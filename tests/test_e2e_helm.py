@@ -25,10 +25,19 @@ from wrktalk_agent.testing import add_release
 
 _helm = plugin_test_fixtures("helm")
 fake_helm = _helm.fake_helm
+helm_version = _helm.helm_version  # every test runs as Helm 3.16 and as Helm 4.2
 _clean_env = _helm._clean_env  # autouse: the developer's WRKTALK_AGENT_HELM_* stay out
 CHART_YAML = _helm.CHART_YAML
 VALUES_YAML = _helm.VALUES_YAML  # holds dbPassword: s3cr3t-do-not-log
 SECRET = "s3cr3t-do-not-log"
+#: one harmless resource, so that `helm lint --strict` (the validate step) has a chart
+TEMPLATE = """apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: {{ .Release.Name }}-web
+data:
+  version: {{ .Chart.AppVersion | quote }}
+"""
 
 RELEASE, NAMESPACE, TIMEOUT = "wrktalk-e2e", "wrktalk-e2e-ns", "2m"
 #: the helm plugin's settings, as an operator would set them
@@ -39,22 +48,37 @@ HELM_ENV = {
 }
 TASK_TIMEOUT = 60
 
-VERSION = ["version", "--template", "{{.Version}}"]
-STATUS = ["status", RELEASE, "--namespace", NAMESPACE, "--output", "json"]
-HISTORY = ["history", RELEASE, "--namespace", NAMESPACE, "--output", "json"]
+#: reads of Helm's own storage (never the cluster): the release's state, its history
+STATE = ["history", RELEASE, "--max", "1", "--namespace", NAMESPACE, "--output", "json"]
+HISTORY = ["history", RELEASE, "--max", "1000000", "--namespace", NAMESPACE, "--output", "json"]
 
 
 async def helm_release(repo, version: str):
     return await add_release(
         repo,
         version,
-        {"wrktalk/Chart.yaml": CHART_YAML.format(version=version)},
+        {
+            "wrktalk/Chart.yaml": CHART_YAML.format(version=version),
+            "wrktalk/templates/configmap.yaml": TEMPLATE,
+        },
         chart_type="helm",
         values_data=VALUES_YAML,
     )
 
 
-def upgrade(call: list[str], version: str, *extra: str) -> list[str]:
+def actions(calls: list[list[str]]) -> list[list[str]]:
+    """The calls that change the cluster (a server-side dry run changes nothing)."""
+    return [
+        c for c in calls
+        if c[0] in ("upgrade", "rollback", "uninstall") and "--dry-run=server" not in c
+    ]  # fmt: skip
+
+
+def values(chart: Path) -> list[str]:
+    return ["-f", str(chart.parent / "values.yaml")]
+
+
+def upgrade(call: list[str], version: str, *extra: str, major: int = 3) -> list[str]:
     """The `helm upgrade --install` the agent must run for ``version``. The chart sits in
     the task's private temp dir, whose name is random: take it from ``call`` and check
     that it is the extracted release's chart, and the values file beside it."""
@@ -62,18 +86,49 @@ def upgrade(call: list[str], version: str, *extra: str) -> list[str]:
     assert (chart.name, chart.parent.name) == ("wrktalk", "release"), call
     return [
         "upgrade", "--install", RELEASE, str(chart),
-        "--namespace", NAMESPACE, "--create-namespace",
-        "-f", str(chart.parent / "values.yaml"),
-        "--wait", "--timeout", TIMEOUT, "--history-max", "10", "--atomic",
+        "--namespace", NAMESPACE, "--create-namespace", *values(chart), "--reset-values",
+        wait(major), "--timeout", TIMEOUT, "--history-max", "10",
+        "--atomic" if major == 3 else "--rollback-on-failure",
         "--description", f"wrktalk-agent release {version}",
         *extra,
     ]  # fmt: skip
 
 
-def rollback(revision: int) -> list[str]:
+def wait(major: int) -> str:
+    """Helm 4's bare --wait means the watcher strategy; the agent names it."""
+    return "--wait" if major == 3 else "--wait=watcher"
+
+
+def major_of(fake) -> int:
+    return int(fake.version.lstrip("v").split(".")[0])
+
+
+def validation(chart: Path, version: str, *extra: str) -> list[list[str]]:
+    """What the validate step runs, before maintenance: lint, template, a server-side
+    dry run of the same upgrade."""
+    return [
+        ["lint", "--strict", str(chart), "--namespace", NAMESPACE, *values(chart)],
+        ["template", RELEASE, str(chart), "--namespace", NAMESPACE, *values(chart)],
+        STATE,
+        ["upgrade", "--install", RELEASE, str(chart), "--namespace", NAMESPACE,
+         *values(chart), "--reset-values", "--dry-run=server",
+         "--description", f"wrktalk-agent release {version}", *extra],
+    ]  # fmt: skip
+
+
+def assert_validated_first(calls: list[list[str]], chart: Path, version: str, *extra: str):
+    """The validation calls appear in order, all before anything changes the cluster."""
+    first_action = calls.index(actions(calls)[0])
+    position = -1
+    for expected in validation(chart, version, *extra):
+        position = calls.index(expected, position + 1)
+    assert position < first_action, calls
+
+
+def rollback(revision: int, major: int = 3) -> list[str]:
     return [
         "rollback", RELEASE, str(revision),
-        "--namespace", NAMESPACE, "--wait", "--timeout", TIMEOUT, "--history-max", "10",
+        "--namespace", NAMESPACE, wait(major), "--timeout", TIMEOUT, "--history-max", "10",
     ]  # fmt: skip
 
 
@@ -109,7 +164,12 @@ async def test_deploy_upgrade_and_rollback_run_the_right_helm_commands(
     done = await wait_for_task(repo, first.id, timeout=TASK_TIMEOUT, agent=agent)
     assert done.status == "completed", done.error_message
     calls = fake_helm.calls()
-    assert calls == [VERSION, STATUS, upgrade(calls[2], "1.0.0"), HISTORY]
+    [action] = actions(calls)
+    chart = Path(action[3])
+    major = major_of(fake_helm)
+    assert action == upgrade(action, "1.0.0", major=major)
+    assert_validated_first(calls, chart, "1.0.0")
+    assert calls[-1] == HISTORY  # the revision, from Helm's storage
     assert done.result["deployer"]["details"]["revision"] == 1
     assert await release_flags(repo) == ("1.0.0", None)
 
@@ -118,9 +178,12 @@ async def test_deploy_upgrade_and_rollback_run_the_right_helm_commands(
     done = await wait_for_task(repo, second.id, timeout=TASK_TIMEOUT, agent=agent)
     assert done.status == "completed", done.error_message
     calls = fake_helm.calls()
-    # the Helm version was asked once, at the first deploy
-    assert calls == [STATUS, upgrade(calls[1], "1.1.0"), HISTORY]
+    assert ["version", "--template", "{{.Version}}"] not in calls  # asked once, at the first
+    [action] = actions(calls)
+    assert action == upgrade(action, "1.1.0", major=major)
+    assert_validated_first(calls, Path(action[3]), "1.1.0")
     assert 'Release "wrktalk-e2e" has been upgraded' in done.result["deployer"]["output"]
+    assert done.result["changes"] == ["changed ConfigMap/wrktalk-e2e-web"]
     assert await release_flags(repo) == ("1.1.0", "1.0.0")
 
     fake_helm.clear_log()
@@ -128,7 +191,9 @@ async def test_deploy_upgrade_and_rollback_run_the_right_helm_commands(
     done = await wait_for_task(repo, back.id, timeout=TASK_TIMEOUT, agent=agent)
     assert done.status == "completed", done.error_message
     # revision 1 is the one the agent created for 1.0.0
-    assert fake_helm.calls() == [STATUS, HISTORY, rollback(1), HISTORY]
+    calls = fake_helm.calls()
+    assert actions(calls) == [rollback(1, major)]
+    assert calls.index(STATE) < calls.index(rollback(1, major))
     assert done.result["deployer"]["details"]["rolled_back_to"] == 1
     assert "Rollback was a success!" in done.result["deployer"]["output"]
     assert history(fake_helm) == [
@@ -138,7 +203,8 @@ async def test_deploy_upgrade_and_rollback_run_the_right_helm_commands(
     ]
     assert await release_flags(repo) == ("1.0.0", "1.1.0")
     events = await repo.task_events(back.id)
-    assert "to revision 1 (release 1.0.0)" in message(events, "rollback", "info")
+    notes = [e.message for e in events if (e.step, e.status) == ("rollback", "info")]
+    assert any("to revision 1 (release 1.0.0)" in note for note in notes), notes
 
     kinds = [n["kind"] for n in recording.records("notify")]
     assert kinds == ["deploy_succeeded", "deploy_succeeded", "rollback_succeeded"]
@@ -175,9 +241,10 @@ async def test_failed_upgrade_fails_the_task_with_helms_error_and_is_rolled_back
 
     failed = await repo.get_task(task.id)
     assert failed.status == "failed"
+    why = "atomic" if major_of(fake_helm) == 3 else "rollback-on-failure"
     assert failed.error_message == (
         "helm upgrade to release 1.1.0 failed: Error: UPGRADE FAILED: release wrktalk-e2e "
-        "failed, and has been rolled back due to atomic being set: context deadline exceeded"
+        f"failed, and has been rolled back due to {why} being set: context deadline exceeded"
     )
     output = failed.result["deployer"]["output"]
     lines = output.splitlines()
@@ -186,9 +253,10 @@ async def test_failed_upgrade_fails_the_task_with_helms_error_and_is_rolled_back
     assert len(lines) <= 100  # the fake printed 300 lines of waiting
     # the core's automatic rollback: `helm rollback` to 1.0.0's revision
     calls = fake_helm.calls()
-    assert calls == [
-        STATUS, upgrade(calls[1], "1.1.0", "--debug"), STATUS, HISTORY, rollback(1), HISTORY,
-    ]  # fmt: skip
+    upgrade_call, back = actions(calls)
+    major = major_of(fake_helm)
+    assert upgrade_call == upgrade(upgrade_call, "1.1.0", "--debug", major=major)
+    assert back == rollback(1, major)
     assert failed.result["auto_rollback"]["to"] == "1.0.0"
     assert failed.result["auto_rollback"]["ok"] is True
     assert "Rollback was a success!" in failed.result["auto_rollback"]["output"]

@@ -781,7 +781,11 @@ class TaskRun:
         rollback_error = (
             self.secrets.redact(verdict.rollback_error) if verdict.rollback_error else None
         )
-        self.result = self.secrets.redact_value(self.result)
+        # free text a tool or a backend wrote (outputs, errors, details) is masked where
+        # it enters the result; the agent's own fields (versions, timings) stay as they are
+        for key in ("deployer", "auto_rollback", "health", "validation"):
+            if key in self.result:
+                self.result[key] = self.secrets.redact_value(self.result[key])
         self.result["outcome"] = status
         if error:
             self.result["error"] = error

@@ -6,8 +6,8 @@ replaces every occurrence of those secrets in a text with ``***``; longer secret
 shorter ones that they contain. Which values count as secrets (docs/operator.md repeats it):
 
 * every value of a ``.env`` assignment, quotes removed, except values shorter than
-  :data:`MIN_LENGTH` characters and plain numbers or booleans whose key does not look
-  secret;
+  :data:`MIN_LENGTH` characters and plain numbers, versions (``1.2.3``) or booleans
+  whose key does not look secret;
 * every scalar of ``values.yaml`` whose key, or the key of a mapping around it, looks
   secret (:data:`SECRET_KEY`: password, secret, token, key, credential, auth, private,
   cert, dsn, salt, cookie, session...) and that has at least :data:`MIN_LENGTH`
@@ -56,7 +56,10 @@ SECRET_KEY = re.compile(
     re.I,
 )
 _URL_PASSWORD = re.compile(r"\w[\w+.-]*://[^\s:/@]*:([^\s@/]+)@")
-_PLAIN = re.compile(r"[+-]?\d+(?:\.\d+)?|true|false|yes|no|on|off|null|none", re.I)
+_PLAIN = re.compile(
+    r"[+-]?\d+(?:\.\d+)?|v?\d+(?:\.\d+)+(?:-[0-9A-Za-z.]+)?|true|false|yes|no|on|off|null|none",
+    re.I,
+)
 _ENV_LINE = re.compile(r"\s*(?:export\s+)?([A-Za-z_][\w.-]*)\s*=(.*)")
 _YAML_LINE = re.compile(r"""\s*(?:-\s+)?["']?([\w.-]+)["']?\s*:\s+(.+?)\s*$""")
 _WHITESPACE = re.compile(r"\s")
