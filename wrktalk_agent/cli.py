@@ -451,6 +451,7 @@ def release_diff(versions: tuple[str, ...]) -> None:
     release). Asks the configured deployer (services, resources, images, ports)."""
     from wrktalk_agent.artifacts import ArtifactError, make_private_dir, materialize, secure_delete
     from wrktalk_agent.bootstrap import make_registry, plugin_context
+    from wrktalk_agent.db.models import ArtifactInfo
     from wrktalk_agent.interfaces import BackendError
     from wrktalk_agent.signing import load_trusted_keys
 
@@ -466,7 +467,7 @@ def release_diff(versions: tuple[str, ...]) -> None:
         describe = getattr(deployer, "describe_changes", None)
         if describe is None:
             raise Failure(f"deployer {deployer.name!r} cannot describe changes", exit_code=2)
-        releases = []
+        releases: list[ArtifactInfo | None] = []
         for version in versions:
             found = await repo.release_by_version(version)
             if found is None:

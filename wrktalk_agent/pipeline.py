@@ -66,7 +66,15 @@ from wrktalk_agent.process import tail
 from wrktalk_agent.redact import Redactor
 from wrktalk_agent.services import Services
 
-__all__ = ["DB_ERRORS", "Services", "StepFailed", "TaskOutcome", "TaskRun", "Timeline"]
+__all__ = [
+    "DB_ERRORS",
+    "LeasedRun",
+    "Services",
+    "StepFailed",
+    "TaskOutcome",
+    "TaskRun",
+    "Timeline",
+]
 
 #: Errors worth retrying a write for: the database went away, not a bad statement.
 DB_ERRORS: tuple[type[BaseException], ...] = (
@@ -220,8 +228,9 @@ class Timeline:
             del self.unsaved[: len(batch)]
 
 
-class TaskRun:
-    """Executes one claimed task. Create one per task; call :meth:`execute`."""
+class LeasedRun:
+    """What every run under a task's lease shares: the services, the task, its timeline,
+    the secrets to mask, and the lease itself."""
 
     def __init__(
         self, services: Services, task: Task, *, claimed_at: float, instance_id: UUID
@@ -232,10 +241,38 @@ class TaskRun:
         self.task = task
         self.agent_id = services.settings.agent_id
         self.instance_id = instance_id
+        #: monotonic time the claim (or takeover) was sent: the lease counts from there
         self.claimed_at = claimed_at
         self.log = get_logger()
         self.secrets = Secrets(extra=_known_passwords(self.settings))
         self.timeline = Timeline(self.repo, task.id, self.agent_id, self.log, self.secrets)
+
+    def bind_log_context(self) -> None:
+        """Every log line of the run, plugins' own included, names the task."""
+        structlog.contextvars.bind_contextvars(
+            task_id=str(self.task.id), type=self.task.type, plugin=self.s.deployer.name
+        )
+
+    def new_lease(self) -> Lease:
+        assert self.task.claim_token is not None
+        return Lease(
+            self.repo,
+            self.settings,
+            task_id=self.task.id,
+            claim_token=self.task.claim_token,
+            instance_id=self.instance_id,
+            claimed_at=self.claimed_at,
+            log=self.log,
+        )
+
+
+class TaskRun(LeasedRun):
+    """Executes one claimed task. Create one per task; call :meth:`execute`."""
+
+    def __init__(
+        self, services: Services, task: Task, *, claimed_at: float, instance_id: UUID
+    ) -> None:
+        super().__init__(services, task, claimed_at=claimed_at, instance_id=instance_id)
         #: the step output lines belong to (see :mod:`wrktalk_agent.live_output`)
         self.running_step = "claimed"
         self.output = LiveOutput(self.timeline, self.secrets, self.log, lambda: self.running_step)
@@ -302,21 +339,10 @@ class TaskRun:
 
     # -- the whole task ----------------------------------------------------------------
     async def execute(self) -> TaskOutcome:
-        structlog.contextvars.bind_contextvars(
-            task_id=str(self.task.id), type=self.task.type, plugin=self.s.deployer.name
-        )
+        self.bind_log_context()
         self.log.info("task.claimed")
         await self.event("claimed", "info", f"claimed by {self.agent_id}")
-        assert self.task.claim_token is not None
-        lease = Lease(
-            self.repo,
-            self.settings,
-            task_id=self.task.id,
-            claim_token=self.task.claim_token,
-            instance_id=self.instance_id,
-            claimed_at=self.claimed_at,
-            log=self.log,
-        )
+        lease = self.new_lease()
         try:
             with (
                 redacting(self.secrets),

@@ -20,8 +20,6 @@ from pathlib import Path
 from typing import Any, Literal
 from uuid import UUID
 
-import structlog
-
 from wrktalk_agent import maintenance as maint
 from wrktalk_agent import metrics, outbox
 from wrktalk_agent.artifacts import secure_delete
@@ -30,44 +28,24 @@ from wrktalk_agent.db.repository import FlagChange
 from wrktalk_agent.guard import bounded
 from wrktalk_agent.interfaces import BackendError, LiveState, NotificationKind
 from wrktalk_agent.lease import Lease, held
-from wrktalk_agent.log import get_logger
-from wrktalk_agent.pipeline import TaskOutcome, Timeline, write_outcome
+from wrktalk_agent.pipeline import LeasedRun, TaskOutcome, write_outcome
 from wrktalk_agent.services import Services
 
 
-class RecoveryRun:
+class RecoveryRun(LeasedRun):
     """Recovers one taken-over task; call :meth:`execute`."""
 
     def __init__(
         self, services: Services, task: Task, *, claimed_at: float, instance_id: UUID
     ) -> None:
-        self.s = services
-        self.settings = services.settings
-        self.repo = services.repo
-        self.task = task
-        self.agent_id = services.settings.agent_id
-        self.claimed_at = claimed_at
-        self.instance_id = instance_id
-        self.log = get_logger()
-        self.timeline = Timeline(self.repo, task.id, self.agent_id, self.log)
+        super().__init__(services, task, claimed_at=claimed_at, instance_id=instance_id)
         self.abandoned = task.error_message or "abandoned: its agent stopped heartbeating"
 
     async def execute(self) -> TaskOutcome:
-        structlog.contextvars.bind_contextvars(
-            task_id=str(self.task.id), type=self.task.type, plugin=self.s.deployer.name
-        )
+        self.bind_log_context()
         self.log.warning("task.abandoned", error=self.abandoned)
         metrics.ABANDONED.inc()
-        assert self.task.claim_token is not None
-        lease = Lease(
-            self.repo,
-            self.settings,
-            task_id=self.task.id,
-            claim_token=self.task.claim_token,
-            instance_id=self.instance_id,
-            claimed_at=self.claimed_at,
-            log=self.log,
-        )
+        lease = self.new_lease()
         await self.timeline.add(
             "recovery", "started", f"{self.abandoned}; {self.agent_id} finds out what is live"
         )
