@@ -392,3 +392,39 @@ async def test_cli_without_a_privilege_is_one_line(
         ]
     finally:
         await _drop_role(database_url, role)
+
+
+async def test_without_insert_on_the_timeline_tasks_still_end_and_the_queue_flows(
+    database_url, recording_settings, recording, repo, spawn_agent
+) -> None:
+    """A role that may not write the timeline: each task still ends, completed (its outcome
+    and flags written without the timeline entries), the refusal is one log line, nothing
+    stays claimed."""
+    role, url = await _limited_role(database_url, "REVOKE INSERT ON agent_task_event FROM {role}")
+    try:
+        first = await repo.create_task("deploy", (await add_release(repo, "1.0.0")).id)
+        second = await repo.create_task("deploy", (await add_release(repo, "1.1.0")).id)
+        env = agent_env(recording_settings, recording, WRKTALK_AGENT_DATABASE_URL=url)
+        proc = spawn_agent(env)
+        try:
+            deadline = time.monotonic() + 60
+            while True:
+                rows = await repo.pool.fetch(
+                    "SELECT status, error_message FROM agent_task WHERE id = ANY($1::uuid[])",
+                    [first.id, second.id],
+                )
+                if all(r["status"] in ("completed", "failed") for r in rows):
+                    break
+                assert time.monotonic() < deadline, [dict(r) for r in rows]
+                await asyncio.sleep(0.2)
+            assert [r["status"] for r in rows] == ["completed", "completed"]
+            assert (await repo.current_release()).release_version == "1.1.0"
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(30)
+        log = open(proc.log_path).read()
+        assert "Traceback" not in log
+        assert "outcome.refused" in log
+        assert "permission denied for table agent_task_event" in log
+    finally:
+        await _drop_role(database_url, role)

@@ -868,14 +868,15 @@ async def write_outcome(
     nothing written).
 
     When the database refuses it (a constraint, a trigger, a missing privilege: retrying
-    cannot help) the task still ends, in smaller writes: failed, saying what was
-    refused, without the flag change and the timeline entries; then also without the
-    notification. Only a refusal of the task row itself leaves it to the lease."""
+    cannot help) the task still ends, in ever smaller writes: without the timeline entries
+    (their table may be what is refused); then failed, saying what was refused, without
+    the flag change; then also without the notification. Only a refusal of the task row
+    itself leaves it to the lease."""
     log = timeline.log
     assert task.claim_token is not None
     names = outbox.notifier_names(services.notifiers)
     flags_now, status_now, error_now, notify = flags, status, error, True
-    for fallback in range(3):
+    for degraded in range(4):
         try:
             async for attempt in db_retrying(log, "outcome", services.repo):
                 with attempt:
@@ -892,17 +893,18 @@ async def write_outcome(
                         notifications=(names, outbox.event_json(event)) if notify else None,
                     )
         except asyncpg.PostgresError as exc:
-            if fallback == 2:
+            if degraded == 3:
                 raise
             log.error("outcome.refused", error=describe(exc), outcome=status_now)
-            timeline.unsaved.clear()
-            if fallback == 1:
+            if degraded == 0:
+                timeline.unsaved.clear()
+            elif degraded == 1:
+                flags_now, status_now = None, "failed"
+                error_now = f"the database refused the outcome ({status}): {describe(exc)}"
+                result = {**result, "outcome": "failed", "error": error_now}
+                event = dataclasses.replace(event, outcome="failed", error=error_now)
+            else:
                 notify = False
-                continue
-            flags_now, status_now = None, "failed"
-            error_now = f"the database refused the outcome ({status}): {describe(exc)}"
-            result = {**result, "outcome": "failed", "error": error_now}
-            event = dataclasses.replace(event, outcome="failed", error=error_now)
             continue
         if row is None:
             return None
