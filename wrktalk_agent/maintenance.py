@@ -21,6 +21,8 @@ from __future__ import annotations
 from typing import Any
 from uuid import UUID
 
+import structlog
+
 from wrktalk_agent.db import queries as q
 from wrktalk_agent.db.models import MaintenanceState
 from wrktalk_agent.db.repository import Repository
@@ -49,21 +51,24 @@ def describe_owner(state: MaintenanceState) -> str:
 async def switch_on(services: Services, reason: str) -> None:
     """Switch the proxy on (the caller recorded the owner first)."""
     if services.maintenance is not None:
-        await bounded(
-            services.maintenance.enable(reason),
-            services.settings.backend_timeout,
-            f"maintenance handler {services.maintenance.name!r} enable",
-        )
+        # the handler's own log lines name it, not the task's deployer
+        with structlog.contextvars.bound_contextvars(plugin=services.maintenance.name):
+            await bounded(
+                services.maintenance.enable(reason),
+                services.settings.backend_timeout,
+                f"maintenance handler {services.maintenance.name!r} enable",
+            )
 
 
 async def switch_off(services: Services) -> None:
     """Switch the proxy back (the record is cleared by the caller's transaction)."""
     if services.maintenance is not None:
-        await bounded(
-            services.maintenance.disable(),
-            services.settings.backend_timeout,
-            f"maintenance handler {services.maintenance.name!r} disable",
-        )
+        with structlog.contextvars.bound_contextvars(plugin=services.maintenance.name):
+            await bounded(
+                services.maintenance.disable(),
+                services.settings.backend_timeout,
+                f"maintenance handler {services.maintenance.name!r} disable",
+            )
 
 
 async def reconcile_at_startup(services: Services, log: Any) -> None:

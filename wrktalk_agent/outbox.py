@@ -21,6 +21,7 @@ from typing import Any
 from uuid import UUID
 
 import asyncpg
+import structlog
 
 from wrktalk_agent import metrics
 from wrktalk_agent.db.models import ArtifactInfo, Task
@@ -184,11 +185,14 @@ class Deliverer:
         log = self.log.bind(task_id=str(event.task_id), notifier=notifier.name)
         attempts = int(row["attempts"])
         try:
-            deliveries = await bounded(
-                notifier.notify(event),
-                self.settings.notify_timeout,
-                f"notifier {notifier.name!r}",
-            )
+            with structlog.contextvars.bound_contextvars(
+                task_id=str(event.task_id), plugin=notifier.name
+            ):
+                deliveries = await bounded(
+                    notifier.notify(event),
+                    self.settings.notify_timeout,
+                    f"notifier {notifier.name!r}",
+                )
         except asyncio.CancelledError:
             # The agent is stopping: give the row back for another agent or our restart.
             log.warning("notify.interrupted", detail="stopping; delivery will be retried")

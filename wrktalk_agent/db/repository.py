@@ -1,4 +1,9 @@
-"""The agent's only door to PostgreSQL: a pool and one method per question or change."""
+"""The agent's door to PostgreSQL: a pool and one method per question or change.
+
+SQL lives in :mod:`wrktalk_agent.db.queries`. Two readers borrow a connection from here and
+run their own statements from that module: the artifact download
+(:func:`wrktalk_agent.artifacts.fetch_artifact`, prepared slices in one snapshot) and
+maintenance's row-locked decisions (:mod:`wrktalk_agent.maintenance`)."""
 
 from __future__ import annotations
 
