@@ -15,7 +15,7 @@ import json
 import signal
 
 import pytest
-from agent_helpers import agent_env
+from agent_helpers import agent_env, wait_until
 from e2e_support import (
     agent_log,
     everything_recorded,
@@ -128,6 +128,8 @@ async def test_deploy_upgrade_and_rollback_serve_each_release(
     [environment] = container_env(compose_project)
     assert "APP_VERSION=1.0.0" in environment
 
+    # notifications go out from the outbox beside the agent's loop: wait for the third
+    wait_until(lambda: len(recording.records("notify")) >= 3, 30)
     kinds = [n["kind"] for n in recording.records("notify")]
     assert kinds == ["deploy_succeeded", "deploy_succeeded", "rollback_succeeded"]
     for task in (first, second, rollback):

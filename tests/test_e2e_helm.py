@@ -10,7 +10,7 @@ import os
 import signal
 from pathlib import Path
 
-from agent_helpers import agent_env
+from agent_helpers import agent_env, wait_until
 from e2e_support import (
     agent_log,
     everything_recorded,
@@ -206,6 +206,8 @@ async def test_deploy_upgrade_and_rollback_run_the_right_helm_commands(
     notes = [e.message for e in events if (e.step, e.status) == ("rollback", "info")]
     assert any("to revision 1 (release 1.0.0)" in note for note in notes), notes
 
+    # notifications go out from the outbox beside the agent's loop: wait for the third
+    wait_until(lambda: len(recording.records("notify")) >= 3, 30)
     kinds = [n["kind"] for n in recording.records("notify")]
     assert kinds == ["deploy_succeeded", "deploy_succeeded", "rollback_succeeded"]
     for task in (first, second, back):  # values_data is passed as a file, never shown
