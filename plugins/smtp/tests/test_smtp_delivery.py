@@ -158,3 +158,26 @@ async def test_a_malformed_admin_row_fails_only_that_recipient(
     ]
     assert deliveries[0].detail.startswith("permanent failure after 0 attempt(s): ValueError")
     assert len(server.mailbox.received) == 2
+
+
+async def test_a_repeated_notification_keeps_its_message_id_per_recipient(
+    smtp_server, directory, notifier_for, make_event
+):
+    """After a crash the outbox delivers the same notification again: each recipient's
+    mail carries the same Message-ID both times, so a repeat is recognisable."""
+    import uuid
+
+    server = smtp_server()
+    notifier = notifier_for(directory, host="127.0.0.1", port=server.port, tls="none")
+    event = make_event(notification_id=uuid.uuid4(), changes=("added Service/api",))
+    await notifier.notify(event)
+    await notifier.notify(event)
+    ids: dict[str, list[str]] = {}
+    for received in server.mailbox.received:
+        ids.setdefault(received.rcpt_tos[0], []).append(received.message["Message-ID"])
+    assert len(ids) == len(directory.admins) >= 2
+    for first, again in ids.values():
+        assert first == again and str(event.notification_id) in first
+    assert len({pair[0] for pair in ids.values()}) == len(ids)  # one per recipient
+    body = server.mailbox.received[0].message.get_body(("plain",)).get_content()
+    assert "added Service/api" in body

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -98,9 +99,12 @@ class SmtpNotifier:
 
         limit = asyncio.Semaphore(_PARALLEL_SENDS)
 
+        # the same notification delivered again (after a crash) keeps its Message-ID
+        key = str(event.notification_id) if event.notification_id is not None else None
+
         async def deliver(recipient: Recipient) -> Delivery:
             async with limit:
-                return await self._deliver(server, rendered, recipient, log)
+                return await self._deliver(server, rendered, recipient, log, key)
 
         return await asyncio.gather(*(deliver(r) for r in recipients))
 
@@ -200,7 +204,12 @@ class SmtpNotifier:
 
     # -- sending ----------------------------------------------------------------------
     async def _deliver(
-        self, server: Server, rendered: Rendered, recipient: Recipient, log: Any
+        self,
+        server: Server,
+        rendered: Rendered,
+        recipient: Recipient,
+        log: Any,
+        key: str | None = None,
     ) -> Delivery:
         log = log.bind(recipient=recipient.email)
 
@@ -217,7 +226,7 @@ class SmtpNotifier:
         try:
             # Inside the try: a malformed name or address from the database must fail
             # this recipient only.
-            message = build_message(rendered, server.sender or "", recipient)
+            message = build_message(rendered, server.sender or "", recipient, key=key)
             async for attempt in AsyncRetrying(
                 retry=retry_if_exception(is_temporary),
                 stop=stop_after_attempt(self.settings.retries + 1),
@@ -281,15 +290,24 @@ def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
     return False
 
 
-def build_message(rendered: Rendered, sender: str, recipient: Recipient) -> EmailMessage:
+def build_message(
+    rendered: Rendered, sender: str, recipient: Recipient, *, key: str | None = None
+) -> EmailMessage:
+    """The mail to one recipient. With ``key`` (the notification's id) the Message-ID is
+    derived from it and the recipient, so a repeated delivery carries the same one and
+    mail systems can tell it is a repeat."""
     message = EmailMessage()
     message["Subject"] = rendered.subject
     message["From"] = sender
     message["To"] = formataddr((recipient.name, recipient.email))
     message["Date"] = format_datetime(datetime.now(UTC))
     domain = parseaddr(sender)[1].rpartition("@")[2] or "wrktalk-agent.invalid"
-    # make_msgid's default domain is socket.getfqdn(), which can block on DNS.
-    message["Message-ID"] = make_msgid(domain=domain)
+    if key is not None:
+        who = hashlib.sha256(recipient.email.lower().encode()).hexdigest()[:16]
+        message["Message-ID"] = f"<{key}.{who}@{domain}>"
+    else:
+        # make_msgid's default domain is socket.getfqdn(), which can block on DNS.
+        message["Message-ID"] = make_msgid(domain=domain)
     # RFC 3834: keeps vacation responders from answering the agent.
     message["Auto-Submitted"] = "auto-generated"
     message.set_content(rendered.text)
