@@ -119,8 +119,10 @@ def test_demo_runs_three_tasks_and_a_second_run_starts_fresh(directory: Path) ->
     assert len(recipients(directory / "mail")) == 3
 
 
-def test_ctrl_c_mid_run_stops_everything(directory: Path) -> None:
-    # Its own process group, signalled as a whole: what Ctrl-C in a terminal does.
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGHUP], ids=["ctrl-c", "terminal closed"])
+def test_ctrl_c_mid_run_stops_everything(directory: Path, sig: signal.Signals) -> None:
+    # Its own process group, signalled as a whole: what Ctrl-C in a terminal does (and
+    # what closing the terminal does, with SIGHUP).
     process = subprocess.Popen(
         demo_command(directory, "--deployer", "script"),
         stdout=subprocess.PIPE,
@@ -137,7 +139,8 @@ def test_ctrl_c_mid_run_stops_everything(directory: Path) -> None:
             if line.startswith("== 2/3"):  # the first task is done, the second starts
                 break
         pg_pid = first_pid(directory / "pg" / "postmaster.pid")
-        os.killpg(process.pid, signal.SIGINT)
+        pg_data = (directory / "pg").resolve()
+        os.killpg(process.pid, sig)
         lines.extend(process.stdout)
         assert process.wait(timeout=60) == 130, "".join(lines)
     finally:
@@ -157,6 +160,7 @@ def test_ctrl_c_mid_run_stops_everything(directory: Path) -> None:
         assert gone(pid), f"the site server (pid {pid}) is still running"
     assert gone(pg_pid), f"PostgreSQL (pid {pg_pid}) is still running"
     assert not (directory / "maintenance.flag").exists()
+    assert not pg_data.exists(), "the embedded PostgreSQL's files were left behind"
 
 
 def test_refuses_to_wipe_a_directory_it_did_not_create(tmp_path: Path) -> None:

@@ -407,7 +407,8 @@ class Demo:
     async def main(self) -> int:
         loop = asyncio.get_running_loop()
         self.main_task = asyncio.current_task()
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        # SIGHUP: the terminal was closed; stop what the demo started all the same
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             loop.add_signal_handler(sig, self.on_signal)
         try:
             async with contextlib.AsyncExitStack() as stack:
@@ -501,6 +502,11 @@ class Demo:
             )
             return
         await asyncio.to_thread(self.pg_server.cleanup)
+        # the database's files (about 47 MB) go with it: the next run starts afresh anyway
+        data = self.layout.pg.resolve()
+        await asyncio.to_thread(shutil.rmtree, data, True)
+        if self.layout.pg.is_symlink():
+            self.layout.pg.unlink()
 
     async def choose_deployer(
         self, stack: contextlib.AsyncExitStack, compose_plugin: bool
@@ -668,9 +674,9 @@ class Demo:
                     took = f"  [{(event.created_at - began[event.step]).total_seconds():.3f} s]"
                 say(f"  {offset:>8}  {event.step:16} {event.status:9} {event.message}{took}")
                 if (event.step, event.status) == ("maintenance-on", "succeeded"):
-                    say(f"{'':12}maintenance ON: {flag} written, nginx answers 503")
+                    say(f"{'':12}maintenance ON: {flag} written (a configured nginx answers 503)")
                 elif (event.step, event.status) == ("maintenance-off", "succeeded"):
-                    say(f"{'':12}maintenance OFF: {flag} removed, nginx passes requests on")
+                    say(f"{'':12}maintenance OFF: {flag} removed (nginx would pass requests on)")
             seen = len(events)
             if last_round:
                 return
