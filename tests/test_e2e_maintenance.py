@@ -274,3 +274,36 @@ async def test_an_operators_window_survives_an_agent_start(
     assert await asyncio.to_thread(agent.wait, 30) == 0
     await site.assert_maintenance()
     assert (await repo.maintenance_state()).owner == "operator:alice"
+
+
+async def test_a_release_the_deployer_refuses_never_takes_the_site_down(
+    site, in_process, make_agent, recording, repo, tmp_path, monkeypatch
+):
+    """A release the deployer's validate step refuses (here: a `script` release without
+    its deploy script) fails before maintenance: the site answers 200 throughout, the
+    flags stay, the admins are told it was rejected before deploy."""
+    monkeypatch.setenv("WRKTALK_AGENT_SCRIPT_WORKING_DIR", str(tmp_path / "script-site"))
+    live = await add_release(repo, "1.0.0", {"deploy": "#!/bin/sh\nexit 0\n"})
+    await repo.pool.execute("UPDATE release_artifact SET is_current = true WHERE id=$1", live.id)
+    broken = await add_release(repo, "1.1.0", {"README": "the deploy script was forgotten"})
+    task = await repo.create_task("deploy", broken.id)
+    agent = await make_agent(in_process.model_copy(update={"deployer": "script"}))
+    samples: list[int] = []
+    runner = asyncio.create_task(agent.run(once=True))
+    while not runner.done():
+        samples.append((await site.get()).status)
+        await asyncio.sleep(0.01)
+    assert await runner == 1
+    samples.append((await site.get()).status)
+    assert set(samples) == {200}, samples
+    failed = await repo.get_task(task.id)
+    assert failed.status == "failed"
+    assert failed.error_message.startswith("rejected before deploy: ")
+    assert "deploy" in failed.error_message
+    assert failed.result["rejected_before_deploy"] is True
+    events = await repo.task_events(task.id)
+    assert ("validate", "failed") in steps(events)
+    assert "maintenance-on" not in {step for step, _ in steps(events)}
+    assert (await repo.current_release()).release_version == "1.0.0"
+    [mail] = recording.records("notify")
+    assert mail["error"].startswith("rejected before deploy: ")
