@@ -256,6 +256,7 @@ PUBLIC_MODULES = {
     "wrktalk_agent.interfaces",
     "wrktalk_agent.errors",
     "wrktalk_agent.process",
+    "wrktalk_agent.releases",
     "wrktalk_agent.log",
     "wrktalk_agent.testing",
 }

@@ -14,7 +14,6 @@ fails the task. ``WORKING_DIR/current`` is a symlink to the live release's direc
 from __future__ import annotations
 
 import os
-import shutil
 import stat
 import tempfile
 from collections.abc import Sequence
@@ -24,6 +23,7 @@ from typing import ClassVar
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from wrktalk_agent import releases
 from wrktalk_agent.hookspecs import hookimpl
 from wrktalk_agent.interfaces import (
     CheckResult,
@@ -161,37 +161,13 @@ class ScriptDeployer:
         return DeployOutcome(output=result.output, details={"release_dir": str(target)})
 
     def _install(self, source: Path, version: str) -> Path:
-        releases = self.settings.working_dir / "releases"
-        releases.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=releases))
-        try:
-            shutil.copytree(source, staging, symlinks=True, dirs_exist_ok=True)
-            target = releases / version
-            if target.exists():
-                shutil.rmtree(target)
-            staging.rename(target)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
-        return target
+        return releases.install(self.settings.working_dir, version, source).path
 
     def _point_current(self, target: Path) -> None:
-        link = self.settings.working_dir / "current"
-        temp = link.with_name(".current.tmp")
-        temp.unlink(missing_ok=True)
-        temp.symlink_to(target)
-        os.replace(temp, link)  # atomic switch
+        releases.point_current(self.settings.working_dir, target)
 
     def _prune(self, keep: set[str]) -> None:
-        releases = self.settings.working_dir / "releases"
-        dirs = sorted(
-            (p for p in releases.iterdir() if p.is_dir() and not p.name.startswith(".")),
-            key=lambda p: p.stat().st_mtime,
-            reverse=True,
-        )
-        room = self.settings.keep_releases - len([p for p in dirs if p.name in keep])
-        for path in [p for p in dirs if p.name not in keep][max(room, 0) :]:
-            shutil.rmtree(path, ignore_errors=True)
+        releases.prune(self.settings.working_dir, self.settings.keep_releases, keep - {""})
 
 
 @hookimpl

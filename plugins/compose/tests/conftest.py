@@ -157,3 +157,15 @@ def make_deployer(working_dir: Path, tmp_path: Path) -> Callable[..., ComposeDep
         return ComposeDeployer(ComposeSettings(**values), context)  # type: ignore[arg-type]
 
     return make
+
+
+@pytest.fixture
+def deployer(
+    make_deployer: Callable[..., ComposeDeployer],
+    compose_project: ComposeProject,
+    compose_variant: str,
+) -> ComposeDeployer:
+    """A deployer on the test's own compose project, for the variant under test."""
+    return make_deployer(
+        project_name=compose_project.name, command=compose_variant, wait_timeout=60
+    )

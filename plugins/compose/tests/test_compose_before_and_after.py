@@ -26,17 +26,6 @@ from wrktalk_agent_compose import ComposeDeployer
 pytestmark = pytest.mark.e2e
 
 
-@pytest.fixture
-def deployer(
-    make_deployer: Callable[..., ComposeDeployer],
-    compose_project: ComposeProject,
-    compose_variant: str,
-) -> ComposeDeployer:
-    return make_deployer(
-        project_name=compose_project.name, command=compose_variant, wait_timeout=60
-    )
-
-
 # -- validate ---------------------------------------------------------------------------
 
 

@@ -43,17 +43,6 @@ def env_data(port: int, version: str) -> str:
     return f"APP_PORT={port}\nAPP_VERSION={version}\nAPI_TOKEN={SECRET}\n"
 
 
-@pytest.fixture
-def deployer(
-    make_deployer: Callable[..., ComposeDeployer],
-    compose_project: ComposeProject,
-    compose_variant: str,
-) -> ComposeDeployer:
-    return make_deployer(
-        project_name=compose_project.name, command=compose_variant, wait_timeout=60
-    )
-
-
 async def test_deploy_upgrade_and_rollback_serve_each_version(
     deployer: ComposeDeployer,
     builder: ReleaseBuilder,

@@ -10,25 +10,20 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
-import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from wrktalk_agent.interfaces import VERSION_PATTERN
+from wrktalk_agent import releases
 
 from .layout import IMAGES_DIR, ReleaseLayout
 
-RELEASES_DIR = "releases"
+RELEASES_DIR = releases.RELEASES_DIR
 ENV_FILE_NAME = ".env"
 #: the agent's own compose file, merged over the release's: labels every service's
 #: containers with the release version (what ``live_release`` reads back)
 LABELS_FILE_NAME = ".wrktalk-release.yml"
 RELEASE_LABEL = "io.wrktalk.release"
-#: prefixes of our own scratch directories inside releases/; never valid versions
-_STAGING_PREFIX = ".tmp-"
-_REPLACED_PREFIX = ".old-"
 
 
 @dataclass(frozen=True)
@@ -45,46 +40,31 @@ class InstalledRelease:
 def install_release(
     working_dir: Path, version: str, layout: ReleaseLayout, env_file: Path | None
 ) -> InstalledRelease:
-    """Copy the extracted release to ``releases/<version>`` atomically.
-
-    The copy is built in a hidden sibling and renamed into place, so the directory either
-    is complete or does not exist. Bundled image tars are not copied: they are loaded
-    from the task's temp dir and would only fill the disk. ``version`` must already be
-    validated (it becomes a path component).
+    """Copy the extracted release to ``releases/<version>`` atomically (complete or
+    absent; see :mod:`wrktalk_agent.releases`). Bundled image tars are not copied: they
+    are loaded from the task's temp dir and would only fill the disk. ``version`` must
+    already be validated (it becomes a path component).
     """
-    releases = working_dir / RELEASES_DIR
-    releases.mkdir(parents=True, exist_ok=True)
-    _remove_leftovers(releases)
-    staging = Path(tempfile.mkdtemp(prefix=f"{_STAGING_PREFIX}{version}-", dir=releases))
-    try:
-        shutil.copytree(
-            layout.root,
-            staging,
-            symlinks=True,
-            dirs_exist_ok=True,
-            ignore=_skip_images(layout.root),
-        )
+
+    def finish(staging: Path) -> None:
         staged_env = staging / ENV_FILE_NAME
         if env_file is not None:
             shutil.copyfile(env_file, staged_env)
         if staged_env.exists():
             staged_env.chmod(0o600)
         (staging / LABELS_FILE_NAME).write_text(labels_override(version, layout.services))
-        # mtime orders releases for pruning; copytree copied the source's.
-        os.utime(staging)
-        target = releases / version
-        replaced = target.exists()
-        _move_into_place(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+
+    done = releases.install(
+        working_dir, version, layout.root, ignore=_skip_images(layout.root), finish=finish
+    )
+    target = done.path
     installed_env = target / ENV_FILE_NAME
     return InstalledRelease(
         path=target,
         compose_file=target / layout.compose_file.relative_to(layout.root),
         env_file=installed_env if installed_env.exists() else None,
         labels_file=target / LABELS_FILE_NAME,
-        replaced=replaced,
+        replaced=done.replaced,
     )
 
 
@@ -97,47 +77,7 @@ def labels_override(version: str, services: Iterable[str]) -> str:
 def prune_releases(working_dir: Path, keep: int, protected: Iterable[str]) -> list[str]:
     """Delete the oldest release directories beyond ``keep``; never those in ``protected``
     (the release just applied and the one it replaced). Returns the removed versions."""
-    releases = working_dir / RELEASES_DIR
-    if not releases.is_dir():
-        return []
-    protected = set(protected)
-    candidates = [
-        path
-        for path in releases.iterdir()
-        if VERSION_PATTERN.fullmatch(path.name) and path.is_dir() and not path.is_symlink()
-    ]
-    room = max(keep - sum(1 for p in candidates if p.name in protected), 0)
-    others = sorted(
-        (p for p in candidates if p.name not in protected),
-        key=lambda p: p.stat().st_mtime,
-        reverse=True,
-    )
-    removed = others[room:]
-    for path in removed:
-        shutil.rmtree(path)
-    return sorted(p.name for p in removed)
-
-
-def _move_into_place(staging: Path, target: Path) -> None:
-    if not target.exists():
-        staging.rename(target)
-        return
-    # rename() cannot replace a non-empty directory: swap through a hidden name.
-    aside = target.with_name(f"{_REPLACED_PREFIX}{target.name}-{uuid.uuid4().hex[:8]}")
-    target.rename(aside)
-    try:
-        staging.rename(target)
-    except BaseException:
-        aside.rename(target)
-        raise
-    shutil.rmtree(aside, ignore_errors=True)
-
-
-def _remove_leftovers(releases: Path) -> None:
-    """Scratch directories of an interrupted install (only one deploy runs at a time)."""
-    for path in releases.iterdir():
-        if path.name.startswith((_STAGING_PREFIX, _REPLACED_PREFIX)) and path.is_dir():
-            shutil.rmtree(path, ignore_errors=True)
+    return releases.prune(working_dir, keep, protected)
 
 
 def _skip_images(root: Path) -> Callable[[str, list[str]], list[str]]:
