@@ -64,6 +64,15 @@ from wrktalk_agent.live_output import LiveOutput
 from wrktalk_agent.log import get_logger, redacting
 from wrktalk_agent.process import tail
 from wrktalk_agent.redact import Redactor
+from wrktalk_agent.results import (
+    ArtifactRecord,
+    AutoRollbackRecord,
+    HealthRecord,
+    ReleaseRecord,
+    StepRecord,
+    TaskResult,
+    ToolOutput,
+)
 from wrktalk_agent.services import Services
 
 __all__ = [
@@ -277,7 +286,7 @@ class TaskRun(LeasedRun):
         self.running_step = "claimed"
         self.output = LiveOutput(self.timeline, self.secrets, self.log, lambda: self.running_step)
         self.steps: list[StepTiming] = []
-        self.result: dict[str, Any] = {"agent_id": self.agent_id, "steps": []}
+        self.result = TaskResult(agent_id=self.agent_id)
         self.workdirs: list[Path] = []
         #: what the task changes (the deployer's summary), for the result and the email
         self.changes: list[str] = []
@@ -334,7 +343,7 @@ class TaskRun(LeasedRun):
             self.running_step = outer
             seconds = time.monotonic() - began
             self.steps.append(StepTiming(step=name, seconds=round(seconds, 3), ok=ok))
-            self.result["steps"].append({"step": name, "ok": ok, "seconds": round(seconds, 3)})
+            self.result.steps.append(StepRecord(name, ok, round(seconds, 3)))
             metrics.STEP_SECONDS.labels(step=name).observe(seconds)
 
     # -- the whole task ----------------------------------------------------------------
@@ -451,10 +460,9 @@ class TaskRun(LeasedRun):
             purpose, f"{purpose} {version} with {self.s.deployer.name}", slow=True
         ):
             outcome = await self._call_deployer(purpose, self.target, workdir)
-            self.result["deployer"] = {
-                "output": self._tail(outcome.output),
-                "details": outcome.details,
-            }
+            self.result.deployer = ToolOutput(
+                self._tail(outcome.output), self.secrets.redact_value(outcome.details)
+            )
             await self.event(purpose, "succeeded", f"{version} applied")
         await self._health_check()
 
@@ -493,10 +501,9 @@ class TaskRun(LeasedRun):
                 f"{self.target.chart_type!r}, but deployer {self.s.deployer.name!r} "
                 f"accepts {', '.join(accepted)}"
             )
-        self.result["release"] = {
-            "version": self.target.release_version,
-            "from": self.current.release_version if self.current else None,
-        }
+        self.result.release = ReleaseRecord(
+            self.target.release_version, self.current.release_version if self.current else None
+        )
         await self.event(
             "resolve",
             "succeeded",
@@ -539,11 +546,9 @@ class TaskRun(LeasedRun):
             await self.event(
                 step_name, "info", f"verified sha256 {fetched.sha256[:12]}…; {done.signature}"
             )
-            self.result.setdefault("artifacts", {})[artifact.release_version] = {
-                "bytes": fetched.size,
-                "sha256": fetched.sha256,
-                "files": done.files,
-            }
+            self.result.artifacts[artifact.release_version] = ArtifactRecord(
+                fetched.size, fetched.sha256, done.files
+            )
             await self.event(
                 step_name, "succeeded", f"extracted {done.files} files ({done.size} bytes)"
             )
@@ -602,7 +607,7 @@ class TaskRun(LeasedRun):
                 system_changed=True,
             ) from None
         except DeployError as exc:
-            self.result.setdefault("deployer", {})["output"] = self._tail(exc.output)
+            self.result.deployer = ToolOutput(self._tail(exc.output))
             raise StepFailed(
                 str(exc), system_changed=exc.system_changed, output=exc.output
             ) from None
@@ -637,7 +642,7 @@ class TaskRun(LeasedRun):
                 await self.event("changes", "skipped", f"no summary: {exc}")
                 return
             self.changes = [str(line) for line in lines or ()][:MAX_CHANGE_LINES]
-            self.result["changes"] = self.changes
+            self.result.changes = self.changes
             for line in self.changes:
                 await self.event("changes", "info", line)
             await self.event(
@@ -663,12 +668,12 @@ class TaskRun(LeasedRun):
                 try:
                     warnings = await bounded(validate(request), limit, f"{deployer.name} validate")
                 except ValidationError as exc:
-                    self.result["rejected_before_deploy"] = True
+                    self.result.rejected_before_deploy = True
                     if exc.output:
-                        self.result["validation"] = {"output": self._tail(exc.output)}
+                        self.result.validation = ToolOutput(self._tail(exc.output))
                     raise StepFailed(f"rejected before deploy: {exc}") from None
                 except BackendError as exc:
-                    self.result["rejected_before_deploy"] = True
+                    self.result.rejected_before_deploy = True
                     raise StepFailed(f"rejected before deploy: {exc}") from None
                 for warning in warnings or ():
                     await self.event("validate", "info", f"warning: {warning}")
@@ -693,12 +698,14 @@ class TaskRun(LeasedRun):
                     _http_status, url, self.settings.healthcheck_timeout
                 )
                 if status == self.settings.healthcheck_status:
-                    self.result["health"] = {"status": status, "attempts": attempt}
+                    self.result.health = HealthRecord(attempt, status=status)
                     await self.event("health", "succeeded", f"{url} answered {status}")
                     return
                 if attempt < self.settings.healthcheck_retries:
                     await asyncio.sleep(self.settings.healthcheck_interval)
-            self.result["health"] = {"error": last, "attempts": self.settings.healthcheck_retries}
+            self.result.health = HealthRecord(
+                self.settings.healthcheck_retries, error=self.secrets.redact(last)
+            )
             raise StepFailed(
                 f"health check failed: {url} {last} after "
                 f"{self.settings.healthcheck_retries} attempts",
@@ -725,19 +732,18 @@ class TaskRun(LeasedRun):
                 )
                 await self._health_check()
                 await self.event("auto-rollback", "succeeded", f"{version} restored")
-            self.result["auto_rollback"] = {
-                "to": version,
-                "ok": True,
-                "output": self._tail(outcome.output),
-            }
+            self.result.auto_rollback = AutoRollbackRecord(
+                version, True, output=self._tail(outcome.output)
+            )
             return None
         except StepFailed as exc:
-            self.result["auto_rollback"] = {"to": version, "ok": False, "error": str(exc)}
-            return str(exc)
+            error = self.secrets.redact(str(exc))
+            self.result.auto_rollback = AutoRollbackRecord(version, False, error=error)
+            return error
         except Exception as exc:  # a bug must not leave the task without an outcome
             self.log.exception("auto_rollback.crashed")
-            error = f"unexpected error: {describe(exc)}"
-            self.result["auto_rollback"] = {"to": version, "ok": False, "error": error}
+            error = self.secrets.redact(f"unexpected error: {describe(exc)}")
+            self.result.auto_rollback = AutoRollbackRecord(version, False, error=error)
             return error
 
     # -- maintenance -------------------------------------------------------------------
@@ -807,14 +813,10 @@ class TaskRun(LeasedRun):
         rollback_error = (
             self.secrets.redact(verdict.rollback_error) if verdict.rollback_error else None
         )
-        # free text a tool or a backend wrote (outputs, errors, details) is masked where
-        # it enters the result; the agent's own fields (versions, timings) stay as they are
-        for key in ("deployer", "auto_rollback", "health", "validation"):
-            if key in self.result:
-                self.result[key] = self.secrets.redact_value(self.result[key])
-        self.result["outcome"] = status
-        if error:
-            self.result["error"] = error
+        # free text a tool or a backend wrote (outputs, errors, details) was masked where
+        # it entered the result; the agent's own fields (versions, timings) are as they are
+        self.result.outcome = status
+        self.result.error = error
         flags = None
         if status == "completed" and self.target is not None:
             flags = FlagChange(promote=self.target.id)
@@ -838,7 +840,7 @@ class TaskRun(LeasedRun):
                 self.task,
                 self.timeline,
                 status=status,
-                result=self.result,
+                result=self.result.to_json(),
                 error=error,
                 flags=flags,
                 maintenance_owner=clear_owner,
