@@ -175,7 +175,7 @@ def test_refuses_to_wipe_a_directory_it_did_not_create(tmp_path: Path) -> None:
 
 @pytest.mark.e2e
 def test_demo_with_the_compose_deployer(directory: Path) -> None:
-    from wrktalk_agent.demo import compose_unavailable
+    from wrktalk_demo.site import compose_unavailable
 
     if (why := compose_unavailable()) is not None:
         if "1" in (os.environ.get("WRKTALK_E2E"), os.environ.get("WRKTALK_TEST_REQUIRE_DOCKER")):

@@ -1090,7 +1090,7 @@ def demo(directory: Path, keep_running: bool, deployer: str) -> None:
     mode, the releases, what the site serves and the mails. Needs the `demo` extra.
     """
     try:
-        from wrktalk_agent.demo import run_demo
+        from wrktalk_demo import run_demo
     except ImportError as exc:
         raise Failure(f"the demo needs: pip install 'wrktalk-agent[demo]' ({exc})", 2) from None
     sys.exit(run_demo(directory, keep_running=keep_running, deployer=deployer))  # type: ignore[arg-type]

@@ -343,6 +343,9 @@ ORDER BY smtp_host IS NULL, created_at  -- a configured row wins over a bare one
 LIMIT 1
 """
 ACTIVE_ADMINS = "SELECT name, email FROM admin WHERE is_active ORDER BY email"
+# What the backend writes, for the demo and tests: an admin, the SMTP settings.
+INSERT_ADMIN = "INSERT INTO admin (name, email, is_active) VALUES ($1, $2, $3)"
+SET_SMTP = "UPDATE deployment_config SET smtp_host = $1, smtp_port = $2, smtp_from = $3"
 
 # -- dashboard (wrktalk-agent tui) -----------------------------------------------------------
 # Read-only questions of the operator dashboard, asked every few seconds. None of them reads

