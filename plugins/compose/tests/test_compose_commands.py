@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from compose_support import ReleaseBuilder, Reports
 
-from wrktalk_agent.interfaces import DeployError, DeployRequest
+from wrktalk_agent.interfaces import DeployError, DeployRequest, ValidationError
 from wrktalk_agent.process import NOT_FOUND, TAIL_BYTES, TIMED_OUT, run
 from wrktalk_agent_compose import ComposeDeployer, ComposeSettings
 from wrktalk_agent_compose.commands import (
@@ -396,3 +396,30 @@ async def test_env_content_is_not_in_results(
     outcome = await deployer.deploy(v2_release(builder, reports=reports))
     assert "secret" not in outcome.output + json.dumps(outcome.details) + "".join(reports.lines)
     assert os.environ.get("TOKEN") is None
+
+
+COMPOSE_ONLY = "services:\n  web:\n    image: busybox:latest\n"
+
+
+@pytest.mark.parametrize("mode", ["fail", "warn"])
+async def test_validation_that_cannot_run_fails_or_warns_as_configured(
+    make_deployer: Callable[..., ComposeDeployer], builder: ReleaseBuilder, mode: str
+) -> None:
+    """No compose command on the host: the release cannot be checked. By default that
+    refuses it (before maintenance); with `warn` the deploy may go on, and says so."""
+    deployer = make_deployer(
+        command="v1",
+        compose_v1_binary="/nonexistent/docker-compose",
+        on_validation_unavailable=mode,
+    )
+    request = builder.request("1.0.0", {"docker-compose.yml": COMPOSE_ONLY})
+    if mode == "fail":
+        with pytest.raises(ValidationError) as refused:
+            await deployer.validate(request)
+        assert "could not run" in str(refused.value) or "could not be validated" in str(
+            refused.value
+        )
+        assert "ON_VALIDATION_UNAVAILABLE=warn" in str(refused.value)
+    else:
+        [warning] = await deployer.validate(request)
+        assert "could not run" in warning or "could not be validated" in warning

@@ -20,7 +20,7 @@ from wrktalk_agent.interfaces import (
     ValidationError,
     validate_version,
 )
-from wrktalk_agent.process import run, tail
+from wrktalk_agent.process import NOT_FOUND, TIMED_OUT, run, tail
 
 from .changes import summarize_changes
 from .commands import (
@@ -116,13 +116,18 @@ class ComposeDeployer:
         try:
             self._checked_version(request)
             layout = read_layout(request.workdir)
-            variant = await self._compose_variant()
         except DeployError as exc:
             raise ValidationError(str(exc), output=exc.output) from None
+        try:
+            variant = await self._compose_variant()
+        except DeployError as exc:
+            return self._unavailable(f"the release could not be validated: {exc}")
         command = self._command(variant, layout.compose_file, request.env_file)
         config = await run(
             command.config(), cwd=layout.root, timeout=QUERY_TIMEOUT_SECONDS, capture_stdout=True
         )
+        if config.returncode in (NOT_FOUND, TIMED_OUT):
+            return self._unavailable(f"compose config could not run: {config.summary()}")
         if not config.ok:  # stderr only: stdout would be the interpolated model
             raise ValidationError(
                 f"compose config rejects the release: {config.summary()}", output=config.output
@@ -135,27 +140,36 @@ class ComposeDeployer:
         for name, service in services.items():
             if not service.get("image"):
                 warnings.append(f"service {name} has no image: compose will build it")
-        await self._check_images(layout, services)
+        warnings += await self._check_images(layout, services)
         await self._check_ports(services)
         return warnings
 
+    def _unavailable(self, message: str) -> list[str]:
+        """Validation that cannot run: a failure, or (on_validation_unavailable=warn) a
+        warning the core writes into the timeline before deploying anyway."""
+        if self.settings.on_validation_unavailable == "fail":
+            raise ValidationError(
+                f"{message} (WRKTALK_AGENT_COMPOSE_ON_VALIDATION_UNAVAILABLE=warn deploys anyway)"
+            )
+        return [message]
+
     async def _check_images(
         self, layout: ReleaseLayout, services: dict[str, dict[str, Any]]
-    ) -> None:
+    ) -> list[str]:
         wanted = sorted({str(s["image"]) for s in services.values() if s.get("image")})
         bundled = await asyncio.to_thread(bundled_images, layout.images)
         elsewhere = [image for image in wanted if normalize_image(image) not in bundled]
         if not elsewhere:
-            return
+            return []
         present = await run(
             [self.settings.docker_binary, "image", "inspect", "--format", "{{.Id}}", *elsewhere],
             timeout=QUERY_TIMEOUT_SECONDS,
         )
         if present.ok:
-            return
+            return []
         missing = [i for i in elsewhere if f"no such image: {i}".lower() in present.output.lower()]
         if not missing:  # not an answer about the images: docker itself failed
-            raise ValidationError(f"could not check the images: {present.summary()}")
+            return self._unavailable(f"could not check the images: {present.summary()}")
         raise ValidationError(
             f"image(s) neither in the release's images/ nor present on this host: "
             f"{', '.join(missing)}",

@@ -44,6 +44,12 @@ class ComposeSettings(BaseSettings):
     docker_binary: str = Field(
         default="docker", description="Docker CLI executable (name or path)."
     )
+    on_validation_unavailable: Literal["fail", "warn"] = Field(
+        default="fail",
+        description="When a release's validation cannot run (no compose command, Docker "
+        "unreachable): fail the task before maintenance, or deploy anyway with a warning in "
+        "the task's timeline.",
+    )
     compose_v1_binary: str = Field(
         default="docker-compose", description="Compose v1 executable (name or path)."
     )
