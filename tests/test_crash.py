@@ -374,14 +374,8 @@ async def test_slow_link_clean_up_races_never_switch_maintenance_off_under_a_dep
             t_doomed = await repo.create_task("deploy", doomed.id)
             t_after = await repo.create_task("deploy", after.id)
             wait_until(lambda t=t_doomed: child_starts(recording, str(t.id)), 60)
-            runner = next(
-                p
-                for p in (fast, slow)
-                if p.poll() is None
-                and (await repo.get_task(t_doomed.id)).claimed_by.endswith(f"-{attempt}")
-                and f"{'fast' if p is fast else 'slow'}-{attempt}"
-                == (await repo.get_task(t_doomed.id)).claimed_by
-            )
+            owner = (await repo.get_task(t_doomed.id)).claimed_by
+            runner = {f"fast-{attempt}": fast, f"slow-{attempt}": slow}[owner]
             runner.send_signal(signal.SIGKILL)
             runner.wait(10)
             fresh = spawn_agent({**env, "WRKTALK_AGENT_AGENT_ID": f"fresh-{attempt}"})
