@@ -15,7 +15,7 @@ def describe(exc: BaseException | None) -> str:
     """``TypeName: message`` (or the type name alone), for logs and task errors."""
     if exc is None:
         return ""
-    text = str(exc).strip()
+    text = " ".join(str(exc).split())  # one line, whatever the exception carried
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 

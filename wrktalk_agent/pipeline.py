@@ -118,7 +118,7 @@ def db_retrying(log: Any, what: str, repo: Repository) -> AsyncRetrying:
 
     def before_sleep(state: Any) -> None:
         exc = state.outcome.exception() if state.outcome else None
-        log.warning(f"{what}.retrying", attempt=state.attempt_number, error=_describe(exc))
+        log.warning(f"{what}.retrying", attempt=state.attempt_number, error=describe(exc))
 
     def outage(exc: BaseException) -> bool:
         return isinstance(exc, DB_ERRORS) and not repo.closed
@@ -129,9 +129,6 @@ def db_retrying(log: Any, what: str, repo: Repository) -> AsyncRetrying:
         before_sleep=before_sleep,
         reraise=True,
     )
-
-
-_describe = describe
 
 
 class TaskOutcome(StrEnum):

@@ -33,6 +33,7 @@ from pydantic_settings import BaseSettings
 
 from wrktalk_agent import hookspecs
 from wrktalk_agent.errors import PluginError, SettingsError
+from wrktalk_agent.guard import describe
 from wrktalk_agent.interfaces import PluginContext
 
 __all__ = [
@@ -154,7 +155,7 @@ class PluginRegistry:
             try:
                 module = ep.load()
             except Exception as exc:  # any import-time failure of third-party code
-                _mark(info, "import", _describe(exc))
+                _mark(info, "import", describe(exc))
                 continue
             self._register(module, info)
 
@@ -164,7 +165,7 @@ class PluginRegistry:
         try:
             module = importlib.import_module(module_name)
         except Exception as exc:
-            _mark(info, "import", _describe(exc))
+            _mark(info, "import", describe(exc))
             return
         if self.pm.is_registered(module):
             del self.plugins[module_name]
@@ -232,7 +233,7 @@ class PluginRegistry:
                 try:
                     impl.function(registered.append)
                 except Exception as exc:  # third-party code: contained like an import error
-                    problems.setdefault(plugin, []).append(f"{hook_name} raised {_describe(exc)}")
+                    problems.setdefault(plugin, []).append(f"{hook_name} raised {describe(exc)}")
                 for cls in registered:
                     backend, problem = _check_backend(kind, cls, plugin)
                     if backend is not None:
@@ -338,11 +339,6 @@ def _mark(info: PluginInfo, kind: Literal["import", "invalid"], error: str) -> N
         info.error, info.error_kind = error, kind
     elif error not in info.error:
         info.error += f"; {error}"
-
-
-def _describe(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def expected_env_prefixes(backend_name: str, plugin: str | None = None) -> list[str]:
