@@ -43,7 +43,12 @@ def lint(session: nox.Session) -> None:
 @nox.session
 def typecheck(session: nox.Session) -> None:
     session.install(*EDITABLE)
-    session.run("mypy", "wrktalk_agent", "wrktalk_demo", *[f"plugins/{p}/wrktalk_agent_{p}" for p in PLUGINS])
+    session.run(
+        "mypy",
+        "wrktalk_agent",
+        "wrktalk_demo",
+        *[f"plugins/{p}/wrktalk_agent_{p}" for p in PLUGINS],
+    )
 
 
 @nox.session
