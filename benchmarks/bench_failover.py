@@ -51,11 +51,7 @@ def spawn(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
 
 
 def base_env(settings: AgentSettings, work: Path, **extra: str) -> dict[str, str]:
-    recording = Recording(log=work / "records.jsonl", flag=work / "flag")
-    recording.env = {
-        "WRKTALK_AGENT_RECORDING_LOG": str(recording.log),
-        "WRKTALK_AGENT_RECORDING_MAINTENANCE_FLAG": str(recording.flag),
-    }
+    recording = Recording.in_dir(work)
     return agent_env(
         settings,
         recording,

@@ -23,16 +23,7 @@ from agent_helpers import Recording  # noqa: E402
 
 @pytest.fixture
 def recording(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Recording:
-    rec = Recording(
-        log=tmp_path / "records.jsonl",
-        flag=tmp_path / "maintenance.flag",
-        live=tmp_path / "live.json",
-    )
-    rec.env = {
-        "WRKTALK_AGENT_RECORDING_LOG": str(rec.log),
-        "WRKTALK_AGENT_RECORDING_MAINTENANCE_FLAG": str(rec.flag),
-        "WRKTALK_AGENT_RECORDING_LIVE": str(rec.live),
-    }
+    rec = Recording.in_dir(tmp_path)
     for key, value in rec.env.items():
         monkeypatch.setenv(key, value)
     return rec

@@ -203,17 +203,7 @@ def _failover_env(settings: AgentSettings, recording: Recording, **extra: str) -
 
 @pytest.fixture
 def recording(tmp_path: Path) -> Recording:
-    rec = Recording(
-        log=tmp_path / "records.jsonl",
-        flag=tmp_path / "maintenance.flag",
-        live=tmp_path / "live.json",
-    )
-    rec.env = {
-        "WRKTALK_AGENT_RECORDING_LOG": str(rec.log),
-        "WRKTALK_AGENT_RECORDING_MAINTENANCE_FLAG": str(rec.flag),
-        "WRKTALK_AGENT_RECORDING_LIVE": str(rec.live),
-    }
-    return rec
+    return Recording.in_dir(tmp_path)
 
 
 async def _wait_for(predicate: Any, timeout: float, what: str, proc: Any = None) -> Any:

@@ -202,11 +202,7 @@ async def test_a_patroni_switchover_during_a_deploy_loses_nothing(spawn_agent, t
             db_host=hosts, db_name="wrktalk", db_user="postgres", db_ssl_mode="disable",
             work_dir=tmp_path / "work", poll_interval=0.5,
         )  # fmt: skip
-        recording = Recording(log=tmp_path / "records.jsonl", flag=tmp_path / "flag")
-        recording.env = {
-            "WRKTALK_AGENT_RECORDING_LOG": str(recording.log),
-            "WRKTALK_AGENT_RECORDING_MAINTENANCE_FLAG": str(recording.flag),
-        }
+        recording = Recording.in_dir(tmp_path)
         repo = await Repository.connect(settings)
         release, started, go = await blocking_release(repo, tmp_path)
         first = await repo.create_task("deploy", release.id)

@@ -24,6 +24,21 @@ class Recording:
     live: Path
     env: dict[str, str] = field(default_factory=dict)
 
+    @classmethod
+    def in_dir(cls, directory: Path) -> Recording:
+        """Files in ``directory``, and the environment that points the plugin at them."""
+        rec = cls(
+            log=directory / "records.jsonl",
+            flag=directory / "maintenance.flag",
+            live=directory / "live.json",
+        )
+        rec.env = {
+            "WRKTALK_AGENT_RECORDING_LOG": str(rec.log),
+            "WRKTALK_AGENT_RECORDING_MAINTENANCE_FLAG": str(rec.flag),
+            "WRKTALK_AGENT_RECORDING_LIVE": str(rec.live),
+        }
+        return rec
+
     def records(self, phase: str | None = None) -> list[dict[str, Any]]:
         if not self.log.exists():
             return []
