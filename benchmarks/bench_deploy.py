@@ -540,7 +540,16 @@ class _VariantBench:
 
         rows.append(row("agent: run --once, start → site answers", [a["to site"] for a in agent]))
         rows.append(row("agent: run --once, start → exit", [a["to exit"] for a in agent]))
-        for name in ("resolve", "artifact", "maintenance-on", "deploy", "maintenance-off"):
+        steps = (
+            "resolve",
+            "artifact",
+            "changes",
+            "validate",
+            "prepare",
+            "maintenance-on",
+            "deploy",
+        )
+        for name in (*steps, "maintenance-off"):
             values = [a[name] for a in agent if name in a]
             if values:
                 rows.append(row(f"  task step {name}", values))
