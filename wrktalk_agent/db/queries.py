@@ -183,9 +183,11 @@ WITH seen AS (
         WHERE f.timeline IS DISTINCT FROM EXCLUDED.timeline
     RETURNING f.quiet_until
 )
-SELECT greatest(0, extract(epoch FROM coalesce(
-    (SELECT quiet_until FROM recorded),
-    (SELECT quiet_until FROM agent_failover WHERE id = 1)) - now()))::float8
+SELECT coalesce((
+    SELECT extract(epoch FROM u.quiet_until - now())::float8
+    FROM (SELECT coalesce((SELECT quiet_until FROM recorded),
+                          (SELECT quiet_until FROM agent_failover WHERE id = 1)) AS quiet_until) u
+    WHERE u.quiet_until > now() AND isfinite(u.quiet_until)), 0)
 """
 
 FINISH_TASK = f"""
