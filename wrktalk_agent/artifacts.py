@@ -26,7 +26,7 @@ import asyncpg
 
 from wrktalk_agent.db import queries as q
 from wrktalk_agent.db.models import ArtifactInfo
-from wrktalk_agent.signing import verify_release
+from wrktalk_agent.signing import Manifest, SignatureError, verify_release
 
 #: Slice size, measured best of 256 KiB .. 16 MiB (benchmarks/bench_artifacts.py).
 CHUNK_BYTES = 1024 * 1024
@@ -143,19 +143,29 @@ async def _chunks(
             yield chunk
 
 
-def check_signature(artifact: ArtifactInfo, sha256_hex: str, trusted_keys: list) -> str:
-    """Verify the release signature when keys are configured; returns what was checked."""
+def check_signature(
+    artifact: ArtifactInfo,
+    sha256_hex: str,
+    env_data: str | None,
+    values_data: str | None,
+    trusted_keys: list[Any],
+) -> str:
+    """Verify the release's signature over every field that shapes the deploy (the
+    artifact's digest as fetched, version, chart type, env and values as read) when keys
+    are configured; returns what was checked, in words for the timeline."""
     if not trusted_keys:
         return "signature not checked (no trusted keys configured)"
-    if not artifact.signature:
-        raise ArtifactError(
-            f"release {artifact.release_version} is not signed and trusted keys are configured"
-        )
-    if not verify_release(trusted_keys, artifact.signature, sha256_hex, artifact.release_version):
-        raise ArtifactError(
-            f"release {artifact.release_version}: signature does not verify with any trusted key"
-        )
-    return "signature verified"
+    actual = Manifest.of(
+        artifact_sha256=sha256_hex,
+        version=artifact.release_version,
+        chart_type=artifact.chart_type,
+        env_data=env_data,
+        values_data=values_data,
+    )
+    try:
+        return verify_release(trusted_keys, artifact.signature, actual).describe()
+    except SignatureError as exc:
+        raise ArtifactError(str(exc)) from None
 
 
 def extract_release(
@@ -314,17 +324,19 @@ async def materialize(
     max_extracted_bytes: int,
 ) -> Materialized:
     """Fetch ``artifact`` into ``workdir`` (private, made by :func:`make_private_dir`),
-    check its sha256 and signature, extract it safely and write its ``.env`` and
-    ``values.yaml``. Raises :class:`ArtifactError`. The caller deletes ``workdir``."""
+    check its sha256 and its signature over all it consists of, extract it safely and
+    write its ``.env`` and ``values.yaml``. Raises :class:`ArtifactError`. The caller
+    deletes ``workdir``."""
     async with repo.connection() as conn:
         fetched = await fetch_artifact(conn, artifact, workdir, max_bytes=max_artifact_bytes)
-    signature = check_signature(artifact, fetched.sha256, trusted_keys)
+    # what is verified is what is used: these very texts are written below
+    env_data, values_data = await repo.release_secrets(artifact.id)
+    signature = check_signature(artifact, fetched.sha256, env_data, values_data, trusted_keys)
     root = workdir / RELEASE_DIR
     files, size = await asyncio.to_thread(
         extract_release, fetched.path, root, max_members=max_members, max_bytes=max_extracted_bytes
     )
     fetched.path.unlink()
-    env_data, values_data = await repo.release_secrets(artifact.id)
     if env_data is not None:
         write_secret_file(root / ENV_FILE, env_data)
     if values_data is not None:
