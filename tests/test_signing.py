@@ -154,7 +154,7 @@ def test_unsigned_old_scheme_garbage_and_untrusted_are_refused(keypair) -> None:
         r"artifact and the version .*; re-sign it: wrktalk-agent release sign 1.2.0 --sign-key",
     ):
         verify_release(keys, old, MANIFEST)
-    for garbage in ("{", '{"scheme": "x"}', '{"scheme": "%s", "manifest": {}}' % SCHEME):
+    for garbage in ("{", '{"scheme": "x"}', f'{{"scheme": "{SCHEME}", "manifest": {{}}}}'):
         with pytest.raises(SignatureError, match="the signature is unreadable"):
             verify_release(keys, garbage, MANIFEST)
     stranger = sign_manifest(load_private_key(generate_keypair()[0]), MANIFEST)
@@ -292,7 +292,7 @@ async def test_the_installation_key_alone_verifies_its_co_signature(
     only_installation = script_settings.model_copy(
         update={"trusted_keys": [signing_keys["installation"][1]]}
     )
-    code, task, events = await _deploy(make_agent, only_installation, repo, release)
+    _, task, events = await _deploy(make_agent, only_installation, repo, release)
     assert task.status == "completed", task.error_message
     installation_id = key_id(signing_keys["installation"][0])
     assert any(e.message.endswith(f"signed by key {installation_id}") for e in events)
@@ -358,7 +358,7 @@ async def test_a_release_of_the_old_scheme_is_refused_naming_the_fix(
         )
     ).decode()
     release = await add_release(repo, "1.0.0", data=data, env_data=ENV, signature=old)
-    code, task, _ = await _deploy(make_agent, script_settings, repo, release)
+    _, task, _ = await _deploy(make_agent, script_settings, repo, release)
     assert task.status == "failed"
     assert "re-sign it: wrktalk-agent release sign 1.0.0 --sign-key KEY" in task.error_message
     assert not (tmp_path / "ran").exists()
