@@ -98,8 +98,9 @@ _WORDS = re.compile("|".join(SECRET_WORDS))
 _URL_PASSWORD = re.compile(r"(\b[A-Za-z][\w+.-]*://[^\s:/@]*:)([^\s@/]+)(@)")
 #: ``password=...`` in a query string or a libpq keyword/value DSN.
 _QUERY_PASSWORD = re.compile(r"(\bpassword=)([^&\s]+)", re.I)
-#: ``NAME=value`` and ``NAME: value`` (a quoted value whole); NAME is checked afterwards.
-_ASSIGNED = re.compile(r"""(\b([A-Za-z_][\w.-]*)\s*[=:]\s*)("[^"\n]*"|'[^'\n]*'|[^\s"',;]+)""")
+#: ``NAME=`` and ``NAME:``; the value after it is :data:`_VALUE` (a quoted value whole).
+_NAME_SEP = re.compile(r"\b([A-Za-z_][\w.-]*)\s*[=:]\s*")
+_VALUE = re.compile(r""""[^"\n]*"|'[^'\n]*'|[^\s"',;]+""")
 
 
 def is_secret_name(name: object) -> bool:
@@ -141,7 +142,7 @@ def mask_text(text: str) -> str:
         text = _URL_PASSWORD.sub(rf"\1{MASK}\3", text)
     if "=" in text or ":" in text:
         text = _QUERY_PASSWORD.sub(rf"\1{MASK}", text)
-        text = _ASSIGNED.sub(_mask_assignment, text)
+        text = _mask_assignments(text)
     return text
 
 
@@ -150,11 +151,21 @@ def mask_text(text: str) -> str:
 _EXCEPTION_NAME = re.compile(r"(?:Error|Exception|Warning|Invalid\w*)$")
 
 
-def _mask_assignment(match: re.Match[str]) -> str:
-    name = match.group(2)
-    if match.group(3) == MASK or not is_secret_name(name) or _EXCEPTION_NAME.search(name):
-        return match.group(0)
-    return match.group(1) + MASK
+def _mask_assignments(text: str) -> str:
+    """The value after each secret ``NAME=`` / ``NAME:`` masked. A harmless name does not
+    swallow what follows (``failed: DB_PASSWORD=x`` still masks ``x``)."""
+    parts: list[str] = []
+    done = 0
+    for match in _NAME_SEP.finditer(text):
+        name = match.group(1)
+        if match.start() < done or not is_secret_name(name) or _EXCEPTION_NAME.search(name):
+            continue
+        value = _VALUE.match(text, match.end())
+        if value is None or value.group(0) == MASK:
+            continue
+        parts += [text[done : match.end()], MASK]
+        done = value.end()
+    return "".join(parts) + text[done:] if parts else text
 
 
 def mask_mapping(value: Any) -> Any:
