@@ -362,3 +362,84 @@ async def test_a_release_of_the_old_scheme_is_refused_naming_the_fix(
     assert task.status == "failed"
     assert "re-sign it: wrktalk-agent release sign 1.0.0 --sign-key KEY" in task.error_message
     assert not (tmp_path / "ran").exists()
+
+
+# -- the commands: keygen, release add --sign-key, release sign, release list ------------
+
+
+def test_the_vendor_signs_at_add_the_installation_re_signs_its_values(
+    database_url: str, tmp_path: Path, monkeypatch
+) -> None:
+    """Synchronous: the commands run their own event loop."""
+    import asyncio
+
+    import asyncpg
+    from click.testing import CliRunner
+
+    from wrktalk_agent.cli import main
+
+    for key in [k for k in __import__("os").environ if k.startswith("WRKTALK_AGENT_")]:
+        monkeypatch.delenv(key)
+    env = {"WRKTALK_AGENT_DATABASE_URL": database_url, "WRKTALK_AGENT_WORK_DIR": str(tmp_path)}
+
+    def cli(*args: str):
+        return CliRunner().invoke(main, list(args), env=env, catch_exceptions=False)
+
+    ids = {}
+    for name in ("vendor", "installation"):
+        made = cli("release", "keygen", "--out", str(tmp_path / name))
+        assert made.exit_code == 0, made.output
+        ids[name] = made.output.split("key id:")[1].split()[0]
+    tarball, env_file = tmp_path / "r.tgz", tmp_path / "vendor.env"
+    tarball.write_bytes(make_tarball({"README": "1.0.0"}))
+    env_file.write_text("MODE=vendor\n")
+
+    added = cli(
+        "release", "add", str(tarball), "--version", "1.0.0", "--chart-type", "compose",
+        "--env-file", str(env_file), "--sign-key", str(tmp_path / "vendor"),
+    )  # fmt: skip
+    assert added.exit_code == 0, added.output
+    assert f"artifact, version, chart type, env and values signed by key {ids['vendor']}" in (
+        added.output
+    )
+
+    def sql(query: str, *args: object):
+        async def run():
+            conn = await asyncpg.connect(database_url)
+            try:
+                return await conn.fetchrow(query, *args)
+            finally:
+                await conn.close()
+
+        return asyncio.run(run())
+
+    sql(  # the installation's backend writes its own configuration
+        "UPDATE release_artifact SET env_data = $1, values_data = $2 WHERE release_version = $3",
+        "MODE=installation\n", "replicas: 3\n", "1.0.0",
+    )  # fmt: skip
+
+    signed = cli("release", "sign", "1.0.0", "--sign-key", str(tmp_path / "installation"))
+    assert signed.exit_code == 0, signed.output
+    assert signed.output.splitlines()[0] == (
+        "signed release 1.0.0: artifact, version, chart type, env and values signed by key "
+        + ids["installation"]
+    )
+    env_digest = hashlib.sha256(b"MODE=installation\n").hexdigest()
+    assert f"env sha256 {env_digest}" in signed.output
+    assert f"dropped the signatures of {ids['vendor']}" in signed.output
+    # the vendor checks the installation's values and co-signs: both signatures stay
+    cosigned = cli("release", "sign", "1.0.0", "--sign-key", str(tmp_path / "vendor"))
+    assert f"signatures: {ids['installation']}, {ids['vendor']}" in cosigned.output
+    assert f"{ids['installation']},{ids['vendor']}" in cli("release", "list", "-o", "wide").output
+
+    stored = sql("SELECT sha256, signature FROM release_artifact WHERE release_version = '1.0.0'")
+    actual = Manifest.of(
+        artifact_sha256=stored["sha256"], version="1.0.0", chart_type="compose",
+        env_data="MODE=installation\n", values_data="replicas: 3\n",
+    )  # fmt: skip
+    for name in ("vendor", "installation"):
+        key = load_trusted_keys([str(tmp_path / f"{name}.pub")])
+        assert verify_release(key, stored["signature"], actual).key == ids[name]
+
+    missing = cli("release", "sign", "9.9.9", "--sign-key", str(tmp_path / "vendor"))
+    assert missing.exit_code == 2 and "no release 9.9.9" in missing.output
