@@ -93,7 +93,9 @@ def _email(**fields: object) -> str:
 
     event = notification_event(NotificationKind.DEPLOY_FAILED, **fields)
     rendered = Templates().render(event)
-    message = build_message(rendered, "agent@example.org", Recipient(name="Ops", email="ops@example.org"))
+    message = build_message(
+        rendered, "agent@example.org", Recipient(name="Ops", email="ops@example.org")
+    )
     return message.as_string() + rendered.text + rendered.html
 
 
