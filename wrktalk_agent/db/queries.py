@@ -404,6 +404,9 @@ SELECT {ARTIFACT_COLUMNS} FROM release_artifact a ORDER BY a.created_at DESC, a.
 """
 
 RELEASE_SECRETS = "SELECT env_data, values_data FROM release_artifact WHERE id = $1"
+#: ``release sign``: only when nobody changed the signature since it was read
+SET_RELEASE_SIGNATURE = """UPDATE release_artifact SET signature = $2
+    WHERE id = $1 AND signature IS NOT DISTINCT FROM $3 RETURNING id"""
 # Artifacts are read slice by slice with one prepared statement: substring() reads only
 # the slice's TOAST chunks (compressed tarballs are stored uncompressed). Measured 2.5x
 # faster than streaming the slices through one cursor over generate_series.

@@ -704,6 +704,15 @@ class Repository:
         row = await self.pool.fetchrow(q.RELEASE_SECRETS, release_id)
         return (row["env_data"], row["values_data"]) if row else (None, None)
 
+    async def set_release_signature(
+        self, release_id: UUID, signature: str, previous: str | None
+    ) -> bool:
+        """Store a release's signature unless it changed since ``previous`` was read."""
+        return (
+            await self.pool.fetchval(q.SET_RELEASE_SIGNATURE, release_id, signature, previous)
+            is not None
+        )
+
     @staticmethod
     def _artifact(row: asyncpg.Record | None) -> ArtifactInfo | None:
         return ArtifactInfo.model_validate(dict(row)) if row else None
