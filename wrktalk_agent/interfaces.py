@@ -468,7 +468,8 @@ class BaseMaintenanceHandler(_BaseBackend):
 
 class BaseNotifier(_BaseBackend):
     """Optional base of a notifier: implement ``notify`` (one :class:`Delivery` per
-    recipient or channel; report delivery problems as ``ok=False``, don't raise)."""
+    recipient or channel; report delivery problems as ``ok=False``, don't raise), and
+    ``deliver(event, attempt)`` for per-recipient retries (see :class:`Notifier`)."""
 
     @abc.abstractmethod
     async def notify(self, event: NotificationEvent) -> Deliveries:

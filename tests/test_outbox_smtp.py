@@ -1,4 +1,5 @@
-"""The outbox delivering through the smtp notifier to a real SMTP server (aiosmtpd on
+"""The outbox delivering through the smtp notifier (selected and configured as an
+operator would: by name and environment) to a real SMTP server (aiosmtpd on
 loopback) that misbehaves, against a real PostgreSQL: every admin gets each notification
 exactly once after the server recovers — counted per Message-ID per recipient — except
 where a message went out without an answer, which may be repeated once (and is asserted
@@ -24,12 +25,11 @@ import pytest
 from aiosmtpd.controller import Controller
 
 from wrktalk_agent import metrics
+from wrktalk_agent.bootstrap import open_services
 from wrktalk_agent.db.repository import Repository
 from wrktalk_agent.log import get_logger
 from wrktalk_agent.outbox import Deliverer, event_json
-from wrktalk_agent.services import Services
 from wrktalk_agent.testing import add_admins, add_release, free_port, notification_event
-from wrktalk_agent_smtp import SmtpNotifier, SmtpSettings
 
 ALICE, BOB, CAROL = "alice@acme.example", "bob@acme.example", "carol@acme.example"
 
@@ -95,33 +95,30 @@ class Scripted:
 @dataclass
 class Rig:
     """The outbox of one notification for three admins (one per test), the server's port
-    and how to start an in-process deliverer."""
+    and how to start in-process deliverers (each its own services and pool)."""
 
     repo: Repository
     port: int
     notification_id: UUID
     task_id: UUID
-    controllers: list[Controller]
     settings: Any
-    smtp: dict[str, Any]
+    smtp: dict[str, str]
+    monkeypatch: pytest.MonkeyPatch
+    controllers: list[Controller] = field(default_factory=list)
+    repos: list[Repository] = field(default_factory=list)
 
     def serve(self, handler: Scripted) -> None:
         controller = Controller(handler, hostname="127.0.0.1", port=self.port)
         controller.start()
         self.controllers.append(controller)
 
-    def deliverer(self, repo: Repository | None = None, agent_id: str = "agent-a", **smtp: Any):
-        repo = repo or self.repo
-        settings = self.settings.model_copy(update={"agent_id": agent_id})
-        from wrktalk_agent.interfaces import PluginContext
-
-        context = PluginContext(
-            agent_id=agent_id, installation="Acme", work_dir=settings.work_dir, directory=repo
-        )
-        notifier = SmtpNotifier(SmtpSettings(**{**self.smtp, **smtp}), context)
-        services = Services(
-            settings=settings, repo=repo, deployer=None, maintenance=None, notifiers=[notifier]
-        )  # type: ignore[arg-type]
+    async def deliverer(self, agent_id: str = "agent-a") -> Deliverer:
+        """A deliverer with the smtp notifier, selected and configured through the
+        environment as in a real agent."""
+        for name, value in self.smtp.items():
+            self.monkeypatch.setenv(name, value)
+        services = await open_services(self.settings.model_copy(update={"agent_id": agent_id}))
+        self.repos.append(services.repo)
         return Deliverer(services, get_logger(agent_id=agent_id))
 
     async def row(self) -> Any:
@@ -161,10 +158,14 @@ class Rig:
 
 
 @pytest.fixture
-async def rig(agent_settings, repo) -> AsyncIterator[Rig]:
+async def rig(agent_settings, repo, monkeypatch) -> AsyncIterator[Rig]:
     await add_admins(repo, ("Alice", ALICE), ("Bob", BOB), ("Carol", CAROL))
     release = await add_release(repo, "1.1.0")
     task = await repo.create_task("deploy", release.id)
+    # the task is over (an agent would otherwise run it); its notification is promised
+    await repo.pool.execute(
+        "UPDATE agent_task SET status = 'completed', completed_at = now() WHERE id = $1", task.id
+    )
     event = notification_event("deploy_succeeded", task_id=task.id, installation="Acme")
     nid = await repo.pool.fetchval(
         "INSERT INTO agent_notification (task_id, notifier, event) VALUES ($1, 'smtp', $2)"
@@ -174,6 +175,7 @@ async def rig(agent_settings, repo) -> AsyncIterator[Rig]:
     )
     settings = agent_settings.model_copy(
         update={
+            "deployer": "script",
             "notifiers": ["smtp"],
             "notify_timeout": 1.5,
             "notify_retry_min": 0.05,
@@ -187,19 +189,21 @@ async def rig(agent_settings, repo) -> AsyncIterator[Rig]:
     )
     port = free_port()
     smtp = {
-        "host": "127.0.0.1",
-        "port": port,
-        "tls": "none",
-        "sender": "WrkTalk <agent@acme.example>",
-        "retries": 0,  # the outbox retries, visibly, in these tests
-        "timeout": 10.0,
+        "WRKTALK_AGENT_SMTP_HOST": "127.0.0.1",
+        "WRKTALK_AGENT_SMTP_PORT": str(port),
+        "WRKTALK_AGENT_SMTP_TLS": "none",
+        "WRKTALK_AGENT_SMTP_SENDER": "WrkTalk <agent@acme.example>",
+        "WRKTALK_AGENT_SMTP_RETRIES": "0",  # the outbox retries, visibly, in these tests
+        "WRKTALK_AGENT_SMTP_TIMEOUT": "10",
     }
-    rig = Rig(repo, port, nid, task.id, [], settings, smtp)
+    rig = Rig(repo, port, nid, task.id, settings, smtp, monkeypatch)
     try:
         yield rig
     finally:
         for controller in rig.controllers:
             controller.stop()
+        for opened in rig.repos:
+            await opened.close()
 
 
 def failed_total() -> float:
@@ -208,7 +212,7 @@ def failed_total() -> float:
 
 # -- (a) a server that refuses connections for a while -----------------------------------
 async def test_a_server_refusing_connections_gets_each_mail_once_after_it_recovers(rig):
-    deliverer = rig.deliverer()
+    deliverer = await rig.deliverer()
     # nothing listens on the port: every connection is refused
     for _ in range(3):
         await rig.repo.pool.execute(
@@ -247,7 +251,7 @@ async def test_a_flapping_server_gets_at_most_one_repeat_per_recipient(rig):
     server = Scripted(data={ALICE: ["drop"], CAROL: ["drop", "drop", "drop", "drop"]})
     rig.serve(server)
 
-    row = await rig.settled(rig.deliverer())
+    row = await rig.settled(await rig.deliverer())
 
     # alice: the first message was stored but unanswered (outcome unknown), so it is
     # repeated once: the allowed repeat. bob: once. carol's server drops every time: two
@@ -269,7 +273,7 @@ async def test_a_server_answering_after_the_notify_timeout_gets_one_repeat_at_mo
     )
     rig.serve(server)
 
-    row = await rig.settled(rig.deliverer())
+    row = await rig.settled(await rig.deliverer())
 
     # the first attempt is cut off by NOTIFY_TIMEOUT while alice's and bob's messages
     # wait for their 250: unknown outcomes, each repeated once (the allowed repeat);
@@ -285,7 +289,7 @@ async def test_a_4xx_for_one_recipient_retries_only_that_recipient(rig):
     server = Scripted(rcpt={BOB: [busy, busy, busy]})
     rig.serve(server)
 
-    row = await rig.settled(rig.deliverer())
+    row = await rig.settled(await rig.deliverer())
 
     assert row["status"] == "delivered" and row["attempts"] == 4
     assert server.per_recipient() == {ALICE: 1, BOB: 1, CAROL: 1}
@@ -302,7 +306,7 @@ async def test_a_5xx_for_one_recipient_fails_only_that_recipient(rig):
     server = Scripted(rcpt={CAROL: ["550 5.1.1 No such user"] * 5})
     rig.serve(server)
 
-    row = await rig.settled(rig.deliverer())
+    row = await rig.settled(await rig.deliverer())
 
     assert server.per_recipient() == {ALICE: 1, BOB: 1}
     assert row["attempts"] == 1  # nothing was left to retry
@@ -320,12 +324,11 @@ async def test_recipients_not_reached_by_the_deadline_are_given_up_and_shown(rig
     rig.settings = rig.settings.model_copy(update={"notify_give_up_after": 1.0})
     before = failed_total()
 
-    row = await rig.settled(rig.deliverer())  # no server ever answers
+    row = await rig.settled(await rig.deliverer())  # no server ever answers
 
     assert row["status"] == "failed"
     lived = await rig.repo.pool.fetchval(
-        "SELECT extract(epoch FROM finished_at - created_at) FROM agent_notification"
-        " WHERE id = $1",
+        "SELECT extract(epoch FROM finished_at - created_at) FROM agent_notification WHERE id = $1",
         rig.notification_id,
     )
     assert lived >= 1.0  # retried until the deadline, not given up before
@@ -340,7 +343,7 @@ async def test_recipients_not_reached_by_the_deadline_are_given_up_and_shown(rig
 
 
 # -- two agents --------------------------------------------------------------------------
-async def test_two_agents_never_send_to_the_same_recipient_at_once(rig, agent_settings):
+async def test_two_agents_never_send_to_the_same_recipient_at_once(rig):
     # three more notifications of the same task; a slow-ish server keeps sends overlapping
     for _ in range(3):
         event = notification_event("deploy_failed", task_id=rig.task_id)
@@ -351,11 +354,7 @@ async def test_two_agents_never_send_to_the_same_recipient_at_once(rig, agent_se
         )
     server = Scripted(data={ALICE: ["slow"] * 4}, slow_seconds=0.3)
     rig.serve(server)
-    other = await Repository.connect(agent_settings)
-    try:
-        await rig.settled(rig.deliverer(), rig.deliverer(other, agent_id="agent-b"), every=True)
-    finally:
-        await other.close()
+    await rig.settled(await rig.deliverer(), await rig.deliverer("agent-b"), every=True)
 
     copies = server.copies()
     assert len(copies) == 4 * 3  # four notifications, three admins, distinct Message-IDs
@@ -366,39 +365,13 @@ async def test_two_agents_never_send_to_the_same_recipient_at_once(rig, agent_se
     assert [r["sends"] for r in sends] == [1]
 
 
-# -- a frozen deliverer ------------------------------------------------------------------
-CHILD = """
-import asyncio, json, sys
-from wrktalk_agent.config import AgentSettings
-from wrktalk_agent.db.repository import Repository
-from wrktalk_agent.interfaces import PluginContext
-from wrktalk_agent.log import get_logger
-from wrktalk_agent.outbox import Deliverer
-from wrktalk_agent.services import Services
-from wrktalk_agent_smtp import SmtpNotifier, SmtpSettings
-
-async def main():
-    settings = AgentSettings(**json.loads(sys.argv[1]))
-    repo = await Repository.connect(settings)
-    context = PluginContext(agent_id=settings.agent_id, installation="Acme",
-                            work_dir=settings.work_dir, directory=repo)
-    notifier = SmtpNotifier(SmtpSettings(**json.loads(sys.argv[2])), context)
-    services = Services(settings=settings, repo=repo, deployer=None, maintenance=None,
-                        notifiers=[notifier])
-    await Deliverer(services, get_logger(agent_id=settings.agent_id)).run(asyncio.Event())
-
-asyncio.run(main())
-"""
-
-
-async def test_a_frozen_deliverer_causes_at_most_the_one_repeat(
-    rig, agent_settings, database_url, tmp_path
-):
-    """A real deliverer process is stopped (SIGSTOP) while alice's message waits for its
+# -- a frozen agent ----------------------------------------------------------------------
+async def test_a_frozen_agent_causes_at_most_the_one_repeat(rig, database_url, tmp_path):
+    """A real `wrktalk-agent run` is stopped (SIGSTOP) while alice's message waits for its
     answer. Another agent takes the notification over once the lease ran out: alice's
     send counts as an unknown outcome and is repeated once; bob and carol, recorded as
-    delivered, are not. When the frozen process resumes, it sends nothing more."""
-    import json
+    delivered, are not. When the frozen agent resumes, it sends nothing more."""
+    import os
     import signal
     import subprocess
     import sys
@@ -415,48 +388,68 @@ async def test_a_frozen_deliverer_causes_at_most_the_one_repeat(
             return await server.handle_DATA(srv, session, envelope)
 
     rig.serve(Holding())
-    settings = rig.settings.model_copy(update={"agent_id": "agent-frozen"})
-    fields = ("agent_id", "notifiers", "notify_timeout", "notify_retry_min",
-              "notify_retry_max", "heartbeat_interval", "stale_after", "stale_margin",
-              "poll_interval", "db_pool_min_size", "db_pool_max_size")  # fmt: skip
-    child_settings = {f: getattr(settings, f) for f in fields}
-    child_settings.update(database_url=database_url, work_dir=str(tmp_path / "child"))
-    child = subprocess.Popen(
-        [sys.executable, "-c", CHILD, json.dumps(child_settings),
-         json.dumps({**rig.smtp, "timeout": 60.0})],
-        stdout=subprocess.DEVNULL,
-        stderr=open(tmp_path / "frozen.log", "wb"),
-    )  # fmt: skip
+    s = rig.settings
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WRKTALK_AGENT_")}
+    env.update(rig.smtp)
+    env.update(
+        {
+            "WRKTALK_AGENT_DATABASE_URL": database_url,
+            "WRKTALK_AGENT_AGENT_ID": "agent-frozen",
+            "WRKTALK_AGENT_DEPLOYER": "script",
+            "WRKTALK_AGENT_SCRIPT_WORKING_DIR": str(tmp_path / "script"),
+            "WRKTALK_AGENT_MAINTENANCE_MODE_HANDLER": "none",
+            "WRKTALK_AGENT_NOTIFIERS": "smtp",
+            "WRKTALK_AGENT_WORK_DIR": str(tmp_path / "work-frozen"),
+            "WRKTALK_AGENT_SMTP_TIMEOUT": "60",
+            "WRKTALK_AGENT_LOG_FORMAT": "json",
+            **{
+                f"WRKTALK_AGENT_{name.upper()}": str(getattr(s, name))
+                for name in (
+                    "notify_timeout",
+                    "notify_retry_min",
+                    "notify_retry_max",
+                    "heartbeat_interval",
+                    "stale_after",
+                    "stale_margin",
+                    "poll_interval",
+                )
+            },
+        }
+    )
+    log = tmp_path / "frozen.log"
+    with open(log, "wb") as out:
+        child = subprocess.Popen(
+            [sys.executable, "-m", "wrktalk_agent.cli", "run"], env=env, stdout=out,
+            stderr=subprocess.STDOUT,
+        )  # fmt: skip
     try:
         async with asyncio.timeout(30):
             while not held or {
                 s["state"] for r, s in (await rig.recipients()).items() if r != ALICE
             } != {"delivered"}:
+                assert child.poll() is None, log.read_text()
                 await asyncio.sleep(0.05)
         child.send_signal(signal.SIGSTOP)
-        other = await Repository.connect(agent_settings)
-        try:
-            row = await rig.settled(rig.deliverer(other, agent_id="agent-b"))
-        finally:
-            await other.close()
+        row = await rig.settled(await rig.deliverer("agent-b"))
         release.set()  # alice's first message is stored now; its 250 waits in the socket
         async with asyncio.timeout(10):
             while server.per_recipient().get(ALICE) != 2:
                 await asyncio.sleep(0.05)
         child.send_signal(signal.SIGCONT)
-        # give the resumed process time to act on what it finds: more than a lease renewal
-        await asyncio.sleep(rig.settings.heartbeat_interval * 4)
-        assert child.poll() is None, (tmp_path / "frozen.log").read_text()
+        # time for the resumed agent to act on what it finds: several lease renewals
+        await asyncio.sleep(s.heartbeat_interval * 4)
+        assert child.poll() is None, log.read_text()
     finally:
         release.set()
         child.send_signal(signal.SIGCONT)
-        child.kill()
-        child.wait(10)
+        child.terminate()
+        child.wait(20)
 
     assert row["status"] == "delivered"
-    # alice: the frozen process's message (stored when released) plus the taker's
-    # repeat — the one repeat allowed for an unknown outcome; bob and carol once
+    # alice: the frozen agent's message (stored when released) plus the taker's repeat —
+    # the one repeat allowed for an unknown outcome; bob and carol once
     assert server.per_recipient() == {ALICE: 1 + 1, BOB: 1, CAROL: 1}
     states = await rig.recipients()
     assert (states[ALICE]["state"], states[ALICE]["sends"]) == ("delivered", 2)
-    assert (await rig.row())["status"] == "delivered"  # the resumed process changed nothing
+    assert (await rig.row())["status"] == "delivered"  # the resumed agent changed nothing
+    assert "Traceback" not in log.read_text()
