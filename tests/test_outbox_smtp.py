@@ -453,3 +453,29 @@ async def test_a_frozen_agent_causes_at_most_the_one_repeat(rig, database_url, t
     assert (states[ALICE]["state"], states[ALICE]["sends"]) == ("delivered", 2)
     assert (await rig.row())["status"] == "delivered"  # the resumed agent changed nothing
     assert "Traceback" not in log.read_text()
+
+
+# -- db init -----------------------------------------------------------------------------
+async def test_db_init_adds_recipient_states_to_an_older_outbox_once(repo):
+    """A database whose outbox predates per-recipient states: `db init` adds the table and
+    the lease token without touching promised notifications; a second run changes nothing."""
+    task = await repo.create_task("deploy", (await add_release(repo, "1.0.0")).id)
+    await repo.pool.execute(
+        "DROP TABLE agent_notification_recipient;"
+        " ALTER TABLE agent_notification DROP COLUMN lease_token"
+    )
+    event = notification_event("deploy_succeeded", task_id=task.id)
+    await repo.pool.execute(
+        "INSERT INTO agent_notification (task_id, notifier, event) VALUES ($1, 'smtp', $2)",
+        task.id,
+        event_json(event),
+    )
+    assert set(await repo.check_schema()) >= {
+        "table agent_notification_recipient is missing",
+        "column agent_notification.lease_token is missing",
+    }
+
+    assert await repo.init_schema() != []
+    assert await repo.check_schema() == []
+    assert await repo.init_schema() == []  # nothing missing: nothing applied
+    assert await repo.pending_notifications() == 1
