@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from datetime import UTC, datetime
@@ -254,22 +255,26 @@ class Deliverer:
         #: and how often it is renewed while a notifier works
         self.lease_seconds = self.settings.takeover_after_seconds
         self.renew_every = min(self.settings.heartbeat_interval, self.lease_seconds / 3)
+        #: loop time of the soonest retry this deliverer scheduled
+        self.next_retry = math.inf
 
     async def run(self, stop: asyncio.Event) -> None:
         """Deliver until ``stop``; wakes at once on :attr:`wake`, else every poll interval."""
         if not self.by_name:
             return
+        loop = asyncio.get_running_loop()
         while not stop.is_set():
             self.wake.clear()
+            self.next_retry = math.inf
             try:
                 await self.deliver_due()
             except (*CONNECTION_ERRORS, asyncpg.PostgresError) as exc:
                 self.log.warning("notify.outbox_unreachable", error=describe(exc))
+            # the poll interval finds what other agents left; our own retries are awaited
+            # no longer than they need
+            wait = min(self.settings.poll_interval, 30.0, self.next_retry - loop.time())
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(
-                    self.wake.wait(),
-                    timeout=min(self.settings.poll_interval, self.settings.notify_retry_min, 30.0),
-                )
+                await asyncio.wait_for(self.wake.wait(), timeout=max(wait, 0.01))
 
     async def deliver_due(self) -> int:
         """Deliver what is due now; returns how many notifications were handled."""
@@ -413,6 +418,7 @@ class Deliverer:
                 self.settings.notify_retry_min * 2 ** min(attempts - 1, 30),
                 max(remaining, 0.0),
             )
+            self.next_retry = min(self.next_retry, loop.time() + delay)
             metrics.NOTIFICATIONS.labels(
                 notifier=notifier.name, result="error" if error else "retry"
             ).inc()
