@@ -422,18 +422,17 @@ class Deliverer:
             metrics.NOTIFICATIONS.labels(
                 notifier=notifier.name, result="error" if error else "retry"
             ).inc()
+            summary = summarize(notifier.name, recorded)
             await self.repo.finish_notification(
-                row["id"], token, status="pending", deliveries=recorded, retry_in=delay
-            )
+                row["id"], token, status="pending", deliveries=recorded, retry_in=delay,
+                # the first attempt says so in the timeline; later ones only in the log
+                timeline=("info", f"{summary}; retrying (attempt 1)", self.settings.agent_id)
+                if attempts == 1 else None,
+            )  # fmt: skip
             log.warning(
                 "notify.retrying", attempt=attempts, retry_in=round(delay, 3),
-                summary=summarize(notifier.name, recorded), error=error,
+                summary=summary, error=error,
             )  # fmt: skip
-            if attempts == 1:
-                await self._timeline(
-                    event, "info",
-                    f"{summarize(notifier.name, recorded)}; retrying (attempt 1)",
-                )  # fmt: skip
             return
         ok = not again and all(r["state"] in ("delivered", "dropped") for r in states)
         status: Literal["delivered", "failed"] = "delivered" if ok else "failed"
@@ -443,26 +442,21 @@ class Deliverer:
                 if d["state"] == "pending" else d
                 for d in recorded
             ]  # fmt: skip
-        await self.repo.finish_notification(row["id"], token, status=status, deliveries=recorded)
-        metrics.NOTIFICATIONS.labels(notifier=notifier.name, result=status).inc()
         summary = summarize(notifier.name, recorded)
+        line: tuple[EventStatus, str, str] = (
+            ("info", summary, self.settings.agent_id)
+            if ok
+            else ("failed", f"notification failed: {summary}", self.settings.agent_id)
+        )
+        await self.repo.finish_notification(
+            row["id"], token, status=status, deliveries=recorded, timeline=line
+        )
+        metrics.NOTIFICATIONS.labels(notifier=notifier.name, result=status).inc()
         if ok:
             log.info("notify.delivered", summary=summary, attempt=attempts)
-            await self._timeline(event, "info", summary)
         else:
             metrics.NOTIFICATIONS_FAILED.labels(notifier=notifier.name).inc()
             log.error("notify.failed", summary=summary, attempt=attempts)
-            await self._timeline(event, "failed", f"notification failed: {summary}")
-
-    async def _timeline(self, event: NotificationEvent, status: EventStatus, message: str) -> None:
-        with contextlib.suppress(*CONNECTION_ERRORS, asyncpg.PostgresError):
-            await self.repo.add_event(
-                event.task_id,
-                "notify",
-                status,
-                message,
-                self.settings.agent_id,  # type: ignore[arg-type]
-            )
 
     async def _interrupted(self, notification_id: UUID, token: UUID, log: Any) -> None:
         """The agent is stopping: give the notification back (a send that was under way

@@ -355,7 +355,9 @@ UPDATE agent_notification_recipient
 SET state = 'failed', detail = 'gave up at the deadline; last: ' || detail, updated_at = now()
 WHERE notification_id = $1 AND state = 'pending'
 """
-# $1 id, $2 lease token, $3 status, $4 deliveries, $5 seconds until the next attempt.
+# $1 id, $2 lease token, $3 status, $4 deliveries, $5 seconds until the next attempt;
+# with the same lease, a line in the task's timeline ($6 status, $7 message, $8 agent id;
+# none when $7 is NULL).
 FINISH_NOTIFICATION = """
 WITH done AS (
     UPDATE agent_notification
@@ -365,6 +367,10 @@ WITH done AS (
         next_attempt_at = now() + make_interval(secs => $5)
     WHERE id = $1 AND lease_token = $2
     RETURNING task_id, notifier
+), told AS (
+    INSERT INTO agent_task_event (task_id, step, status, message, agent_id)
+    SELECT done.task_id, 'notify', $6, $7, $8 FROM done
+    WHERE $7::text IS NOT NULL AND done.task_id IS NOT NULL
 )
 UPDATE agent_task t
 SET result = coalesce(t.result, '{}'::jsonb) || jsonb_build_object(

@@ -670,12 +670,16 @@ class Repository:
         status: Literal["pending", "delivered", "failed"],
         deliveries: list[dict[str, Any]],
         retry_in: float = 0.0,
+        timeline: tuple[EventStatus, str, str] | None = None,
     ) -> None:
         """Release the lease with the notification's status (``pending``: try again in
-        ``retry_in`` seconds); the deliveries also go into the task's result."""
+        ``retry_in`` seconds); the deliveries also go into the task's result, and
+        ``timeline`` (status, message, agent id) into its timeline, in the same statement."""
+        status_, message, agent_id = timeline or (None, None, None)
         await self.pool.execute(
-            q.FINISH_NOTIFICATION, notification_id, lease_token, status, deliveries, retry_in
-        )
+            q.FINISH_NOTIFICATION, notification_id, lease_token, status, deliveries, retry_in,
+            status_, message, agent_id,
+        )  # fmt: skip
 
     @_bounded
     async def pending_notifications(self) -> int:
