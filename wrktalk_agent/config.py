@@ -181,6 +181,21 @@ class AgentSettings(BaseSettings):
         description="Seconds one notifier may take for one notification before it is retried "
         "later.",
     )
+    notify_retry_min: float = Field(
+        5.0,
+        gt=0,
+        description="Seconds before the first retry of a notification some recipients did not "
+        "get yet; doubled per attempt up to NOTIFY_RETRY_MAX.",
+    )
+    notify_retry_max: float = Field(
+        300.0, gt=0, description="Longest wait between two attempts of a notification."
+    )
+    notify_give_up_after: float = Field(
+        86400.0,
+        gt=0,
+        description="Seconds after a task's outcome until recipients not reached yet are given "
+        "up (the notification becomes failed).",
+    )
     deploy_timeout: float = Field(
         1800.0,
         gt=0,

@@ -65,7 +65,7 @@ _REQUIRED_METHODS: dict[Kind, tuple[str, ...]] = {
 _OPTIONAL_METHODS: dict[Kind, tuple[str, ...]] = {
     "deployer": ("validate", "prepare", "live_release"),
     "maintenance handler": (),
-    "notifier": (),
+    "notifier": ("deliver",),
 }
 #: Backend names become parts of environment variables and of the CLI's messages.
 _NAME = re.compile(r"[a-z][a-z0-9_-]{0,39}")

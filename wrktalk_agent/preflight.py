@@ -40,6 +40,9 @@ AGENT_PRIVILEGES: tuple[tuple[str, str, str], ...] = (
     ("agent_notification", "SELECT", "finding notifications to deliver"),
     ("agent_notification", "INSERT", "promising notifications with each outcome"),
     ("agent_notification", "UPDATE", "recording deliveries"),
+    ("agent_notification_recipient", "SELECT", "who still waits for a notification"),
+    ("agent_notification_recipient", "INSERT", "recording each recipient's delivery"),
+    ("agent_notification_recipient", "UPDATE", "recording each recipient's delivery"),
 )
 
 
