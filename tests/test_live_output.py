@@ -53,6 +53,13 @@ async def test_parsed_stdout_does_not_stream_but_stderr_does() -> None:
     assert seen == ["warning: slow"]
 
 
+async def test_a_question_a_plugin_asks_stays_out_of_the_stream() -> None:
+    program = "import sys; print('Docker Compose 2.26'); print('no such image', file=sys.stderr)"
+    seen, result = await _lines_of([sys.executable, "-c", program], stream=False)
+    assert seen == []
+    assert result.ok and result.output == "Docker Compose 2.26\nno such image\n"
+
+
 async def test_a_failing_sink_never_fails_the_command() -> None:
     calls: list[str] = []
 

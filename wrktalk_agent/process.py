@@ -291,12 +291,17 @@ async def run(
     timeout: float | None = None,
     capture_stdout: bool = False,
     env: Mapping[str, str] | None = None,
+    stream: bool = True,
 ) -> CommandResult:
     """Run ``args`` (never through a shell) and wait for it.
 
     The child gets its own process group so that cancelling the awaiting task (or a
     timeout) stops it together with anything it started (``docker compose`` runs as a
     CLI plugin, a grandchild of ours).
+
+    ``stream=False``: the command is a question whose answer is for the plugin (a version
+    probe, a status, a resolved configuration), not progress an operator waits for; its
+    output stays in the result and out of the task's timeline (:data:`output_sink`).
     """
     argv = tuple(args)
     try:
@@ -314,7 +319,7 @@ async def run(
     _track(proc.pid)
     _SPAWNED.add(proc.pid)
     try:
-        return await _communicate(proc, argv, timeout, capture_stdout)
+        return await _communicate(proc, argv, timeout, capture_stdout, stream=stream)
     finally:
         if proc.returncode is not None:
             _SPAWNED.discard(proc.pid)
@@ -326,12 +331,15 @@ async def _communicate(
     argv: tuple[str, ...],
     timeout: float | None,
     capture_stdout: bool,
+    *,
+    stream: bool = True,
 ) -> CommandResult:
     assert proc.stdout is not None
     # Filled while the command runs, so what it printed survives a timeout.
     stdout, output = bytearray(), bytearray()
     # stdout that is parsed (JSON, a status) is not progress: only the rest streams
-    lines = _LineSplitter(sink) if (sink := output_sink.get()) is not None else None
+    sink = output_sink.get() if stream else None
+    lines = _LineSplitter(sink) if sink is not None else None
     try:
         async with asyncio.timeout(timeout):
             if capture_stdout:

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from compose_support import ReleaseBuilder, Reports
 
+from wrktalk_agent import process
 from wrktalk_agent.interfaces import DeployError, DeployRequest, ValidationError
 from wrktalk_agent.process import NOT_FOUND, TAIL_BYTES, TIMED_OUT, run
 from wrktalk_agent_compose import ComposeDeployer, ComposeSettings
@@ -133,6 +134,7 @@ else:
 
 FAKE_COMPOSE_V1 = """\
 #!/bin/sh
+echo '["docker-compose"]' >> "$FAKE_LOG"
 echo "docker-compose version 1.29.2, build unknown"
 """
 
@@ -173,6 +175,52 @@ async def test_auto_prefers_v2(fake_bin: Path, tmp_path: Path) -> None:
 async def test_auto_falls_back_to_v1(fake_bin: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FAKE_BROKEN", "compose")
     assert await resolve_variant(fake_settings(fake_bin)) == "v1"
+
+
+async def test_auto_takes_v1_without_starting_it(
+    fake_bin: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """v1 is Python and takes a second to start: a task's detection does not run it (the
+    release's `config` call that follows proves it works); v2's probe says nothing into
+    the task's timeline."""
+    monkeypatch.setenv("FAKE_BROKEN", "compose")
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "no-docker-config"))
+    seen: list[str] = []
+    with process.streaming_output(seen.append):
+        assert await resolve_variant(fake_settings(fake_bin)) == "v1"
+    assert calls(tmp_path) == [["compose", "version"]]
+    assert seen == []
+
+
+async def test_auto_finds_the_v2_plugin_without_a_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    plugins = tmp_path / "docker-config" / "cli-plugins"
+    plugins.mkdir(parents=True)
+    (plugins / "docker-compose").write_text("#!/bin/sh\nexit 99\n")
+    (plugins / "docker-compose").chmod(0o755)
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "docker-config"))
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))  # no docker, no docker-compose
+    assert await resolve_variant(ComposeSettings()) == "v2"
+
+
+async def test_the_variant_is_found_once_per_agent(
+    fake_bin: Path,
+    tmp_path: Path,
+    builder: ReleaseBuilder,
+    monkeypatch: pytest.MonkeyPatch,
+    make_deployer: Callable[..., ComposeDeployer],
+) -> None:
+    monkeypatch.setenv("FAKE_BROKEN", "compose")
+    deployer = make_deployer(
+        docker_binary=str(fake_bin / "docker"), compose_v1_binary=str(fake_bin / "docker-compose")
+    )
+    for version in ("1.0.0", "1.0.1"):
+        request = builder.request(version, {"docker-compose.yml": COMPOSE_ONLY})
+        await deployer.validate(request)
+    probes = [c for c in calls(tmp_path) if c[:2] == ["compose", "version"]]
+    v1_runs = [c for c in calls(tmp_path) if c == ["docker-compose"]]
+    assert (len(probes), len(v1_runs)) == (1, 2)  # one probe; one `config` per task
 
 
 async def test_configured_variant_is_used_without_probing(fake_bin: Path, tmp_path: Path) -> None:

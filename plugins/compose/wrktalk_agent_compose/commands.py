@@ -5,6 +5,8 @@ Kept free of I/O so that the exact argument lists can be tested without Docker.
 
 from __future__ import annotations
 
+import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -82,20 +84,63 @@ def version_command(settings: ComposeSettings, variant: Variant) -> list[str]:
 
 
 async def probe(settings: ComposeSettings, variant: Variant) -> tuple[bool, str]:
-    """Whether ``variant`` works here, with its version line or the reason it does not."""
-    result = await run(version_command(settings, variant), timeout=QUERY_TIMEOUT_SECONDS)
+    """Whether ``variant`` works here, with its version line or the reason it does not.
+    The answer is the plugin's: not streamed into a task's timeline."""
+    result = await run(
+        version_command(settings, variant), timeout=QUERY_TIMEOUT_SECONDS, stream=False
+    )
     if not result.ok:
         return False, result.summary()
     lines = result.output.strip().splitlines()
     return True, lines[0] if lines else ""
 
 
+#: Where the docker CLI looks for its plugins besides ``$DOCKER_CONFIG/cli-plugins``
+#: (docker/cli's cli-plugins/manager, Linux defaults).
+CLI_PLUGIN_DIRS = (
+    "/usr/local/lib/docker/cli-plugins",
+    "/usr/local/libexec/docker/cli-plugins",
+    "/usr/lib/docker/cli-plugins",
+    "/usr/libexec/docker/cli-plugins",
+)
+
+
+def compose_plugin(environ: os._Environ[str] | dict[str, str] | None = None) -> Path | None:
+    """The Compose v2 CLI plugin the docker CLI would run, found without running it."""
+    env = os.environ if environ is None else environ
+    config = env.get("DOCKER_CONFIG") or str(Path(env.get("HOME", "/")) / ".docker")
+    for directory in (str(Path(config) / "cli-plugins"), *CLI_PLUGIN_DIRS):
+        candidate = Path(directory) / "docker-compose"
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return candidate
+    return None
+
+
 async def resolve_variant(settings: ComposeSettings) -> Variant:
-    """The configured variant, or the detected one for ``command=auto``."""
+    """The configured variant, or the one found for ``command=auto`` with as few
+    processes as possible (see :func:`find_variant`)."""
     if settings.command != "auto":
         return settings.command
-    variant, _ = await detect_variant(settings)
+    variant, _ = await find_variant(settings)
     return variant
+
+
+async def find_variant(settings: ComposeSettings) -> tuple[Variant, str]:
+    """The variant a task uses under ``command=auto``, cheaply: v2 when the docker CLI
+    has the compose plugin (a file where the CLI looks, else `docker compose version`,
+    a Go binary that answers in milliseconds), else v1 when ``docker-compose`` is on the
+    PATH — not started here: v1 is Python, and the release's `config` call that follows
+    proves it works. Raises :class:`DeployError` as :func:`detect_variant` does."""
+    plugin = compose_plugin()
+    if plugin is not None and settings.docker_binary == "docker":
+        return "v2", f"docker CLI plugin {plugin}"
+    works, detail = await probe(settings, "v2")
+    if works:
+        return "v2", detail
+    v1 = shutil.which(settings.compose_v1_binary)
+    if v1 is not None:
+        return "v1", f"{v1} (docker compose: {detail})"
+    return await detect_variant(settings)
 
 
 async def detect_variant(settings: ComposeSettings) -> tuple[Variant, str]:

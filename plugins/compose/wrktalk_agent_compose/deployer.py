@@ -82,6 +82,7 @@ class ComposeDeployer:
         result = await run(
             [self.settings.docker_binary, "version", "--format", "{{.Server.Version}}"],
             timeout=QUERY_TIMEOUT_SECONDS,
+            stream=False,
         )
         if result.ok:
             return CheckResult("docker", True, f"engine {result.output.strip()}")
@@ -94,6 +95,7 @@ class ComposeDeployer:
                 variant, detail = await detect_variant(self.settings)
             except DeployError as exc:
                 return CheckResult("compose", False, str(exc))
+            self._variant = variant  # what tasks of this agent use: no second detection
             return CheckResult("compose", True, f"{variant} (detected): {detail}")
         works, detail = await probe(self.settings, configured)
         return CheckResult("compose", works, f"{configured} (configured): {detail}")
@@ -123,8 +125,15 @@ class ComposeDeployer:
         except DeployError as exc:
             return self._unavailable(f"the release could not be validated: {exc}")
         command = self._command(variant, layout.compose_file, request.env_file)
+        # The one `config` call of a task: its model serves the image and the port checks
+        # below; its warnings come back as the step's warnings (not streamed: the model
+        # is interpolated, and a warning is one line, not progress).
         config = await run(
-            command.config(), cwd=layout.root, timeout=QUERY_TIMEOUT_SECONDS, capture_stdout=True
+            command.config(),
+            cwd=layout.root,
+            timeout=QUERY_TIMEOUT_SECONDS,
+            capture_stdout=True,
+            stream=False,
         )
         if config.returncode in (NOT_FOUND, TIMED_OUT):
             return self._unavailable(f"compose config could not run: {config.summary()}")
@@ -164,6 +173,7 @@ class ComposeDeployer:
         present = await run(
             [self.settings.docker_binary, "image", "inspect", "--format", "{{.Id}}", *elsewhere],
             timeout=QUERY_TIMEOUT_SECONDS,
+            stream=False,
         )
         if present.ok:
             return []
@@ -187,6 +197,7 @@ class ComposeDeployer:
             ),
             timeout=QUERY_TIMEOUT_SECONDS,
             capture_stdout=True,
+            stream=False,
         )
         if not listed.ok:
             raise ValidationError(f"could not check the published ports: {listed.summary()}")
@@ -325,7 +336,9 @@ class ComposeDeployer:
             raise DeployError(str(exc), system_changed=False) from exc
 
     async def _compose_variant(self) -> Variant:
-        if self._variant is None:  # detect once: the host does not change under us
+        # Found once per agent (this instance lives as long as the agent), with as few
+        # processes as possible: the host does not change under us.
+        if self._variant is None:
             self._variant = await resolve_variant(self.settings)
         return self._variant
 
