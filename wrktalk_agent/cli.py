@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from wrktalk_agent.config import AgentSettings
     from wrktalk_agent.db.models import MaintenanceState, Task
     from wrktalk_agent.db.repository import Repository
+    from wrktalk_agent.plugins import PluginRegistry
 
 T = TypeVar("T")
 OUTPUTS = ("table", "wide", "json")
@@ -53,9 +54,12 @@ class Failure(click.ClickException):
 _loaded: AgentSettings | None = None
 
 
-def load_settings(*, warn_unknown: bool = False, **overrides: Any) -> AgentSettings:
+def load_settings(
+    *, warn_unknown: bool = False, registry: PluginRegistry | None = None, **overrides: Any
+) -> AgentSettings:
     """Settings from the environment; bad ones are one line each (exit 2).
-    ``warn_unknown``: name misspelled ``WRKTALK_AGENT_*`` variables (on stderr)."""
+    ``warn_unknown``: name misspelled ``WRKTALK_AGENT_*`` variables (on stderr), looked up
+    in ``registry``'s settings models (the plugins are loaded once per command)."""
     global _loaded
     from pydantic import ValidationError
 
@@ -72,19 +76,31 @@ def load_settings(*, warn_unknown: bool = False, **overrides: Any) -> AgentSetti
     configure_logging(settings.log_level, settings.log_format)
     _loaded = settings
     if warn_unknown:
-        _warn_unknown_variables(settings)
+        _warn_unknown_variables(settings, registry)
     return settings
 
 
-def _warn_unknown_variables(settings: AgentSettings) -> None:
+def load_registry(settings: AgentSettings) -> PluginRegistry:
+    """The installed plugins, loaded once for the command (exit 2 when that fails)."""
+    from wrktalk_agent.bootstrap import make_registry
+    from wrktalk_agent.plugins import PluginError
+
+    try:
+        return make_registry(settings)
+    except PluginError as exc:
+        raise Failure(str(exc), exit_code=2) from None
+
+
+def _warn_unknown_variables(settings: AgentSettings, registry: PluginRegistry | None) -> None:
     from wrktalk_agent.config import known_variables, unknown_variable_warnings
     from wrktalk_agent.plugins import PluginError, PluginRegistry
 
     models: list[Any] = []
-    try:
-        registry = PluginRegistry(settings.extra_plugins)
-    except PluginError:
-        registry = None
+    if registry is None:
+        try:
+            registry = PluginRegistry(settings.extra_plugins)
+        except PluginError:
+            registry = None
     if registry is not None:
         for backends in registry.backends.values():
             for backend in backends.values():
@@ -984,11 +1000,13 @@ def task_cancel(task_id: str, who: str | None) -> None:
 @click.option("--once", is_flag=True, help="Run at most one due task, then exit.")
 def run(once: bool) -> None:
     """Run the agent: claim tasks and deploy them until stopped (SIGTERM/SIGINT)."""
-    settings = load_settings(warn_unknown=True)
-    sys.exit(run_async(_run(settings, once=once)))
+    settings = load_settings()
+    registry = load_registry(settings)
+    _warn_unknown_variables(settings, registry)
+    sys.exit(run_async(_run(settings, registry, once=once)))
 
 
-async def _run(settings: AgentSettings, *, once: bool) -> int:
+async def _run(settings: AgentSettings, registry: PluginRegistry, *, once: bool) -> int:
     import structlog
 
     from wrktalk_agent import __version__
@@ -1000,7 +1018,7 @@ async def _run(settings: AgentSettings, *, once: bool) -> int:
         agent_id=settings.agent_id
     )  # every line, library ones too
     log = get_logger()
-    services = await open_services(settings)
+    services = await open_services(settings, registry)
     agent = Agent(services)
     agent.install_signal_handlers()
     http = None
@@ -1119,11 +1137,12 @@ def check(as_json: bool, output: str, strict: bool) -> None:
     Exit 1 when something blocks deploys (database, schema, privileges, deployer,
     maintenance handler, work dir, trusted keys). A failing notifier only degrades them
     (mails wait in the outbox): it is a WARN line and exit 0, unless --strict."""
-    from wrktalk_agent.bootstrap import make_registry
     from wrktalk_agent.preflight import blocks_deploys, format_checks, run_checks
 
-    settings = load_settings(warn_unknown=True)
-    results = run_async(run_checks(settings, make_registry(settings), None))
+    settings = load_settings()
+    registry = load_registry(settings)
+    _warn_unknown_variables(settings, registry)
+    results = run_async(run_checks(settings, registry, None))
     if as_json or output == "json":
         print_json(
             [

@@ -10,10 +10,21 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any, Protocol
 
-import structlog
-
 from wrktalk_agent.safe_text import visible
 from wrktalk_agent.secrets import MASK, is_secret_name, mask_mapping, mask_text
+
+if "structlog" in sys.modules or "rich" in sys.modules:
+    import structlog
+else:
+    # structlog.dev imports rich when it is installed (the TUI brings it) for a
+    # traceback formatter the agent never uses: format_exc_info below turns tracebacks
+    # into text before a renderer sees them. rich costs more to import than structlog
+    # itself, on every start of the agent; kept out while structlog loads.
+    sys.modules["rich"] = None  # type: ignore[assignment]  # `import rich` fails
+    try:
+        import structlog
+    finally:
+        del sys.modules["rich"]
 
 
 def redact_secrets(
@@ -90,7 +101,9 @@ class _CurrentStderr:
 def configure_logging(level: str = "info", fmt: str = "auto") -> None:
     use_console = fmt == "console" or (fmt == "auto" and sys.stderr.isatty())
     renderer: Any = (
-        structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+        structlog.dev.ConsoleRenderer(
+            colors=sys.stderr.isatty(), exception_formatter=structlog.dev.plain_traceback
+        )
         if use_console
         else structlog.processors.JSONRenderer()
     )

@@ -36,8 +36,6 @@ import re
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-import yaml
-
 from wrktalk_agent.secrets import MASK, is_secret_name, mask_text, url_passwords
 
 __all__ = ["MASK", "Redactor"]
@@ -159,6 +157,8 @@ def _env_secrets(text: str) -> Iterator[str]:
 
 
 def _values_secrets(text: str) -> Iterator[str]:
+    import yaml  # only a release with values.yaml needs it
+
     if not text.strip():
         return
     if len(text) <= MAX_YAML_BYTES:

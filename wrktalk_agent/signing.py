@@ -38,14 +38,15 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
-
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from typing import TYPE_CHECKING, Any
 
 from wrktalk_agent.interfaces import validate_version
+
+if TYPE_CHECKING:  # imported where used: an agent without keys never loads cryptography
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+        Ed25519PrivateKey,
+        Ed25519PublicKey,
+    )
 
 __all__ = [
     "SCHEME",
@@ -169,6 +170,9 @@ class Verified:
 def key_id(key: Ed25519PublicKey | Ed25519PrivateKey) -> str:
     """A short name of a key: ``ed25519:`` and 16 hex digits of the sha256 of its raw
     public bytes (what ``release keygen`` prints and refusals show)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     public = key.public_key() if isinstance(key, Ed25519PrivateKey) else key
     raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     return "ed25519:" + hashlib.sha256(raw).hexdigest()[:16]
@@ -204,6 +208,8 @@ def verify_release(
 ) -> Verified:
     """Check a stored signature against the release's fields as they are now. Raises
     :class:`SignatureError` naming the problem; never another exception for bad input."""
+    from cryptography.exceptions import InvalidSignature
+
     version = actual.version
     if not stored or not stored.strip():
         raise SignatureError(f"release {version} is not signed and trusted keys are configured")
@@ -267,6 +273,9 @@ def _parse_document(text: str | None) -> tuple[Manifest, list[dict[str, str]]] |
 
 def generate_keypair() -> tuple[bytes, bytes]:
     """A new key pair as (private PKCS#8 PEM, public SubjectPublicKeyInfo PEM)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     private_key = Ed25519PrivateKey.generate()
     private_pem = private_key.private_bytes(
         serialization.Encoding.PEM,
@@ -281,6 +290,9 @@ def generate_keypair() -> tuple[bytes, bytes]:
 
 def load_private_key(pem: bytes, password: bytes | None = None) -> Ed25519PrivateKey:
     """Parse a PEM private key (for ``release add --sign-key``); must be Ed25519."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     key = serialization.load_pem_private_key(pem, password=password)
     if not isinstance(key, Ed25519PrivateKey):
         raise ValueError(f"the private key is an {_key_kind(key)} key, not an Ed25519 key")
@@ -299,6 +311,8 @@ def load_trusted_keys(entries: Iterable[str]) -> list[Ed25519PublicKey]:
 
 
 def _parse_public_key(entry: str) -> Ed25519PublicKey:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
     if "-----BEGIN" in entry:
         return _from_pem(entry.encode())
     raw = _raw_key(entry)
@@ -320,6 +334,9 @@ def _parse_public_key(entry: str) -> Ed25519PublicKey:
 
 
 def _from_pem(pem: bytes) -> Ed25519PublicKey:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
     try:
         key = serialization.load_pem_public_key(pem)
     except (ValueError, TypeError) as exc:  # cryptography's messages are long; keep it short
@@ -330,6 +347,8 @@ def _from_pem(pem: bytes) -> Ed25519PublicKey:
 
 
 def _key_kind(key: object) -> str:
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
     # cryptography's concrete classes are private (ECPublicKey...); name the algorithm.
     if isinstance(key, rsa.RSAPublicKey | rsa.RSAPrivateKey):
         return "RSA"

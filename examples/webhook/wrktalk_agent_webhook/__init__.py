@@ -9,7 +9,6 @@ from dataclasses import asdict
 from typing import ClassVar
 from urllib.parse import urlsplit
 
-import aiohttp
 from pydantic import AnyHttpUrl, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -59,6 +58,8 @@ class WebhookNotifier(BaseNotifier):
         return [CheckResult("endpoint", True, f"outcomes are POSTed to {shown(self.url)}")]
 
     async def notify(self, event: NotificationEvent) -> Deliveries:
+        import aiohttp  # when a notification goes out, not when the plugin is loaded
+
         body = json.dumps(asdict(event), default=str).encode()
         timeout = aiohttp.ClientTimeout(total=self.settings.timeout)
         problem = ""

@@ -7,8 +7,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from wrktalk_agent.interfaces import DeployError
 
 #: The names Compose itself looks for, in its order of preference.
@@ -63,6 +61,8 @@ def read_layout(root: Path) -> ReleaseLayout:
 
 
 def load_compose_document(path: Path) -> dict[str, Any]:
+    import yaml  # on first use: loading the plugin does not need it
+
     try:
         document = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.MarkedYAMLError as exc:

@@ -16,8 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 #: how many ports of a published range are checked one by one
 MAX_RANGE = 256
 
@@ -35,6 +33,8 @@ class PublishedPort:
 
 def resolved_services(config_output: str) -> dict[str, dict[str, Any]]:
     """The ``services`` mapping of `compose config`'s output ({} when it has none)."""
+    import yaml  # on first use: loading the plugin does not need it
+
     document = yaml.safe_load(config_output) or {}
     services = document.get("services") if isinstance(document, dict) else None
     if not isinstance(services, dict):

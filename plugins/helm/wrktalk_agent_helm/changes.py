@@ -9,13 +9,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-import yaml
-
 Key = tuple[str, str, str]  # kind, namespace, name
 
 
 def parse_manifests(text: str) -> dict[Key, dict[str, Any]]:
     """The resources of ``helm template`` output, by kind, namespace and name."""
+    import yaml  # on first use: loading the plugin does not need it
+
     found: dict[Key, dict[str, Any]] = {}
     for doc in yaml.safe_load_all(text or ""):
         if not isinstance(doc, dict) or "kind" not in doc:

@@ -10,11 +10,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.message import EmailMessage
 from email.utils import format_datetime, formataddr, make_msgid, parseaddr
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar
 
-import aiosmtplib
-from aiosmtplib.response import SMTPResponse
-from aiosmtplib.typing import Default
 from pydantic import SecretStr
 from tenacity import (
     AsyncRetrying,
@@ -39,6 +36,9 @@ from wrktalk_agent.interfaces import (
 from wrktalk_agent.log import get_logger
 from wrktalk_agent_smtp.render import Rendered, Templates
 from wrktalk_agent_smtp.settings import SmtpSettings, TlsMode
+
+if TYPE_CHECKING:
+    import aiosmtplib
 
 _DEFAULT_PORTS: dict[TlsMode, int] = {"starttls": 587, "tls": 465, "none": 25}
 
@@ -212,8 +212,10 @@ class SmtpNotifier:
         return context
 
     def _client(self, server: Server, gate: _Gate | None = None) -> aiosmtplib.SMTP:
+        from wrktalk_agent_smtp.client import GatedSMTP
+
         tls = self.settings.tls
-        return _GatedSMTP(
+        return GatedSMTP(
             gate or _Gate(),
             hostname=server.host,
             port=server.port,
@@ -294,7 +296,7 @@ class SmtpNotifier:
                 return  # 250 came; only the goodbye (QUIT) failed
             if not gate.sent:
                 raise
-            if isinstance(exc, aiosmtplib.SMTPResponseException):
+            if isinstance(exc, _smtp().SMTPResponseException):
                 # the server answered: it has not taken the message
                 outcome = _outcome(exc)
                 await attempt.report(Delivery.of(address, outcome, self._describe(exc, server), 1))
@@ -312,9 +314,9 @@ class SmtpNotifier:
         return f"{outcome} failure after {attempts} attempt(s): {self._describe(exc, server)}"
 
     def _describe(self, exc: BaseException, server: Server) -> str:
-        if isinstance(exc, aiosmtplib.SMTPRecipientsRefused):
+        if isinstance(exc, _smtp().SMTPRecipientsRefused):
             text = "; ".join(f"{r.code} {r.message}" for r in exc.recipients)
-        elif isinstance(exc, aiosmtplib.SMTPResponseException):
+        elif isinstance(exc, _smtp().SMTPResponseException):
             text = f"{exc.code} {exc.message}"
         else:
             text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
@@ -332,9 +334,9 @@ def is_temporary(exc: BaseException) -> bool:
     """
     if isinstance(exc, _Unanswered | _Withheld):
         return True
-    if isinstance(exc, aiosmtplib.SMTPRecipientsRefused):
+    if isinstance(exc, _smtp().SMTPRecipientsRefused):
         return all(is_temporary(r) for r in exc.recipients)
-    if isinstance(exc, aiosmtplib.SMTPResponseException):
+    if isinstance(exc, _smtp().SMTPResponseException):
         return 400 <= exc.code < 500
     if _caused_by(exc, ssl.SSLCertVerificationError):
         return False
@@ -378,28 +380,12 @@ class _Gate:
         self.accepted = False
 
 
-class _GatedSMTP(aiosmtplib.SMTP):
-    """aiosmtplib's client with a gate before ``DATA``: everything before it (connect,
-    TLS, AUTH, ``MAIL``, ``RCPT``) can fail and be retried without anyone getting the
-    message; from ``DATA`` on, a failure without a reply leaves the outcome unknown."""
+def _smtp() -> Any:
+    """aiosmtplib, imported on first use: loading the plugin (``wrktalk-agent plugins``,
+    an agent that sends no mail) does not pay for it."""
+    import aiosmtplib
 
-    def __init__(self, gate: _Gate, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.gate = gate
-
-    async def data(
-        self,
-        message: str | bytes,
-        /,
-        *,
-        timeout: float | Literal[Default.token] | None = Default.token,
-    ) -> SMTPResponse:
-        if self.gate.ask is not None and not await self.gate.ask():
-            raise _Withheld()
-        self.gate.sent = True
-        response = await super().data(message, timeout=timeout)
-        self.gate.accepted = True
-        return response
+    return aiosmtplib
 
 
 def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:

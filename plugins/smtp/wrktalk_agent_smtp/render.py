@@ -5,11 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
-
-import jinja2
+from typing import TYPE_CHECKING, Any
 
 from wrktalk_agent.interfaces import NotificationEvent, NotificationKind
+
+if TYPE_CHECKING:
+    import jinja2
 
 TEXT_TEMPLATE = "body.txt.j2"
 HTML_TEMPLATE = "body.html.j2"
@@ -96,6 +97,8 @@ class Templates:
     """The two body templates: the shipped ones, or same-named files from ``override_dir``."""
 
     def __init__(self, override_dir: Path | None = None) -> None:
+        import jinja2  # here, not at the top: listing plugins need not load it
+
         loaders: list[jinja2.BaseLoader] = []
         if override_dir is not None:
             loaders.append(jinja2.FileSystemLoader(override_dir))
