@@ -64,6 +64,12 @@ async def drop_database(url: str, db_url: str) -> None:
         await conn.close()
 
 
+def machine_load() -> str:
+    """The load averages, as `uptime` says them: figures on a shared machine need them."""
+    one, five, fifteen = os.getloadavg()
+    return f"load {one:.2f} {five:.2f} {fifteen:.2f} on {os.cpu_count()} CPUs"
+
+
 def percentile(values: Sequence[float], pct: float) -> float:
     ordered = sorted(values)
     index = min(len(ordered) - 1, max(0, round(pct / 100 * (len(ordered) - 1))))

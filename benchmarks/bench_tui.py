@@ -6,13 +6,17 @@
 Seeds a fresh database (WRKTALK_BENCH_DATABASE_URL, or an embedded PostgreSQL) with
 server-side generate_series INSERTs, then measures:
 
-* first paint: a headless app from start until the tasks table is filled;
+* first paint, side by side: a new process running the dashboard headless, from its start
+  until the tasks table shows rows, against a bare Textual app (a DataTable filled from one
+  query of the newest tasks, nothing else) started the same way, alternated, in one run;
+* first paint in-process: a headless app from start until the tasks table is filled;
 * each refresh query: median / p95 over ``--repeat`` calls through the Repository, and its
   plan (EXPLAIN ANALYZE, custom and generic) with the indexes it uses;
 * memory: RSS while the app refreshes as fast as it can for ``--duration`` seconds, with a
   task inserted every second so the NOTIFY path runs too.
 
-Goals (issue 8): first paint ≤ 1 s, each refresh query ≤ 20 ms, memory flat.
+Goals (issue 8): first paint ≤ 1 s, each refresh query ≤ 20 ms, memory flat; (issue 27)
+first paint ≤ 1.5x the bare Textual app's. Each table says the machine's load.
 """
 
 from __future__ import annotations
@@ -31,7 +35,15 @@ from typing import Any
 import asyncpg
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _support import drop_database, fresh_database, median, percentile, server_url, table
+from _support import (
+    drop_database,
+    fresh_database,
+    machine_load,
+    median,
+    percentile,
+    server_url,
+    table,
+)
 
 from wrktalk_agent.config import AgentSettings
 from wrktalk_agent.db import queries as q
@@ -42,6 +54,8 @@ from wrktalk_agent.tui.messages import SnapshotLoaded
 from wrktalk_agent.tui.widgets import TasksTable
 
 FIRST_PAINT_GOAL = 1.0
+#: issue 27: the dashboard's first paint against a bare Textual app's, process start to rows
+BARE_RATIO_GOAL = 1.5
 QUERY_GOAL_MS = 20.0
 BIG_TABLES = {"agent_task", "agent_task_event", "release_artifact"}
 
@@ -269,6 +283,109 @@ async def first_paint(settings: AgentSettings) -> float:
     return elapsed
 
 
+# A new process each: what an operator waits for after typing the command (imports, the
+# connection, the first query, the first screen). Each prints PAINTED when its table has rows.
+DASHBOARD_CHILD = """
+import asyncio, sys
+from wrktalk_agent.config import AgentSettings
+from wrktalk_agent.tui import create_app
+from wrktalk_agent.tui.widgets import TasksTable
+
+async def main():
+    app = create_app(AgentSettings(database_url=sys.argv[1]))
+    async with app.run_test(size=(120, 40)) as pilot:
+        table = app.main.query_one(TasksTable)
+        while table.row_count == 0:
+            await pilot.pause(0.002)
+        print("PAINTED", table.row_count, flush=True)
+
+asyncio.run(main())
+"""
+
+BARE_CHILD = """
+import asyncio, sys
+import asyncpg
+from textual.app import App
+from textual.widgets import DataTable, Footer, Header
+
+SQL = (
+    "SELECT t.id, t.status, t.type, a.release_version, t.picked_up_at, t.completed_at,"
+    " left(t.error_message, 200), t.claimed_by"
+    " FROM agent_task t LEFT JOIN release_artifact a ON a.id = t.release_artifact_id"
+    " ORDER BY t.created_at DESC, t.id DESC LIMIT 100"
+)
+
+class Bare(App):
+    def compose(self):
+        yield Header()
+        yield DataTable()
+        yield Footer()
+
+    async def on_mount(self):
+        table = self.query_one(DataTable)
+        table.add_columns("ID", "Status", "Type", "Version", "Picked up", "Took", "Error", "Agent")
+        conn = await asyncpg.connect(sys.argv[1])
+        rows = await conn.fetch(SQL)
+        await conn.close()
+        table.add_rows([str(v) for v in row] for row in rows)
+
+async def main():
+    app = Bare()
+    async with app.run_test(size=(120, 40)) as pilot:
+        table = app.query_one(DataTable)
+        while table.row_count == 0:
+            await pilot.pause(0.002)
+        print("PAINTED", table.row_count, flush=True)
+
+asyncio.run(main())
+"""
+
+
+async def paint_process(child: str, db_url: str) -> float:
+    """Seconds from starting ``child`` in a new interpreter until it says PAINTED."""
+    began = time.perf_counter()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", child, db_url,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    line = await asyncio.wait_for(proc.stdout.readline(), 120)
+    painted = time.perf_counter() - began
+    _, err = await proc.communicate()
+    if not line.startswith(b"PAINTED"):
+        raise RuntimeError(f"first-paint child failed: {err.decode(errors='replace')[-2000:]}")
+    return painted
+
+
+async def paint_side_by_side(db_url: str, runs: int) -> tuple[list[float], list[float]]:
+    """Dashboard and bare app alternated (one warm-up each: the page cache), ``runs`` each."""
+    await paint_process(DASHBOARD_CHILD, db_url)
+    await paint_process(BARE_CHILD, db_url)
+    dashboard, bare = [], []
+    for _ in range(runs):
+        dashboard.append(await paint_process(DASHBOARD_CHILD, db_url))
+        bare.append(await paint_process(BARE_CHILD, db_url))
+    return dashboard, bare
+
+
+def paint_table(tasks: int, runs: int, dashboard: list[float], bare: list[float], when: str) -> str:
+    ratio = median(dashboard) / median(bare)
+    verdict = "meets" if ratio <= BARE_RATIO_GOAL else "misses"
+    # fmt: off
+    return table(
+        f"First paint at {tasks} tasks, new process → rows on screen, {runs} runs alternated "
+        f"({when})",
+        ["app", "median s", "min s", "max s", "vs bare"],
+        [
+            ["bare Textual app", f"{median(bare):.3f}", f"{min(bare):.3f}",
+             f"{max(bare):.3f}", "1.00x"],
+            ["wrktalk-agent tui", f"{median(dashboard):.3f}", f"{min(dashboard):.3f}",
+             f"{max(dashboard):.3f}", f"{ratio:.2f}x ({verdict} ≤ {BARE_RATIO_GOAL}x)"],
+        ],
+    )
+    # fmt: on
+
+
 def rss_mb() -> float:
     try:
         with open("/proc/self/statm") as statm:
@@ -315,6 +432,7 @@ async def main() -> None:
     parser.add_argument("--artifacts", type=int, default=1000)
     parser.add_argument("--artifact-kb", type=int, default=1024)
     parser.add_argument("--paints", type=int, default=5, help="first-paint runs")
+    parser.add_argument("--only-paint", action="store_true", help="only the first-paint tables")
     args = parser.parse_args()
 
     with server_url() as url:
@@ -344,6 +462,10 @@ async def main() -> None:
 
 
 async def report(settings: AgentSettings, repo: Repository, args: argparse.Namespace) -> None:
+    before = machine_load()
+    dashboard, bare = await paint_side_by_side(settings.dsn(), args.paints)
+    when = f"{before}; after: {machine_load()}"
+    print(paint_table(args.tasks, args.paints, dashboard, bare, when) + "\n")
     paints = [await first_paint(settings) for _ in range(args.paints)]
     print(
         table(
@@ -360,6 +482,8 @@ async def report(settings: AgentSettings, repo: Repository, args: argparse.Names
         + "\n"
     )
 
+    if args.only_paint:
+        return
     rows = await time_queries(repo, args.repeat)
     print(
         table(

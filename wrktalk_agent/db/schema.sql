@@ -171,6 +171,9 @@ CREATE INDEX IF NOT EXISTS agent_task_pending
 -- The dashboard: recent tasks, with or without a status filter.
 CREATE INDEX IF NOT EXISTS agent_task_recent ON agent_task (created_at DESC, id DESC);
 CREATE INDEX IF NOT EXISTS agent_task_status_recent ON agent_task (status, created_at DESC);
+-- The dashboard: the latest finished task (what it found live), without a sort of them all.
+CREATE INDEX IF NOT EXISTS agent_task_finished ON agent_task (completed_at DESC NULLS LAST, id DESC)
+    WHERE status IN ('completed', 'failed');
 CREATE INDEX IF NOT EXISTS agent_task_event_task ON agent_task_event (task_id, id);
 
 -- The agent records maintenance state and poll times in deployment_config: make sure

@@ -36,6 +36,7 @@ from wrktalk_agent.tui.data import (
 )
 from wrktalk_agent.tui.messages import (
     ActionFinished,
+    FirstRowsLoaded,
     ListenerState,
     RefreshFailed,
     SnapshotLoaded,
@@ -116,6 +117,7 @@ class MainScreen(Screen[None]):
         self._refreshing = False
         self._refresh_again = False
         self._failures = 0
+        self._listening = False
         self._actions_state: tuple[bool | None, ...] = ()
 
     def compose(self) -> ComposeResult:
@@ -144,8 +146,7 @@ class MainScreen(Screen[None]):
         self.query_one("#tasks-empty").display = False
         self.query_one(OutputPane).display = False
         self.query_one(TasksTable).focus()
-        self.request_refresh()
-        self.listen_for_changes()
+        self.request_refresh()  # the LISTEN connection follows the first snapshot
         # while the database does not answer, the age of the data shown keeps growing
         self.set_interval(1.0, self._tick_stale)
 
@@ -164,14 +165,22 @@ class MainScreen(Screen[None]):
     @work(exclusive=True, group="refresh")
     async def load_snapshot(self, filters: Filters) -> None:
         try:
+            if self.snapshot is None:  # first paint: a screenful of the newest tasks first
+                self.post_message(FirstRowsLoaded(await self.source.first_rows(filters)))
             snapshot = await self.source.snapshot(filters)
         except SourceUnavailable as exc:
             self.post_message(RefreshFailed(str(exc)))
         else:
             self.post_message(SnapshotLoaded(snapshot))
 
+    @on(FirstRowsLoaded)
+    def show_first_rows(self, message: FirstRowsLoaded) -> None:
+        if self.snapshot is None:  # the whole snapshot did not overtake it
+            self.query_one(TasksTable).show(message.snapshot, self.search, self.sort)
+
     @on(SnapshotLoaded)
     def show_snapshot(self, message: SnapshotLoaded) -> None:
+        self._start_listening()
         snapshot = self.snapshot = message.snapshot
         self._failures = 0
         self.unreachable = False
@@ -184,8 +193,16 @@ class MainScreen(Screen[None]):
         self.context_changed()
         self._refresh_finished(self.refresh_interval)
 
+    def _start_listening(self) -> None:
+        """LISTEN from the end of the first refresh on: its connection does not compete
+        with the first paint (what it would report then, the refresh reports too)."""
+        if not self._listening:
+            self._listening = True
+            self.listen_for_changes()
+
     @on(RefreshFailed)
     def show_refresh_failure(self, message: RefreshFailed) -> None:
+        self._start_listening()
         self._failures += 1
         delay = min(self.refresh_interval * 2 ** (self._failures - 1), MAX_RETRY_DELAY)
         last_good = self.snapshot.now if self.snapshot else None

@@ -43,6 +43,9 @@ TaskTypeFilter = Literal["deploy", "rollback"]
 
 #: How many tasks and releases the tables show (newest first).
 TASK_LIMIT = 100
+#: How many tasks the first screen shows before the rest of the dashboard has loaded:
+#: a screenful (see :meth:`DashboardSource.first_rows`).
+FIRST_ROWS = 40
 RELEASE_LIMIT = 200
 #: Agents that have not polled for a day are gone, not merely stale.
 AGENT_WINDOW = timedelta(hours=24)
@@ -258,6 +261,35 @@ class DashboardSource:
             releases=releases,
             stale_after=self.settings.stale_after_seconds,
             output=output,
+        )
+
+    async def first_rows(self, filters: Filters, limit: int = FIRST_ROWS) -> Snapshot:
+        """The newest ``limit`` tasks (and the steps of running ones), for the first paint
+        only: agents, releases and the installation's details come with :meth:`snapshot`
+        right after; a partial snapshot is never kept as the dashboard's state."""
+        async with self._repository() as repo:
+            overview = await repo.dashboard_overview()
+            tasks = await repo.dashboard_tasks(
+                status=filters.status, task_type=filters.task_type, limit=limit
+            )
+            running = [Running(t, e) for t, e in await repo.dashboard_running()]
+        return Snapshot(
+            now=self._now(overview["now"]),
+            filters=filters,
+            installation=InstallationState(
+                maintenance=overview["maintenance"],
+                last_agent_poll=overview["last_agent_poll"],
+                current_id=overview["current_id"],
+                current_version=overview["current_version"],
+                previous_id=overview["previous_id"],
+                previous_version=overview["previous_version"],
+                pending_count=overview["pending_count"],
+            ),
+            tasks=tasks,
+            running=running,
+            agents=[],
+            releases=[],
+            stale_after=self.settings.stale_after_seconds,
         )
 
     async def detail(self, task_id: UUID) -> TaskDetail | None:

@@ -13,6 +13,15 @@ class SnapshotLoaded(Message):
         self.snapshot = snapshot
 
 
+class FirstRowsLoaded(Message):
+    """The newest tasks, read before the rest of the first snapshot: the task list is on
+    screen while the other tables load."""
+
+    def __init__(self, snapshot: Snapshot) -> None:
+        super().__init__()
+        self.snapshot = snapshot
+
+
 class RefreshFailed(Message):
     def __init__(self, error: str) -> None:
         super().__init__()
