@@ -172,8 +172,8 @@ WITH polled AS (
     UPDATE agent_task t
     SET claimed_by = $1, claim_token = $6, lease_seconds = $5, last_heartbeat = now(),
         recovery = true,
-        error_message = CASE WHEN t.recovery THEN t.error_message
-            ELSE {_abandoned("t", "$5")} END
+        error_message = CASE WHEN t.recovery AND starts_with(t.error_message, 'abandoned: ')
+            THEN t.error_message ELSE {_abandoned("t", "$5")} END
     WHERE t.status = 'inProgress' AND {lease_expired("t", "$5")}
     RETURNING {CLAIM_COLUMNS}
 ), candidate AS (
