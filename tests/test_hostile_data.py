@@ -368,7 +368,19 @@ def test_arbitrary_rows_never_stop_the_queue(
             event = json.loads(line).get("event", "") if line.startswith("{") else line
             assert event not in ("poll.failed", "task.crashed", "side_task.crashed"), line
         assert "tok-hostile-123" not in log
-        assert "eve@evil.example" not in "".join(json.dumps(r) for r in recording.records("notify"))
+
+        async def mailed(address: str) -> int:
+            conn = await asyncpg.connect(database_url)
+            try:
+                return await conn.fetchval(
+                    "SELECT count(*) FROM agent_task WHERE result::text LIKE $1", f"%{address}%"
+                )
+            finally:
+                await conn.close()
+
+        # admins with an address were mailed; the row whose email forges a header was not
+        assert asyncio.run(mailed("ann@acme.example")) > 0
+        assert asyncio.run(mailed("eve@evil.example")) == 0
         print("hostile rows:", seen)
         assert seen["rejected"] > 0, seen  # the property did reach the interesting rows
     finally:
@@ -529,3 +541,18 @@ async def test_no_piece_of_a_secret_at_any_cut_is_stored(
     stored = await stored_text(repo.pool, task.id)  # type: ignore[arg-type]
     assert "***" in stored
     assert [f for f in fragments(SECRET) if f in stored] == []
+
+
+def test_task_list_keeps_both_causes_of_a_failed_rollback_on_its_line() -> None:
+    from wrktalk_agent.cli import error_cell
+    from wrktalk_agent.pipeline import both_causes
+
+    error = both_causes(
+        "deploy half-applied: 3 of 5 pods crashlooping in namespace wrktalk",
+        "1.4.2",
+        "helm rollback: timed out waiting for the condition after 300s",
+    )
+    cell = error_cell(error, wide=False)
+    assert len(cell) <= 60 and "deploy half-applied" in cell and "helm rollback" in cell
+    assert error_cell(error, wide=True) == error
+    assert "automatic rollback to 1.4.2 failed too" in error and "\n" not in error
