@@ -130,13 +130,16 @@ _SQL_EVENT = """jsonb_build_object(
 
 # One statement per poll:
 #  - record the poll and that this process is alive;
-#  - reject pending rows no agent can run (an unknown type, a due time of -infinity):
-#    failed with the column and value named, the admins' notification promised in the
-#    outbox ('infinity' means "never": such a row stays pending and is never due);
+#  - check every column of the oldest due pending rows and of the releases they name
+#    (task_problems) and reject those no agent can run: failed with each column and value
+#    named, the admins' notification promised in the outbox ('infinity' means "never":
+#    such a row stays pending and is never due);
 #  - take over a task whose lease ran out (its owner stopped heartbeating longer ago than
-#    the lease the owner recorded): it stays inProgress, so the one-deployment slot stays
-#    taken while the new owner finds out what is live and clears what was left;
-#  - otherwise claim the oldest due task unless a deployment is running;
+#    the lease the owner recorded, or left a heartbeat or lease no agent writes: see
+#    lease_expired): it stays inProgress, so the one-deployment slot stays taken while the
+#    new owner finds out what is live and clears what was left;
+#  - otherwise claim the oldest due task that passes the same checks unless a deployment
+#    is running (so the claim never hands the agent a row it cannot parse);
 #  - say when the next task is due.
 # Two agents racing for the last free slot: the loser's claim hits the unique index
 # agent_task_one_in_progress and the whole statement fails with unique_violation.
@@ -146,22 +149,24 @@ _SQL_EVENT = """jsonb_build_object(
 POLL = f"""
 WITH polled AS (
     UPDATE deployment_config SET last_agent_poll = now()
+), head AS (
+    -- the head of the queue: the oldest due rows, checked before any is claimed
+    SELECT r.id FROM agent_task r
+    WHERE r.status = 'pending' AND (r.execute_after IS NULL OR r.execute_after <= now())
+    ORDER BY r.created_at, r.id
+    LIMIT 20
 ), bad AS (
-    -- the head of the queue: the oldest due rows, each with what makes it unusable
-    SELECT h.id, h.reason FROM (
-        SELECT r.id, r.created_at, {task_problems("r", "a")} AS reason
-        FROM agent_task r LEFT JOIN release_artifact a ON a.id = r.release_artifact_id
-        WHERE r.status = 'pending'
-          AND (r.execute_after IS NULL OR r.execute_after <= now())
-        ORDER BY r.created_at, r.id
-        LIMIT 20
-    ) h
-    WHERE h.reason IS NOT NULL
+    -- those of them no agent can run, each with every column and value that is wrong
+    SELECT r.id, {task_problems("r", "a")} AS reason
+    FROM agent_task r LEFT JOIN release_artifact a ON a.id = r.release_artifact_id
+    WHERE r.id IN (SELECT id FROM head) AND r.status = 'pending'
+      AND {task_problems("r", "a")} IS NOT NULL
+    FOR UPDATE OF r SKIP LOCKED
 ), rejected AS (
     UPDATE agent_task t
     SET status = 'failed', completed_at = now(), claimed_by = $1,
         error_message = 'rejected by agent ' || $1::text || ': ' || bad.reason
-    FROM bad WHERE t.id = bad.id AND t.status = 'pending'
+    FROM bad WHERE t.id = bad.id
     RETURNING t.id, t.type, t.release_artifact_id, t.error_message
 ), rejected_notified AS (
     INSERT INTO agent_notification (task_id, notifier, event)
