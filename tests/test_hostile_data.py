@@ -66,7 +66,7 @@ HEARTBEATS = st.sampled_from(
 DUE = st.sampled_from([None, "-infinity", "0001-01-01 00:00:00+00", "2000-01-01 00:00:00+00"])
 NOT_DUE = st.sampled_from(["infinity", "+1 year", "294276-12-31 00:00:00+00"])
 FLOATS = st.sampled_from(
-    [None, math.nan, math.inf, -math.inf, 1e300, -1e300, -5.0, 0.0, 5e-324, 0.5]
+    [None, math.nan, math.inf, -math.inf, 1e300, -1e300, -5.0, 0.0, 5e-324, 0.5, 86400.0]
 )
 # text PostgreSQL can hold (no NUL, no lone surrogates: the database refuses those)
 TEXT = st.one_of(
@@ -119,7 +119,11 @@ def hostile_task(draw: st.DrawFn) -> dict[str, Any]:
         "execute_after": draw(st.one_of(DUE, NOT_DUE) if status == "pending" else TIMES),
         "picked_up_at": draw(HEARTBEATS if status == "inProgress" else TIMES),
         "completed_at": draw(TIMES),
-        "last_heartbeat": draw(HEARTBEATS if status == "inProgress" else TIMES),
+        # a running row always has a heartbeat no lease keeps alive (else the property
+        # would wait for a lease of up to a day)
+        "last_heartbeat": draw(
+            HEARTBEATS.filter(lambda t: t is not None) if status == "inProgress" else TIMES
+        ),
         "result": draw(JSON),
         "error_message": draw(st.one_of(st.none(), TEXT)),
         "claimed_by": draw(st.one_of(st.none(), TEXT)),
@@ -386,6 +390,39 @@ def test_arbitrary_rows_never_stop_the_queue(
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(30)
+
+
+# -- agent-owned numbers and times: clamped or expired, never an overflow ------------------
+LEASE_CASES = [
+    (heartbeat, lease)
+    for heartbeat in ("infinity", "294276-12-31 00:00:00+00", "+1 year", "2000-01-01 00:00:00+00")
+    for lease in (math.nan, math.inf, -math.inf, 1e300, -5.0, 0.0, 86400.0, None)
+]
+
+
+async def test_a_running_row_with_impossible_lease_values_is_taken_over_by_the_next_poll(
+    repo,
+) -> None:
+    for heartbeat, lease in LEASE_CASES:
+        task_id = await repo.pool.fetchval(
+            f"""INSERT INTO agent_task (type, status, claimed_by, last_heartbeat, lease_seconds)
+                VALUES ('deploy', 'inProgress', 'gone', {_placeholder("last_heartbeat", 1)}, $2)
+                RETURNING id""",
+            heartbeat,
+            lease,
+        )
+        polled = await repo.poll(
+            "test-agent", 2.5, claim_token=uuid.uuid4(), instance_id=uuid.uuid4()
+        )
+        case = (heartbeat, lease)
+        assert polled.taken_over is not None and polled.taken_over.id == task_id, case
+        error = polled.taken_over.error_message
+        assert error.startswith("abandoned: agent gone"), (case, error)
+        if heartbeat != "2000-01-01 00:00:00+00":
+            assert "a time no agent writes" in error, (case, error)
+        if lease is not None and not 0 < lease <= 86400:
+            assert "its lease_seconds" in error and "read as 2.5 s" in error, (case, error)
+        await repo.pool.execute("UPDATE agent_task SET status = 'failed' WHERE id = $1", task_id)
 
 
 # -- what a deploy prints --------------------------------------------------------------------

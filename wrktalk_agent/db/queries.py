@@ -224,11 +224,11 @@ SELECT
     -- then, not a whole poll interval later
     (SELECT extract(epoch FROM least(
                 (SELECT min(q.quiet_until) FROM quiet q),
-                (SELECT min(coalesce(r.last_heartbeat, r.picked_up_at, r.created_at)
-                            + make_interval(secs => coalesce(r.lease_seconds, $5)))
+                -- the same clamps as the takeover: no time or lease a backend wrote can
+                -- overflow here (a heartbeat near 294276 AD plus a day would)
+                (SELECT min({_heartbeat("r")} + {_lease("r", "$5")})
                    FROM agent_task r
-                  WHERE r.status = 'inProgress' AND isfinite(r.last_heartbeat)
-                    AND r.lease_seconds BETWEEN 0 AND 86400))
+                  WHERE r.status = 'inProgress' AND NOT {lease_expired("r", "$5")}))
             - clock_timestamp())::float8) AS lease_ends_in
 """
 
