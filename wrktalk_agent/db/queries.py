@@ -148,7 +148,9 @@ _SQL_EVENT = """jsonb_build_object(
 # $8 notifier names, $9 installation name.
 POLL = f"""
 WITH quiet AS (
-    SELECT f.quiet_until FROM agent_failover f WHERE f.quiet_until > now()
+    -- PostgreSQL before 17 cannot subtract an infinite time: such a row means no quiet
+    SELECT f.quiet_until FROM agent_failover f
+    WHERE f.quiet_until > now() AND isfinite(f.quiet_until)
 ), polled AS (
     UPDATE deployment_config SET last_agent_poll = now()
 ), head AS (
@@ -296,9 +298,9 @@ WITH seen AS (
         WHERE f.timeline IS DISTINCT FROM EXCLUDED.timeline
     RETURNING f.quiet_until
 )
-SELECT greatest(0, extract(epoch FROM coalesce(
+SELECT greatest(0, extract(epoch FROM greatest(now(), coalesce(
     (SELECT quiet_until FROM recorded),
-    (SELECT quiet_until FROM agent_failover WHERE id = 1)) - now()))::float8
+    (SELECT quiet_until FROM agent_failover WHERE id = 1))) - now()))::float8
 """
 
 FINISH_TASK = f"""
