@@ -322,7 +322,7 @@ UPDATE agent_instance SET stopped_at = now(), current_task_id = NULL
 WHERE agent_id = $1 AND instance_id = $2
 """
 TASK_LEASES = f"""
-SELECT t.id,
+SELECT t.id, t.claimed_by,
     t.status = 'inProgress' AND NOT {lease_expired("t", "$2")} AS leased
 FROM agent_task t WHERE t.id = ANY($1::uuid[])
 """
