@@ -76,6 +76,7 @@ async def test_kill_9_mid_deploy_children_die_no_overlap_truth_recorded(
     assert (await repo.current_release()).release_version == "2.0.0"
     assert json.loads(recording.live.read_text())["version"] == "2.0.0"
     assert work_dirs_of(recording_settings, t1.id) == []  # secrets deleted
+
     def kinds() -> list[str]:
         return sorted(r["kind"] for r in recording.records("notify"))
 
