@@ -53,6 +53,11 @@ MANAGED_FLAGS: dict[str, str] = {
     "--reset-values)",
     "--dry-run": "validation runs the server-side dry run itself",
 }
+_WHOLE_RELEASE = (
+    "it makes helm print the whole release, values and manifests included, into the task's "
+    "output; nothing replaces it: the task result records the revision and Helm version, "
+    "and `helm history` shows the rest"
+)
 #: flags that make `helm upgrade` print the release's values and rendered manifest
 #: (Secrets included, base64-encoded, which output masking cannot recognise) into the
 #: output the agent streams into the task's timeline and keeps in its result
@@ -60,10 +65,8 @@ OUTPUT_FLAGS: dict[str, str] = {
     "--debug": "it makes helm print the release's values and rendered manifests (Secrets "
     "included) into the task's output; for the agent's own detail set "
     "WRKTALK_AGENT_LOG_LEVEL=debug",
-    "--output": "it makes helm print the whole release, values and manifests included, into "
-    "the task's output; the agent reads Helm's state itself",
-    "-o": "it makes helm print the whole release, values and manifests included, into the "
-    "task's output; the agent reads Helm's state itself",
+    "--output": _WHOLE_RELEASE,
+    "-o": _WHOLE_RELEASE,
 }
 _KUBECONFIG_FIELD = (
     "it would reach only `helm upgrade`, not the history, rollback and uninstall calls; "
