@@ -60,9 +60,9 @@ _UNREACHABLE = re.compile(r"kubernetes cluster unreachable", re.IGNORECASE)
 _DROPPED_ENVIRONMENT = frozenset({"HELM_DEBUG"})
 #: Helm's uninstall purged the release and then failed, e.g. waiting for the deletion
 _UNINSTALLED_WITH_ERRORS = "uninstallation completed with"
-#: how Helm's upgrade and rollback say that they could not build the stored release's
-#: objects (Helm 3 and 4 alike)
-_STORED_KIND_UNSERVED = "unable to build kubernetes objects from current release manifest"
+#: how Helm's upgrade and rollback say that they could not build the objects of a stored
+#: revision (Helm 3 and 4 alike): the current one, or for a rollback also its target
+_STORED_MANIFEST = re.compile(r"unable to build kubernetes objects from (current|new) release")
 #: the length a Helm error is cut to in a task's error message (its end is kept)
 MAX_ERROR_CHARS = 1000
 #: ``helm history`` shows the newest 256 revisions unless told otherwise; with
@@ -163,7 +163,7 @@ def explained(error: str) -> str:
     """Helm's error, with what to do when the release's stored manifest names a kind the
     API server no longer serves: Helm then refuses upgrade, rollback and uninstall alike,
     and no retry helps."""
-    if _STORED_KIND_UNSERVED in error and "no matches for kind" in error:
+    if _STORED_MANIFEST.search(error) and "no matches for kind" in error:
         return (
             f"{error} (the release's stored manifest names a kind the cluster no longer "
             "serves: reinstall its CRD, or rewrite the stored release with the "
