@@ -112,18 +112,30 @@ class AgentSettings(BaseSettings):
     )
     poll_interval: float = Field(30.0, gt=0, description="Seconds between polls (backstop).")
     listen: bool = Field(True, description="Wake up on NOTIFY (LISTEN) besides polling.")
-    heartbeat_interval: float = Field(60.0, gt=0, description="Seconds between heartbeats.")
+    heartbeat_interval: float = Field(
+        5.0,
+        gt=0,
+        description="Seconds between heartbeats (lease renewals, each one small UPDATE of the "
+        "running task's last_heartbeat).",
+    )
     stale_after: float | None = Field(
         None,
         gt=0,
         description="Lease of a running task (default 3 x heartbeat): an agent that could not "
-        "renew it for this long stops its own deploy.",
+        "renew it for this long stops its own deploy (a watchdog process enforces it even "
+        "when the agent is frozen).",
     )
     stale_margin: float = Field(
-        15.0,
+        5.0,
         ge=0.5,
         description="Seconds after the lease before another agent may take the task over: the "
         "owner's time to stop its deploy.",
+    )
+    db_timeout: float = Field(
+        10.0,
+        gt=0,
+        description="Seconds one database call may take; then its connection is abandoned "
+        "(a link that drops packets never holds the agent up longer).",
     )
     shutdown_grace: float = Field(
         900.0, ge=0, description="Seconds a running task gets to finish after SIGTERM."

@@ -191,10 +191,13 @@ class Timeline:
         agent_id: str,
         log: Any,
         secrets: Secrets | None = None,
+        claim_token: UUID | None = None,
     ) -> None:
         self.repo = repo
         self.task_id = task_id
         self.agent_id = agent_id
+        #: entries are written only while this claim owns the task
+        self.claim_token = claim_token
         self.log = log
         self.secrets = secrets or Secrets()
         self.unsaved: list[PendingEvent] = []
@@ -221,8 +224,9 @@ class Timeline:
                 return
             batch = list(self.unsaved)
             try:
-                await asyncio.wait_for(
-                    self.repo.add_events(self.task_id, batch, self.agent_id), timeout
+                written = await asyncio.wait_for(
+                    self.repo.add_events(self.task_id, batch, self.agent_id, self.claim_token),
+                    timeout,
                 )
             except _FLUSH_ERRORS as exc:
                 self.log.warning("event.deferred", count=len(batch), error=describe(exc))
@@ -232,6 +236,8 @@ class Timeline:
                 self.log.error("event.refused", count=len(batch), error=describe(exc))
                 return
             del self.unsaved[: len(batch)]
+            if not written:  # the task is no longer ours: what we saw is not its story
+                self.log.warning("event.fenced", count=len(batch))
 
 
 class LeasedRun:
@@ -251,7 +257,10 @@ class LeasedRun:
         self.claimed_at = claimed_at
         self.log = get_logger()
         self.secrets = Secrets(extra=_known_passwords(self.settings))
-        self.timeline = Timeline(self.repo, task.id, self.agent_id, self.log, self.secrets)
+        self.timeline = Timeline(
+            self.repo, task.id, self.agent_id, self.log, self.secrets, task.claim_token
+        )
+        self.lease: Lease | None = None
 
     def bind_log_context(self) -> None:
         """Every log line of the run, plugins' own included, names the task."""
@@ -259,9 +268,15 @@ class LeasedRun:
             task_id=str(self.task.id), type=self.task.type, plugin=self.s.deployer.name
         )
 
+    @property
+    def claim_vanished(self) -> bool:
+        """The run was fenced because a failover lost its claim (the task is pending
+        again): the runtime takes it back for recovery."""
+        return self.lease is not None and self.lease.claim_vanished
+
     def new_lease(self) -> Lease:
         assert self.task.claim_token is not None
-        return Lease(
+        self.lease = Lease(
             self.repo,
             self.settings,
             task_id=self.task.id,
@@ -270,6 +285,7 @@ class LeasedRun:
             claimed_at=self.claimed_at,
             log=self.log,
         )
+        return self.lease
 
 
 class TaskRun(LeasedRun):
@@ -361,6 +377,7 @@ class TaskRun(LeasedRun):
                 async with held(lease):
                     outcome = await self._under_lease(lease, groups)
         finally:
+            process.task_ended()
             for workdir in self.workdirs:
                 for problem in secure_delete(workdir):
                     self.log.warning("workdir.delete_failed", problem=problem)
@@ -405,6 +422,8 @@ class TaskRun(LeasedRun):
         """The lease is gone: stop everything this task started, write nothing."""
         self.log.error("task.fenced", reason=lease.reason)
         self.fencing = True
+        # the watchdog stops everything the task started, escaped descendants included
+        process.lease_deadline(time.monotonic())
         work.cancel()
         await asyncio.wait({work}, timeout=self.settings.stale_margin / 2)
         killed = process.kill_groups(groups)

@@ -44,7 +44,9 @@ _SQL_EVENT = """jsonb_build_object(
 # + STALE_MARGIN, also used for rows that recorded none), $6 claim token, $7 instance id,
 # $8 notifier names, $9 installation name.
 POLL = f"""
-WITH polled AS (
+WITH quiet AS (
+    SELECT f.quiet_until FROM agent_failover f WHERE f.quiet_until > now()
+), polled AS (
     UPDATE deployment_config SET last_agent_poll = now()
 ), bad AS (
     SELECT r.id,
@@ -88,6 +90,7 @@ WITH polled AS (
     WHERE t.status = 'inProgress'
       AND coalesce(t.last_heartbeat, t.picked_up_at, t.created_at, '-infinity')
           < now() - make_interval(secs => coalesce(t.lease_seconds, $5))
+      AND NOT EXISTS (SELECT 1 FROM quiet)
     RETURNING {TASK_COLUMNS}
 ), candidate AS (
     SELECT c.id FROM agent_task c
@@ -95,6 +98,7 @@ WITH polled AS (
       AND c.type IN ('deploy', 'rollback')
       AND (c.execute_after IS NULL OR (isfinite(c.execute_after) AND c.execute_after <= now()))
       AND NOT EXISTS (SELECT 1 FROM agent_task r WHERE r.status = 'inProgress')
+      AND NOT EXISTS (SELECT 1 FROM quiet)
     ORDER BY c.created_at, c.id
     LIMIT 1
     FOR UPDATE SKIP LOCKED
@@ -122,7 +126,17 @@ SELECT
     (SELECT extract(epoch FROM min(p.execute_after) - clock_timestamp())::float8
        FROM agent_task p
       WHERE p.status = 'pending' AND p.execute_after > now() AND isfinite(p.execute_after))
-        AS next_due_in
+        AS next_due_in,
+    -- when the running task's lease (or a failover's quiet period) ends: a standby polls
+    -- then, not a whole poll interval later
+    (SELECT extract(epoch FROM least(
+                (SELECT min(q.quiet_until) FROM quiet q),
+                (SELECT min(coalesce(r.last_heartbeat, r.picked_up_at, r.created_at)
+                            + make_interval(secs => coalesce(r.lease_seconds, $5)))
+                   FROM agent_task r
+                  WHERE r.status = 'inProgress' AND isfinite(r.last_heartbeat)
+                    AND r.lease_seconds BETWEEN 0 AND 86400))
+            - clock_timestamp())::float8) AS lease_ends_in
 """
 
 # Renew the lease; the same statement says this process is alive.
@@ -137,6 +151,41 @@ WITH renewed AS (
     WHERE agent_id = $3 AND instance_id = $4
 )
 SELECT id FROM renewed
+"""
+
+# Our claim was lost with a failover (the promoted standby never received it) and the task
+# is pending again: take it for recovery, so that whatever our deploy changed is found out
+# instead of the task being run again from the start.
+# $1 task, $2 agent id, $3 claim token, $4 lease seconds.
+RECLAIM_FOR_RECOVERY = f"""
+UPDATE agent_task t
+SET status = 'inProgress', claimed_by = $2, claim_token = $3, lease_seconds = $4,
+    picked_up_at = coalesce(t.picked_up_at, now()), last_heartbeat = now(), recovery = true,
+    error_message = 'abandoned: the claim of agent ' || $2::text
+        || ' was lost in a database failover (the promoted standby had not received it) '
+        || 'while its ' || t.type || ' ran'
+WHERE t.id = $1 AND t.status = 'pending'
+RETURNING {TASK_COLUMNS}
+"""
+
+# After a connection reached a server it had not seen: record the primary's WAL timeline;
+# a new timeline (a promoted standby) starts a quiet period of $1 seconds in which no task
+# is claimed or taken over. Returns the seconds left of a quiet period (0: none).
+FAILOVER_CHECK = """
+WITH seen AS (
+    SELECT substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8) AS timeline
+), recorded AS (
+    INSERT INTO agent_failover AS f (id, timeline, changed_at, quiet_until)
+    SELECT 1, seen.timeline, now(), '-infinity' FROM seen
+    ON CONFLICT (id) DO UPDATE
+        SET timeline = EXCLUDED.timeline, changed_at = now(),
+            quiet_until = now() + make_interval(secs => $1)
+        WHERE f.timeline IS DISTINCT FROM EXCLUDED.timeline
+    RETURNING f.quiet_until
+)
+SELECT greatest(0, extract(epoch FROM coalesce(
+    (SELECT quiet_until FROM recorded),
+    (SELECT quiet_until FROM agent_failover WHERE id = 1)) - now()))::float8
 """
 
 FINISH_TASK = f"""
@@ -272,10 +321,35 @@ INSERT INTO agent_task_event (task_id, step, status, message, agent_id)
 VALUES ($1, $2, $3, $4, $5)
 """
 
+# A task owner's timeline entries: written only while its claim ($7) owns the task, so an
+# owner that was frozen or cut off and comes back writes nothing into a task that another
+# agent has taken over. Returns how many were written.
 INSERT_EVENTS = """
+WITH owner AS (
+    SELECT 1 FROM agent_task WHERE id = $1 AND claim_token = $7 AND status = 'inProgress'
+), written AS (
+    INSERT INTO agent_task_event (task_id, created_at, step, status, message, agent_id)
+    SELECT $1, e.at, e.step, e.status, e.message, $6
+    FROM unnest($2::timestamptz[], $3::text[], $4::text[], $5::text[])
+        AS e(at, step, status, message)
+    WHERE EXISTS (SELECT 1 FROM owner)
+    RETURNING 1
+)
+SELECT count(*) FROM written
+"""
+# Entries written where ownership is already settled (the outcome's own transaction, after
+# its conditional UPDATE; entries of no claim).
+INSERT_EVENTS_UNFENCED = """
 INSERT INTO agent_task_event (task_id, created_at, step, status, message, agent_id)
 SELECT $1, e.at, e.step, e.status, e.message, $6
 FROM unnest($2::timestamptz[], $3::text[], $4::text[], $5::text[]) AS e(at, step, status, message)
+"""
+
+# The server a connection reached: a different answer on a new connection means a
+# failover (or a restart), and task owners re-check their claims.
+SERVER_IDENTITY = """
+SELECT inet_server_addr()::text, inet_server_port(), pg_postmaster_start_time(),
+    pg_is_in_recovery()
 """
 
 TASK_EVENTS = """

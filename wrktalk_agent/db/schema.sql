@@ -116,6 +116,17 @@ CREATE TABLE IF NOT EXISTS agent_notification (
 CREATE INDEX IF NOT EXISTS agent_notification_due
     ON agent_notification (next_attempt_at) WHERE status = 'pending';
 
+-- The WAL timeline of the primary, as the agents last saw it. A new timeline means a
+-- standby was promoted: a claim committed on the old primary may not have reached it, so
+-- for a lease and its margin after the change no task is claimed or taken over (an owner
+-- whose claim was lost stops its deploy within that time, see "Failure model").
+CREATE TABLE IF NOT EXISTS agent_failover (
+    id integer PRIMARY KEY DEFAULT 1 CHECK (id = 1),
+    timeline text NOT NULL,
+    changed_at timestamptz NOT NULL DEFAULT now(),
+    quiet_until timestamptz NOT NULL DEFAULT '-infinity'
+);
+
 -- At most one current and one previous release.
 CREATE UNIQUE INDEX IF NOT EXISTS release_artifact_one_current
     ON release_artifact ((true)) WHERE is_current;
