@@ -722,6 +722,7 @@ def cmd_status(state: dict[str, Any], _path: Path, args: list[str]) -> None:
         {**OUTPUT_FLAGS, "--revision": True, "--show-resources": False},
         (1, 1),
         "helm status RELEASE_NAME [flags]",
+        state,
     )
     fmt = output_format(values)
     ns = namespace_of(values)
@@ -748,6 +749,7 @@ def cmd_history(state: dict[str, Any], _path: Path, args: list[str]) -> None:
         {**OUTPUT_FLAGS, "--max": True},
         (1, 1),
         "helm history RELEASE_NAME [flags]",
+        state,
     )
     fmt = output_format(values)
     ns = namespace_of(values)
@@ -770,7 +772,7 @@ def cmd_list(state: dict[str, Any], _path: Path, args: list[str]) -> None:
     _, values = parse(
         "list", args, {**OUTPUT_FLAGS, "--all": False, "-a": False, "--all-namespaces": False,
                        "-A": False, "--pending": False},
-        (0, 1), "helm list [flags]",
+        (0, 1), "helm list [flags]", state,
     )  # fmt: skip
     fmt = output_format(values)
     ns = namespace_of(values)
@@ -839,7 +841,7 @@ def cmd_uninstall(state: dict[str, Any], path: Path, args: list[str]) -> None:
 
 
 def cmd_lint(state: dict[str, Any], _path: Path, args: list[str]) -> None:
-    positional, values = parse("lint", args, LINT_FLAGS, (0, 99), "helm lint PATH [flags]")
+    positional, values = parse("lint", args, LINT_FLAGS, (0, 99), "helm lint PATH [flags]", state)
     import helm_python
 
     paths = positional or ["."]
@@ -869,7 +871,7 @@ def cmd_lint(state: dict[str, Any], _path: Path, args: list[str]) -> None:
 
 def cmd_template(state: dict[str, Any], _path: Path, args: list[str]) -> None:
     positional, values = parse(
-        "template", args, TEMPLATE_FLAGS, (1, 2), "helm template [NAME] [CHART] [flags]"
+        "template", args, TEMPLATE_FLAGS, (1, 2), "helm template [NAME] [CHART] [flags]", state
     )
     name, chart_arg = positional if len(positional) == 2 else ["release-name", positional[0]]
     if "--validate" in values:

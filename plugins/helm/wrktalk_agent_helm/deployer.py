@@ -58,8 +58,9 @@ _UNREACHABLE = re.compile(r"kubernetes cluster unreachable", re.IGNORECASE)
 #: in helm's environment, HELM_DEBUG=true works like --debug: helm would print the
 #: release's values and rendered manifests into the task's output
 _DROPPED_ENVIRONMENT = frozenset({"HELM_DEBUG"})
-#: Helm's uninstall purged the release and then failed, e.g. waiting for the deletion
-_UNINSTALLED_WITH_ERRORS = "uninstallation completed with"
+#: all Helm says when its uninstall could not delete a resource: the cause goes to its
+#: debug log only
+_DELETE_FAILED = "failed to delete release:"
 #: how Helm's upgrade and rollback say that they could not build the objects of a stored
 #: revision (Helm 3 and 4 alike): the current one, or for a rollback also its target
 _STORED_MANIFEST = re.compile(r"unable to build kubernetes objects from (current|new) release")
@@ -562,7 +563,7 @@ class HelmDeployer:
                 )
                 return remark
             hint = ""
-            if _UNINSTALLED_WITH_ERRORS not in str(failed):
+            if _DELETE_FAILED in str(failed):
                 hint = (
                     f"; Helm logs the cause only with --debug: run `helm uninstall {release} "
                     f"-n {namespace} --debug` to see it (a resource kind the cluster no "
