@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import json
 import os
 import random
@@ -24,60 +23,23 @@ import threading
 import time
 from collections import defaultdict
 from pathlib import Path
-from typing import Any
 
 import pytest
-from agent_helpers import Recording, agent_env, wait_until
+from agent_helpers import (
+    agent_env,
+    assert_no_overlap,
+    child_release,
+    child_starts,
+    samples_without_maintenance,
+    wait_for_status,
+    wait_until,
+    work_dirs_of,
+)
 
 from wrktalk_agent.testing import add_release
 
 SCALE = max(1, int(os.environ.get("WRKTALK_CHAOS_SCALE", "1")))
 FAST = {"WRKTALK_AGENT_STALE_AFTER": "2"}  # heartbeat 0.5 s, margin 1 s: takeover after 3 s
-
-
-# -- reading the deploys' records --------------------------------------------------------------
-def deploy_spans(recording: Recording) -> dict[str, tuple[float, float]]:
-    """Per task: first and last moment any of its deploy processes was seen running."""
-    seen: dict[str, list[float]] = defaultdict(list)
-    for record in recording.records():
-        if record["phase"] in ("child-start", "sample", "child-end"):
-            seen[record["task"]].append(record["at"])
-    return {task: (min(times), max(times)) for task, times in seen.items()}
-
-
-def assert_no_overlap(recording: Recording) -> None:
-    spans = sorted(deploy_spans(recording).values())
-    for (_, end), (start, _) in itertools.pairwise(spans):
-        assert start >= end, f"two deploys overlapped by {end - start:.3f}s"
-
-
-def samples_without_maintenance(recording: Recording) -> list[dict[str, Any]]:
-    return [r for r in recording.records("sample") if not r["maintenance"]]
-
-
-def child_starts(recording: Recording, task: str) -> list[dict[str, Any]]:
-    return [r for r in recording.records("child-start") if r["task"] == task]
-
-
-async def wait_for_status(repo: Any, task_id: Any, statuses: set[str], timeout: float) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        task = await repo.get_task(task_id)
-        if task.status in statuses:
-            return task
-        assert time.monotonic() < deadline, f"task {task_id} still {task.status}"
-        await asyncio.sleep(0.1)
-
-
-async def child_release(repo: Any, version: str, seconds: float, **kwargs: Any) -> Any:
-    return await add_release(
-        repo, version, {"behaviour.json": json.dumps({"child": seconds})}, **kwargs
-    )
-
-
-def work_dirs_of(settings: Any, task_id: Any) -> list[Path]:
-    base = Path(settings.work_dir)
-    return list(base.glob(f"task-{task_id}-*")) if base.exists() else []
 
 
 # -- kill -9 -------------------------------------------------------------------------------

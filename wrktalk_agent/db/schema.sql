@@ -126,6 +126,11 @@ CREATE TABLE IF NOT EXISTS agent_failover (
     changed_at timestamptz NOT NULL DEFAULT now(),
     quiet_until timestamptz NOT NULL DEFAULT '-infinity'
 );
+-- Recorded now, on the primary, so that standbys have it long before any failover.
+INSERT INTO agent_failover (id, timeline)
+SELECT 1, substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8)
+WHERE NOT pg_is_in_recovery()
+ON CONFLICT (id) DO NOTHING;
 
 -- At most one current and one previous release.
 CREATE UNIQUE INDEX IF NOT EXISTS release_artifact_one_current
