@@ -101,7 +101,7 @@ async def test_state_is_read_from_storage_not_from_the_cluster(
     assert fake_helm.calls()[0] == LATEST
 
 
-async def test_a_stored_kind_the_cluster_dropped_is_refused_before_maintenance(
+async def test_a_rollback_to_a_revision_naming_a_dropped_kind_is_refused_with_the_remedy(
     fake_helm: FakeHelm, make_deployer: MakeDeployer, make_request: RequestFactory
 ) -> None:
     deployer = make_deployer()
