@@ -6,9 +6,11 @@ group stops it). It reads lines from a pipe only the agent holds:
 
 ``+PGID`` / ``-PGID``
     a command's process group started / was reaped;
-``L<monotonic seconds>``
+``L<monotonic seconds>[ <boot seconds>]``
     the task's lease is renewed until then (``CLOCK_MONOTONIC`` is one clock for every
-    process of the machine); ``L-`` means no lease is held any more;
+    process of the machine); the first line of a lease also says when it began
+    (``CLOCK_BOOTTIME``, the clock of process start times), so that what ran before it
+    is never taken for the task's; ``L-`` means no lease is held any more;
 ``F``
     the task ended: forget the orphans it left (what a *finished* deploy leaves running
     is the release's business).
@@ -22,8 +24,9 @@ It stops everything the task started — SIGTERM, a grace period, then SIGKILL �
 "Everything" is the registered groups and every descendant that escaped them: the agent
 is a child subreaper (``PR_SET_CHILD_SUBREAPER``), so a double-forked ``setsid`` daemon is
 re-parented to it rather than to init. While a lease is held this process notes the
-agent's children every :data:`SCAN_SECONDS`, so that it can still find them after the agent
-itself has died and they moved on to init.
+agent's descendants every :data:`SCAN_SECONDS` (the process tree under the agent, read
+from ``/proc``), so that it can still find them after the agent itself has died and they
+moved on to init.
 
 Standard library only and no imports from the package: it must start fast and must not
 depend on the agent's environment.
@@ -37,6 +40,8 @@ import time
 
 #: How often the agent's children are noted while a lease is held.
 SCAN_SECONDS = 0.2
+#: Process start times in /proc are in clock ticks since boot.
+TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def _alive(pgid: int) -> bool:
@@ -47,6 +52,25 @@ def _alive(pgid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def _live_groups(groups: set[int]) -> set[int]:
+    """The groups in ``groups`` with a member that is not a zombie (an orphan's zombie
+    waits for init, which may be slow to reap it)."""
+    maybe = {g for g in groups if _alive(g)}
+    if not maybe:
+        return maybe
+    live: set[int] = set()
+    try:
+        names = os.listdir("/proc")
+    except OSError:
+        return maybe
+    for name in names:
+        if name.isdigit():
+            stat = _stat(int(name))
+            if stat is not None and stat[2] in maybe and stat[0] not in ("Z", "X"):
+                live.add(stat[2])
+    return live
 
 
 def _stat(pid: int) -> tuple[str, int, int, int] | None:
@@ -63,19 +87,30 @@ def _stat(pid: int) -> tuple[str, int, int, int] | None:
         return None
 
 
-def _children(parent: int) -> dict[int, tuple[int, int]]:
-    """Live (not zombie) children of ``parent``: pid → (process group, start time)."""
-    found: dict[int, tuple[int, int]] = {}
+def _descendants(root: int) -> dict[int, tuple[int, int]]:
+    """Live (not zombie) descendants of ``root``, this process excepted:
+    pid → (process group, start time)."""
+    table: dict[int, tuple[int, int, int]] = {}
     try:
         names = os.listdir("/proc")
     except OSError:
-        return found
+        return {}
     for name in names:
-        if not name.isdigit():
+        if name.isdigit():
+            stat = _stat(int(name))
+            if stat is not None and stat[0] not in ("Z", "X"):
+                table[int(name)] = (stat[1], stat[2], stat[3])
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _pgid, _start) in table.items():
+        children.setdefault(ppid, []).append(pid)
+    found: dict[int, tuple[int, int]] = {}
+    todo = list(children.get(root, ()))
+    while todo:
+        pid = todo.pop()
+        if pid == os.getpid() or pid in found:
             continue
-        stat = _stat(int(name))
-        if stat is not None and stat[1] == parent and stat[0] not in ("Z", "X"):
-            found[int(name)] = (stat[2], stat[3])
+        found[pid] = (table[pid][1], table[pid][2])
+        todo.extend(children.get(pid, ()))
     return found
 
 
@@ -97,16 +132,21 @@ class Watch:
             self.deadline = None
             return
         if line.startswith("L"):
-            value = line[1:]
+            value, _, began = line[1:].partition(" ")
             if value == "-":
                 self.deadline = None
                 return
             try:
                 deadline = float(value)
+                start = float(began) if began else None
             except ValueError:
                 return
-            if self.deadline is None:  # a new lease: what runs now is not the task's
-                self.baseline = {(p, s) for p, (_g, s) in _children(self.agent).items()}
+            if start is not None:  # a new lease: what ran before it is not the task's
+                self.baseline = {
+                    (pid, ticks)
+                    for pid, (_g, ticks) in _descendants(self.agent).items()
+                    if ticks / TICKS < start
+                }
                 self.seen.clear()
             self.deadline = deadline
             return
@@ -119,13 +159,13 @@ class Watch:
             self.groups.discard(pgid)
 
     def scan(self) -> None:
-        for pid, (_pgid, start) in _children(self.agent).items():
-            if pid != os.getpid() and (pid, start) not in self.baseline:
+        for pid, (_pgid, start) in _descendants(self.agent).items():
+            if (pid, start) not in self.baseline:
                 self.seen[pid] = start
 
     def targets(self) -> tuple[set[int], set[int]]:
         """Process groups and single processes to stop."""
-        groups = {g for g in self.groups if _alive(g)}
+        groups = _live_groups(self.groups)
         pids: set[int] = set()
         for pid, start in self.seen.items():
             stat = _stat(pid)
@@ -133,9 +173,9 @@ class Watch:
                 pids.add(pid)
                 if stat[2] not in (0, 1, os.getpgid(0)):
                     groups.add(stat[2])
-        if _stat(self.agent) is not None:  # escaped descendants the agent adopted since
-            for pid, (pgid, start) in _children(self.agent).items():
-                if pid != os.getpid() and (pid, start) not in self.baseline:
+        if _stat(self.agent) is not None:  # descendants that appeared since the last scan
+            for pid, (pgid, start) in _descendants(self.agent).items():
+                if (pid, start) not in self.baseline:
                     pids.add(pid)
                     if pgid not in (0, 1, os.getpgid(0)):
                         groups.add(pgid)
@@ -151,12 +191,16 @@ class Watch:
             if round_ == 0:
                 _signal(groups, pids, signal.SIGTERM)
                 deadline = time.monotonic() + self.grace
-                while time.monotonic() < deadline and any(_alive(g) for g in groups):
+                while time.monotonic() < deadline and (_live_groups(groups) or _running(pids)):
                     time.sleep(0.05)
                 groups, pids = self.targets()
             _signal(groups, pids, signal.SIGKILL)
             time.sleep(0.05)
             self.scan()
+
+
+def _running(pids: set[int]) -> bool:
+    return any((stat := _stat(pid)) is not None and stat[0] not in ("Z", "X") for pid in pids)
 
 
 def _signal(groups: set[int], pids: set[int], sig: int) -> None:

@@ -6,7 +6,6 @@ import difflib
 import os
 import re
 import socket
-import tempfile
 import typing
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -15,6 +14,8 @@ from urllib.parse import parse_qsl, quote, urlsplit, urlunsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from wrktalk_agent.workdir import default_work_dir
 
 SslMode = Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"]
 CommaList = Annotated[list[str], NoDecode]
@@ -142,8 +143,15 @@ class AgentSettings(BaseSettings):
     )
 
     work_dir: Path = Field(
-        Path(tempfile.gettempdir()) / "wrktalk-agent",
-        description="Where artifacts are downloaded and extracted (private temp dirs).",
+        default_factory=default_work_dir,
+        description="Where artifacts are downloaded and extracted (private temp dirs); must "
+        "be the agent's own: refused when another user owns or can write it or a parent.",
+    )
+    work_dir_check_parents: bool = Field(
+        True,
+        description="Also refuse a work dir whose parents another user owns or can write. "
+        "Only for a single-user container whose volume is world-writable (Kubernetes "
+        "emptyDir): see docs/operator.md.",
     )
     max_artifact_bytes: int = Field(1024**3, gt=0, description="Largest artifact accepted (bytes).")
     max_extracted_bytes: int = Field(
@@ -172,6 +180,21 @@ class AgentSettings(BaseSettings):
         gt=0,
         description="Seconds one notifier may take for one notification before it is retried "
         "later.",
+    )
+    notify_retry_min: float = Field(
+        5.0,
+        gt=0,
+        description="Seconds before the first retry of a notification some recipients did not "
+        "get yet; doubled per attempt up to NOTIFY_RETRY_MAX.",
+    )
+    notify_retry_max: float = Field(
+        300.0, gt=0, description="Longest wait between two attempts of a notification."
+    )
+    notify_give_up_after: float = Field(
+        86400.0,
+        gt=0,
+        description="Seconds after a task's outcome until recipients not reached yet are given "
+        "up (the notification becomes failed).",
     )
     deploy_timeout: float = Field(
         1800.0,

@@ -179,7 +179,7 @@ class Lease:
 async def held(lease: Lease) -> AsyncIterator[Lease]:
     """Renew ``lease`` in the background while the block runs; the watchdog holds its
     deadline meanwhile."""
-    process.lease_deadline(lease.renewed_at + lease.deadline)
+    process.lease_deadline(lease.renewed_at + lease.deadline, new_lease=True)
     wake = lease._renew_now.set
     lease.repo.server.listeners.add(wake)
     renewer = asyncio.create_task(lease._renew(), name=f"lease-{lease.task_id}")

@@ -292,12 +292,6 @@ class LeasedRun:
             task_id=str(self.task.id), type=self.task.type, plugin=self.s.deployer.name
         )
 
-    @property
-    def claim_vanished(self) -> bool:
-        """The run was fenced because a failover lost its claim (the task is pending
-        again): the runtime takes it back for recovery."""
-        return self.lease is not None and self.lease.claim_vanished
-
     def new_lease(self) -> Lease:
         assert self.task.claim_token is not None
         self.lease = Lease(

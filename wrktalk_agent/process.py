@@ -30,6 +30,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -124,11 +125,22 @@ def track_groups(grace: float | None = None) -> Iterator[set[int]]:
             _janitor.send(f"-{pgid}")
 
 
-def lease_deadline(deadline: float | None) -> None:
+def lease_deadline(deadline: float | None, *, new_lease: bool = False) -> None:
     """Tell the watchdog until when (``time.monotonic()``) the task's lease is renewed;
     ``None``: no lease is held any more. At the deadline the watchdog stops every command
-    of the task, whatever state the agent is in. For the core."""
-    _janitor.send("L-" if deadline is None else f"L{deadline:.6f}")
+    of the task, whatever state the agent is in. ``new_lease``: a task's lease begins now
+    (what runs before it is not the task's). For the core."""
+    if deadline is None:
+        _janitor.send("L-")
+    elif new_lease:
+        _janitor.send(f"L{deadline:.6f} {time.clock_gettime(time.CLOCK_BOOTTIME):.3f}")
+    else:
+        _janitor.send(f"L{deadline:.6f}")
+
+
+def start_janitor() -> None:
+    """Start the watchdog now rather than at the first command (the agent's start-up)."""
+    _janitor.pid()
 
 
 def task_ended() -> None:
@@ -241,11 +253,6 @@ _SPAWNED: set[int] = set()
 def set_janitor_grace(seconds: float) -> None:
     """Grace the janitor gives commands after the agent died (before its first command)."""
     _janitor.grace = seconds
-
-
-def janitor_pid() -> int | None:
-    """The janitor's pid, starting it if needed (for tests and diagnostics)."""
-    return _janitor.pid()
 
 
 def _track(pgid: int) -> None:

@@ -264,25 +264,38 @@ class Agent:
             process.reap_adopted()
             self._metrics_refreshed = -math.inf  # the live release may have changed
             self.deliverer.wake.set()
-        if run.claim_vanished and not self.stop_event.is_set():
+        if outcome == TaskOutcome.FENCED and not recovery and not self.stop_event.is_set():
             return await self._recover_lost_claim(task)
         return outcome
 
     async def _recover_lost_claim(self, task: Task) -> str:
-        """A failover lost our claim and the task is pending again, though our deploy
-        ran (and was stopped): take it back for recovery rather than let it run again
-        from the start."""
-        with contextlib.suppress(*POLL_ERRORS):
-            sent = time.monotonic()
-            again = await self.repo.claim_lost_in_failover(
-                task.id,
-                self.settings.agent_id,
-                self.settings.takeover_after_seconds,
-                claim_token=uuid.uuid4(),
-            )
-            if again is not None:
-                self.log.warning("task.claim_lost", task_id=str(task.id), next="recovery")
-                return await self._execute(again, sent, recovery=True)
+        """After a fence: if the task is pending again, a failover lost our claim (the
+        promoted standby never received it) though our deploy ran until it was stopped.
+        Take it back for recovery rather than let it run again from the start. Other
+        agents claim nothing during the failover's quiet period (a lease and its margin),
+        which is the time we have to get through to the new primary."""
+        deadline = time.monotonic() + self.settings.takeover_after_seconds
+        attempt = 0
+        while time.monotonic() < deadline and not self.stop_event.is_set():
+            try:
+                if await self.repo.task_status(task.id) != "pending":
+                    return TaskOutcome.FENCED
+                sent = time.monotonic()
+                again = await self.repo.claim_lost_in_failover(
+                    task.id,
+                    self.settings.agent_id,
+                    self.settings.takeover_after_seconds,
+                    claim_token=uuid.uuid4(),
+                )
+            except POLL_ERRORS as exc:
+                attempt += 1
+                self.log.warning("task.claim_check_failed", error=describe(exc))
+                await asyncio.sleep(min(1.0, 0.1 * 2**attempt))
+                continue
+            if again is None:
+                return TaskOutcome.FENCED
+            self.log.warning("task.claim_lost", task_id=str(task.id), next="recovery")
+            return await self._execute(again, sent, recovery=True)
         return TaskOutcome.FENCED
 
     async def _drain(self, job: asyncio.Task[TaskOutcome]) -> None:
@@ -301,6 +314,7 @@ class Agent:
         """Refuse a second live process with our id, delete work dirs of dead tasks, and
         clear maintenance whose owning task has ended."""
         await self.check_identity()
+        process.start_janitor()
         await self.clean_work_dirs()
         await maintenance.reconcile_at_startup(self.services, self.log)
 

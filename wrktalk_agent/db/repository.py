@@ -649,27 +649,110 @@ class Repository:
     # -- the notification outbox ---------------------------------------------------------
     @_bounded
     async def claim_notifications(
-        self, agent_id: str, lock_seconds: float, notifiers: Sequence[str], limit: int = 20
+        self, agent_id: str, lease_seconds: float, notifiers: Sequence[str], limit: int = 20
     ) -> list[asyncpg.Record]:
+        """Due notifications, each leased to this agent for ``lease_seconds`` under a new
+        ``lease_token`` (which every later write presents); ``age`` in seconds."""
         return list(
             await self.pool.fetch(
-                q.CLAIM_NOTIFICATIONS, agent_id, lock_seconds, list(notifiers), limit
+                q.CLAIM_NOTIFICATIONS, agent_id, lease_seconds, list(notifiers), limit
             )
         )
+
+    @_bounded
+    async def renew_notification(
+        self, notification_id: UUID, lease_token: UUID, lease_seconds: float
+    ) -> bool:
+        """Extend the lease; False when it was taken away (or the row is no longer pending)."""
+        row = await self.pool.fetchval(
+            q.RENEW_NOTIFICATION, notification_id, lease_token, lease_seconds
+        )
+        return row is not None
+
+    @_bounded
+    async def notification_recipients(
+        self, notification_id: UUID, lease_token: UUID
+    ) -> list[asyncpg.Record]:
+        """Each recipient's state, after sends left unanswered by an earlier holder are
+        counted as unknown outcomes."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute(q.SETTLE_UNANSWERED, notification_id, lease_token)
+            return list(await conn.fetch(q.NOTIFICATION_RECIPIENTS, notification_id))
+
+    @_bounded
+    async def begin_send(
+        self, notification_id: UUID, recipient: str, lease_token: UUID, lease_seconds: float
+    ) -> int | None:
+        """Record that a message to ``recipient`` is about to go out; the send's number
+        (1, or 2 for the one repeat), or ``None``: do not send."""
+        sends = await self.pool.fetchval(
+            q.BEGIN_SEND, notification_id, recipient, lease_token, lease_seconds
+        )
+        return int(sends) if sends is not None else None
+
+    @_bounded
+    async def report_delivery(
+        self,
+        notification_id: UUID,
+        lease_token: UUID,
+        *,
+        recipient: str,
+        outcome: str,
+        detail: str,
+        attempts: int,
+    ) -> str | None:
+        """Record one recipient's outcome; its new state, or ``None`` when nothing changed
+        (the lease is gone, or the recipient was settled already)."""
+        state = await self.pool.fetchval(
+            q.REPORT_DELIVERY, notification_id, recipient, lease_token, outcome, detail, attempts
+        )
+        return str(state) if state is not None else None
+
+    @_bounded
+    async def settle_attempt(
+        self,
+        notification_id: UUID,
+        lease_token: UUID,
+        *,
+        dropped: Sequence[str] = (),
+        give_up: bool = False,
+    ) -> list[asyncpg.Record] | None:
+        """End an attempt: unanswered sends become unknown outcomes, ``dropped``
+        recipients (no longer named by the notifier) are set aside, and with ``give_up``
+        whoever still waits for a retry is failed. The recipients' states, or ``None``
+        when the lease was taken away (nothing was changed)."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            if (
+                await conn.fetchval(q.LOCK_LEASED_NOTIFICATION, notification_id, lease_token)
+                is None
+            ):
+                return None
+            await conn.execute(q.SETTLE_UNANSWERED, notification_id, lease_token)
+            if dropped:
+                await conn.execute(q.DROP_RECIPIENTS, notification_id, list(dropped))
+            if give_up:
+                await conn.execute(q.GIVE_UP_RECIPIENTS, notification_id)
+            return list(await conn.fetch(q.NOTIFICATION_RECIPIENTS, notification_id))
 
     @_bounded
     async def finish_notification(
         self,
         notification_id: UUID,
-        agent_id: str,
+        lease_token: UUID,
         *,
         status: Literal["pending", "delivered", "failed"],
         deliveries: list[dict[str, Any]],
         retry_in: float = 0.0,
+        timeline: tuple[EventStatus, str, str] | None = None,
     ) -> None:
+        """Release the lease with the notification's status (``pending``: try again in
+        ``retry_in`` seconds); the deliveries also go into the task's result, and
+        ``timeline`` (status, message, agent id) into its timeline, in the same statement."""
+        status_, message, agent_id = timeline or (None, None, None)
         await self.pool.execute(
-            q.FINISH_NOTIFICATION, notification_id, agent_id, status, deliveries, retry_in
-        )
+            q.FINISH_NOTIFICATION, notification_id, lease_token, status, deliveries, retry_in,
+            status_, message, agent_id,
+        )  # fmt: skip
 
     @_bounded
     async def pending_notifications(self) -> int:
@@ -778,6 +861,15 @@ class Repository:
     async def release_secrets(self, release_id: UUID) -> tuple[str | None, str | None]:
         row = await self.pool.fetchrow(q.RELEASE_SECRETS, release_id)
         return (row["env_data"], row["values_data"]) if row else (None, None)
+
+    async def set_release_signature(
+        self, release_id: UUID, signature: str, previous: str | None
+    ) -> bool:
+        """Store a release's signature unless it changed since ``previous`` was read."""
+        return (
+            await self.pool.fetchval(q.SET_RELEASE_SIGNATURE, release_id, signature, previous)
+            is not None
+        )
 
     @staticmethod
     def _artifact(row: asyncpg.Record | None) -> ArtifactInfo | None:
