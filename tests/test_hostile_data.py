@@ -593,3 +593,23 @@ def test_task_list_keeps_both_causes_of_a_failed_rollback_on_its_line() -> None:
     assert len(cell) <= 60 and "deploy half-applied" in cell and "helm rollback" in cell
     assert error_cell(error, wide=True) == error
     assert "automatic rollback to 1.4.2 failed too" in error and "\n" not in error
+
+
+@pytest.mark.parametrize("what", ["tail", "live piece"])
+async def test_a_secret_known_only_by_its_name_is_masked_across_a_cut(what: str) -> None:
+    """``API_TOKEN=value`` is masked by its shape; the name before a cut, the value after
+    it must not leave the value bare."""
+    value = "k7Vq2Lm9Xw4Rt8Zp"
+    token = f"API_TOKEN={value}"
+    if what == "tail":  # the name ends just before the tail's first byte
+        program = (
+            f"sys.stdout.write('. ' * 10000 + '{token}' + ' .' * {process.TAIL_BYTES // 2 - 8})"
+        )
+    else:  # the name ends just before a 4 KiB piece ends, in a line of words
+        program = f"sys.stdout.write('a ' * {process.SINK_LINE_BYTES // 2 - 5} + '{token} ' * 3)"
+    lines: list[str] = []
+    redactor = Redactor()
+    with process.streaming_output(lambda line: lines.append(redactor.redact(line)), redactor):
+        result = await process.run([sys.executable, "-c", "import sys\n" + program])
+    stored = redactor.redact(result.output) + "\n".join(lines)
+    assert [f for f in fragments(value) if f in stored] == [], what

@@ -440,7 +440,10 @@ class _LineSplitter:
         spans = merged_spans(self.masker, self.partial) if self.masker is not None else []
         begin = 0
         while len(self.partial) - begin > SINK_LINE_BYTES + hold:
-            end = safe_cut(spans, begin + SINK_LINE_BYTES, floor=begin)
+            at = begin + SINK_LINE_BYTES
+            # at a space if there is one: a NAME=value the sink masks by its shape stays whole
+            space = self.partial.rfind(" ", begin + SINK_LINE_BYTES // 2, at)
+            end = safe_cut(spans, space + 1 if space != -1 else at, floor=begin)
             self._emit(self.partial[begin:end])
             begin = end
         self.partial = self.partial[begin:]

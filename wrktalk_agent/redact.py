@@ -279,6 +279,8 @@ class Masker(Protocol):
 
     def spans(self, text: str) -> list[tuple[int, int]]: ...
 
+    def redact(self, text: str) -> str: ...
+
 
 def merged_spans(masker: Masker, text: str) -> list[tuple[int, int]]:
     """The secrets' spans in ``text``, sorted, overlapping ones merged."""
@@ -331,6 +333,8 @@ def masked_tail(text: str, masker: Masker | None, limit: int, *, head_cut: bool)
     if head_cut and masker is not None:
         begin = safe_cut(spans, min(masker.longest, len(text)))
     masked = _apply(text, spans, begin)
+    if masker is not None:  # what is masked by its shape (NAME=value), before the cut too
+        masked = masker.redact(masked)
     if head_cut:
         masked = "…" + masked
     data = masked.encode("utf-8", errors="surrogatepass")
