@@ -17,13 +17,16 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import random
 import signal
 import time
+from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 import pytest
 from agent_helpers import (
+    RUNNING_PHASES,
     Recording,
     agent_env,
     assert_no_overlap,
@@ -39,6 +42,9 @@ from wrktalk_agent.testing import add_release
 
 #: heartbeat 0.5 s, lease 2 s, margin 1 s: the watchdog kills at 2 s, takeover after 3 s
 FAST = {"WRKTALK_AGENT_STALE_AFTER": "2"}
+#: ``WRKTALK_CHAOS_SCALE`` (default 1) multiplies the chaos test's tasks (the issue's 100
+#: tasks are scale 4); ``WRKTALK_CHAOS_SEED`` picks the faults.
+SCALE = max(1, int(os.environ.get("WRKTALK_CHAOS_SCALE", "1")))
 
 
 async def escaping_release(repo: Any, version: str, seconds: float, **kwargs: Any) -> Any:
@@ -212,3 +218,114 @@ async def test_a_killed_owner_leaves_no_daemon_and_its_restart_deletes_the_secre
         proc.send_signal(signal.SIGTERM)
     for proc in (restarted, rescuer):
         assert proc.wait(30) == 0
+
+
+# -- chaos -----------------------------------------------------------------------------------
+async def test_chaos_four_agents_killed_frozen_and_cut_off(
+    recording_settings, recording, repo, spawn_agent
+):
+    """4 agents, tasks whose deploys take up to a second and start a daemon and a
+    background child, and every few seconds one fault: an agent killed with SIGKILL
+    and restarted, an owner frozen with SIGSTOP or with SIGTSTP to its group past its
+    lease, or the link of agent chaos-0 dropping every packet past its lease. At the end:
+    no overlap (from the deploys' own records), maintenance throughout, no task run twice
+    or stuck, `current` true, every outcome notified, nothing left running, no `.env`."""
+    rng = random.Random(int(os.environ.get("WRKTALK_CHAOS_SEED", "23")))
+    count = 25 * SCALE
+    await repo.pool.execute("INSERT INTO admin (name, email) VALUES ('Ann', 'ann@acme.example')")
+    tasks = []
+    for i in range(count):
+        seconds = rng.uniform(0.3, 1.0)
+        # escapes that end before the deploy does when nothing goes wrong (what a finished
+        # deploy leaves running is the release's business), and must die with a fenced one
+        behaviour = {"child": seconds, "daemon": seconds / 2, "background": seconds / 2}
+        release = await add_release(
+            repo,
+            f"{i + 1}.0.0",
+            {"behaviour.json": json.dumps(behaviour)},
+            env_data=f"SECRET_TOKEN=chaos-{i}\n",
+        )
+        tasks.append(await repo.create_task("deploy", release.id))
+    env = agent_env(recording_settings, recording, **FAST)
+    proxy = BlackholeProxy(recording_settings.dsn())
+    link = {"WRKTALK_AGENT_DATABASE_URL": proxy.dsn(recording_settings.dsn()),
+            "WRKTALK_AGENT_DB_TIMEOUT": "1"}  # fmt: skip
+
+    def start(name: str) -> Any:
+        extra = link if name == "chaos-0" else {}
+        return spawn_agent({**env, **extra, "WRKTALK_AGENT_AGENT_ID": name}, own_group=True)
+
+    agents = {f"chaos-{i}": start(f"chaos-{i}") for i in range(4)}
+    faults: dict[str, int] = defaultdict(int)
+    deadline = time.monotonic() + 90 + 30 * SCALE * 4
+    try:
+        while True:
+            rows = await repo.pool.fetch(
+                "SELECT status, claimed_by, count(*) FROM agent_task GROUP BY 1, 2"
+            )
+            done = sum(r["count"] for r in rows if r["status"] in ("completed", "failed"))
+            if done == count:
+                break
+            assert time.monotonic() < deadline, f"tasks stuck: {[dict(r) for r in rows]}"
+            await asyncio.sleep(rng.uniform(1.0, 2.5))
+            pending = sum(r["count"] for r in rows if r["status"] == "pending")
+            if pending <= 2:
+                continue
+            owner = next((r["claimed_by"] for r in rows if r["status"] == "inProgress"), None)
+            fault = rng.choice(["kill", "stop", "tstp", "drop"])
+            name = owner if owner in agents and fault in ("stop", "tstp") else None
+            name = name or rng.choice(sorted(agents))
+            proc = agents[name]
+            if fault == "kill":
+                proc.send_signal(signal.SIGKILL)
+                proc.wait(10)
+                agents[name] = start(name)
+            elif fault in ("stop", "tstp"):
+                if fault == "stop":
+                    proc.send_signal(signal.SIGSTOP)
+                else:
+                    os.killpg(proc.pid, signal.SIGTSTP)
+                await asyncio.sleep(3.5)  # past the lease and its margin
+                proc.send_signal(signal.SIGCONT)
+            else:
+                proxy.drop()
+                await asyncio.sleep(3.5)
+                proxy.heal()
+            faults[fault] += 1
+        # every outcome is notified (the outbox may need a moment after the last one)
+        wait_until(
+            lambda: {r["task"] for r in recording.records("notify")} >= {str(t.id) for t in tasks},
+            60,
+        )
+        for name, proc in agents.items():  # a restarted agent may still be starting up
+            started = wait_until(lambda p=proc: "agent.started" in log_text(p), 30, fail=False)
+            assert started, f"{name} did not start: {log_text(proc)[-2000:]}"
+            proc.send_signal(signal.SIGTERM)
+        for proc in agents.values():
+            assert proc.wait(30) == 0
+    finally:
+        proxy.close()
+    print(f"chaos: {count} tasks, faults {dict(faults)}")
+    assert sum(faults.values()) >= 3
+    assert_no_overlap(recording)
+    assert samples_without_maintenance(recording) == []
+    for task in tasks:
+        assert len(child_starts(recording, str(task.id))) <= 1  # never run twice
+        events = [e for e in await repo.task_events(task.id) if e.step == "recovery"]
+        if events:  # fenced or killed: all it started had stopped before the takeover
+            took_over = min(e.created_at.timestamp() for e in events)
+            assert last_record(recording, str(task.id), RUNNING_PHASES) < took_over
+    live = json.loads(recording.live.read_text())["version"]
+    assert (await repo.current_release()).release_version == live
+    per_task = defaultdict(set)
+    for mail in recording.records("notify"):
+        per_task[mail["task"]].add(mail["notification_id"])
+    assert all(len(ids) == 1 for ids in per_task.values())  # a repeat is the same message
+    assert await repo.pending_notifications() == 0
+    assert not recording.flag.exists()
+    # nothing the deploys started is still running, and no secret is left on disk
+    before = len(recording.records())
+    await asyncio.sleep(1.0)
+    assert len(recording.records()) == before
+    work = Path(recording_settings.work_dir)
+    assert not work.exists() or not any(work.glob("task-*"))

@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from wrktalk_agent import process
+from wrktalk_agent.safe_text import storable
 
 if TYPE_CHECKING:
     from wrktalk_agent.pipeline import Secrets, Timeline
@@ -79,9 +80,7 @@ class LiveOutput:
             self.dropped += 1
             return
         # masked before it is cut: a cut could leave half a secret that no longer matches
-        text = self.secrets.redact(text)
-        if len(text) > LINE_CHARS:
-            text = text[: LINE_CHARS - 1] + "…"
+        text = storable(self.secrets.redact(text), limit=LINE_CHARS)
         self.lines += 1
         self.bytes += len(text.encode())
         self.pending.append((datetime.now(UTC), self.step(), text))
@@ -93,7 +92,7 @@ class LiveOutput:
         stop = asyncio.Event()
         writer = asyncio.create_task(self._write_every_interval(stop), name="live-output")
         try:
-            with process.streaming_output(self.line):
+            with process.streaming_output(self.line, self.secrets):
                 yield
         finally:
             stop.set()
