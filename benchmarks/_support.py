@@ -35,7 +35,8 @@ def server_url() -> Iterator[str]:
                 server.cleanup()
 
 
-async def fresh_database(url: str) -> str:
+async def fresh_database(url: str, *, schema: bool = True) -> str:
+    """A new database on the server at ``url``, with the agent's schema unless told not."""
     name = f"wrktalk_bench_{uuid.uuid4().hex[:8]}"
     conn = await asyncpg.connect(url)
     try:
@@ -43,6 +44,8 @@ async def fresh_database(url: str) -> str:
     finally:
         await conn.close()
     db_url = with_database(url, name)
+    if not schema:
+        return db_url
     conn = await asyncpg.connect(db_url)
     try:
         await conn.execute(schema_sql())

@@ -140,6 +140,9 @@ class Agent:
                     instance_id=self.instance_id,
                     notifiers=notifier_names(self.services.notifiers),
                     installation=self.settings.installation_name,
+                    # every timer poll renews liveness; a burst of NOTIFY wake-ups does not
+                    seen_every=min(self.settings.poll_interval, self.settings.heartbeat_interval)
+                    / 2,
                 )
                 failures = 0
             except asyncpg.UniqueViolationError:

@@ -445,7 +445,13 @@ class Repository:
         instance_id: UUID,
         notifiers: Sequence[str] = (),
         installation: str = "",
+        seen_every: float = 0.0,
     ) -> PollResult:
+        """Claim the oldest task that can run (one statement, :data:`queries.POLL`, that
+        writes nothing when there is nothing to claim); reject the rows at the head of the
+        queue that no agent can run and take over a task whose lease ran out, each with a
+        statement of its own, only when the poll saw one. ``seen_every``: renew this
+        process's last_seen when it is older than that, even when nothing else changes."""
         row = await self.pool.fetchrow(
             q.POLL,
             agent_id,
@@ -455,18 +461,32 @@ class Repository:
             lease_seconds,
             claim_token,
             instance_id,
-            list(notifiers),
-            installation,
+            seen_every,
         )
         assert row is not None
-        rejected = [(UUID(r["id"]), r["error"]) for r in row["rejected"]]
+        rejected: list[tuple[UUID, str]] = []
+        if row["bad_waiting"]:
+            swept = await self.pool.fetchval(q.SWEEP_BAD, agent_id, list(notifiers), installation)
+            rejected = [(UUID(r["id"]), r["error"]) for r in swept]
         claimed = await self._claimed_task(
             row["claimed"], claim_token, agent_id, notifiers, installation, rejected
         )
-        with tolerant_rows():  # recovery handles a running row of any type
-            taken_over = await self._claimed_task(
-                row["taken_over"], claim_token, agent_id, notifiers, installation, rejected
+        taken_over = None
+        if row["lease_expired"] and claimed is None:
+            data = await self.pool.fetchval(
+                q.TAKE_OVER,
+                agent_id,
+                socket.gethostname(),
+                os.getpid(),
+                __version__,
+                lease_seconds,
+                claim_token,
+                instance_id,
             )
+            with tolerant_rows():  # recovery handles a running row of any type
+                taken_over = await self._claimed_task(
+                    data, claim_token, agent_id, notifiers, installation, rejected
+                )
         return PollResult(
             claimed=claimed,
             taken_over=taken_over,
