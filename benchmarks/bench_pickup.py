@@ -11,7 +11,9 @@ PgQueuer's schema and a QueueManager (default settings, one-second dequeue timeo
 run for the whole benchmark; work goes to them in alternating rounds so that both see the
 same machine, and:
 
-- pickup: a task (a job) is inserted, the next one when the last is done; pickup is the
+- pickup: a task (a job) is inserted, the next one when the last is done and the worker
+  has been idle for IDLE_BEFORE_INSERT (a deploy comes to an idle agent; back to back,
+  each worker's clean-up after a task would race the next insert); pickup is the
   server's time of the claim minus the server's time of the insert (agent_task.picked_up_at
   - created_at; the dequeued job's updated - created). p50 / p95 / p99;
 - transactions per task: pg_stat_database.xact_commit of each database over the pickup
@@ -67,6 +69,8 @@ from wrktalk_agent.testing import make_tarball
 
 PG15 = "postgresql://postgres@127.0.0.1:5432/postgres"
 POLL_SECONDS = 1.0
+#: seconds a worker is left idle before the next task is inserted
+IDLE_BEFORE_INSERT = 0.05
 #: a release whose version starts with this makes the deployer wait for HOLD
 HELD = "hold"
 
@@ -279,6 +283,7 @@ async def server_bench(label: str, url: str, args: argparse.Namespace) -> None:
                     for _ in range(args.rounds):  # alternated: both see the same machine
                         for side in sides:
                             for _ in range(per_round):
+                                await asyncio.sleep(IDLE_BEFORE_INSERT)
                                 await side.one()
 
                 spent = await window(watcher, list(dbs.values()), rounds)

@@ -10,6 +10,7 @@ the outbox beside the loop (:mod:`wrktalk_agent.outbox`), never in its way.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
 import math
@@ -68,6 +69,10 @@ class Agent:
         metrics.AGENT_INFO.info({"version": __version__, "agent_id": self.settings.agent_id})
         #: monotonic time of the last refresh of the pending/live-release metrics
         self._metrics_refreshed = -math.inf
+        self._metrics_refresh: asyncio.Task[None] | None = None
+        #: tasks this agent ran lately: their outcome's NOTIFY wakes nothing (the loop
+        #: polls right after a task anyway), so it cannot delay the next task's pickup
+        self._ran: collections.deque[str] = collections.deque(maxlen=8)
         #: the server generation whose WAL timeline was last recorded (failover check)
         self._timeline_epoch: int | None = None
         #: work dirs found at start-up that a live lease still covered: looked at again
@@ -111,6 +116,8 @@ class Agent:
                 with contextlib.suppress(*POLL_ERRORS):
                     await self.deliverer.deliver_due()
         finally:
+            if self._metrics_refresh is not None:
+                side.append(self._metrics_refresh)
             for task in side:
                 task.cancel()
             for task in side:
@@ -205,10 +212,18 @@ class Agent:
             )
 
     async def _refresh_metrics(self) -> None:
-        """Pending tasks and the live release for /metrics, at most every 10 s."""
+        """Pending tasks and the live release for /metrics, at most every 10 s, beside the
+        loop: a NOTIFY that arrives meanwhile is answered at once, not after the query."""
         if time.monotonic() - self._metrics_refreshed < 10.0:
             return
+        if self._metrics_refresh is not None and not self._metrics_refresh.done():
+            return
         self._metrics_refreshed = time.monotonic()
+        self._metrics_refresh = asyncio.create_task(
+            self._refresh_metrics_now(), name="metrics-refresh"
+        )
+
+    async def _refresh_metrics_now(self) -> None:
         with contextlib.suppress(*POLL_ERRORS):
             await asyncio.wait_for(metrics.refresh_from_database(self.repo.pool), 5)
 
@@ -262,6 +277,7 @@ class Agent:
                 self.log.error("task.crashed", task_id=str(task.id), error=describe(exc))
                 return TaskOutcome.FAILED
         finally:
+            self._ran.append(str(task.id))
             self.running = None
             metrics.task_ended()
             process.reap_adopted()
@@ -441,11 +457,15 @@ class Agent:
 
     def _on_notify(self, _conn: Any, _pid: int, _channel: str, payload: object) -> None:
         try:
-            status = json.loads(str(payload)).get("status")
+            change = json.loads(str(payload))
+            status, task_id = change.get("status"), str(change.get("id"))
         except (ValueError, AttributeError):
-            status = None
-        if status != "inProgress":  # a claim frees nothing; anything else may
-            self.wake.set()
+            status = task_id = None
+        if status == "inProgress":  # a claim frees nothing
+            return
+        if status in ("completed", "failed") and task_id in self._ran:
+            return  # our own outcome: the loop polled after it already
+        self.wake.set()
 
     def _side_task_done(self, task: asyncio.Task[None]) -> None:
         if not task.cancelled() and task.exception() is not None:
