@@ -245,7 +245,7 @@ async def test_maintenance_left_by_an_ended_task_is_cleared_when_the_agent_start
     release = await add_release(repo, "1.0.0")
     task = await repo.create_task("deploy", release.id)
     await repo.pool.execute("UPDATE agent_task SET status = 'failed' WHERE id = $1", task.id)
-    await repo.task_maintenance_on(f"task:{task.id}", "deploy 1.0.0")
+    await repo.hold_maintenance(f"task:{task.id}", "deploy 1.0.0")
     await site.backend().enable("deploy 1.0.0")
     await site.assert_maintenance()
 
@@ -265,15 +265,12 @@ async def test_an_operators_window_survives_an_agent_start(
     site, recording_settings, recording, repo, spawn_agent
 ):
     await site.backend().enable("db migration")
-    await repo.pool.execute(
-        "UPDATE deployment_config SET maintenance_mode_enabled = true,"
-        " maintenance_owner = 'operator:alice', maintenance_reason = 'db migration'"
-    )
+    await repo.hold_maintenance("operator:alice", "db migration")
     env = agent_env(recording_settings, recording, **site.env, WRKTALK_AGENT_NOTIFIERS="")
     agent = spawn_agent(env, "--once")
     assert await asyncio.to_thread(agent.wait, 30) == 0
     await site.assert_maintenance()
-    assert (await repo.maintenance_state()).owner == "operator:alice"
+    assert [h.holder for h in (await repo.maintenance_state()).holds] == ["operator:alice"]
 
 
 async def test_a_release_the_deployer_refuses_never_takes_the_site_down(

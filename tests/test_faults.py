@@ -203,9 +203,11 @@ async def test_backend_fault_is_contained(purpose, method, kind, faulty_agent, r
     elif method == "auto-rollback":
         assert done.status == "failed" and "health of 2.0.0 is bad" in done.error_message
         assert cause in done.result["auto_rollback"]["error"], done.result
-    elif method == "disable":
-        assert "maintenance-off failed could not disable" in timeline
+    elif method == "disable":  # fails once, retried by the task: off, and it says so
+        assert "maintenance-off failed could not switch off" in timeline
+        assert "maintenance-off succeeded switched off after 1 failed attempt" in timeline
         assert cause in timeline, timeline
+        assert "stayed on" in done.result["maintenance"] and cause in done.result["maintenance"]
     assert _unclosed_steps(events) == [], timeline
     if method in ("validate", "prepare"):  # refused before maintenance: no downtime
         assert not any(r.get("on") for r in recording.records("maintenance"))
@@ -217,6 +219,8 @@ async def test_backend_fault_is_contained(purpose, method, kind, faulty_agent, r
     assert len(mails) == 1, recording.records("notify")
     if method == "auto-rollback":
         assert cause in mails[0]["rollback_error"]
+    if method == "disable":
+        assert mails[0]["maintenance"].startswith("stayed on ")
     # and the agent serves the next task; maintenance ends off
     follow_up = await repo.create_task("deploy", (await add_release(repo, "3.0.0")).id)
     assert await asyncio.wait_for(agent.run(once=True), 60) == 0

@@ -100,7 +100,7 @@ async def test_restart_with_same_id_recovers_own_leftover_once_its_lease_ran_out
         " last_heartbeat=now(), lease_seconds=2 WHERE id=$1",
         task.id,
     )
-    await repo.task_maintenance_on(f"task:{task.id}", "deploy 1.0.0")
+    await repo.hold_maintenance(f"task:{task.id}", "deploy 1.0.0")
     recording.flag.write_text("left on")
     agent = await make_agent(recording_settings)
     # within the dead run's lease: nothing is touched (its deploy may still be stopping)
@@ -152,7 +152,7 @@ async def test_maintenance_left_by_an_ended_task_is_cleared_at_startup_others_ke
     task = await repo.create_task("deploy", release.id)
     await repo.pool.execute("UPDATE agent_task SET status='failed' WHERE id=$1", task.id)
     # 1: owned by a task that has ended (its switch-off failed): cleared
-    await repo.task_maintenance_on(f"task:{task.id}", "deploy 1.0.0")
+    await repo.hold_maintenance(f"task:{task.id}", "deploy 1.0.0")
     recording.flag.write_text("on")
     agent = await make_agent(recording_settings)
     assert await agent.run(once=True) == 0
@@ -163,14 +163,12 @@ async def test_maintenance_left_by_an_ended_task_is_cleared_at_startup_others_ke
     assert await agent.run(once=True) == 0
     assert recording.flag.exists()
     # 3: an operator's window survives agent starts and deploys
-    await repo.pool.execute(
-        "UPDATE deployment_config SET maintenance_mode_enabled = true,"
-        " maintenance_owner = 'operator:alice', maintenance_reason = 'db migration'"
-    )
+    await repo.hold_maintenance("operator:alice", "db migration")
     await repo.create_task("deploy", release.id)
     assert await agent.run(once=True) == 0
     state = await repo.maintenance_state()
-    assert state.enabled and state.owner == "operator:alice" and state.reason == "db migration"
+    assert state.enabled
+    assert [(h.holder, h.reason) for h in state.holds] == [("operator:alice", "db migration")]
     assert recording.flag.exists()
 
 
@@ -203,7 +201,9 @@ async def test_sigterm_drains_then_second_sigterm_aborts(
     assert proc.wait(20) == 0
     failed = await repo.get_task(second.id)
     assert failed.status == "failed"
-    assert failed.error_message == "interrupted by shutdown"
+    # what is live was asked before maintenance went off (1.0.0, from the first task)
+    assert failed.error_message == "interrupted by shutdown; found 1.0.0 live (recording live file)"
+    assert failed.result["live"]["version"] == "1.0.0"
     assert not recording.flag.exists()
     assert await repo.maintenance_flag() is False
 
@@ -217,7 +217,12 @@ async def test_grace_period_over_interrupts(
     wait_until(started.exists, 30)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(20) == 0
-    assert (await repo.get_task(task.id)).error_message == "interrupted by shutdown"
+    interrupted = await repo.get_task(task.id)
+    assert interrupted.error_message == (
+        "interrupted by shutdown; found nothing deployed (recording: nothing deployed yet); "
+        "next: check the site, then deploy 1.0.0 again or roll back"
+    )
+    assert interrupted.result["next_step"] == "check the site, then deploy 1.0.0 again or roll back"
 
 
 async def test_execute_after_is_honoured_and_early_notify_ignored(

@@ -53,9 +53,13 @@ class Failure(click.ClickException):
 _loaded: AgentSettings | None = None
 
 
-def load_settings(*, warn_unknown: bool = False, **overrides: Any) -> AgentSettings:
+def load_settings(
+    *, warn_unknown: bool = False, command_logs: bool = False, **overrides: Any
+) -> AgentSettings:
     """Settings from the environment; bad ones are one line each (exit 2).
-    ``warn_unknown``: name misspelled ``WRKTALK_AGENT_*`` variables (on stderr)."""
+    ``warn_unknown``: name misspelled ``WRKTALK_AGENT_*`` variables (on stderr).
+    ``command_logs``: a command that prints its own result; log lines (its plugins')
+    appear only for errors, the result says the rest."""
     global _loaded
     from pydantic import ValidationError
 
@@ -69,7 +73,10 @@ def load_settings(*, warn_unknown: bool = False, **overrides: Any) -> AgentSetti
         raise Failure(str(exc), exit_code=2) from None
     except ValidationError as exc:
         raise Failure("\n".join(format_validation_error(exc, AgentSettings)), exit_code=2) from None
-    configure_logging(settings.log_level, settings.log_format)
+    level = settings.log_level
+    if command_logs and level.lower() in ("debug", "info", "warning"):
+        level = "error"
+    configure_logging(level, settings.log_format)
     _loaded = settings
     if warn_unknown:
         _warn_unknown_variables(settings)
@@ -952,53 +959,89 @@ async def _start_http(agent: Any, settings: AgentSettings) -> Any:
 @main.command()
 @click.argument("action", type=click.Choice(["on", "off", "status"]))
 @click.option("--reason", default="operator request", show_default=True)
-@click.option("--by", "who", default=None, help="Who opens the window (default: $USER).")
-@click.option("--force", is_flag=True, help="Switch off even while a task owns it.")
-def maintenance(action: str, reason: str, who: str | None, force: bool) -> None:
-    """Turn maintenance mode on or off by hand, or show it and who switched it on.
+@click.option("--by", "who", default=None, help="Whose window (default: $USER).")
+@click.option("--force", is_flag=True, help="Switch off now, releasing every hold (tasks' too).")
+@click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table")
+def maintenance(action: str, reason: str, who: str | None, force: bool, output: str) -> None:
+    """Open or close your maintenance window, or show who holds maintenance mode.
 
-    An operator's window stays on through deploys and agent restarts until switched off."""
+    Each operator's window is a hold of its own, as is a running task's: maintenance goes
+    off when the last hold is released. `off` closes your window only; `off --force`
+    switches maintenance off for everyone (recorded in the tasks' timelines)."""
     from wrktalk_agent import maintenance as maint
     from wrktalk_agent.bootstrap import make_registry, plugin_context
     from wrktalk_agent.interfaces import BackendError
-    from wrktalk_agent.log import get_logger
 
-    settings = load_settings()
+    settings = load_settings(command_logs=True)
     if settings.maintenance_name is None and action != "status":
         raise Failure("WRKTALK_AGENT_MAINTENANCE_MODE_HANDLER is 'none': nothing to switch", 2)
-    log = get_logger(agent_id=settings.agent_id)
     operator = who or os.environ.get("USER") or _login_name()
 
-    async def act(repo: Repository) -> tuple[bool | None, MaintenanceState]:
+    async def act(
+        repo: Repository,
+    ) -> tuple[bool | None, MaintenanceState, maint.OperatorResult | None]:
         handler = None
         if settings.maintenance_name is not None:
             registry = make_registry(settings)
             handler = registry.instantiate(
                 "maintenance handler", settings.maintenance_name, plugin_context(settings, repo)
             )
+        done = None
         try:
-            if action != "status":
-                await maint.operator_switch(
-                    repo,
-                    handler,
-                    enabled=action == "on",
-                    who=operator,
-                    reason=reason,
-                    timeout=settings.backend_timeout,
-                    force=force,
+            if action == "on":
+                done = await maint.operator_on(
+                    repo, handler, who=operator, reason=reason, timeout=settings.backend_timeout
                 )
-                log.info(f"maintenance.operator_{action}", reason=reason, by=operator)
+            elif action == "off":
+                done = await maint.operator_off(
+                    repo, handler, who=operator, timeout=settings.backend_timeout, force=force
+                )
             live = bool(await handler.status()) if handler is not None else None
         except BackendError as exc:
             raise Failure(f"{settings.maintenance_name}: {visible(exc)}") from None
-        return live, await repo.maintenance_state()
+        return live, await repo.maintenance_state(), done
 
-    live, state = run_async(with_repo(settings, act))
+    live, state, done = run_async(with_repo(settings, act))
+    if output == "json":
+        data: dict[str, Any] = {
+            "enabled": state.enabled,
+            "proxy": None if live is None else {"handler": settings.maintenance_name, "on": live},
+            "holds": [
+                {
+                    "holder": h.holder,
+                    "reason": h.reason,
+                    "since": h.since.isoformat() if h.since else None,
+                }
+                for h in state.holds
+            ],
+            "off_pending_since": (
+                state.off_pending_since.isoformat() if state.off_pending_since else None
+            ),
+            "off_error": state.off_error,
+        }
+        if done is not None:
+            data["action"] = {"action": action, "holder": done.holder, "force": force}
+            if done.released is not None:
+                data["action"]["released"] = [h.holder for h in done.released.holds]
+                data["action"]["switch_off_error"] = done.released.error
+        print_json(data)
+        return
+    if done is not None and done.action == "on" and done.existed:
+        click.echo(f"{operator}'s window was open already: reason now {reason!r}")
+    if done is not None and done.released is not None:
+        gone = done.released.holds
+        if force and gone:
+            click.echo(f"released by --force: {', '.join(h.holder for h in gone)}")
+        if done.released.error:
+            click.echo(
+                f"switching maintenance off failed: {visible(done.released.error)} "
+                "(a running agent retries until it is off)"
+            )
     proxy = f"{settings.maintenance_name}: {'ON' if live else 'off'}" if live is not None else ""
     line = f"maintenance mode is {'ON' if state.enabled else 'off'}"
     if state.enabled:
         since = state.since.strftime("%Y-%m-%d %H:%M:%S %Z") if state.since else "unknown"
-        line += f" — owner: {visible(maint.describe_owner(state))}, since {since}"
+        line += f" — held by: {visible(maint.describe_owner(state))}, since {since}"
     click.echo(f"{line}{f' ({proxy})' if proxy else ''}")
 
 
@@ -1025,7 +1068,7 @@ def check(as_json: bool, output: str, strict: bool) -> None:
     from wrktalk_agent.bootstrap import make_registry
     from wrktalk_agent.preflight import blocks_deploys, format_checks, run_checks
 
-    settings = load_settings(warn_unknown=True)
+    settings = load_settings(warn_unknown=True, command_logs=True)
     results = run_async(run_checks(settings, make_registry(settings), None))
     if as_json or output == "json":
         print_json(

@@ -39,6 +39,10 @@ AGENT_PRIVILEGES: tuple[tuple[str, str, str], ...] = (
     ("agent_notification", "SELECT", "finding notifications to deliver"),
     ("agent_notification", "INSERT", "promising notifications with each outcome"),
     ("agent_notification", "UPDATE", "recording deliveries"),
+    ("agent_maintenance_hold", "SELECT", "who holds maintenance mode"),
+    ("agent_maintenance_hold", "INSERT", "holding maintenance mode for a task or an operator"),
+    ("agent_maintenance_hold", "UPDATE", "an operator's new reason for a window"),
+    ("agent_maintenance_hold", "DELETE", "releasing a hold"),
 )
 
 

@@ -98,6 +98,14 @@ class Agent:
                 side.append(asyncio.create_task(self._listen(), name="listener"))
         if not once:
             side.append(asyncio.create_task(self.deliverer.run(self.stop_event), name="outbox"))
+            if self.services.maintenance is not None:
+                # failed switch-offs are retried here, with backoff, until maintenance is off
+                side.append(
+                    asyncio.create_task(
+                        maintenance.loop(self.services, self.stop_event, self.log),
+                        name="maintenance",
+                    )
+                )
         for task in side:
             task.add_done_callback(self._side_task_done)
         try:

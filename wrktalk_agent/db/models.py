@@ -12,6 +12,7 @@ comparisons work.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -163,23 +164,49 @@ class AgentInstance(_Row):
     last_heartbeat: datetime | None = None
 
 
-class MaintenanceState(_Row):
-    """Maintenance as recorded in ``deployment_config``: on or off, and who switched it
-    on (``task:<id>`` or ``operator:<name>``), why and since when."""
+class MaintenanceHold(_Row):
+    """One reason maintenance is on: ``task:<id>`` (a running task's claim) or
+    ``operator:<name>`` (a window an operator opened), why and since when."""
 
-    enabled: bool = False
-    owner: str | None = None
+    holder: str
     reason: str | None = None
     since: datetime | None = None
 
     @property
-    def owner_task(self) -> UUID | None:
-        if self.owner and self.owner.startswith("task:"):
+    def task_id(self) -> UUID | None:
+        if self.holder.startswith("task:"):
             try:
-                return UUID(self.owner[5:])
+                return UUID(self.holder[5:])
             except ValueError:
                 return None
         return None
+
+    @property
+    def kind(self) -> str:
+        return self.holder.partition(":")[0]
+
+
+class MaintenanceState(_Row):
+    """Maintenance as recorded: the flag in ``deployment_config``, the holds that keep it
+    on, and since when a switch-off has been failing (the agent retries it)."""
+
+    enabled: bool = False
+    holds: list[MaintenanceHold] = []
+    off_pending_since: datetime | None = None
+    off_error: str | None = None
+
+    @field_validator("holds", mode="before")
+    @classmethod
+    def _json(cls, value: Any) -> Any:
+        return json.loads(value) if isinstance(value, str) else value
+
+    @property
+    def since(self) -> datetime | None:
+        times = [h.since for h in self.holds if h.since is not None]
+        return min(times) if times else self.off_pending_since
+
+    def held_by(self, holder: str) -> MaintenanceHold | None:
+        return next((h for h in self.holds if h.holder == holder), None)
 
 
 class PollResult(_Row):

@@ -357,14 +357,12 @@ class Repository:
         flags: FlagChange | None = None,
         events: Sequence[PendingEventLike] | None = None,
         agent_id: str | None = None,
-        maintenance_owner: str | None = None,
         notifications: tuple[Sequence[str], dict[str, Any]] | None = None,
     ) -> Task | None:
         """Write the outcome in one transaction, only if this claim still owns the task:
-        status, result, release flags, timeline entries not written yet, maintenance
-        cleared where ``maintenance_owner`` still holds it, and the notifications promised
-        (notifier names, event JSON) into the outbox. ``None``: the task was taken away
-        and nothing was written."""
+        status, result, release flags, timeline entries not written yet, and the
+        notifications promised (notifier names, event JSON) into the outbox. ``None``: the
+        task was taken away and nothing was written."""
         async with self.pool.acquire() as conn, conn.transaction():
             row = await conn.fetchrow(q.FINISH_TASK, task_id, claim_token, status, result, error)
             if row is None:
@@ -373,8 +371,6 @@ class Repository:
                 await apply_flags(conn, flags)
             if events:
                 await conn.execute(q.INSERT_EVENTS, task_id, *_event_columns(events), agent_id)
-            if maintenance_owner is not None:
-                await conn.execute(q.MAINTENANCE_OFF_FOR, maintenance_owner)
             if notifications is not None and notifications[0]:
                 names, event = notifications
                 await conn.execute(q.INSERT_NOTIFICATIONS, task_id, list(names), event)
@@ -515,10 +511,12 @@ class Repository:
     async def maintenance_flag(self) -> bool:
         return (await self.maintenance_state()).enabled
 
-    async def task_maintenance_on(self, owner: str, reason: str) -> str | None:
-        """Record that task ``owner`` switches maintenance on; returns the owner now
-        recorded (an operator's window stays the operator's)."""
-        return await self.pool.fetchval(q.TASK_MAINTENANCE_ON, owner, reason)
+    async def hold_maintenance(self, holder: str, reason: str | None = None) -> None:
+        """Record a hold and the flag, without switching anything (tests, the demo)."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute(q.MAINTENANCE_LOCK, q.MAINTENANCE_LOCK_KEY)
+            await conn.fetchrow(q.OPERATOR_HOLD, holder, reason)
+            await conn.execute(q.RECORD_MAINTENANCE_ON)
 
     async def smtp_config(self) -> SmtpConfig:
         row = await self.pool.fetchrow(q.SMTP_CONFIG)

@@ -12,7 +12,9 @@ EXPECTED_COLUMNS: dict[str, tuple[str, ...]] = {
         "id", "deployment_type", "smtp_host", "smtp_port", "smtp_user", "smtp_password",
         "smtp_from", "maintenance_mode_enabled", "last_agent_poll", "created_at",
         "maintenance_owner", "maintenance_reason", "maintenance_since",
+        "maintenance_off_pending_since", "maintenance_off_error",
     ),
+    "agent_maintenance_hold": ("holder", "reason", "since"),
     "admin": ("id", "name", "email", "is_active", "role", "created_at"),
     "release_artifact": (
         "id", "release_version", "chart_type", "artifact_data", "env_data", "values_data",
