@@ -288,7 +288,8 @@ def test_a_second_operators_window_is_a_hold_of_its_own(cli, tmp_path: Path) -> 
         "WRKTALK_AGENT_MAINTENANCE_MODE_HANDLER": "nginx",
         "WRKTALK_AGENT_NGINX_FLAG_FILE": str(flag),
     }
-    assert cli("maintenance", "on", "--reason", "db migration", "--by", "alice", env=env).exit_code == 0
+    alice = cli("maintenance", "on", "--reason", "db migration", "--by", "alice", env=env)
+    assert alice.exit_code == 0, alice.output
     bob = cli("maintenance", "on", "--reason", "disk swap", "--by", "bob", env=env)
     assert "held by: operator alice (db migration), operator bob (disk swap)" in bob.output
     status = json.loads(cli("maintenance", "status", "-o", "json", env=env).output)
