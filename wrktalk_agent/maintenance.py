@@ -48,6 +48,13 @@ from wrktalk_agent.services import Services
 TASK_RETRY_SECONDS = 30.0
 #: Backoff between switch-off attempts: first delay and ceiling, in seconds.
 RETRY_FIRST, RETRY_MAX = 1.0, 60.0
+#: the running maintenance loops of this process, woken when a switch-off fails
+_LOOPS: set[asyncio.Event] = set()
+
+
+def _wake_loops() -> None:
+    for event in _LOOPS:
+        event.set()
 
 
 def task_owner(task_id: UUID) -> str:
@@ -183,6 +190,7 @@ async def _release(
             done.error = describe(exc)
             metrics.MAINTENANCE_OFF_FAILURES.inc()
             await conn.execute(q.RECORD_OFF_PENDING, done.error)
+            _wake_loops()
             return done
         await conn.execute(q.RECORD_MAINTENANCE_OFF)
         done.switched_off = True
@@ -265,7 +273,7 @@ async def settle(services: Services, log: Any) -> MaintenanceState | None:
         await conn.execute(q.RECORD_MAINTENANCE_OFF)
         since = state.off_pending_since
         why = (
-            f"left on by {', '.join(h.holder for h in stale)}, which has ended"
+            f"left on by {', '.join(h.holder.replace(':', ' ', 1) for h in stale)}, which has ended"
             if stale
             else "the switch-off had failed"
         )
@@ -275,25 +283,32 @@ async def settle(services: Services, log: Any) -> MaintenanceState | None:
 
 async def loop(services: Services, stop: asyncio.Event, log: Any, idle: float = 30.0) -> None:
     """Every agent: retry failed switch-offs with backoff (1 s doubling to 60 s) and clear
-    holds of ended tasks, until stopped."""
-    delay = idle
+    holds of ended tasks, until stopped. Woken at once when a switch-off fails here."""
+    wake = asyncio.Event()
+    _LOOPS.add(wake)
     failing = RETRY_FIRST
-    while not stop.is_set():
-        try:
-            state = await asyncio.wait_for(
-                settle(services, log), services.settings.backend_timeout + 10
-            )
-        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            log.warning("maintenance.loop_failed", error=describe(exc))
-            state = None
-        if state is not None and state.off_pending_since is not None and not state.holds:
-            delay, failing = failing, min(RETRY_MAX, failing * 2)
-        else:
-            delay, failing = idle, RETRY_FIRST
-        try:
-            await asyncio.wait_for(stop.wait(), timeout=delay)
-        except TimeoutError:
-            pass
+    try:
+        while not stop.is_set():
+            wake.clear()
+            try:
+                state = await asyncio.wait_for(
+                    settle(services, log), services.settings.backend_timeout + 10
+                )
+            except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                log.warning("maintenance.loop_failed", error=describe(exc))
+                state = None
+            if state is not None and state.off_pending_since is not None and not state.holds:
+                delay, failing = failing, min(RETRY_MAX, failing * 2)
+            else:
+                delay, failing = idle, RETRY_FIRST
+            waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(wake.wait())]
+            try:
+                await asyncio.wait(waits, timeout=delay, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for waiter in waits:
+                    waiter.cancel()
+    finally:
+        _LOOPS.discard(wake)
 
 
 async def reconcile_at_startup(services: Services, log: Any) -> None:
