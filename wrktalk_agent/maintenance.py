@@ -290,14 +290,18 @@ async def loop(services: Services, stop: asyncio.Event, log: Any, idle: float = 
     try:
         while not stop.is_set():
             wake.clear()
+            busy = False
             try:
                 state = await asyncio.wait_for(
                     settle(services, log), services.settings.backend_timeout + 10
                 )
+                busy = state is None  # another agent (or a task here) is switching
             except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 log.warning("maintenance.loop_failed", error=describe(exc))
                 state = None
-            if state is not None and state.off_pending_since is not None and not state.holds:
+            if busy or (
+                state is not None and state.off_pending_since is not None and not state.holds
+            ):
                 delay, failing = failing, min(RETRY_MAX, failing * 2)
             else:
                 delay, failing = idle, RETRY_FIRST
