@@ -126,10 +126,17 @@ def test_cancel_is_shown_as_cancelled_with_a_result(cli, release, database_url) 
     cancelled = cli("task", "cancel", task_id[:8], "--by", "alice")
     assert cancelled.exit_code == 0 and task_id in cancelled.output
     [row] = json.loads(cli("task", "list", "-o", "json").output)
-    assert row["status"] == "failed"
+    # one vocabulary: cancelled in JSON and tables, filters, `task show`; the column says
+    # failed (the backend's status set has no "cancelled")
+    assert (row["status"], row["stored_status"]) == ("cancelled", "failed")
     assert row["error_message"].startswith("cancelled by alice")
     assert row["result"] == {"cancelled": True, "by": "alice"}
     assert cli("task", "list").output.splitlines()[1].split()[3] == "cancelled"
+    [only] = json.loads(cli("task", "list", "--status", "cancelled", "-o", "json").output)
+    assert only["id"] == task_id
+    assert json.loads(cli("task", "list", "--status", "failed", "-o", "json").output) == []
+    shown = json.loads(cli("task", "show", task_id[:8], "-o", "json").output)
+    assert shown["task"]["status"] == "cancelled"
     again = cli("task", "cancel", task_id)
     assert again.exit_code == 2 and "is cancelled; only pending tasks" in again.output
 

@@ -225,9 +225,7 @@ def _time(value: datetime | None, *, seconds: bool = True) -> str:
 def shown_status(task: Task) -> str:
     """The stored status, except that a cancelled task (stored as ``failed``: the backend's
     status set has no "cancelled") is shown as ``cancelled``."""
-    if task.status == "failed" and (task.error_message or "").startswith("cancelled"):
-        return "cancelled"
-    return str(task.status)
+    return task.shown_status
 
 
 def _short(task_id: UUID | None, wide: bool) -> str:
@@ -713,7 +711,9 @@ def _event_line(e: Any) -> str:
 
 @task.command("list")
 @output_options
-@click.option("--status", type=click.Choice(["pending", "inProgress", "completed", "failed"]))
+@click.option(
+    "--status", type=click.Choice(["pending", "inProgress", "completed", "failed", "cancelled"])
+)
 @click.option("--type", "task_type", type=click.Choice(["deploy", "rollback"]))
 @click.option("--limit", type=click.IntRange(1, 10_000), default=50, show_default=True)
 def task_list(
@@ -726,7 +726,7 @@ def task_list(
     )
     fmt = _format(output, as_json)
     if fmt == "json":
-        print_json([t.model_dump(mode="json") for t in tasks])
+        print_json([t.shown_json() for t in tasks])
         return
     wide = fmt == "wide"
     columns = ["ID", "TYPE", "VERSION", "STATUS", "CREATED"]
@@ -785,7 +785,7 @@ def task_show(task_id: str, output: str, as_json: bool, follow: bool) -> None:
     if fmt == "json":
         print_json(
             {
-                "task": found.model_dump(mode="json"),
+                "task": found.shown_json(),
                 "events": [e.model_dump(mode="json") for e in events],
             }
         )

@@ -36,6 +36,11 @@ TaskStatus = Literal["pending", "inProgress", "completed", "failed"]
 
 TASK_TYPES: tuple[str, ...] = get_args(TaskType)
 TASK_STATUSES: tuple[str, ...] = get_args(TaskStatus)
+#: The statuses operators see: the stored ones plus ``cancelled`` — a pending task that an
+#: operator cancelled, stored as ``failed`` (the backend's status set has no "cancelled")
+#: with an error starting ``cancelled by ``. Tables, JSON, the dashboard and filters use it.
+SHOWN_STATUSES: tuple[str, ...] = (*TASK_STATUSES, "cancelled")
+CANCELLED_PREFIX = "cancelled by "
 CHART_TYPES: tuple[str, ...] = ("helm", "compose")
 
 
@@ -95,6 +100,21 @@ class Task(_Row):
     release_version: str | None = None
 
     _tolerant = field_validator("type", "status", mode="wrap")(_keep_unknown)
+
+    @property
+    def shown_status(self) -> str:
+        """The status as operators see it (see :data:`SHOWN_STATUSES`)."""
+        if self.status == "failed" and (self.error_message or "").startswith(CANCELLED_PREFIX):
+            return "cancelled"
+        return str(self.status)
+
+    def shown_json(self) -> dict[str, Any]:
+        """The row as JSON with the shown status (``stored_status``: the column's value)."""
+        return {
+            **self.model_dump(mode="json"),
+            "status": self.shown_status,
+            "stored_status": self.status,
+        }
 
     def problems(self) -> list[str]:
         """What makes this row impossible to process, column and value named (empty: none).

@@ -343,10 +343,16 @@ FROM agent_task t LEFT JOIN release_artifact a ON a.id = t.release_artifact_id
 WHERE t.id = $1
 """
 
+# A cancelled task is stored as failed with an error starting "cancelled by " (see
+# models.SHOWN_STATUSES): the filters `failed` and `cancelled` tell them apart.
+_CANCELLED = "(t.status = 'failed' AND starts_with(coalesce(t.error_message, ''), 'cancelled by '))"
+_SHOWN_STATUS_IS = f"""(t.status = CASE WHEN $1 = 'cancelled' THEN 'failed' ELSE $1 END
+    AND (CASE WHEN $1 = 'cancelled' THEN {_CANCELLED}
+              WHEN $1 = 'failed' THEN NOT {_CANCELLED} ELSE true END))"""
 LIST_TASKS = f"""
 SELECT {TASK_COLUMNS}, a.release_version
 FROM agent_task t LEFT JOIN release_artifact a ON a.id = t.release_artifact_id
-WHERE ($1::text IS NULL OR t.status = $1) AND ($2::text IS NULL OR t.type = $2)
+WHERE ($1::text IS NULL OR {_SHOWN_STATUS_IS}) AND ($2::text IS NULL OR t.type = $2)
 ORDER BY t.created_at DESC, t.id DESC
 LIMIT $3
 """
@@ -436,15 +442,22 @@ LIMIT $2
 # and PostgreSQL may switch to a generic plan after five runs; with `status = $1` that plan
 # walked agent_task_recent and filtered (60-100 ms for 'pending' at 100k tasks). With the
 # value known, every plan picks agent_task_pending / agent_task_status_recent.
+_STATUS_CONDITION = {
+    "pending": "t.status = 'pending'",
+    "inProgress": "t.status = 'inProgress'",
+    "completed": "t.status = 'completed'",
+    "failed": f"t.status = 'failed' AND NOT {_CANCELLED}",
+    "cancelled": f"t.status = 'failed' AND {_CANCELLED}",
+}
 DASHBOARD_TASKS_BY_STATUS = {
     status: f"""
 SELECT {_DASHBOARD_TASK_COLUMNS}
 FROM agent_task t LEFT JOIN release_artifact a ON a.id = t.release_artifact_id
-WHERE t.status = '{status}' AND ($1::text IS NULL OR t.type = $1)
+WHERE {condition} AND ($1::text IS NULL OR t.type = $1)
 ORDER BY t.created_at DESC, t.id DESC
 LIMIT $2
 """
-    for status in ("pending", "inProgress", "completed", "failed")
+    for status, condition in _STATUS_CONDITION.items()
 }
 
 # Running tasks with their latest event (the step they are in): only inProgress rows are

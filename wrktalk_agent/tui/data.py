@@ -26,7 +26,6 @@ from wrktalk_agent.db.models import (
     ArtifactInfo,
     Task,
     TaskEvent,
-    TaskStatus,
     tolerant_rows,
 )
 from wrktalk_agent.db.repository import (
@@ -75,7 +74,8 @@ class ActionRefused(Exception):
 
 @dataclass(frozen=True)
 class Filters:
-    status: TaskStatus | None = None
+    #: one of models.SHOWN_STATUSES (``cancelled`` included)
+    status: str | None = None
     task_type: TaskTypeFilter | None = None
 
 
