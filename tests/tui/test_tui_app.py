@@ -206,6 +206,8 @@ async def test_filters_cycle_through_statuses_and_types(
         assert await shown_after("s") == [("failed", "deploy"), ("failed", "rollback")]
         assert await shown_after("t") == [("failed", "deploy")]
         assert await shown_after("t") == [("failed", "rollback")]
+        assert await shown_after("s") == []  # cancelled rollbacks: none
+        assert "status cancelled" in text_of(app.screen.query_one(FilterBar))
         assert await shown_after("s") == [("pending", "rollback"), ("failed", "rollback")]
         assert await shown_after("t") == [
             ("pending", "rollback"),
@@ -532,3 +534,31 @@ async def test_credentials_quoted_in_errors_and_events_are_masked(
         timeline = rows(screen.query_one("#timeline", KeyedTable))
         assert SECRET not in error and "postgres://wrktalk:***@db" in error
         assert timeline[-1][4] == "smtp token=***"
+
+
+async def test_an_agent_is_stale_by_its_own_recorded_lease_or_once_its_task_was_taken_over(
+    seeded: Seed, started: Started, repo: Repository
+) -> None:
+    """The dashboard's own setting says 180 s; agent-a recorded a 12 s lease and has been
+    silent for 60 s: STALE. An agent whose task another agent took over is gone, however
+    recently it was seen."""
+    await repo.pool.execute(
+        "UPDATE agent_instance SET lease_seconds = 12, last_poll = $1 WHERE agent_id = 'agent-a'",
+        NOW - timedelta(seconds=60),
+    )
+    await repo.pool.execute(
+        "UPDATE agent_task SET last_heartbeat = $2, lease_seconds = 12 WHERE id = $1",
+        seeded.running_140,
+        NOW - timedelta(seconds=60),
+    )
+    await repo.pool.execute(
+        "INSERT INTO agent_instance (agent_id, hostname, pid, version, started_at, last_poll,"
+        " current_task_id, lease_seconds) SELECT 'agent-c', 'wrk-node-3', 1, '0.1.0', $1, $1,"
+        " id, 195 FROM agent_task WHERE status = 'completed' LIMIT 1",
+        NOW - timedelta(seconds=5),
+    )
+    async with started() as (app, pilot):
+        await pilot.press("2")
+        agents = {r[0]: r[1] for r in rows(app.screen.query_one(AgentsTable))}
+        assert agents == {"agent-a": "STALE", "agent-b": "STALE", "agent-c": "STALE"}
+        assert "0 alive, 3 stale" in text_of(app.screen.query_one(Overview))

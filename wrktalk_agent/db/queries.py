@@ -106,13 +106,15 @@ WITH polled AS (
     RETURNING {TASK_COLUMNS}
 ), seen AS (
     INSERT INTO agent_instance
-        (agent_id, hostname, pid, version, last_poll, last_seen, instance_id, current_task_id)
+        (agent_id, hostname, pid, version, last_poll, last_seen, instance_id, current_task_id,
+         lease_seconds)
     VALUES ($1, $2, $3, $4, now(), now(), $7,
-            coalesce((SELECT id FROM claimed), (SELECT id FROM taken_over)))
+            coalesce((SELECT id FROM claimed), (SELECT id FROM taken_over)), $5)
     ON CONFLICT (agent_id) DO UPDATE
         SET last_poll = now(), last_seen = now(), hostname = EXCLUDED.hostname,
             pid = EXCLUDED.pid, version = EXCLUDED.version, instance_id = EXCLUDED.instance_id,
-            stopped_at = NULL, current_task_id = EXCLUDED.current_task_id
+            stopped_at = NULL, current_task_id = EXCLUDED.current_task_id,
+            lease_seconds = EXCLUDED.lease_seconds
 )
 SELECT
     (SELECT coalesce(jsonb_agg(jsonb_build_object('id', r.id, 'error', r.error_message)),
@@ -428,7 +430,7 @@ SELECT now() AS now,
 # it) and cuts error messages.
 _DASHBOARD_TASK_COLUMNS = """t.id, t.type, t.status, t.release_artifact_id, t.execute_after,
     t.picked_up_at, t.completed_at, t.last_heartbeat, left(t.error_message, 300) AS error_message,
-    t.created_at, t.claimed_by, a.release_version"""
+    t.created_at, t.claimed_by, t.lease_seconds, a.release_version"""
 
 DASHBOARD_TASKS = f"""
 SELECT {_DASHBOARD_TASK_COLUMNS}
@@ -555,11 +557,15 @@ LEFT JOIN LATERAL (
 
 # DASHBOARD_AGENTS with the liveness an agent records itself: last_seen (polls and lease
 # heartbeats) and stopped_at (set on a clean stop).
+# lease_seconds: the agent's own lease (no sign of life for that long: stale, whatever the
+# dashboard's settings); task_taken_over: the task it was running is now another agent's.
 DASHBOARD_AGENT_STATES = """
 SELECT i.agent_id, i.hostname, i.pid, i.version, i.started_at, i.last_poll,
-       i.current_task_id, t.last_heartbeat, i.last_seen, i.stopped_at
+       i.current_task_id, t.last_heartbeat, i.last_seen, i.stopped_at, i.lease_seconds,
+       coalesce(c.claimed_by IS DISTINCT FROM i.agent_id, false) AS task_taken_over
 FROM agent_instance i
 LEFT JOIN agent_task t ON t.id = i.current_task_id AND t.status = 'inProgress'
+LEFT JOIN agent_task c ON c.id = i.current_task_id
 WHERE coalesce(i.last_seen, i.last_poll) > $1 OR t.id IS NOT NULL
 ORDER BY coalesce(i.last_seen, i.last_poll) DESC
 LIMIT 100

@@ -28,7 +28,7 @@ EXPECTED_COLUMNS: dict[str, tuple[str, ...]] = {
     "agent_task_event": ("id", "task_id", "created_at", "step", "status", "message", "agent_id"),
     "agent_instance": (
         "agent_id", "hostname", "pid", "version", "started_at", "last_poll", "current_task_id",
-        "instance_id", "last_seen", "stopped_at",
+        "instance_id", "last_seen", "stopped_at", "lease_seconds",
     ),
     "agent_notification": (
         "id", "task_id", "notifier", "event", "status", "attempts", "next_attempt_at",

@@ -117,6 +117,9 @@ CREATE TABLE IF NOT EXISTS agent_instance (
 ALTER TABLE agent_instance ADD COLUMN IF NOT EXISTS instance_id uuid;
 ALTER TABLE agent_instance ADD COLUMN IF NOT EXISTS last_seen timestamptz;
 ALTER TABLE agent_instance ADD COLUMN IF NOT EXISTS stopped_at timestamptz;
+-- The agent's lease (STALE_AFTER + STALE_MARGIN), written by each poll: no sign of life for
+-- that long and the agent is stale, as the dashboard tells it.
+ALTER TABLE agent_instance ADD COLUMN IF NOT EXISTS lease_seconds double precision;
 
 -- The outbox: notifications promised in the same transaction as a task's outcome, one row
 -- per notifier; any agent delivers what is due.

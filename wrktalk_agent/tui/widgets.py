@@ -145,7 +145,10 @@ def running_info(task: Task, step: TaskEvent | None, snapshot: Snapshot) -> Text
     else:
         text.append(visible(step.step), style="bold")
         text.append(f" {fmt.span((snapshot.now - step.created_at).total_seconds())}")
-    stale = fmt.is_stale(task.last_heartbeat, snapshot.now, snapshot.stale_after)
+    # the lease the task's owner recorded, not this dashboard's settings
+    stale = fmt.is_stale(
+        task.last_heartbeat, snapshot.now, task.lease_seconds or snapshot.stale_after
+    )
     text.append(
         " · ♥ " + fmt.age(task.last_heartbeat, snapshot.now), style="bold red" if stale else ""
     )
