@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import os
 import signal
+import subprocess
+import sys
 import time
 from datetime import UTC, datetime, timedelta
 
@@ -88,6 +91,25 @@ async def test_kill_9_mid_task_is_abandoned_by_another_agent(
     assert len(recording.records("start")) == 1
     rescuer.send_signal(signal.SIGTERM)
     assert rescuer.wait(20) == 0
+    # `task show` names both agents, what was found live, the next step, dated times
+    shown = subprocess.run(
+        [sys.executable, "-m", "wrktalk_agent.cli", "task", "show", str(task.id)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert shown.returncode == 0 and shown.stderr == "", shown.stderr
+    lines = shown.stdout.splitlines()
+    assert lines[0] == (
+        f"deploy 1.0.0 failed (task {task.id}, ran on agent victim, recovered by rescuer)"
+    )
+    assert "live: absent (recording: nothing deployed yet)" in lines
+    assert "next: deploy 1.0.0 again" in lines
+    today = datetime.now(UTC).strftime("%Y-%m-%d")
+    claimed = next(line for line in lines if " claimed " in line)
+    assert claimed.startswith(today), claimed
 
 
 async def test_restart_with_same_id_recovers_own_leftover_once_its_lease_ran_out(
@@ -374,3 +396,48 @@ async def test_outcome_write_refused_by_the_database_still_ends_the_task(
     assert not recording.flag.exists() and await repo.maintenance_flag() is False
     assert await agent.run(once=True) == 1  # the queue keeps flowing
     assert (await repo.get_task(follow_up.id)).status == "failed"
+
+
+async def test_task_show_follow_waits_out_a_database_restart_in_one_line(
+    pg_server, recording_settings, repo, tmp_path
+):
+    """`task show --follow` (a real process) through a PostgreSQL restart: one line on
+    stderr saying it still follows, no traceback, then the outcome and exit 0."""
+    if not pg_server.can_restart:
+        pytest.skip("needs the embedded PostgreSQL (the test stops and starts the server)")
+    task = await repo.create_task("deploy", (await add_release(repo, "1.0.0")).id)
+    await repo.pool.execute(
+        "UPDATE agent_task SET status = 'inProgress', claimed_by = 'a-1' WHERE id = $1", task.id
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WRKTALK_AGENT_")}
+    env.update(WRKTALK_AGENT_DATABASE_URL=recording_settings.dsn(), WRKTALK_AGENT_LOG_FORMAT="json")
+    follower = subprocess.Popen(
+        [sys.executable, "-m", "wrktalk_agent.cli", "task", "show", "--follow", str(task.id)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        await asyncio.sleep(2.0)
+        assert follower.poll() is None
+        await asyncio.to_thread(pg_server.stop)
+        await asyncio.sleep(3.0)
+        await asyncio.to_thread(pg_server.start)
+        conn = await asyncpg.connect(recording_settings.dsn())
+        try:
+            await conn.execute(
+                "UPDATE agent_task SET status = 'completed', completed_at = now() WHERE id = $1",
+                task.id,
+            )
+        finally:
+            await conn.close()
+        out, err = await asyncio.to_thread(follower.communicate, timeout=60)
+    finally:
+        if follower.poll() is None:
+            follower.kill()
+    assert follower.returncode == 0, out + err
+    assert "Traceback" not in err and "Traceback" not in out
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("database unreachable, still following: "), err
+    assert out.splitlines()[-1].startswith("deploy 1.0.0 completed")

@@ -54,12 +54,12 @@ _loaded: AgentSettings | None = None
 
 
 def load_settings(
-    *, warn_unknown: bool = False, command_logs: bool = False, **overrides: Any
+    *, warn_unknown: bool = False, command_logs: bool = True, **overrides: Any
 ) -> AgentSettings:
     """Settings from the environment; bad ones are one line each (exit 2).
     ``warn_unknown``: name misspelled ``WRKTALK_AGENT_*`` variables (on stderr).
-    ``command_logs``: a command that prints its own result; log lines (its plugins')
-    appear only for errors, the result says the rest."""
+    ``command_logs``: a command that prints its own result (all but ``run``): log lines
+    (its plugins', its libraries') appear only for errors, the result says the rest."""
     global _loaded
     from pydantic import ValidationError
 
@@ -782,32 +782,60 @@ def task_show(task_id: str, output: str, as_json: bool, follow: bool) -> None:
     if found is None:
         raise Failure(f"no task {task_id}", exit_code=2)
     fmt = _format(output, as_json)
+    ran_by, recovered_by = _agents_of(found, events)
     if fmt == "json":
         print_json(
             {
                 "task": found.shown_json(),
+                "ran_by": ran_by,
+                "recovered_by": recovered_by,
                 "events": [e.model_dump(mode="json") for e in events],
             }
         )
         return
     wide = fmt == "wide"
+    agents = f"agent {visible(ran_by or '-')}"
+    if recovered_by:
+        agents = f"ran on agent {visible(ran_by or '-')}, recovered by {visible(recovered_by)}"
     click.echo(
         f"{visible(found.type)} {visible(found.release_version or '-')} "
-        f"{visible(shown_status(found))} (task {found.id}, agent "
-        f"{visible(found.claimed_by or '-')})"
+        f"{visible(shown_status(found))} (task {found.id}, {agents})"
     )
     if found.error_message:
         click.echo(f"error: {visible(found.error_message, newlines=True)}")
+    result = found.result or {}
+    live = result.get("live")
+    if isinstance(live, dict):
+        state = " ".join(str(live.get(k) or "") for k in ("version", "state")).strip()
+        detail = f" ({live['detail']})" if live.get("detail") else ""
+        click.echo(f"live: {visible(state or 'unknown')}{visible(detail)}")
+    if result.get("next_step"):
+        click.echo(f"next: {visible(str(result['next_step']))}")
+    if result.get("maintenance"):
+        click.echo(f"maintenance: {visible(str(result['maintenance']))}")
     columns = ["TIME", "STEP", "STATUS", "MESSAGE"] + (["AGENT"] if wide else [])
     rows = []
     for e in events:
-        when = f"{e.created_at:%Y-%m-%d %H:%M:%S.%f}"[:-3] if wide else f"{e.created_at:%H:%M:%S}"
+        when = f"{e.created_at:%Y-%m-%d %H:%M:%S.%f}"[:-3] if wide else _time(e.created_at)
         row = [when, e.step, e.status, " ".join(e.message.split())]
         if wide:
             row.append(e.agent_id or "-")
         rows.append(row)
     if rows:
         print_table(columns, rows)
+
+
+def _agents_of(task: Task, events: Sequence[Any]) -> tuple[str | None, str | None]:
+    """The agent that ran the task (its ``claimed`` entry) and the one that recovered it
+    after that agent died (its ``recovery`` entry), from the timeline; the task row names
+    only the last."""
+    ran_by = next((e.agent_id for e in events if e.step == "claimed"), None)
+    recovered_by = next(
+        (e.agent_id for e in events if e.step == "recovery" and e.status == "started"), None
+    )
+    if ran_by is None and recovered_by is None:
+        ran_by = task.claimed_by
+    return ran_by, recovered_by
 
 
 async def follow_task(repo: Repository, task_id: UUID, interval: float = 1.0) -> int:
@@ -894,7 +922,7 @@ def task_cancel(task_id: str, who: str | None) -> None:
 @click.option("--once", is_flag=True, help="Run at most one due task, then exit.")
 def run(once: bool) -> None:
     """Run the agent: claim tasks and deploy them until stopped (SIGTERM/SIGINT)."""
-    settings = load_settings(warn_unknown=True)
+    settings = load_settings(warn_unknown=True, command_logs=False)
     sys.exit(run_async(_run(settings, once=once)))
 
 
@@ -972,7 +1000,7 @@ def maintenance(action: str, reason: str, who: str | None, force: bool, output: 
     from wrktalk_agent.bootstrap import make_registry, plugin_context
     from wrktalk_agent.interfaces import BackendError
 
-    settings = load_settings(command_logs=True)
+    settings = load_settings()
     if settings.maintenance_name is None and action != "status":
         raise Failure("WRKTALK_AGENT_MAINTENANCE_MODE_HANDLER is 'none': nothing to switch", 2)
     operator = who or os.environ.get("USER") or _login_name()
@@ -1068,7 +1096,7 @@ def check(as_json: bool, output: str, strict: bool) -> None:
     from wrktalk_agent.bootstrap import make_registry
     from wrktalk_agent.preflight import blocks_deploys, format_checks, run_checks
 
-    settings = load_settings(warn_unknown=True, command_logs=True)
+    settings = load_settings(warn_unknown=True)
     results = run_async(run_checks(settings, make_registry(settings), None))
     if as_json or output == "json":
         print_json(

@@ -209,6 +209,13 @@ class Deliverer:
             metrics.NOTIFICATIONS.labels(notifier=notifier.name, result="error").inc()
             log.error("notify.failed", error=str(exc), attempt=attempts)
             await self._release(row["id"], attempts, str(exc))
+            then = "given up" if attempts >= MAX_ATTEMPTS else "retried with backoff"
+            with contextlib.suppress(*CONNECTION_ERRORS, asyncpg.PostgresError):
+                await self.repo.add_event(
+                    event.task_id, "notify", "failed",
+                    f"{notifier.name}: attempt {attempts} failed: {exc}; {then}",
+                    self.settings.agent_id,
+                )  # fmt: skip
             return
         recorded = [
             {"recipient": d.recipient, "ok": d.ok, "detail": d.detail, "attempts": d.attempts}
