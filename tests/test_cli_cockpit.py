@@ -192,6 +192,12 @@ def test_wait_follows_a_task_to_its_end(cli, database_url, tmp_path: Path) -> No
         failed = cli("task", "deploy", "3.0.0", "--wait", "--timeout", "120")
         assert failed.exit_code == 1, failed.output
         assert "error: task " in failed.output and " failed: " in failed.output
+        # -o json: the task once it ended, with its timeline; nothing else on stdout
+        as_json = cli("task", "deploy", "2.0.0", "--wait", "--timeout", "120", "-o", "json")
+        assert as_json.exit_code == 0, as_json.output
+        data = json.loads(as_json.output)
+        assert data["task"]["type"] == "deploy" and data["task"]["status"] == "completed"
+        assert data["events"][0]["step"] == "claimed"
     finally:
         agent.terminate()
         agent.wait(30)
@@ -200,6 +206,8 @@ def test_wait_follows_a_task_to_its_end(cli, database_url, tmp_path: Path) -> No
     assert "waiting for an agent to claim it" in waiting.output
     assert "is still pending after 0.5s; it goes on" in waiting.output
     assert cli("task", "deploy", "9.9.9", "--wait").exit_code == 2
+    queued = json.loads(cli("task", "deploy", "1.0.0", "-o", "json").output)
+    assert queued["task"]["status"] == "pending" and queued["task"]["release_version"] is None
 
 
 def test_rejected_role_is_one_line_from_every_command(cli, database_url) -> None:
@@ -348,3 +356,24 @@ def test_a_failing_notifier_only_warns(cli) -> None:
     rows = json.loads(cli("check", "-o", "json", env=env).output)
     smtp = [r for r in rows if r["name"].startswith("notifier smtp")]
     assert smtp and all(r["status"] == "warn" and not r["blocking"] for r in smtp if not r["ok"])
+
+
+def test_a_pooler_the_agent_was_not_told_about_is_named_with_its_setting(database_url) -> None:
+    """What a transaction pooler does to asyncpg's named statements (a name prepared twice
+    in one server session), from a real server: the error names the setting."""
+    import asyncpg
+
+    from wrktalk_agent.cli import Failure, run_async
+
+    async def collide() -> None:
+        conn = await asyncpg.connect(database_url)
+        try:
+            await conn.execute("PREPARE wrktalk_twice AS SELECT 1")
+            await conn.execute("PREPARE wrktalk_twice AS SELECT 1")
+        finally:
+            await conn.close()
+
+    with pytest.raises(Failure) as caught:
+        run_async(collide())
+    assert ": prepared statements collide: a transaction pooler (PgBouncer)" in caught.value.message
+    assert "set WRKTALK_AGENT_DB_POOLER=pgbouncer" in caught.value.message

@@ -113,7 +113,7 @@ def run_async(coro: Coroutine[Any, Any, T]) -> T:
     import asyncpg
 
     from wrktalk_agent.bootstrap import StartupError
-    from wrktalk_agent.db.repository import DatabaseUnavailable
+    from wrktalk_agent.db.repository import DatabaseUnavailable, pooler_hint
     from wrktalk_agent.plugins import PluginError, SettingsError
 
     try:
@@ -126,6 +126,8 @@ def run_async(coro: Coroutine[Any, Any, T]) -> T:
         raise Failure("\n".join(exc.lines), exit_code=2) from None
     except PluginError as exc:
         raise Failure(str(exc), exit_code=2) from None
+    except (asyncpg.DuplicatePreparedStatementError, asyncpg.InvalidSQLStatementNameError) as exc:
+        raise Failure(f"PostgreSQL{_server()}: {pooler_hint(exc)} ({visible(exc)})") from None
     except asyncpg.UndefinedTableError as exc:
         raise Failure(f"{exc}; run `wrktalk-agent db init`") from None
     except asyncpg.InsufficientPrivilegeError as exc:
@@ -613,11 +615,37 @@ def _wait_options(func: Callable[..., Any]) -> Callable[..., Any]:
     )(func)
 
 
+async def _created(
+    repo: Repository, created: Task, line: str, output: str, wait: bool, timeout: float | None
+) -> int:
+    """What `task deploy|rollback` print: a line (then the steps with --wait), or with
+    ``-o json`` the task (with --wait: once it ended, with its timeline)."""
+    if output != "json":
+        click.echo(line)
+        return await follow(repo, created.id, timeout) if wait else 0
+    code = await follow(repo, created.id, timeout, quiet=True) if wait else 0
+    found = await repo.get_task(created.id) if wait else created
+    assert found is not None
+    data: dict[str, Any] = {"task": found.shown_json()}
+    if wait:
+        data["events"] = [e.model_dump(mode="json") for e in await repo.task_events(created.id)]
+    print_json(data)
+    return code
+
+
+_json_output = click.option(
+    "-o", "--output", type=click.Choice(["text", "json"]), default="text", show_default=True
+)
+
+
 @task.command("deploy")
 @click.argument("version", callback=_version)
 @click.option("--after", callback=_when, help="Not before this ISO time (default: now).")
 @_wait_options
-def task_deploy(version: str, after: datetime | None, wait: bool, timeout: float | None) -> None:
+@_json_output
+def task_deploy(
+    version: str, after: datetime | None, wait: bool, timeout: float | None, output: str
+) -> None:
     """Ask the agent to deploy release VERSION."""
     settings = load_settings()
 
@@ -628,10 +656,8 @@ def task_deploy(version: str, after: datetime | None, wait: bool, timeout: float
                 f"no release {version}; store it first with `wrktalk-agent release add`", 2
             )
         created = await repo.create_task("deploy", artifact.id, after)
-        click.echo(f"deploy task {created.id} for {version} is pending")
-        if wait:
-            return await follow(repo, created.id, timeout)
-        return 0
+        line = f"deploy task {created.id} for {version} is pending"
+        return await _created(repo, created, line, output, wait, timeout)
 
     sys.exit(run_async(with_repo(settings, create)))
 
@@ -639,7 +665,8 @@ def task_deploy(version: str, after: datetime | None, wait: bool, timeout: float
 @task.command("rollback")
 @click.option("--after", callback=_when, help="Not before this ISO time (default: now).")
 @_wait_options
-def task_rollback(after: datetime | None, wait: bool, timeout: float | None) -> None:
+@_json_output
+def task_rollback(after: datetime | None, wait: bool, timeout: float | None, output: str) -> None:
     """Ask the agent to roll back to the previous release."""
     settings = load_settings()
 
@@ -659,16 +686,17 @@ def task_rollback(after: datetime | None, wait: bool, timeout: float | None) -> 
             raise Failure("no previous release to roll back to", exit_code=2)
         # naming the target lets the agent refuse if "previous" changes before it runs
         created = await repo.create_task("rollback", previous.id, after)
-        click.echo(f"rollback task {created.id} to {previous.release_version} is pending")
-        if wait:
-            return await follow(repo, created.id, timeout)
-        return 0
+        line = f"rollback task {created.id} to {previous.release_version} is pending"
+        return await _created(repo, created, line, output, wait, timeout)
 
     sys.exit(run_async(with_repo(settings, create)))
 
 
-async def follow(repo: Repository, task_id: UUID, timeout: float | None) -> int:
-    """Print the task's timeline as it grows until the task ends: 0 completed, 1 failed."""
+async def follow(
+    repo: Repository, task_id: UUID, timeout: float | None, *, quiet: bool = False
+) -> int:
+    """Print the task's timeline as it grows until the task ends: 0 completed, 1 failed.
+    ``quiet``: print nothing, only wait (the caller prints the outcome)."""
     import asyncio
     import math
 
@@ -681,10 +709,12 @@ async def follow(repo: Repository, task_id: UUID, timeout: float | None) -> int:
         if found is None:
             raise Failure(f"task {task_id} disappeared from the database")
         events = await repo.task_events(task_id)
-        for e in events[seen:]:
+        for e in events[seen:] if not quiet else ():
             click.echo(_event_line(e))
         seen = len(events)
         if found.status in ("completed", "failed"):
+            if quiet:
+                return 0 if found.status == "completed" else 1
             if found.status == "completed":
                 click.echo(f"task {str(task_id)[:SHORT_ID]} completed")
                 return 0
@@ -692,7 +722,7 @@ async def follow(repo: Repository, task_id: UUID, timeout: float | None) -> int:
                 f"task {str(task_id)[:SHORT_ID]} {shown_status(found)}: "
                 f"{found.error_message or 'no error message'}"
             )
-        if found.status == "pending" and not said_waiting:
+        if found.status == "pending" and not said_waiting and not quiet:
             click.echo("waiting for an agent to claim it …")
             said_waiting = True
         if loop.time() >= deadline:
@@ -704,8 +734,9 @@ async def follow(repo: Repository, task_id: UUID, timeout: float | None) -> int:
 
 
 def _event_line(e: Any) -> str:
+    """One timeline entry as `task show`, `--wait` and `--follow` print it: dated times."""
     return (
-        f"{e.created_at:%H:%M:%S}  {visible(e.step):22} {visible(e.status):9} {visible(e.message)}"
+        f"{_time(e.created_at)}  {visible(e.step):22} {visible(e.status):9} {visible(e.message)}"
     ).rstrip()
 
 
@@ -864,14 +895,12 @@ async def follow_task(repo: Repository, task_id: UUID, interval: float = 1.0) ->
         if found.status != said_status:
             said_status = found.status
             click.echo(
-                f"{visible(found.type)} {visible(found.release_version)} {visible(found.status)} "
+                f"{visible(found.type)} {visible(found.release_version)} "
+                f"{visible(shown_status(found))} "
                 f"(agent {visible(found.claimed_by or '-')})"
             )
         for e in events[shown:]:
-            click.echo(
-                f"  {e.created_at:%H:%M:%S.%f}"[:-3]
-                + f"  {visible(e.step):22} {visible(e.status):9} {visible(e.message)}"
-            )
+            click.echo(f"  {_event_line(e)}")
         shown = max(shown, len(events))
         if found.status in ("completed", "failed"):
             if found.error_message:

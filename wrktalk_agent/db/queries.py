@@ -529,7 +529,9 @@ SELECT has_schema_privilege(current_schema(), 'USAGE') AS schema_usage,
         AS event_sequence_usage,
     has_function_privilege('pg_try_advisory_lock(bigint)', 'EXECUTE') AS advisory_lock,
     has_function_privilege('pg_advisory_unlock(bigint)', 'EXECUTE') AS advisory_unlock,
-    current_user AS role_name
+    current_user AS role_name, current_schema() AS schema_name,
+    CASE WHEN to_regclass('agent_task_event') IS NOT NULL
+         THEN pg_get_serial_sequence('agent_task_event', 'id') END AS event_sequence
 """
 
 # What the dashboard adds for an honest picture: tasks due now (a new task runs after

@@ -200,6 +200,19 @@ async def connect_listener(settings: AgentSettings, *, timeout: float = 10.0) ->
     return conn
 
 
+def pooler_hint(exc: BaseException) -> str | None:
+    """The fix for an error that means "a transaction pooler sits in between and the agent
+    was not told" (asyncpg's named prepared statements collide across server sessions)."""
+    if isinstance(
+        exc, asyncpg.DuplicatePreparedStatementError | asyncpg.InvalidSQLStatementNameError
+    ):
+        return (
+            "prepared statements collide: a transaction pooler (PgBouncer) sits between the "
+            "agent and PostgreSQL; set WRKTALK_AGENT_DB_POOLER=pgbouncer"
+        )
+    return None
+
+
 def pooler_mode(settings: AgentSettings) -> str:
     """One line for ``check`` and the logs: how the agent talks to PostgreSQL."""
     attrs = settings.target_session_attrs() or "as the DSN says"
