@@ -227,7 +227,25 @@ def test_bad_plugin_setting_is_one_readable_line(cli) -> None:
         env={"WRKTALK_AGENT_DEPLOYER": "helm", "WRKTALK_AGENT_HELM_TIMEOUT": "ten minutes"},
     )
     assert result.exit_code == 2
-    assert result.output.startswith("error: WRKTALK_AGENT_HELM_TIMEOUT: ")
+    # `run` logs JSON here (WRKTALK_AGENT_LOG_FORMAT=json): its error is one JSON line too
+    [line] = result.output.splitlines()
+    record = json.loads(line)
+    assert (record["event"], record["level"], record["exit_code"]) == (
+        "agent.start_failed",
+        "error",
+        2,
+    )
+    assert record["error"].startswith("WRKTALK_AGENT_HELM_TIMEOUT: ")
+    console = cli(
+        "run",
+        "--once",
+        env={
+            "WRKTALK_AGENT_DEPLOYER": "helm",
+            "WRKTALK_AGENT_HELM_TIMEOUT": "ten minutes",
+            "WRKTALK_AGENT_LOG_FORMAT": "console",
+        },
+    )
+    assert console.output.startswith("error: WRKTALK_AGENT_HELM_TIMEOUT: ")
 
 
 def test_run_once_with_script_deployer_end_to_end(cli, tmp_path: Path) -> None:

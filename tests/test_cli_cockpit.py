@@ -222,8 +222,11 @@ def test_rejected_role_is_one_line_from_every_command(cli, database_url) -> None
         assert result.exit_code == 1, (args, result.output)
         lines = result.output.strip().splitlines()
         assert len(lines) == 1, result.output
-        assert lines[0].startswith(f"error: PostgreSQL at {label} refused the connection: ")
-        assert "no_such_role_x" in lines[0]
+        line = lines[0]
+        if args[0] == "run":  # its logs are JSON here, and so is its error
+            line = "error: " + json.loads(line)["error"]
+        assert line.startswith(f"error: PostgreSQL at {label} refused the connection: ")
+        assert "no_such_role_x" in line
 
 
 def test_http_port_in_use_is_one_line(cli) -> None:
@@ -241,9 +244,11 @@ def test_http_port_in_use_is_one_line(cli) -> None:
             },
         )
     assert result.exit_code == 2
-    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    # every line is one JSON log record, the error the last one
+    records = [json.loads(line) for line in result.output.splitlines()]
+    errors = [r["error"] for r in records if r["event"] == "agent.start_failed"]
     assert errors == [
-        f"error: cannot serve HTTP on 127.0.0.1:{port}: Address already in use "
+        f"cannot serve HTTP on 127.0.0.1:{port}: Address already in use "
         "(WRKTALK_AGENT_HTTP_PORT / WRKTALK_AGENT_HTTP_HOST)"
     ]
     assert "Traceback" not in result.output
@@ -377,3 +382,50 @@ def test_a_pooler_the_agent_was_not_told_about_is_named_with_its_setting(databas
         run_async(collide())
     assert ": prepared statements collide: a transaction pooler (PgBouncer)" in caught.value.message
     assert "set WRKTALK_AGENT_DB_POOLER=pgbouncer" in caught.value.message
+
+
+def _in_a_terminal(args: list[str], env: dict[str, str]) -> str:
+    """Run a command with its stdout and stderr on a real pseudo-terminal; what it wrote."""
+    import pty
+
+    main_fd, child_fd = pty.openpty()
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "wrktalk_agent.cli", *args],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=child_fd,
+            stderr=child_fd,
+        )
+        os.close(child_fd)
+        chunks = []
+        while True:
+            try:
+                chunk = os.read(main_fd, 65536)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        proc.wait(60)
+    finally:
+        os.close(main_fd)
+    return b"".join(chunks).decode(errors="replace")
+
+
+def test_no_color_is_honoured_by_the_console_log_lines_too(database_url, tmp_path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WRKTALK_AGENT_")}
+    env.pop("NO_COLOR", None)
+    env.update(
+        WRKTALK_AGENT_DATABASE_URL=database_url,
+        WRKTALK_AGENT_WORK_DIR=str(tmp_path / "work"),
+        WRKTALK_AGENT_DEPLOYER="script",
+        WRKTALK_AGENT_NOTIFIERS="",
+        TERM="xterm-256color",
+    )
+    coloured = _in_a_terminal(["run", "--once"], env)
+    assert "agent.stopped" in coloured and "\x1b[" in coloured  # a terminal gets colours
+    plain = _in_a_terminal(["run", "--once"], {**env, "NO_COLOR": "1"})
+    assert "agent.stopped" in plain and "\x1b[" not in plain, plain
+    listed = _in_a_terminal(["plugins"], {**env, "NO_COLOR": "1"})
+    assert "helm" in listed and not re.search(r"\x1b\[[0-9;]*3[0-9]", listed), listed

@@ -45,8 +45,31 @@ class Failure(click.ClickException):
 
     def show(self, file: Any = None) -> None:
         # messages quote database values and tool output: shown, never interpreted
-        for line in visible(self.format_message(), newlines=True).splitlines():
+        lines = visible(self.format_message(), newlines=True).splitlines()
+        if _json_errors:  # `run` with JSON logs: the error is one more line of that stream
+            import json
+            from datetime import UTC
+
+            record = {
+                "event": "agent.start_failed",
+                "level": "error",
+                "error": "; ".join(line.strip() for line in lines),
+                "exit_code": self.exit_code,
+                "timestamp": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+            }
+            click.echo(json.dumps(record), err=True)
+            return
+        for line in lines:
             click.echo(line if line.startswith("  ") else f"error: {line}", err=True)
+
+
+#: `run` logs JSON (WRKTALK_AGENT_LOG_FORMAT=json, or auto off a terminal): its errors too
+_json_errors = False
+
+
+def _logs_are_json() -> bool:
+    fmt = os.environ.get("WRKTALK_AGENT_LOG_FORMAT", "auto").strip().lower()
+    return fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
 
 
 #: the settings of this invocation, for naming the server in connection errors
@@ -190,6 +213,8 @@ def print_table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
     from rich.table import Table
     from rich.text import Text
 
+    from wrktalk_agent.log import no_color
+
     tty = sys.stdout.isatty()
     table = Table(
         box=None,
@@ -207,7 +232,7 @@ def print_table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
     console = Console(
         width=width,
         force_terminal=tty,
-        no_color=not tty,
+        no_color=not tty or no_color(),
         markup=False,
         emoji=False,
         highlight=False,
@@ -243,6 +268,8 @@ def main() -> None:
 
     Settings come from WRKTALK_AGENT_* environment variables (see docs/operator.md).
     """
+    global _json_errors
+    _json_errors = False  # `run` sets it (one process may invoke several commands: tests)
 
 
 # -- plugins ---------------------------------------------------------------------------
@@ -951,6 +978,8 @@ def task_cancel(task_id: str, who: str | None) -> None:
 @click.option("--once", is_flag=True, help="Run at most one due task, then exit.")
 def run(once: bool) -> None:
     """Run the agent: claim tasks and deploy them until stopped (SIGTERM/SIGINT)."""
+    global _json_errors
+    _json_errors = _logs_are_json()
     settings = load_settings(warn_unknown=True, command_logs=False)
     sys.exit(run_async(_run(settings, once=once)))
 
