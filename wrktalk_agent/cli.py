@@ -213,6 +213,8 @@ def print_table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
     from rich.table import Table
     from rich.text import Text
 
+    import shutil
+
     from wrktalk_agent.log import no_color
 
     tty = sys.stdout.isatty()
@@ -228,7 +230,8 @@ def print_table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
         table.add_column(Text(column), no_wrap=True, overflow="ellipsis")
     for row in rows:
         table.add_row(*(Text(visible("" if cell is None else str(cell))) for cell in row))
-    width = os.get_terminal_size().columns if tty else 100_000
+    # a terminal that reports no size (a fresh pty) gets a wide one, not an empty table
+    width = shutil.get_terminal_size((200, 24)).columns if tty else 100_000
     console = Console(
         width=width,
         force_terminal=tty,
