@@ -209,11 +209,11 @@ def print_table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
     """A header row and aligned columns (rich). Cells are data: shown through
     :func:`visible` as plain Text, never parsed as markup. Not on a terminal, lines are
     never cut or wrapped, so ``grep`` and ``awk`` see whole rows."""
+    import shutil
+
     from rich.console import Console
     from rich.table import Table
     from rich.text import Text
-
-    import shutil
 
     from wrktalk_agent.log import no_color
 
