@@ -199,6 +199,7 @@ class Timeline:
         self.log = log
         self.secrets = secrets or Secrets()
         self.unsaved: list[PendingEvent] = []
+        self._last_at: datetime | None = None
         # the live output writes from a task of its own: one write at a time, or two
         # could send the same entries
         self._writing = asyncio.Lock()
@@ -214,7 +215,13 @@ class Timeline:
         self, step: str, status: EventStatus, message: str = "", *, at: datetime | None = None
     ) -> None:
         message = self.secrets.redact(message)
-        self.unsaved.append(PendingEvent(at or datetime.now(UTC), step, status, message))
+        # one order: entries are kept as they come, and their times never go backwards
+        # (a wall clock may step back; the timeline's order stays the order of events)
+        at = at or datetime.now(UTC)
+        if self._last_at is not None and at < self._last_at:
+            at = self._last_at
+        self._last_at = at
+        self.unsaved.append(PendingEvent(at, step, status, message))
 
     async def flush(self, timeout: float | None = None) -> None:
         async with self._writing:
