@@ -660,9 +660,9 @@ class TaskRun(LeasedRun):
             self.result.changes = self.changes
             for line in self.changes:
                 await self.event("changes", "info", line)
-            await self.event(
-                "changes", "succeeded", f"{len(self.changes)} change(s)" if lines else "no change"
-            )
+            count = len(self.changes)
+            said = "no change" if not count else f"{count} change{'s' if count != 1 else ''}"
+            await self.event("changes", "succeeded", said)
 
     async def _before_maintenance(self, workdir: Path) -> None:
         """The deployer's optional ``validate`` and ``prepare``: a release they refuse
