@@ -340,3 +340,14 @@ def test_documented_setting_errors_are_what_the_cli_prints() -> None:
         )
         assert shown.returncode == 2
         assert shown.stderr.strip() == " ".join(expected.split()), shown.stderr
+
+
+def test_no_phrase_of_the_guides_is_said_twice_in_a_row() -> None:
+    """A sentence repeated where two edits met ("… one-time configuration;The proxy needs
+    a one-time configuration; …") reads as a mistake; code blocks and tables aside."""
+    for path in (ROOT / "README.md", DOCS / "operator.md", DOCS / "maintenance.md"):
+        prose = re.sub(r"```.*?```", " ", path.read_text(), flags=re.S)
+        prose = "\n".join(line for line in prose.splitlines() if not line.startswith("|"))
+        words = " ".join(re.findall(r"[\w'`-]+", prose))
+        repeated = re.search(r"\b((?:[\w'`-]+ ){5,})\1", words + " ")
+        assert repeated is None, f"{path.name} says twice: {repeated.group(1) if repeated else ''}"
