@@ -1,14 +1,20 @@
-"""Time from kill -9 of the agent running a deploy to the next deploy starting.
+"""What a dead, frozen or cut-off owner costs: fault → its deploy stopped → next deploy.
 
 Real agent processes (`wrktalk-agent run`), a deploy that runs as child processes
-(tests/support/child_deploy.py, via the recording test plugin), a standby agent. The
-victim is killed with SIGKILL mid-deploy; the standby takes the task over once the lease
-and its margin have passed, recovers it, and claims the next task. Printed beside the
-lease (STALE_AFTER), the margin the fencing adds (STALE_MARGIN) and their sum, with how
-long the victim's deploy processes outlived it (the janitor's kill).
+(tests/support/child_deploy.py, via the recording test plugin), a standby agent. Mid-deploy
+the owner is
 
-    python benchmarks/bench_recovery.py             # short and medium heartbeats
-    python benchmarks/bench_recovery.py --defaults  # also the defaults (about 4 minutes)
+- killed with SIGKILL;
+- frozen with SIGSTOP (a paused VM, Ctrl-Z);
+- cut off: its PostgreSQL link (through tests/support/netfaults.py) drops every packet.
+
+The standby takes the task over once the lease and its margin have passed, recovers it,
+and claims the next task. For each fault: when the owner's deploy processes stopped (the
+last sample they wrote; the watchdog enforces the renew deadline) and when the next deploy
+started, beside the lease (STALE_AFTER) and the takeover bound (lease + STALE_MARGIN).
+
+    python benchmarks/bench_recovery.py               # short timings and the defaults
+    python benchmarks/bench_recovery.py --repeats 3
 """
 
 from __future__ import annotations
@@ -26,17 +32,19 @@ from pathlib import Path
 import asyncpg
 from _support import drop_database, fresh_database, median, server_url, table
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "support"))
+
 from wrktalk_agent.testing import make_tarball
 
 ROOT = Path(__file__).resolve().parent.parent
 SUPPORT = ROOT / "tests" / "support"
 
-#: name -> (heartbeat, stale_after, stale_margin, poll_interval, repeats)
+#: name -> (heartbeat, stale_after, stale_margin, poll_interval)
 CONFIGS = {
-    "short": (0.5, 1.5, 1.0, 1.0, 3),
-    "medium": (2.0, 6.0, 3.0, 2.0, 3),
-    "defaults": (60.0, 180.0, 15.0, 30.0, 1),
+    "short": (0.5, 1.5, 1.0, 1.0),
+    "defaults": (5.0, 15.0, 5.0, 30.0),
 }
+FAULTS = ("kill -9", "SIGSTOP", "packets dropped")
 
 
 def records(log: Path) -> list[dict]:
@@ -68,14 +76,18 @@ async def add_release(conn: asyncpg.Connection, version: str, seconds: float) ->
     )
 
 
-async def one_run(url: str, name: str, work: Path) -> tuple[float, float]:
-    heartbeat, stale, margin, poll, _ = CONFIGS[name]
+async def one_run(url: str, name: str, fault: str, work: Path) -> tuple[float, float]:
+    """Seconds from the fault to the owner's deploy stopped, and to the next deploy."""
+    from netfaults import BlackholeProxy
+
+    heartbeat, stale, margin, poll = CONFIGS[name]
     db_url = await fresh_database(url)
     log, flag, live = work / "records.jsonl", work / "flag", work / "live.json"
     for path in (log, flag, live):
         path.unlink(missing_ok=True)
     conn = await asyncpg.connect(db_url)
     procs: list[subprocess.Popen[bytes]] = []
+    proxy = BlackholeProxy(db_url)
     try:
         slow = await add_release(conn, "1.0.0", 600)
         fast = await add_release(conn, "2.0.0", 0.2)
@@ -109,10 +121,10 @@ async def one_run(url: str, name: str, work: Path) -> tuple[float, float]:
             }
         )
 
-        def spawn(agent_id: str) -> subprocess.Popen[bytes]:
+        def spawn(agent_id: str, **extra: str) -> subprocess.Popen[bytes]:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "wrktalk_agent.cli", "run"],
-                env={**env, "WRKTALK_AGENT_AGENT_ID": agent_id},
+                env={**env, **extra, "WRKTALK_AGENT_AGENT_ID": agent_id},
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             )
@@ -127,20 +139,28 @@ async def one_run(url: str, name: str, work: Path) -> tuple[float, float]:
             ]
             return found[0] if found else 0.0
 
-        victim = spawn("victim")
+        victim = spawn("victim", WRKTALK_AGENT_DATABASE_URL=proxy.dsn(db_url))
         await asyncio.to_thread(wait_for, lambda: started(first), 60)
         spawn("standby")
-        await asyncio.sleep(1.0)
-        victim.send_signal(signal.SIGKILL)
-        killed = time.time()
-        victim.wait(10)
+        await asyncio.sleep(1.5)
+        at = time.time()
+        if fault == "kill -9":
+            victim.send_signal(signal.SIGKILL)
+            victim.wait(10)
+        elif fault == "SIGSTOP":
+            victim.send_signal(signal.SIGSTOP)
+        else:
+            proxy.drop()
         next_start = await asyncio.to_thread(wait_for, lambda: started(second), stale * 3 + 120)
-        orphan = max(
+        last = max(
             (r["at"] for r in records(log) if r.get("task") == str(first) and "at" in r),
-            default=killed,
+            default=at,
         )
-        return next_start - killed, max(0.0, orphan - killed)
+        victim.send_signal(signal.SIGCONT)
+        proxy.heal()
+        return max(0.0, last - at), next_start - at
     finally:
+        proxy.close()
         for proc in procs:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
@@ -154,38 +174,37 @@ async def one_run(url: str, name: str, work: Path) -> tuple[float, float]:
 
 
 async def main() -> None:
-    names = ["short", "medium"] + (["defaults"] if "--defaults" in sys.argv else [])
+    repeats = int(sys.argv[sys.argv.index("--repeats") + 1]) if "--repeats" in sys.argv else 1
     rows = []
     with server_url() as url, tempfile.TemporaryDirectory(prefix="wrktalk-bench-rec-") as tmp:
-        for name in names:
-            heartbeat, stale, margin, poll, repeats = CONFIGS[name]
-            gaps, orphans = [], []
-            for _ in range(repeats):
-                gap, orphan = await one_run(url, name, Path(tmp))
-                gaps.append(gap)
-                orphans.append(orphan)
-            rows.append(
-                [
-                    name,
-                    f"{heartbeat:g}",
-                    f"{stale:g}",
-                    f"{margin:g}",
-                    f"{stale + margin:g} (+ poll {poll:g})",
-                    f"{min(gaps):.2f} / {median(gaps):.2f} / {max(gaps):.2f}",
-                    f"{max(orphans):.3f} (samples every 0.02)",
-                ]
-            )
+        for name, (heartbeat, stale, margin, _poll) in CONFIGS.items():
+            for fault in FAULTS:
+                stops, nexts = [], []
+                for _ in range(repeats):
+                    stopped, nxt = await one_run(url, name, fault, Path(tmp))
+                    stops.append(stopped)
+                    nexts.append(nxt)
+                rows.append(
+                    [
+                        name,
+                        f"{heartbeat:g} / {stale:g} / {margin:g}",
+                        fault,
+                        f"{median(stops):.2f} (max {max(stops):.2f})",
+                        f"{stale + margin:g}",
+                        f"{median(nexts):.2f} (max {max(nexts):.2f})",
+                    ]
+                )
     print(
         table(
-            "kill -9 mid-deploy -> next deploy starts (standby agent), seconds",
+            f"owner dies, freezes or is cut off mid-deploy (standby agent), seconds, "
+            f"{repeats} run(s) each",
             [
                 "config",
-                "heartbeat",
-                "lease (STALE_AFTER)",
-                "fencing margin",
+                "heartbeat / lease / margin",
+                "fault",
+                "fault -> deploy stopped",
                 "takeover bound",
-                "kill->next min/median/max",
-                "orphan lived (max)",
+                "fault -> next deploy",
             ],
             rows,
         )

@@ -63,13 +63,16 @@ def spawn_agent(tmp_path: Path) -> Iterator[Callable[..., subprocess.Popen[bytes
     """Start real `wrktalk-agent run` processes; killed after the test if still alive."""
     procs: list[subprocess.Popen[bytes]] = []
 
-    def spawn(env: dict[str, str], *args: str) -> subprocess.Popen[bytes]:
+    def spawn(env: dict[str, str], *args: str, own_group: bool = False) -> subprocess.Popen[bytes]:
+        """``own_group``: the agent leads a process group of its own, the way a shell
+        puts a job in one (a signal to the group is what Ctrl-Z sends)."""
         log = open(tmp_path / f"agent-{len(procs)}.log", "wb")
         proc = subprocess.Popen(
             [sys.executable, "-m", "wrktalk_agent.cli", "run", *args],
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
+            process_group=0 if own_group else None,
         )
         proc.log_path = log.name  # type: ignore[attr-defined]
         procs.append(proc)

@@ -4,80 +4,41 @@ Deploys run as child processes (``tests/support/child_deploy.py``: a child and a
 grandchild in one process group) that sample the maintenance flag every 20 ms. From their
 records the tests check the product's three promises: deploys never overlap, maintenance
 is on in every sample of every running deploy, and ``current`` names what the target runs.
-``WRKTALK_CHAOS_SCALE`` (default 1) multiplies the repetitions of the slow-link and chaos
-tests (the issue's figures: 30 slow-link tries and 100 chaos tasks are scale 10 and 4).
+``WRKTALK_CHAOS_SCALE`` (default 1) multiplies the repetitions of the slow-link test (the
+issue's 30 tries are scale 10). The chaos test, with freezes and cut links besides kill -9,
+is in ``test_fencing.py``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import json
 import os
-import random
 import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
-from collections import defaultdict
 from pathlib import Path
-from typing import Any
 
 import pytest
-from agent_helpers import Recording, agent_env, wait_until
+from agent_helpers import (
+    agent_env,
+    assert_no_overlap,
+    child_release,
+    child_starts,
+    samples_without_maintenance,
+    wait_for_status,
+    wait_until,
+    work_dirs_of,
+)
 
 from wrktalk_agent.testing import add_release
 
 SCALE = max(1, int(os.environ.get("WRKTALK_CHAOS_SCALE", "1")))
 FAST = {"WRKTALK_AGENT_STALE_AFTER": "2"}  # heartbeat 0.5 s, margin 1 s: takeover after 3 s
-
-
-# -- reading the deploys' records --------------------------------------------------------------
-def deploy_spans(recording: Recording) -> dict[str, tuple[float, float]]:
-    """Per task: first and last moment any of its deploy processes was seen running."""
-    seen: dict[str, list[float]] = defaultdict(list)
-    for record in recording.records():
-        if record["phase"] in ("child-start", "sample", "child-end"):
-            seen[record["task"]].append(record["at"])
-    return {task: (min(times), max(times)) for task, times in seen.items()}
-
-
-def assert_no_overlap(recording: Recording) -> None:
-    spans = sorted(deploy_spans(recording).values())
-    for (_, end), (start, _) in itertools.pairwise(spans):
-        assert start >= end, f"two deploys overlapped by {end - start:.3f}s"
-
-
-def samples_without_maintenance(recording: Recording) -> list[dict[str, Any]]:
-    return [r for r in recording.records("sample") if not r["maintenance"]]
-
-
-def child_starts(recording: Recording, task: str) -> list[dict[str, Any]]:
-    return [r for r in recording.records("child-start") if r["task"] == task]
-
-
-async def wait_for_status(repo: Any, task_id: Any, statuses: set[str], timeout: float) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        task = await repo.get_task(task_id)
-        if task.status in statuses:
-            return task
-        assert time.monotonic() < deadline, f"task {task_id} still {task.status}"
-        await asyncio.sleep(0.1)
-
-
-async def child_release(repo: Any, version: str, seconds: float, **kwargs: Any) -> Any:
-    return await add_release(
-        repo, version, {"behaviour.json": json.dumps({"child": seconds})}, **kwargs
-    )
-
-
-def work_dirs_of(settings: Any, task_id: Any) -> list[Path]:
-    base = Path(settings.work_dir)
-    return list(base.glob(f"task-{task_id}-*")) if base.exists() else []
 
 
 # -- kill -9 -------------------------------------------------------------------------------
@@ -115,8 +76,12 @@ async def test_kill_9_mid_deploy_children_die_no_overlap_truth_recorded(
     assert (await repo.current_release()).release_version == "2.0.0"
     assert json.loads(recording.live.read_text())["version"] == "2.0.0"
     assert work_dirs_of(recording_settings, t1.id) == []  # secrets deleted
-    kinds = sorted(r["kind"] for r in recording.records("notify"))
-    assert kinds == ["deploy_succeeded", "task_abandoned"]
+
+    def kinds() -> list[str]:
+        return sorted(r["kind"] for r in recording.records("notify"))
+
+    wait_until(lambda: len(kinds()) >= 2, 15)  # the outbox delivers beside the loop
+    assert kinds() == ["deploy_succeeded", "task_abandoned"]
     assert not recording.flag.exists() and await repo.maintenance_flag() is False
     rescuer.send_signal(signal.SIGTERM)
     assert rescuer.wait(20) == 0
@@ -136,7 +101,8 @@ async def test_outage_longer_than_the_lease_owner_fences_itself_no_overlap(
     owner = spawn_agent({**env, "WRKTALK_AGENT_AGENT_ID": "owner"})
     wait_until(lambda: child_starts(recording, str(t1.id)), 30)
     standby = spawn_agent({**env, "WRKTALK_AGENT_AGENT_ID": "standby"})
-    time.sleep(1.0)
+    # the standby must be up before the database goes (a start without it exits 1)
+    wait_until(lambda: "agent.started" in Path(standby.log_path).read_text(), 30)  # type: ignore[attr-defined]
     await repo.close()
     await asyncio.to_thread(pg_server.stop)
     stopped_at = time.time()
@@ -389,63 +355,3 @@ async def test_slow_link_clean_up_races_never_switch_maintenance_off_under_a_dep
             assert_no_overlap(recording)
     finally:
         proxy.close()
-
-
-# -- chaos ------------------------------------------------------------------------------------
-async def test_chaos_four_agents_random_kill_9_and_restarts(
-    recording_settings, recording, repo, spawn_agent
-):
-    """4 agents, tasks whose deploys take up to a second, an agent killed with SIGKILL
-    and restarted every few seconds: no overlap, maintenance throughout, no task run
-    twice or stuck, `current` true at the end, every outcome notified."""
-    rng = random.Random(int(os.environ.get("WRKTALK_CHAOS_SEED", "12")))
-    count = 24 * SCALE
-    await repo.pool.execute("INSERT INTO admin (name, email) VALUES ('Ann', 'ann@acme.example')")
-    tasks = []
-    for i in range(count):
-        release = await child_release(repo, f"{i + 1}.0.0", rng.uniform(0.2, 1.0))
-        tasks.append(await repo.create_task("deploy", release.id))
-    env = agent_env(recording_settings, recording, **FAST)
-    agents = {
-        f"chaos-{i}": spawn_agent({**env, "WRKTALK_AGENT_AGENT_ID": f"chaos-{i}"}) for i in range(4)
-    }
-    kills = 0
-    deadline = time.monotonic() + 60 + 15 * SCALE * 4
-    while True:
-        rows = await repo.pool.fetch("SELECT status, count(*) FROM agent_task GROUP BY status")
-        counts = {r["status"]: r["count"] for r in rows}
-        if counts.get("completed", 0) + counts.get("failed", 0) == count:
-            break
-        assert time.monotonic() < deadline, f"tasks stuck: {counts}"
-        await asyncio.sleep(rng.uniform(1.5, 3.5))
-        if counts.get("pending", 0) > 2:
-            name = rng.choice(sorted(agents))
-            agents[name].send_signal(signal.SIGKILL)
-            agents[name].wait(10)
-            kills += 1
-            agents[name] = spawn_agent({**env, "WRKTALK_AGENT_AGENT_ID": name})
-    # every outcome is notified (the outbox may need a moment after the last one)
-    wait_until(
-        lambda: {r["task"] for r in recording.records("notify")} >= {str(t.id) for t in tasks},
-        30,
-    )
-    for proc in agents.values():  # a restarted agent may still be starting up
-        wait_until(lambda p=proc: "agent.started" in Path(p.log_path).read_text(), 30)
-        proc.send_signal(signal.SIGTERM)
-    for proc in agents.values():
-        assert proc.wait(30) == 0
-    assert kills >= 3
-    assert_no_overlap(recording)
-    assert samples_without_maintenance(recording) == []
-    for task in tasks:
-        assert len(child_starts(recording, str(task.id))) <= 1  # never run twice
-    live = json.loads(recording.live.read_text())["version"]
-    assert (await repo.current_release()).release_version == live
-    ends = sorted(recording.records("child-end"), key=lambda r: r["at"])
-    assert ends[-1]["version"] == live
-    per_task = defaultdict(set)
-    for mail in recording.records("notify"):
-        per_task[mail["task"]].add(mail["notification_id"])
-    assert all(len(ids) == 1 for ids in per_task.values())  # a repeat is the same message
-    assert await repo.pending_notifications() == 0
-    assert not recording.flag.exists()

@@ -236,7 +236,9 @@ async def test_a_failover_during_a_deploy_loses_nothing(recording, spawn_agent, 
                 settings,
                 recording,
                 WRKTALK_AGENT_HEARTBEAT_INTERVAL="1",
-                WRKTALK_AGENT_STALE_AFTER="120",  # see docs/operator.md: HA PostgreSQL
+                # above the failover's few seconds (docs/operator.md: HA PostgreSQL); the
+                # new primary then starts nothing for this lease and its margin (35 s)
+                WRKTALK_AGENT_STALE_AFTER="30",
             )
         )
         await _wait_for(lambda: asyncio.sleep(0, started.exists()), 60, "deploy start", proc)
@@ -476,3 +478,89 @@ async def test_pooler_connections_share_few_server_connections_without_mixing_st
         await asyncio.gather(*(one(i) for i in range(300)))
     finally:
         await repo.close()
+
+
+# -- a claim lost with an async standby ------------------------------------------------------
+async def _stop_streaming(replica: PgNode) -> None:
+    """Cut the replica off its primary (as a lagging async standby would be): what the
+    primary commits from now on never reaches it."""
+    conn = await asyncpg.connect(replica.url("postgres"))
+    try:
+        await conn.execute("ALTER SYSTEM SET primary_conninfo = ''")
+        await conn.execute("SELECT pg_reload_conf()")
+        deadline = time.monotonic() + 30
+        while await conn.fetchval("SELECT count(*) FROM pg_stat_wal_receiver"):
+            assert time.monotonic() < deadline, "the replica kept streaming"
+            await asyncio.sleep(0.1)
+    finally:
+        await conn.close()
+
+
+async def test_a_claim_lost_in_a_failover_is_recovered_not_run_again(
+    recording, spawn_agent, tmp_path
+):
+    """The owner's claim is committed on the primary but never reaches the standby that is
+    then promoted. On the new primary the task is pending again: no other agent may start
+    it while the owner can still be deploying (the failover's quiet period), and the owner,
+    finding its claim gone, stops its deploy and takes the task back for recovery."""
+    primary = init_primary()
+    replica = None
+    try:
+        await create_wrktalk_database(primary)
+        replica = await asyncio.to_thread(_replica_of, primary)
+        hosts = [primary.hostport, replica.hostport]
+        settings = settings_for(hosts, tmp_path / "work", poll_interval=0.5)
+        setup = await Repository.connect(settings)
+        release = await add_release(setup, "1.0.0", {"behaviour.json": json.dumps({"child": 30})})
+        due = await setup.pool.fetchval("SELECT now() + interval '4 seconds'")
+        task = await setup.create_task("deploy", release.id, execute_after=due)
+        await setup.close()
+        await asyncio.to_thread(wait_replayed_sync, primary, replica)
+        await _stop_streaming(replica)  # the claim, made at the due time, stays on the primary
+        timing = {"WRKTALK_AGENT_HEARTBEAT_INTERVAL": "0.5", "WRKTALK_AGENT_STALE_AFTER": "4",
+                  "WRKTALK_AGENT_STALE_MARGIN": "2"}  # fmt: skip
+        env = _failover_env(settings, recording, **timing)
+        owner = spawn_agent({**env, "WRKTALK_AGENT_AGENT_ID": "owner"})
+
+        async def deploying() -> bool:
+            return any(r["task"] == str(task.id) for r in recording.records("child-start"))
+
+        await _wait_for(deploying, 60, "the owner's deploy", owner)
+        primary.stop("immediate")
+        replica.promote()
+        other = spawn_agent({**env, "WRKTALK_AGENT_AGENT_ID": "other"})
+        repo = await Repository.connect(settings_for([replica.hostport], tmp_path / "w2"))
+        try:
+
+            async def ended() -> Any:
+                found = await repo.get_task(task.id)
+                return found if found and found.status in ("completed", "failed") else None
+
+            lost = await _wait_for(ended, 90, "the lost claim's recovery", owner)
+            assert lost.claimed_by == "owner" and lost.recovery
+            assert "was lost in a database failover" in (lost.error_message or "")
+            starts = [r for r in recording.records("child-start") if r["task"] == str(task.id)]
+            assert len(starts) == 1, "the task ran a second time"
+            samples = [r["at"] for r in recording.records("sample") if r["task"] == str(task.id)]
+            recovered = [e for e in await repo.task_events(task.id) if e.step == "recovery"]
+            assert recovered and max(samples) < recovered[0].created_at.timestamp()
+            # the queue flows on the new primary once the quiet period is over
+            nxt = await add_release(repo, "2.0.0", {"behaviour.json": json.dumps({"child": 0.2})})
+            second = await repo.create_task("deploy", nxt.id)
+
+            async def second_done() -> bool:
+                found = await repo.get_task(second.id)
+                return found is not None and found.status == "completed"
+
+            await _wait_for(second_done, 60, "the next task on the new primary")
+        finally:
+            await repo.close()
+        assert "failover.quiet" in Path(other.log_path).read_text()
+        for proc in (owner, other):
+            proc.terminate()
+        for proc in (owner, other):
+            assert proc.wait(30) == 0
+    finally:
+        if replica is not None:
+            replica.destroy()
+        primary.destroy()

@@ -255,7 +255,9 @@ async def test_an_unwritable_work_dir_fails(settings, registry, tmp_path: Path) 
     checks = by_name(await run_checks(settings, registry, None))
 
     assert not checks["work dir"].ok
-    assert checks["work dir"].detail.startswith(f"{blocker / 'work'} is not writable: ")
+    assert checks["work dir"].detail == (
+        f"work dir {blocker / 'work'} cannot be created: {blocker / 'work'}: Not a directory"
+    )
 
 
 async def test_trusted_keys_are_parsed(settings, registry, tmp_path: Path) -> None:

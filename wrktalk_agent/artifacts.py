@@ -26,7 +26,7 @@ import asyncpg
 
 from wrktalk_agent.db import queries as q
 from wrktalk_agent.db.models import ArtifactInfo
-from wrktalk_agent.signing import verify_release
+from wrktalk_agent.signing import Manifest, SignatureError, verify_release
 
 #: Slice size, measured best of 256 KiB .. 16 MiB (benchmarks/bench_artifacts.py).
 CHUNK_BYTES = 1024 * 1024
@@ -50,7 +50,8 @@ class FetchedArtifact:
 
 
 def make_private_dir(parent: Path, prefix: str) -> Path:
-    """A fresh 0700 directory under ``parent`` (created 0700 if missing)."""
+    """A fresh 0700 directory under ``parent`` (created 0700 if missing; the agent checks
+    at start-up that ``parent`` is its own: :mod:`wrktalk_agent.workdir`)."""
     parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     return Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
 
@@ -143,19 +144,29 @@ async def _chunks(
             yield chunk
 
 
-def check_signature(artifact: ArtifactInfo, sha256_hex: str, trusted_keys: list) -> str:
-    """Verify the release signature when keys are configured; returns what was checked."""
+def check_signature(
+    artifact: ArtifactInfo,
+    sha256_hex: str,
+    env_data: str | None,
+    values_data: str | None,
+    trusted_keys: list[Any],
+) -> str:
+    """Verify the release's signature over every field that shapes the deploy (the
+    artifact's digest as fetched, version, chart type, env and values as read) when keys
+    are configured; returns what was checked, in words for the timeline."""
     if not trusted_keys:
         return "signature not checked (no trusted keys configured)"
-    if not artifact.signature:
-        raise ArtifactError(
-            f"release {artifact.release_version} is not signed and trusted keys are configured"
-        )
-    if not verify_release(trusted_keys, artifact.signature, sha256_hex, artifact.release_version):
-        raise ArtifactError(
-            f"release {artifact.release_version}: signature does not verify with any trusted key"
-        )
-    return "signature verified"
+    actual = Manifest.of(
+        artifact_sha256=sha256_hex,
+        version=artifact.release_version,
+        chart_type=artifact.chart_type,
+        env_data=env_data,
+        values_data=values_data,
+    )
+    try:
+        return verify_release(trusted_keys, artifact.signature, actual).describe()
+    except SignatureError as exc:
+        raise ArtifactError(str(exc)) from None
 
 
 def extract_release(
@@ -240,48 +251,113 @@ def secure_delete(root: Path) -> list[str]:
     """Overwrite every regular file under ``root`` with zeros, then remove the tree.
 
     Returns the problems met (logged by the caller, never raised over a task's outcome).
+    Only a directory the agent made is deleted: ``root`` must be a real directory (not a
+    link to one) owned by the agent's user and private (mode 0700, as
+    :func:`make_private_dir` makes it); anything else is left alone and reported. The
+    walk never follows a link: every entry is opened relative to its directory's file
+    descriptor with ``O_NOFOLLOW``, and a file is overwritten only when the file opened
+    is the one inspected (same st_dev and st_ino), a regular file with one link (zeros
+    written through a hard link would reach a file outside the tree). Links, devices and
+    sockets are unlinked, never opened.
+
     Overwriting in place is best effort: copy-on-write file systems, SSD wear levelling
     and snapshots may keep old blocks; see docs/operator.md.
     """
     problems: list[str] = []
-    if not root.exists():
-        return problems
-    for dirpath, _, _ in os.walk(root):  # a read-only directory would keep its entries
-        with contextlib.suppress(OSError):
-            os.chmod(dirpath, 0o700)
-    for dirpath, dirnames, filenames in os.walk(root, topdown=False):
-        for name in filenames:
-            path = os.path.join(dirpath, name)
-            try:
-                info = os.lstat(path)
-                if stat.S_ISREG(info.st_mode) and info.st_size:
-                    os.chmod(path, 0o600)
-                    _overwrite(path, info.st_size)
-                os.unlink(path)
-            except OSError as exc:
-                problems.append(f"{path}: {exc.strerror or exc}")
-        for name in dirnames:
-            path = os.path.join(dirpath, name)
-            try:
-                if os.path.islink(path):
-                    os.unlink(path)
-                else:
-                    os.chmod(path, 0o700)
-                    os.rmdir(path)
-            except OSError as exc:
-                problems.append(f"{path}: {exc.strerror or exc}")
+    parent, name = str(root.parent), root.name
     try:
-        os.rmdir(root)
+        parent_fd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY)
+    except FileNotFoundError:
+        return problems
     except OSError as exc:
-        problems.append(f"{root}: {exc.strerror or exc}")
+        return [f"{parent}: {exc.strerror or exc}"]
+    try:
+        try:
+            info = os.lstat(name, dir_fd=parent_fd)
+        except FileNotFoundError:
+            return problems
+        refusal = _not_ours(info)
+        if refusal:
+            return [f"{root}: {refusal}; left alone"]
+        try:
+            fd = _open_dir(name, parent_fd, info)
+        except OSError as exc:
+            return [f"{root}: {exc.strerror or exc}; left alone"]
+        try:
+            _empty_dir(fd, str(root), problems)
+        finally:
+            os.close(fd)
+        try:
+            os.rmdir(name, dir_fd=parent_fd)
+        except OSError as exc:
+            problems.append(f"{root}: {exc.strerror or exc}")
+    finally:
+        os.close(parent_fd)
     return problems
 
 
-def _overwrite(path: str, size: int) -> None:
-    zeros = bytes(min(size, 1024 * 1024))
-    fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW)
+def _not_ours(info: os.stat_result) -> str:
+    """Why a would-be work dir is not one the agent made ('' when it is)."""
+    if stat.S_ISLNK(info.st_mode):
+        return "a link, not a directory the agent made"
+    if not stat.S_ISDIR(info.st_mode):
+        return "not a directory"
+    if info.st_uid != os.geteuid():
+        from wrktalk_agent.workdir import owner_name
+
+        return f"owned by {owner_name(info.st_uid)}, not by the agent's user"
+    if stat.S_IMODE(info.st_mode) & 0o077:
+        return f"mode {stat.S_IMODE(info.st_mode):04o}, not a private directory the agent made"
+    return ""
+
+
+def _open_dir(name: str, dir_fd: int, seen: os.stat_result) -> int:
+    """Open directory ``name`` without following a link; it must be the one inspected."""
+    fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=dir_fd)
+    opened = os.fstat(fd)
+    if (opened.st_dev, opened.st_ino) != (seen.st_dev, seen.st_ino):
+        os.close(fd)
+        raise OSError(0, "replaced while it was being deleted")
+    return fd
+
+
+def _empty_dir(fd: int, label: str, problems: list[str]) -> None:
+    with contextlib.suppress(OSError):  # a read-only directory would keep its entries
+        os.fchmod(fd, 0o700)
+    for name in os.listdir(fd):
+        path = os.path.join(label, name)
+        try:
+            info = os.lstat(name, dir_fd=fd)
+            if stat.S_ISDIR(info.st_mode):
+                child = _open_dir(name, fd, info)
+                try:
+                    _empty_dir(child, path, problems)
+                finally:
+                    os.close(child)
+                os.rmdir(name, dir_fd=fd)
+                continue
+            if stat.S_ISREG(info.st_mode) and info.st_size and info.st_nlink == 1:
+                _overwrite(name, fd, info)
+            os.unlink(name, dir_fd=fd)
+        except OSError as exc:
+            problems.append(f"{path}: {exc.strerror or exc}")
+
+
+def _overwrite(name: str, dir_fd: int, seen: os.stat_result) -> None:
+    flags = os.O_WRONLY | os.O_NOFOLLOW | os.O_NONBLOCK
     try:
-        remaining = size
+        fd = os.open(name, flags, dir_fd=dir_fd)
+    except PermissionError:  # a read-only file of ours: the directory is ours and private
+        os.chmod(name, 0o600, dir_fd=dir_fd)
+        fd = os.open(name, flags, dir_fd=dir_fd)
+    try:
+        opened = os.fstat(fd)
+        if (opened.st_dev, opened.st_ino) != (seen.st_dev, seen.st_ino) or not stat.S_ISREG(
+            opened.st_mode
+        ):
+            raise OSError(0, "replaced while it was being overwritten; not overwritten")
+        zeros = bytes(min(opened.st_size, 1024 * 1024))
+        remaining = opened.st_size
         while remaining > 0:
             remaining -= os.write(fd, zeros[: min(remaining, len(zeros))])
         os.fsync(fd)
@@ -314,17 +390,19 @@ async def materialize(
     max_extracted_bytes: int,
 ) -> Materialized:
     """Fetch ``artifact`` into ``workdir`` (private, made by :func:`make_private_dir`),
-    check its sha256 and signature, extract it safely and write its ``.env`` and
-    ``values.yaml``. Raises :class:`ArtifactError`. The caller deletes ``workdir``."""
+    check its sha256 and its signature over all it consists of, extract it safely and
+    write its ``.env`` and ``values.yaml``. Raises :class:`ArtifactError`. The caller
+    deletes ``workdir``."""
     async with repo.connection() as conn:
         fetched = await fetch_artifact(conn, artifact, workdir, max_bytes=max_artifact_bytes)
-    signature = check_signature(artifact, fetched.sha256, trusted_keys)
+    # what is verified is what is used: these very texts are written below
+    env_data, values_data = await repo.release_secrets(artifact.id)
+    signature = check_signature(artifact, fetched.sha256, env_data, values_data, trusted_keys)
     root = workdir / RELEASE_DIR
     files, size = await asyncio.to_thread(
         extract_release, fetched.path, root, max_members=max_members, max_bytes=max_extracted_bytes
     )
     fetched.path.unlink()
-    env_data, values_data = await repo.release_secrets(artifact.id)
     if env_data is not None:
         write_secret_file(root / ENV_FILE, env_data)
     if values_data is not None:

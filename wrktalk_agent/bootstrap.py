@@ -8,6 +8,7 @@ from wrktalk_agent.interfaces import PluginContext
 from wrktalk_agent.plugins import PluginError, PluginRegistry
 from wrktalk_agent.services import Services
 from wrktalk_agent.signing import load_trusted_keys
+from wrktalk_agent.workdir import WorkDirError, check_work_dir
 
 
 class StartupError(Exception):
@@ -75,6 +76,10 @@ async def open_services(
         keys = load_trusted_keys(settings.trusted_keys)
     except ValueError as exc:
         raise StartupError([f"WRKTALK_AGENT_TRUSTED_KEYS: {exc}"], exit_code=2) from None
+    try:  # before anything is written there or deleted from it
+        check_work_dir(settings.work_dir, check_parents=settings.work_dir_check_parents)
+    except WorkDirError as exc:
+        raise StartupError([str(exc)], exit_code=2) from None
     repo = await Repository.connect(settings)
     try:
         if check_schema:

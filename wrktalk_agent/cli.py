@@ -400,7 +400,7 @@ def release_add(
 
     import asyncpg
 
-    from wrktalk_agent.signing import load_private_key, sign_release
+    from wrktalk_agent.signing import Manifest, key_id, sign_manifest
 
     settings = load_settings()
     if not tarfile.is_tarfile(file):
@@ -413,12 +413,17 @@ def release_add(
         _text_file(env_file, "--env-file"),
         _text_file(values_file, "--values-file"),
     )
-    signature = None
+    signature = signer = None
     if sign_key is not None:
-        try:
-            signature = sign_release(load_private_key(sign_key.read_bytes()), digest, version)
-        except ValueError as exc:
-            raise Failure(f"--sign-key {sign_key}: {exc}", exit_code=2) from None
+        manifest = Manifest.of(
+            artifact_sha256=digest,
+            version=version,
+            chart_type=chart_type,
+            env_data=env_data,
+            values_data=values_data,
+        )
+        private_key = _private_key(sign_key)
+        signature, signer = sign_manifest(private_key, manifest), key_id(private_key)
 
     async def add(repo: Repository) -> Any:
         if await repo.release_by_version(version) is not None:
@@ -437,10 +442,99 @@ def release_add(
             raise Failure(f"release {version} already exists", exit_code=2) from None
 
     info = run_async(with_repo(settings, add))
-    signed = ", signed" if signature else ""
+    signed = f", artifact, version, chart type, env and values signed by key {signer}"
     click.echo(
-        f"stored release {version} ({info.size} bytes, sha256 {digest[:12]}…{signed}) as {info.id}"
+        f"stored release {version} ({info.size} bytes, sha256 {digest[:12]}…"
+        f"{signed if signature else ''}) as {info.id}"
     )
+
+
+def _private_key(path: Path) -> Any:
+    from wrktalk_agent.signing import load_private_key
+
+    try:
+        return load_private_key(path.read_bytes())
+    except (ValueError, TypeError) as exc:  # TypeError: an encrypted key (no passphrase)
+        raise Failure(f"--sign-key {path}: {exc}", exit_code=2) from None
+
+
+@release.command("sign")
+@click.argument("version", callback=_version)
+@click.option(
+    "--sign-key",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    required=True,
+    help="Ed25519 private key (PEM) to sign with.",
+)
+def release_sign(version: str, sign_key: Path) -> None:
+    """Sign release VERSION as it is stored now: its artifact (hashed as read), version,
+    chart type, env and values. Signatures by other keys are kept while the content is
+    unchanged (a vendor and an installation key, or an old and a new key)."""
+    import tempfile
+
+    from wrktalk_agent.artifacts import ArtifactError, fetch_artifact
+    from wrktalk_agent.signing import Manifest, key_id, sign_manifest, signed_manifest
+
+    settings = load_settings()
+    private_key = _private_key(sign_key)
+
+    async def sign(repo: Repository) -> tuple[Manifest, list[str], list[str]]:
+        found = await repo.release_by_version(version)
+        if found is None:
+            raise Failure(
+                f"no release {visible(version)}; store it first with `wrktalk-agent release add`",
+                exit_code=2,
+            )
+        with tempfile.TemporaryDirectory(prefix="wrktalk-sign-") as scratch:
+            try:
+                async with repo.connection() as conn:
+                    fetched = await fetch_artifact(
+                        conn, found, Path(scratch), max_bytes=settings.max_artifact_bytes
+                    )
+            except ArtifactError as exc:
+                raise Failure(visible(str(exc))) from None
+        env_data, values_data = await repo.release_secrets(found.id)
+        manifest = Manifest.of(
+            artifact_sha256=fetched.sha256,
+            version=found.release_version,
+            chart_type=found.chart_type,
+            env_data=env_data,
+            values_data=values_data,
+        )
+        before = signed_manifest(found.signature)
+        dropped = []
+        if before is not None and before[0] != manifest:
+            dropped = [k for k in before[1] if k != key_id(private_key)]
+        text = sign_manifest(private_key, manifest, found.signature)
+        if not await repo.set_release_signature(found.id, text, found.signature):
+            raise Failure(f"release {version} changed while it was signed; sign it again")
+        after = signed_manifest(text)
+        assert after is not None
+        return manifest, after[1], dropped
+
+    manifest, keys, dropped = run_async(with_repo(settings, sign))
+    click.echo(
+        f"signed release {version}: {manifest.describe()} signed by key {key_id(private_key)}"
+    )
+    click.echo(f"  artifact sha256 {manifest.artifact}, chart type {visible(manifest.chart_type)}")
+    for label, digest in (("env", manifest.env_data), ("values", manifest.values_data)):
+        click.echo(f"  {label} sha256 {digest if digest is not None else '(absent)'}")
+    click.echo(f"  signatures: {', '.join(keys)}")
+    if dropped:
+        click.echo(f"  dropped the signatures of {', '.join(dropped)}: they covered other content")
+
+
+def _signed(signature: str | None) -> str:
+    """The SIGNED column: the signing key ids, ``old scheme`` (refused by agents with
+    trusted keys) or ``no``. Not verified here: the agent verifies before deploying."""
+    from wrktalk_agent.signing import signed_manifest
+
+    if not signature or not signature.strip():
+        return "no"
+    parsed = signed_manifest(signature)
+    if parsed is None:
+        return "old scheme" if not signature.strip().startswith("{") else "unreadable"
+    return ",".join(parsed[1]) or "no"
 
 
 def _text_file(path: Path | None, option: str) -> str | None:
@@ -477,7 +571,10 @@ def release_keygen(out: Path) -> None:
     with os.fdopen(fd, "wb") as handle:
         handle.write(private_pem)
     public_path.write_bytes(public_pem)
+    from wrktalk_agent.signing import key_id, load_private_key
+
     click.echo(f"private key: {out} (keep it secret)\npublic key:  {public_path}")
+    click.echo(f"key id:      {key_id(load_private_key(private_pem))}")
     click.echo(f"agents verify with WRKTALK_AGENT_TRUSTED_KEYS={public_path.resolve()}")
 
 
@@ -569,7 +666,7 @@ def release_list(output: str, as_json: bool) -> None:
         row: list[Any] = [r.release_version, r.chart_type, r.size, r.sha256[:12], state]
         if wide:
             row += [
-                "yes" if r.signature else "no",
+                _signed(r.signature),
                 "yes" if r.has_env else "no",
                 "yes" if r.has_values else "no",
                 _time(r.applied_at),

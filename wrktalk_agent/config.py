@@ -6,7 +6,6 @@ import difflib
 import os
 import re
 import socket
-import tempfile
 import typing
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -15,6 +14,8 @@ from urllib.parse import parse_qsl, quote, urlsplit, urlunsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from wrktalk_agent.workdir import default_work_dir
 
 SslMode = Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"]
 CommaList = Annotated[list[str], NoDecode]
@@ -112,26 +113,45 @@ class AgentSettings(BaseSettings):
     )
     poll_interval: float = Field(30.0, gt=0, description="Seconds between polls (backstop).")
     listen: bool = Field(True, description="Wake up on NOTIFY (LISTEN) besides polling.")
-    heartbeat_interval: float = Field(60.0, gt=0, description="Seconds between heartbeats.")
+    heartbeat_interval: float = Field(
+        5.0,
+        gt=0,
+        description="Seconds between heartbeats (lease renewals, each one small UPDATE of the "
+        "running task's last_heartbeat).",
+    )
     stale_after: float | None = Field(
         None,
         gt=0,
         description="Lease of a running task (default 3 x heartbeat): an agent that could not "
-        "renew it for this long stops its own deploy.",
+        "renew it for this long stops its own deploy (a watchdog process enforces it even "
+        "when the agent is frozen).",
     )
     stale_margin: float = Field(
-        15.0,
+        5.0,
         ge=0.5,
         description="Seconds after the lease before another agent may take the task over: the "
         "owner's time to stop its deploy.",
+    )
+    db_timeout: float = Field(
+        10.0,
+        gt=0,
+        description="Seconds one database call may take; then its connection is abandoned "
+        "(a link that drops packets never holds the agent up longer).",
     )
     shutdown_grace: float = Field(
         900.0, ge=0, description="Seconds a running task gets to finish after SIGTERM."
     )
 
     work_dir: Path = Field(
-        Path(tempfile.gettempdir()) / "wrktalk-agent",
-        description="Where artifacts are downloaded and extracted (private temp dirs).",
+        default_factory=default_work_dir,
+        description="Where artifacts are downloaded and extracted (private temp dirs); must "
+        "be the agent's own: refused when another user owns or can write it or a parent.",
+    )
+    work_dir_check_parents: bool = Field(
+        True,
+        description="Also refuse a work dir whose parents another user owns or can write. "
+        "Only for a single-user container whose volume is world-writable (Kubernetes "
+        "emptyDir): see docs/operator.md.",
     )
     max_artifact_bytes: int = Field(1024**3, gt=0, description="Largest artifact accepted (bytes).")
     max_extracted_bytes: int = Field(
@@ -160,6 +180,21 @@ class AgentSettings(BaseSettings):
         gt=0,
         description="Seconds one notifier may take for one notification before it is retried "
         "later.",
+    )
+    notify_retry_min: float = Field(
+        5.0,
+        gt=0,
+        description="Seconds before the first retry of a notification some recipients did not "
+        "get yet; doubled per attempt up to NOTIFY_RETRY_MAX.",
+    )
+    notify_retry_max: float = Field(
+        300.0, gt=0, description="Longest wait between two attempts of a notification."
+    )
+    notify_give_up_after: float = Field(
+        86400.0,
+        gt=0,
+        description="Seconds after a task's outcome until recipients not reached yet are given "
+        "up (the notification becomes failed).",
     )
     deploy_timeout: float = Field(
         1800.0,

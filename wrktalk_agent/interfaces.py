@@ -28,6 +28,8 @@ __all__ = [
     "CheckResult",
     "Deliveries",
     "Delivery",
+    "DeliveryAttempt",
+    "DeliveryOutcome",
     "DeployError",
     "DeployOutcome",
     "DeployRequest",
@@ -272,18 +274,91 @@ class NotificationEvent:
     maintenance: str | None = None
 
 
+#: What became of one recipient of a notification:
+#:
+#: - ``delivered``: accepted (SMTP: ``250`` after the message);
+#: - ``temporary``: not delivered, worth trying again (a refused or lost connection, a
+#:   ``4xx`` reply, a timeout before the message was sent, a configuration to fix);
+#: - ``permanent``: will not be delivered (``5xx``, a malformed address): never retried;
+#: - ``unknown``: the message went out but no answer came (a timeout or a dropped
+#:   connection after SMTP ``DATA``): it may have arrived. The core repeats it at most
+#:   once to that recipient.
+DeliveryOutcome = Literal["delivered", "temporary", "permanent", "unknown"]
+
+
 @dataclass(frozen=True)
 class Delivery:
     """The outcome of sending to one recipient (or one channel). ``attempts`` is 0 when
-    nothing was tried (a configuration problem, explained in ``detail``)."""
+    nothing was tried (a configuration problem, explained in ``detail``).
+
+    ``outcome`` says what the core may do next (see :data:`DeliveryOutcome`); without
+    it (notifiers written before it existed) ``ok`` decides: delivered, or a permanent
+    failure that is recorded and not retried."""
 
     recipient: str
     ok: bool
     detail: str = ""
     attempts: int = 1
+    outcome: DeliveryOutcome | None = None
+
+    def __post_init__(self) -> None:
+        if self.outcome is not None and (self.outcome == "delivered") != self.ok:
+            raise ValueError(
+                f"Delivery for {self.recipient!r}: ok={self.ok} contradicts "
+                f"outcome={self.outcome!r} (ok is true exactly when delivered)"
+            )
+
+    @classmethod
+    def of(
+        cls, recipient: str, outcome: DeliveryOutcome, detail: str = "", attempts: int = 1
+    ) -> Delivery:
+        """A delivery with an explicit outcome (``ok`` follows from it)."""
+        return cls(recipient, outcome == "delivered", detail, attempts, outcome)
+
+    @property
+    def result(self) -> DeliveryOutcome:
+        """``outcome``, or what ``ok`` means when a notifier gave none."""
+        if self.outcome is not None:
+            return self.outcome
+        return "delivered" if self.ok else "permanent"
 
 
 Deliveries = Sequence[Delivery]
+
+
+class DeliveryAttempt:
+    """One attempt at delivering a notification, handed to a notifier's optional
+    ``deliver(event, attempt)``.
+
+    ``skip``: recipients settled by an earlier attempt (delivered, refused for good, or
+    sent twice without an answer): send nothing to them. ``repeats``: recipients whose
+    earlier message may or may not have arrived (an ``unknown`` outcome); this attempt is
+    their one repeat. Recipients are the strings a notifier puts in
+    :attr:`Delivery.recipient` (the smtp notifier: the admin's address).
+
+    The core's own attempt records every call in the outbox; this base class, used when
+    a notifier is called outside the outbox (``notify``, tests), allows everything.
+    """
+
+    def __init__(
+        self, skip: frozenset[str] = frozenset(), repeats: frozenset[str] = frozenset()
+    ) -> None:
+        self.skip = skip
+        self.repeats = repeats
+
+    async def sending(self, recipient: str) -> bool:
+        """Call right before the point of no return for ``recipient`` — the moment after
+        which a failure leaves the outcome unknown (SMTP: before ``DATA``). ``False``:
+        do not send (the notification was handed to another agent, or the recipient's one
+        repeat is used up) and report the recipient as ``temporary``. Never raises."""
+        return recipient not in self.skip
+
+    async def report(self, delivery: Delivery) -> None:
+        """Tell the core one recipient's outcome as soon as it is known, so that an
+        attempt cut short (a timeout, the agent stopping) keeps what it achieved. Report
+        each transmission's outcome before trying the same recipient again. Returning the
+        same delivery from ``deliver`` as well is fine. Never raises."""
+        return None
 
 
 @runtime_checkable
@@ -296,6 +371,16 @@ class Notifier(Protocol):
     async def check(self) -> Sequence[CheckResult]: ...
 
     async def notify(self, event: NotificationEvent) -> Deliveries: ...
+
+    # Optional method: the core calls it instead of ``notify`` when the class defines it.
+    #
+    # async def deliver(self, event: NotificationEvent, attempt: DeliveryAttempt) -> Deliveries:
+    #     Deliver to each recipient not in ``attempt.skip``: call ``attempt.sending(r)``
+    #     before the point of no return, ``attempt.report(delivery)`` as soon as an outcome
+    #     is known, and return one Delivery with an ``outcome`` per recipient tried. The
+    #     core retries ``temporary`` recipients (and only those) with backoff until a final
+    #     deadline, and repeats an ``unknown`` one at most once. Raising means "nothing
+    #     more to report": what was reported stands, the rest is tried again.
 
 
 class Recipient(BaseModel):
@@ -386,7 +471,8 @@ class BaseMaintenanceHandler(_BaseBackend):
 
 class BaseNotifier(_BaseBackend):
     """Optional base of a notifier: implement ``notify`` (one :class:`Delivery` per
-    recipient or channel; report delivery problems as ``ok=False``, don't raise)."""
+    recipient or channel; report delivery problems as ``ok=False``, don't raise), and
+    ``deliver(event, attempt)`` for per-recipient retries (see :class:`Notifier`)."""
 
     @abc.abstractmethod
     async def notify(self, event: NotificationEvent) -> Deliveries:

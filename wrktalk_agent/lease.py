@@ -8,6 +8,14 @@ says the task is no longer its own. Other agents take a task over only when the 
 shows no renewal for ``STALE_AFTER + STALE_MARGIN`` — so an owner that is cut off has the
 margin to stop its deploy before anyone else may start one (the renew-deadline < lease
 rule of Kubernetes leader election).
+
+The deadline is not only the owner's to keep: every renewal that succeeded tells the
+watchdog process (:func:`wrktalk_agent.process.lease_deadline`) until when the lease
+holds, and the watchdog stops the task's commands at that moment — even when this process
+is frozen (SIGSTOP, Ctrl-Z, a paused VM) or blocked. Each renewal is bounded by the time
+left (:meth:`Repository.within` abandons the connection rather than waiting for a network
+cancel), so a link that drops packets is noticed within the renew deadline. When the
+agent's connections reach another server (a failover), the claim is re-checked at once.
 """
 
 from __future__ import annotations
@@ -22,7 +30,7 @@ from uuid import UUID
 
 import asyncpg
 
-from wrktalk_agent import metrics
+from wrktalk_agent import metrics, process
 from wrktalk_agent.config import AgentSettings
 from wrktalk_agent.db.repository import CONNECTION_ERRORS, Repository
 
@@ -60,6 +68,13 @@ class Lease:
         self.lost = asyncio.Event()
         self.reason = ""
         self.log = log
+        #: the claim no longer exists at all (a failover lost it) rather than another
+        #: agent holding it
+        self.claim_vanished = False
+        #: the server generation (see ``ServerWatch``) the claim was last confirmed on
+        self.verified_epoch = repo.server.epoch
+        self._renew_now = asyncio.Event()
+        self._confirmed = asyncio.Event()
 
     def remaining(self) -> float:
         """Seconds until the renew deadline."""
@@ -73,8 +88,33 @@ class Lease:
         if not self.lost.is_set():
             self.reason = reason
             self.lost.set()
+            self._confirmed.set()
             metrics.LEASES_LOST.inc()
             self.log.error("lease.lost", reason=reason)
+
+    async def confirm(self) -> bool:
+        """Before a step: when the agent's connections reached another server since the
+        claim was last confirmed (a failover), renew now and wait for the answer. True
+        while the lease holds."""
+        if self.lost.is_set():
+            return False
+        if self.repo.server.epoch == self.verified_epoch:
+            return self.valid
+        self._confirmed.clear()
+        self._renew_now.set()
+        waiter = asyncio.ensure_future(self._confirmed.wait())
+        try:
+            await asyncio.wait({waiter}, timeout=max(0.0, self.remaining()))
+        finally:
+            waiter.cancel()
+        return self.valid and self.repo.server.epoch == self.verified_epoch
+
+    async def _pause(self, seconds: float) -> None:
+        """Sleep until the next renewal is due, or at once when the server changed."""
+        if seconds > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._renew_now.wait(), timeout=seconds)
+        self._renew_now.clear()
 
     async def _renew(self) -> None:
         failures = 0
@@ -83,19 +123,23 @@ class Lease:
                 next_at = self.renewed_at + self.interval
             else:  # retry soon, but never hammer a database that is down
                 next_at = time.monotonic() + min(self.interval, 0.25 * 2 ** min(failures, 4))
-            wait = min(next_at - time.monotonic(), self.remaining())
-            if wait > 0:
-                await asyncio.sleep(wait)
+            if failures or self.repo.server.epoch == self.verified_epoch:
+                # a new server (a failover) is asked at once, unless it just failed
+                await self._pause(min(next_at - time.monotonic(), self.remaining()))
             if self.remaining() <= 0:
                 self._lose(f"could not renew the lease for {self.deadline:g}s")
                 return
             sent = time.monotonic()
+            epoch = self.repo.server.epoch
             try:
-                owned = await asyncio.wait_for(
-                    self.repo.heartbeat(
-                        self.task_id, self.claim_token, self.agent_id, self.instance_id
-                    ),
-                    timeout=max(0.05, self.remaining()),
+                # bounded by the lease left: the connection is abandoned, not cancelled
+                # over a network that may be dropping every packet
+                owned = await self.repo.heartbeat(
+                    self.task_id,
+                    self.claim_token,
+                    self.agent_id,
+                    self.instance_id,
+                    timeout=max(0.05, min(self.remaining(), self.repo.call_timeout)),
                 )
             except RENEW_ERRORS as exc:
                 failures += 1
@@ -108,18 +152,36 @@ class Lease:
                     )
                 continue
             if not owned:
-                self._lose("the task was taken over by another agent")
+                status = await self._status()
+                if status == "pending":  # our claim is gone altogether: a failover lost it
+                    self.claim_vanished = True
+                    self._lose("the claim was lost in a database failover")
+                else:
+                    self._lose("the task was taken over by another agent")
                 return
             if failures:
                 self.log.info("heartbeat.recovered", after_failures=failures)
             self.renewed_at = sent
+            self.verified_epoch = max(self.verified_epoch, epoch)
+            process.lease_deadline(sent + self.deadline)
+            self._confirmed.set()
             metrics.heartbeat_renewed()
             failures = 0
+
+    async def _status(self) -> str | None:
+        try:
+            return await self.repo.task_status(self.task_id)
+        except RENEW_ERRORS:
+            return None
 
 
 @asynccontextmanager
 async def held(lease: Lease) -> AsyncIterator[Lease]:
-    """Renew ``lease`` in the background while the block runs."""
+    """Renew ``lease`` in the background while the block runs; the watchdog holds its
+    deadline meanwhile."""
+    process.lease_deadline(lease.renewed_at + lease.deadline, new_lease=True)
+    wake = lease._renew_now.set
+    lease.repo.server.listeners.add(wake)
     renewer = asyncio.create_task(lease._renew(), name=f"lease-{lease.task_id}")
 
     def crashed(task: asyncio.Task[None]) -> None:
@@ -133,3 +195,5 @@ async def held(lease: Lease) -> AsyncIterator[Lease]:
         renewer.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await renewer
+        lease.repo.server.listeners.discard(wake)
+        process.lease_deadline(None)

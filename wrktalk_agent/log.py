@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import sys
 import threading
 from collections.abc import Iterator, MutableMapping
@@ -15,20 +14,23 @@ from typing import Any, Protocol
 import structlog
 
 from wrktalk_agent.safe_text import visible
-
-_SECRET_KEYS = re.compile(r"password|secret|token|dsn|env_data|authorization", re.I)
-_DSN_PASSWORD = re.compile(r"(postgres(?:ql)?://[^:/@\s]+:)[^@\s]+@")
+from wrktalk_agent.secrets import MASK, is_secret_name, mask_mapping, mask_text
 
 
 def redact_secrets(
     _: Any, __: str, event_dict: MutableMapping[str, Any]
 ) -> MutableMapping[str, Any]:
-    """Last line of defence: mask values of secret-looking keys and passwords in DSNs."""
+    """Last line of defence: the values of secret names (:mod:`wrktalk_agent.secrets`)
+    are masked, and strings and nested values lose URL passwords and secret assignments."""
     for key, value in list(event_dict.items()):
-        if _SECRET_KEYS.search(key) and value is not None:
-            event_dict[key] = "***"
-        elif isinstance(value, str) and "://" in value:
-            event_dict[key] = _DSN_PASSWORD.sub(r"\1***@", value)
+        if value is None:
+            continue
+        if is_secret_name(key):
+            event_dict[key] = MASK
+        elif isinstance(value, str):
+            event_dict[key] = mask_text(value)
+        elif isinstance(value, dict | list | tuple):
+            event_dict[key] = mask_mapping(value)
     return event_dict
 
 

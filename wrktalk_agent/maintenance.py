@@ -107,6 +107,13 @@ class Released:
     holds: list[MaintenanceHold] = field(default_factory=list)
 
 
+async def _bounded(repo: Repository, backend_timeout: float, call: Any) -> Any:
+    """One maintenance operation (its statements and at most one proxy call) within the
+    repository's bound plus the proxy's: a database that stops answering costs a bounded
+    wait, like every other call of the agent."""
+    return await repo.within(repo.call_timeout * 2 + backend_timeout, call)
+
+
 @asynccontextmanager
 async def _serialized(repo: Repository, *, wait: bool = True) -> AsyncIterator[Any]:
     """A transaction holding the maintenance lock (None when ``wait`` is off and another
@@ -140,9 +147,14 @@ async def switch_on(services: Services, reason: str) -> None:
     handler = services.maintenance
     if handler is None:
         return
-    async with _serialized(services.repo) as conn:
-        await _call(handler, handler.enable(reason), services.settings.backend_timeout, "enable")
-        await conn.execute(q.RECORD_MAINTENANCE_ON)
+    timeout = services.settings.backend_timeout
+
+    async def switch() -> None:
+        async with _serialized(services.repo) as conn:
+            await _call(handler, handler.enable(reason), timeout, "enable")
+            await conn.execute(q.RECORD_MAINTENANCE_ON)
+
+    await _bounded(services.repo, timeout, switch)
 
 
 async def forget_failed_switch(services: Services) -> None:
@@ -156,12 +168,17 @@ async def hold_for_task(
     services: Services, task_id: UUID, claim_token: UUID, reason: str
 ) -> MaintenanceState | None:
     """Record the task's hold, fenced by its claim. None: the claim no longer owns it."""
-    async with _serialized(services.repo) as conn:
-        held = await conn.fetchval(q.TASK_HOLD, task_id, claim_token, reason)
-        if held is None:
-            return None
-        await conn.execute(q.RECORD_MAINTENANCE_ON)
-        return await _state(conn)
+
+    async def hold() -> MaintenanceState | None:
+        async with _serialized(services.repo) as conn:
+            held = await conn.fetchval(q.TASK_HOLD, task_id, claim_token, reason)
+            if held is None:
+                return None
+            await conn.execute(q.RECORD_MAINTENANCE_ON)
+            return await _state(conn)
+
+    result: MaintenanceState | None = await _bounded(services.repo, 0.0, hold)
+    return result
 
 
 async def _release(
@@ -172,6 +189,18 @@ async def _release(
 ) -> Released:
     """Release holds (``release(conn)`` returns the rows it deleted); switch the proxy off
     if none is left. All under the lock; the flag's row is written after the proxy call."""
+    done: Released = await _bounded(
+        repo, timeout, lambda: _release_now(repo, handler, timeout, release)
+    )
+    return done
+
+
+async def _release_now(
+    repo: Repository,
+    handler: MaintenanceHandler | None,
+    timeout: float,
+    release: Any,
+) -> Released:
     async with _serialized(repo) as conn:
         gone = _holds(await release(conn))
         state = await _state(conn)
@@ -236,6 +265,14 @@ async def retry_until_off(services: Services, deadline: float) -> tuple[Released
 
 
 async def settle(services: Services, log: Any) -> MaintenanceState | None:
+    """See :func:`_settle` (bounded like every maintenance operation)."""
+    state: MaintenanceState | None = await _bounded(
+        services.repo, services.settings.backend_timeout, lambda: _settle(services, log)
+    )
+    return state
+
+
+async def _settle(services: Services, log: Any) -> MaintenanceState | None:
     """One pass of an agent's maintenance loop (and of its start-up): release the holds of
     tasks that have ended, and switch the proxy off when no hold is left and a switch-off
     is due. Skipped (None) while another agent does the same."""

@@ -139,6 +139,13 @@ NOTIFICATIONS = Counter(
     ["notifier", "result"],
     registry=REGISTRY,
 )
+NOTIFICATIONS_FAILED = Counter(
+    "wrktalk_agent_notifications_failed",
+    "Notifications given up by this agent: a recipient refused for good, not reached by "
+    "the final deadline, or sent twice without an answer.",
+    ["notifier"],
+    registry=REGISTRY,
+)
 
 for _kind in HOLD_KINDS:
     MAINTENANCE_HOLDS.labels(kind=_kind)

@@ -192,10 +192,13 @@ class Timeline:
         agent_id: str,
         log: Any,
         secrets: Secrets | None = None,
+        claim_token: UUID | None = None,
     ) -> None:
         self.repo = repo
         self.task_id = task_id
         self.agent_id = agent_id
+        #: entries are written only while this claim owns the task
+        self.claim_token = claim_token
         self.log = log
         self.secrets = secrets or Secrets()
         self.unsaved: list[PendingEvent] = []
@@ -229,8 +232,9 @@ class Timeline:
                 return
             batch = list(self.unsaved)
             try:
-                await asyncio.wait_for(
-                    self.repo.add_events(self.task_id, batch, self.agent_id), timeout
+                written = await asyncio.wait_for(
+                    self.repo.add_events(self.task_id, batch, self.agent_id, self.claim_token),
+                    timeout,
                 )
             except _FLUSH_ERRORS as exc:
                 self.log.warning("event.deferred", count=len(batch), error=describe(exc))
@@ -240,6 +244,8 @@ class Timeline:
                 self.log.error("event.refused", count=len(batch), error=describe(exc))
                 return
             del self.unsaved[: len(batch)]
+            if not written:  # the task is no longer ours: what we saw is not its story
+                self.log.warning("event.fenced", count=len(batch))
 
 
 class LeasedRun:
@@ -259,7 +265,10 @@ class LeasedRun:
         self.claimed_at = claimed_at
         self.log = get_logger()
         self.secrets = Secrets(extra=_known_passwords(self.settings))
-        self.timeline = Timeline(self.repo, task.id, self.agent_id, self.log, self.secrets)
+        self.timeline = Timeline(
+            self.repo, task.id, self.agent_id, self.log, self.secrets, task.claim_token
+        )
+        self.lease: Lease | None = None
 
     def bind_log_context(self) -> None:
         """Every log line of the run, plugins' own included, names the task."""
@@ -269,7 +278,7 @@ class LeasedRun:
 
     def new_lease(self) -> Lease:
         assert self.task.claim_token is not None
-        return Lease(
+        self.lease = Lease(
             self.repo,
             self.settings,
             task_id=self.task.id,
@@ -278,6 +287,7 @@ class LeasedRun:
             claimed_at=self.claimed_at,
             log=self.log,
         )
+        return self.lease
 
 
 class TaskRun(LeasedRun):
@@ -375,6 +385,7 @@ class TaskRun(LeasedRun):
                 async with held(lease):
                     outcome = await self._under_lease(lease, groups)
         finally:
+            process.task_ended()
             for workdir in self.workdirs:
                 for problem in secure_delete(workdir):
                     self.log.warning("workdir.delete_failed", problem=problem)
@@ -421,6 +432,8 @@ class TaskRun(LeasedRun):
         """The lease is gone: stop everything this task started, write nothing."""
         self.log.error("task.fenced", reason=lease.reason)
         self.fencing = True
+        # the watchdog stops everything the task started, escaped descendants included
+        process.lease_deadline(time.monotonic())
         work.cancel()
         await asyncio.wait({work}, timeout=self.settings.stale_margin / 2)
         killed = process.kill_groups(groups)

@@ -35,6 +35,7 @@ from wrktalk_agent import hookspecs
 from wrktalk_agent.errors import PluginError, SettingsError
 from wrktalk_agent.guard import describe
 from wrktalk_agent.interfaces import PluginContext
+from wrktalk_agent.secrets import mask_text, may_hold_secret
 
 __all__ = [
     "Backend",
@@ -64,7 +65,7 @@ _REQUIRED_METHODS: dict[Kind, tuple[str, ...]] = {
 _OPTIONAL_METHODS: dict[Kind, tuple[str, ...]] = {
     "deployer": ("validate", "prepare", "live_release"),
     "maintenance handler": (),
-    "notifier": (),
+    "notifier": ("deliver",),
 }
 #: Backend names become parts of environment variables and of the CLI's messages.
 _NAME = re.compile(r"[a-z][a-z0-9_-]{0,39}")
@@ -486,7 +487,9 @@ def format_validation_error(exc: ValidationError, model: type[BaseSettings] | No
             env_name += f" (entry {entries[0] + 1})"
         value = err.get("input")
         shown = (
-            "" if _is_secret_field(field_name) or isinstance(value, dict) else f" (got {value!r})"
+            ""
+            if may_hold_secret(field_name) or isinstance(value, dict)
+            else f" (got {mask_text(repr(value))})"
         )
         lines.append(f"{env_name}: {message}{shown}")
     return lines
@@ -502,8 +505,3 @@ def _env_name(model: type[BaseSettings] | None, field_name: str, prefix: str) ->
         if isinstance(alias, str):
             return alias.upper()
     return f"{prefix}{field_name}".upper()
-
-
-def _is_secret_field(field_name: str) -> bool:
-    lowered = field_name.lower()
-    return any(word in lowered for word in ("password", "secret", "token", "url", "key"))

@@ -19,6 +19,7 @@ from wrktalk_agent.db.repository import pooler_mode
 from wrktalk_agent.interfaces import CheckResult, PluginContext, Recipient, SmtpConfig
 from wrktalk_agent.plugins import Kind, PluginError, PluginRegistry, SettingsError
 from wrktalk_agent.signing import load_trusted_keys
+from wrktalk_agent.workdir import WorkDirError, check_work_dir
 
 __all__ = ["AGENT_PRIVILEGES", "blocks_deploys", "format_checks", "run_checks"]
 
@@ -35,10 +36,16 @@ AGENT_PRIVILEGES: tuple[tuple[str, str, str], ...] = (
     ("agent_instance", "SELECT", "the agents list"),
     ("agent_instance", "INSERT", "registering this agent"),
     ("agent_instance", "UPDATE", "recording this agent's polls"),
+    ("agent_failover", "SELECT", "the failover quiet period"),
+    ("agent_failover", "INSERT", "recording the primary's timeline"),
+    ("agent_failover", "UPDATE", "recording the primary's timeline"),
     ("admin", "SELECT", "who to notify"),
     ("agent_notification", "SELECT", "finding notifications to deliver"),
     ("agent_notification", "INSERT", "promising notifications with each outcome"),
     ("agent_notification", "UPDATE", "recording deliveries"),
+    ("agent_notification_recipient", "SELECT", "who still waits for a notification"),
+    ("agent_notification_recipient", "INSERT", "recording each recipient's delivery"),
+    ("agent_notification_recipient", "UPDATE", "recording each recipient's delivery"),
     ("agent_maintenance_hold", "SELECT", "who holds maintenance mode"),
     ("agent_maintenance_hold", "INSERT", "holding maintenance mode for a task or an operator"),
     ("agent_maintenance_hold", "UPDATE", "an operator's new reason for a window"),
@@ -107,7 +114,7 @@ async def run_checks(
             )
         for kind, name in _selected_backends(settings):
             results.extend(await _plugin_checks(registry, kind, name, context, plugin_timeout))
-        results.append(_work_dir_check(settings.work_dir))
+        results.append(_work_dir_check(settings.work_dir, settings.work_dir_check_parents))
         results.append(_trusted_keys_check(settings.trusted_keys))
     finally:
         if repo is not None:
@@ -210,16 +217,22 @@ async def _plugin_checks(
     return results
 
 
-def _work_dir_check(work_dir: Path) -> CheckResult:
+def _work_dir_check(work_dir: Path, check_parents: bool = True) -> CheckResult:
     try:
-        work_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        check_work_dir(work_dir, check_parents=check_parents)
+    except WorkDirError as exc:
+        return CheckResult("work dir", False, str(exc))
+    try:
         with tempfile.NamedTemporaryFile(dir=work_dir, prefix=".check-") as probe:
             probe.write(b"wrktalk-agent preflight\n")
             probe.flush()
         free = shutil.disk_usage(work_dir).free
     except OSError as exc:
         return CheckResult("work dir", False, f"{work_dir} is not writable: {exc.strerror or exc}")
-    return CheckResult("work dir", True, f"{work_dir} writable, {free / 1024**3:.1f} GiB free")
+    mine = "private to the agent" if check_parents else "the agent's own (parents not checked)"
+    return CheckResult(
+        "work dir", True, f"{work_dir} {mine}, writable, {free / 1024**3:.1f} GiB free"
+    )
 
 
 def _trusted_keys_check(entries: Sequence[str]) -> CheckResult:

@@ -5,13 +5,17 @@ No orphans, in three layers:
 * cancelling the awaiting task (or a timeout) stops the command's whole process group:
   SIGTERM, a grace period (:func:`stop_grace`), then SIGKILL;
 * while a task runs, the core knows every group its commands started
-  (:func:`track_groups`) and can kill them itself when it loses its lease;
-* a small janitor process (``wrktalk_agent/_janitor.py``) learns each group as it starts
-  and stops them all when the agent dies, even by SIGKILL: it reads end-of-file on a pipe
-  only the agent holds.
+  (:func:`track_groups`) and can kill them itself when it loses its lease; a group stays
+  known until the task ends, so a background child a command left in it dies with a
+  fenced task too;
+* a watchdog process (``wrktalk_agent/_janitor.py``) learns each group as it starts and
+  the deadline of the task's lease (:func:`lease_deadline`). It stops them all when the
+  deadline passes unrenewed — even if the agent is frozen or blocked — and when the agent
+  dies, even by SIGKILL. The agent is a child subreaper, so a command's descendants that
+  detach (double fork, ``setsid``) are re-parented to it and the watchdog finds them too.
 
-A process that a command leaves behind *after the command itself has exited* is no longer
-tracked (a daemon a script starts must detach with ``setsid``).
+What a *completed* task's commands leave running is the release's business: the watchdog
+forgets it when the task ends.
 """
 
 from __future__ import annotations
@@ -19,11 +23,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import ctypes
 import os
 import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +51,11 @@ _STOP_GRACE: contextvars.ContextVar[float] = contextvars.ContextVar(
 #: Process groups started in the current task (see :func:`track_groups`).
 _TASK_GROUPS: contextvars.ContextVar[set[int] | None] = contextvars.ContextVar(
     "wrktalk_task_groups", default=None
+)
+#: Groups of the current task whose command has exited: the watchdog keeps them until the
+#: task ends (a background child may still be in one).
+_TASK_EXITED: contextvars.ContextVar[set[int] | None] = contextvars.ContextVar(
+    "wrktalk_task_exited", default=None
 )
 
 
@@ -81,14 +92,42 @@ def track_groups(grace: float | None = None) -> Iterator[set[int]]:
     """Collect the process groups of commands started in this context (and in tasks it
     creates) while they run; optionally shorten the stop grace. For the core."""
     groups: set[int] = set()
+    exited: set[int] = set()
     group_token = _TASK_GROUPS.set(groups)
+    exited_token = _TASK_EXITED.set(exited)
     grace_token = _STOP_GRACE.set(grace) if grace is not None else None
     try:
         yield groups
     finally:
         _TASK_GROUPS.reset(group_token)
+        _TASK_EXITED.reset(exited_token)
         if grace_token is not None:
             _STOP_GRACE.reset(grace_token)
+        for pgid in exited:
+            _janitor.send(f"-{pgid}")
+
+
+def lease_deadline(deadline: float | None, *, new_lease: bool = False) -> None:
+    """Tell the watchdog until when (``time.monotonic()``) the task's lease is renewed;
+    ``None``: no lease is held any more. At the deadline the watchdog stops every command
+    of the task, whatever state the agent is in. ``new_lease``: a task's lease begins now
+    (what runs before it is not the task's). For the core."""
+    if deadline is None:
+        _janitor.send("L-")
+    elif new_lease:
+        _janitor.send(f"L{deadline:.6f} {time.clock_gettime(time.CLOCK_BOOTTIME):.3f}")
+    else:
+        _janitor.send(f"L{deadline:.6f}")
+
+
+def start_janitor() -> None:
+    """Start the watchdog now rather than at the first command (the agent's start-up)."""
+    _janitor.pid()
+
+
+def task_ended() -> None:
+    """The task is over: the watchdog forgets what its commands left running. For the core."""
+    _janitor.send("F")
 
 
 def kill_groups(groups: set[int]) -> int:
@@ -115,6 +154,7 @@ class _Janitor:
         if self._proc is not None and self._proc.poll() is None:
             return self._proc
         script = Path(__file__).with_name("_janitor.py")
+        _become_subreaper()
         try:
             self._proc = subprocess.Popen(
                 [sys.executable, "-I", "-S", str(script), f"{self.grace:g}"],
@@ -144,14 +184,57 @@ class _Janitor:
 _janitor = _Janitor()
 
 
+_PR_SET_CHILD_SUBREAPER = 36
+
+
+def _become_subreaper() -> None:
+    """Adopt the orphans of our commands (Linux): a detached descendant of a deploy is
+    re-parented to this process instead of init, where the watchdog can find it."""
+    if not sys.platform.startswith("linux"):
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+
+
+def reap_adopted() -> int:
+    """Reap exited orphans this process adopted as a subreaper (zombies otherwise). Only
+    children this module did not start itself are touched: their exit statuses belong to
+    nobody. Returns how many were reaped."""
+    if not sys.platform.startswith("linux"):
+        return 0
+    mine = set(_SPAWNED)
+    if _janitor._proc is not None:
+        mine.add(_janitor._proc.pid)
+    reaped = 0
+    me = os.getpid()
+    try:
+        names = os.listdir("/proc")
+    except OSError:
+        return 0
+    for name in names:
+        if not name.isdigit() or int(name) in mine:
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as f:
+                data = f.read().decode(errors="replace")
+        except OSError:
+            continue
+        fields = data[data.rfind(")") + 2 :].split()
+        if len(fields) > 1 and fields[0] == "Z" and fields[1] == str(me):
+            with contextlib.suppress(ChildProcessError, OSError):
+                if os.waitpid(int(name), os.WNOHANG)[0]:
+                    reaped += 1
+    return reaped
+
+
+#: pids of commands started by :func:`run` that have not been reaped yet
+_SPAWNED: set[int] = set()
+
+
 def set_janitor_grace(seconds: float) -> None:
     """Grace the janitor gives commands after the agent died (before its first command)."""
     _janitor.grace = seconds
-
-
-def janitor_pid() -> int | None:
-    """The janitor's pid, starting it if needed (for tests and diagnostics)."""
-    return _janitor.pid()
 
 
 def _track(pgid: int) -> None:
@@ -163,6 +246,10 @@ def _track(pgid: int) -> None:
 
 def _untrack(pgid: int) -> None:
     groups = _TASK_GROUPS.get()
+    exited = _TASK_EXITED.get()
+    if exited is not None:  # stays known to the watchdog until the task ends
+        exited.add(pgid)
+        return
     if groups is not None:
         groups.discard(pgid)
     _janitor.send(f"-{pgid}")
@@ -225,9 +312,12 @@ async def run(
     except (FileNotFoundError, PermissionError) as exc:
         return CommandResult(argv, NOT_FOUND, "", f"{argv[0]}: {exc.strerror or exc}")
     _track(proc.pid)
+    _SPAWNED.add(proc.pid)
     try:
         return await _communicate(proc, argv, timeout, capture_stdout)
     finally:
+        if proc.returncode is not None:
+            _SPAWNED.discard(proc.pid)
         _untrack(proc.pid)
 
 

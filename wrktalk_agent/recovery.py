@@ -16,12 +16,13 @@ A half-done deploy is never re-run. If this agent dies too, the next one takes o
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 from typing import Any, Literal
 from uuid import UUID
 
 from wrktalk_agent import maintenance as maint
-from wrktalk_agent import metrics, outbox
+from wrktalk_agent import metrics, outbox, process
 from wrktalk_agent.artifacts import secure_delete
 from wrktalk_agent.db.models import ArtifactInfo, Task
 from wrktalk_agent.db.repository import FlagChange
@@ -49,19 +50,23 @@ class RecoveryRun(LeasedRun):
         await self.timeline.add(
             "recovery", "started", f"{self.abandoned}; {self.agent_id} finds out what is live"
         )
-        async with held(lease):
-            work = asyncio.create_task(self._recover(lease), name=f"recover-{self.task.id}")
-            lost = asyncio.create_task(lease.lost.wait())
-            try:
-                await asyncio.wait({work, lost}, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                lost.cancel()
-            if not work.done():
-                work.cancel()
-                await asyncio.wait({work})
-                self.log.error("recovery.fenced", reason=lease.reason)
-                return TaskOutcome.FENCED
-            return work.result()
+        try:
+            async with held(lease):
+                work = asyncio.create_task(self._recover(lease), name=f"recover-{self.task.id}")
+                lost = asyncio.create_task(lease.lost.wait())
+                try:
+                    await asyncio.wait({work, lost}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    lost.cancel()
+                if not work.done():
+                    process.lease_deadline(time.monotonic())  # its commands stop now
+                    work.cancel()
+                    await asyncio.wait({work}, timeout=self.settings.stale_margin / 2)
+                    self.log.error("recovery.fenced", reason=lease.reason)
+                    return TaskOutcome.FENCED
+                return work.result()
+        finally:
+            process.task_ended()
 
     async def _recover(self, lease: Lease) -> TaskOutcome:
         target, current = await self._releases()

@@ -8,14 +8,18 @@ shorter ones that they contain. Which values count as secrets (docs/operator.md 
 * every value of a ``.env`` assignment, quotes removed, except values shorter than
   :data:`MIN_LENGTH` characters and plain numbers, versions (``1.2.3``) or booleans
   whose key does not look secret;
-* every scalar of ``values.yaml`` whose key, or the key of a mapping around it, looks
-  secret (:data:`SECRET_KEY`: password, secret, token, key, credential, auth, private,
-  cert, dsn, salt, cookie, session...) and that has at least :data:`MIN_LENGTH`
-  characters;
+* every scalar of ``values.yaml`` whose key, or the key of a mapping around it, is a
+  secret name (:func:`wrktalk_agent.secrets.is_secret_name`: password, secret, token,
+  api_key, credential, private_key, auth, key, dsn...) and that has at least
+  :data:`MIN_LENGTH` characters;
 * every other ``values.yaml`` string of :data:`OPAQUE_LENGTH` characters or more with no
   whitespace that mixes upper case, lower case and digits (how generated tokens look);
 * the password part of any ``scheme://user:password@host`` found in either file;
 * the extra secrets given (DB and SMTP passwords), when at least :data:`MIN_LENGTH` long.
+
+Besides these known values, :meth:`Redactor.redact` masks what
+:func:`wrktalk_agent.secrets.mask_text` recognises in any text (a URL's password, the value
+of ``API_KEY=...``) and :meth:`Redactor.redact_value` the values under secret names.
 
 A multi-line secret is also masked line by line, and a value with quotes or backslashes
 also in its JSON-escaped form. Bad input never raises: ``.env`` text with NUL bytes or
@@ -34,9 +38,10 @@ from typing import Any
 
 import yaml
 
+from wrktalk_agent.secrets import MASK, is_secret_name, mask_text, url_passwords
+
 __all__ = ["MASK", "Redactor"]
 
-MASK = "***"
 #: Shorter values are never masked: masking "on" or "80" would garble every line.
 MIN_LENGTH = 4
 #: Strings at least this long that look generated are masked whatever their key.
@@ -50,12 +55,6 @@ _LONG = 200
 #: Nodes visited in a parsed values.yaml (aliases can make a small text a huge tree).
 _MAX_NODES = 200_000
 
-SECRET_KEY = re.compile(
-    r"pass(?:word|wd|phrase)?|pwd|secret|token|key|credential|auth|private|cert|dsn|salt"
-    r"|cookie|session|signature|license",
-    re.I,
-)
-_URL_PASSWORD = re.compile(r"\w[\w+.-]*://[^\s:/@]*:([^\s@/]+)@")
 _PLAIN = re.compile(
     r"[+-]?\d+(?:\.\d+)?|v?\d+(?:\.\d+)+(?:-[0-9A-Za-z.]+)?|true|false|yes|no|on|off|null|none",
     re.I,
@@ -96,14 +95,18 @@ class Redactor:
             text = text.replace(secret, MASK)
         if self._pattern is not None:
             text = self._pattern.sub(MASK, text)
-        return text
+        return mask_text(text)
 
     def redact_value(self, value: Any) -> Any:
-        """A copy of a JSON-like value (a task result) with every string redacted."""
+        """A copy of a JSON-like value (a task result) with every string redacted and the
+        value under every secret name masked."""
         if isinstance(value, str):
             return self.redact(value)
         if isinstance(value, dict):
-            return {key: self.redact_value(item) for key, item in value.items()}
+            return {
+                key: MASK if item is not None and is_secret_name(key) else self.redact_value(item)
+                for key, item in value.items()
+            }
         if isinstance(value, list | tuple):
             return [self.redact_value(item) for item in value]
         return value
@@ -129,9 +132,9 @@ def _add(found: set[str], value: str) -> None:
     for candidate in candidates:
         if len(candidate) >= MIN_LENGTH:
             found.add(candidate)
-    for match in _URL_PASSWORD.finditer(value):
-        if len(match.group(1)) >= MIN_LENGTH:
-            found.add(match.group(1))
+    for password in url_passwords(value):
+        if len(password) >= MIN_LENGTH:
+            found.add(password)
 
 
 def _env_secrets(text: str) -> Iterator[str]:
@@ -149,10 +152,10 @@ def _env_secrets(text: str) -> Iterator[str]:
         elif " #" in raw:
             values.append(raw.split(" #", 1)[0].rstrip())
         for value in values:
-            if SECRET_KEY.search(key) or not _PLAIN.fullmatch(value):
+            if is_secret_name(key) or not _PLAIN.fullmatch(value):
                 yield value
             else:
-                yield from (m.group(1) for m in _URL_PASSWORD.finditer(value))
+                yield from url_passwords(value)
 
 
 def _values_secrets(text: str) -> Iterator[str]:
@@ -185,7 +188,7 @@ def _walk(tree: Any) -> Iterator[str]:
             seen.add(id(node))
             items = node.items() if isinstance(node, dict) else ((None, v) for v in node)
             for key, item in items:
-                named = secret or (key is not None and bool(SECRET_KEY.search(str(key))))
+                named = secret or (key is not None and is_secret_name(key))
                 stack.append((item, named))
             continue
         if node is None or isinstance(node, bool):
@@ -194,7 +197,7 @@ def _walk(tree: Any) -> Iterator[str]:
         if secret or _looks_generated(value):
             yield value
         else:
-            yield from (m.group(1) for m in _URL_PASSWORD.finditer(value))
+            yield from url_passwords(value)
 
 
 def _scan_lines(text: str) -> Iterator[str]:
@@ -208,10 +211,10 @@ def _scan_lines(text: str) -> Iterator[str]:
             value = value[1:-1]
         if value in ("|", ">", "|-", ">-") or value.startswith(("&", "*")):
             continue
-        if SECRET_KEY.search(key) or _looks_generated(value):
+        if is_secret_name(key) or _looks_generated(value):
             yield value
         else:
-            yield from (m.group(1) for m in _URL_PASSWORD.finditer(value))
+            yield from url_passwords(value)
 
 
 def _looks_generated(value: str) -> bool:

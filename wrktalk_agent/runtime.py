@@ -74,6 +74,11 @@ class Agent:
         metrics.AGENT_INFO.info({"version": __version__, "agent_id": self.settings.agent_id})
         #: monotonic time of the last refresh of the pending/live-release metrics
         self._metrics_refreshed = -math.inf
+        #: the server generation whose WAL timeline was last recorded (failover check)
+        self._timeline_epoch: int | None = None
+        #: work dirs found at start-up that a live lease still covered: looked at again
+        self._leftover_dirs: dict[uuid.UUID, list[Path]] = {}
+        self._leftovers_checked = -math.inf
 
     # -- signals -----------------------------------------------------------------------
     def install_signal_handlers(self) -> None:
@@ -141,6 +146,7 @@ class Agent:
             self.wake.clear()
             sent = time.monotonic()
             try:
+                await self._check_failover()
                 polled = await self.repo.poll(
                     self.settings.agent_id,
                     self.settings.takeover_after_seconds,
@@ -184,11 +190,32 @@ class Agent:
                 continue
             if once:
                 break
+            await self._recheck_leftover_dirs()
             timeout = self.settings.poll_interval
-            if polled.next_due_in is not None:
-                timeout = max(0.0, min(timeout, polled.next_due_in + 0.005))
+            for due_in in (polled.next_due_in, polled.lease_ends_in):
+                # a task due, or a lease (or failover quiet period) over: poll right then
+                if due_in is not None:
+                    timeout = max(0.0, min(timeout, due_in + 0.005))
             await self._sleep(timeout)
         return EXIT_OK
+
+    async def _check_failover(self) -> None:
+        """Once per server the agent's connections reach: record the primary's WAL
+        timeline. A new one means a standby was promoted, which may have lost claims made
+        on the old primary: for a lease and its margin, no agent claims or takes over a
+        task (the owner of a lost claim stops its deploy within that time)."""
+        epoch = self.repo.server.epoch
+        if self._timeline_epoch == epoch:
+            return
+        quiet = await self.repo.failover_check(self.settings.takeover_after_seconds)
+        self._timeline_epoch = epoch
+        if quiet > 0:
+            self.log.warning(
+                "failover.quiet",
+                detail="the primary's timeline changed (a standby was promoted): no claims "
+                "until any owner of a lost claim has stopped",
+                seconds=round(quiet, 1),
+            )
 
     async def _refresh_metrics(self) -> None:
         """Pending tasks and the live release for /metrics, at most every 10 s."""
@@ -242,7 +269,7 @@ class Agent:
             if not job.done():
                 await self._drain(job)
             try:
-                return job.result()
+                outcome = job.result()
             except Exception as exc:  # e.g. the outcome write hit a constraint: keep running;
                 # the task's lease runs out and the next poll recovers it
                 self.log.error("task.crashed", task_id=str(task.id), error=describe(exc))
@@ -250,8 +277,42 @@ class Agent:
         finally:
             self.running = None
             metrics.task_ended()
+            process.reap_adopted()
             self._metrics_refreshed = -math.inf  # the live release may have changed
             self.deliverer.wake.set()
+        if outcome == TaskOutcome.FENCED and not recovery and not self.stop_event.is_set():
+            return await self._recover_lost_claim(task)
+        return outcome
+
+    async def _recover_lost_claim(self, task: Task) -> str:
+        """After a fence: if the task is pending again, a failover lost our claim (the
+        promoted standby never received it) though our deploy ran until it was stopped.
+        Take it back for recovery rather than let it run again from the start. Other
+        agents claim nothing during the failover's quiet period (a lease and its margin),
+        which is the time we have to get through to the new primary."""
+        deadline = time.monotonic() + self.settings.takeover_after_seconds
+        attempt = 0
+        while time.monotonic() < deadline and not self.stop_event.is_set():
+            try:
+                if await self.repo.task_status(task.id) != "pending":
+                    return TaskOutcome.FENCED
+                sent = time.monotonic()
+                again = await self.repo.claim_lost_in_failover(
+                    task.id,
+                    self.settings.agent_id,
+                    self.settings.takeover_after_seconds,
+                    claim_token=uuid.uuid4(),
+                )
+            except POLL_ERRORS as exc:
+                attempt += 1
+                self.log.warning("task.claim_check_failed", error=describe(exc))
+                await asyncio.sleep(min(1.0, 0.1 * 2**attempt))
+                continue
+            if again is None:
+                return TaskOutcome.FENCED
+            self.log.warning("task.claim_lost", task_id=str(task.id), next="recovery")
+            return await self._execute(again, sent, recovery=True)
+        return TaskOutcome.FENCED
 
     async def _drain(self, job: asyncio.Task[TaskOutcome]) -> None:
         grace = self.settings.shutdown_grace
@@ -269,6 +330,7 @@ class Agent:
         """Refuse a second live process with our id, delete work dirs of dead tasks, and
         clear maintenance whose owning task has ended."""
         await self.check_identity()
+        process.start_janitor()
         await self.clean_work_dirs()
         await maintenance.reconcile_at_startup(self.services, self.log)
 
@@ -308,25 +370,49 @@ class Agent:
 
     async def clean_work_dirs(self) -> None:
         """Securely delete work dirs (and the secrets in them) of tasks that no live
-        agent is running: left by a crash."""
+        agent is running: left by a crash. A task still leased to our own agent id is an
+        earlier process of ours, dead (a live one would have been refused), whose commands
+        the watchdog stopped: its dirs go too. Dirs of tasks another live agent holds are
+        looked at again later (:meth:`_recheck_leftover_dirs`), so that secrets do not
+        stay behind when that task is recovered on another host."""
         base: Path = self.settings.work_dir
         if not base.is_dir():
             return
         found: dict[uuid.UUID, list[Path]] = {}
         for path in base.iterdir():
             match = _WORKDIR.match(path.name)
-            if match and path.is_dir():
+            if match and path.is_dir() and not path.is_symlink():
                 found.setdefault(uuid.UUID(match.group(1)), []).append(path)
+        self._leftover_dirs = await self._delete_unleased(found)
+
+    async def _delete_unleased(
+        self, found: dict[uuid.UUID, list[Path]]
+    ) -> dict[uuid.UUID, list[Path]]:
+        """Delete the dirs of tasks nobody else runs; returns those still in use."""
         if not found:
-            return
-        leased = await self.repo.task_leases(list(found), self.settings.takeover_after_seconds)
+            return {}
+        leases = await self.repo.task_leases(list(found), self.settings.takeover_after_seconds)
+        running = self.running.task.id if self.running is not None else None
+        kept: dict[uuid.UUID, list[Path]] = {}
         for task_id, paths in found.items():
-            if leased.get(task_id):
+            leased, holder = leases.get(task_id, (False, None))
+            if task_id == running or (leased and holder != self.settings.agent_id):
+                kept[task_id] = paths
                 continue
             for path in paths:
                 for problem in secure_delete(path):
                     self.log.warning("workdir.delete_failed", problem=problem)
             self.log.info("workdir.deleted", task_id=str(task_id), reason="left by a dead task")
+        return kept
+
+    async def _recheck_leftover_dirs(self) -> None:
+        """At most every 10 s while some are left: delete dirs whose task has ended."""
+        if not self._leftover_dirs or time.monotonic() - self._leftovers_checked < 10.0:
+            return
+        self._leftovers_checked = time.monotonic()
+        with contextlib.suppress(*POLL_ERRORS):
+            left = {t: [p for p in ps if p.exists()] for t, ps in self._leftover_dirs.items()}
+            self._leftover_dirs = await self._delete_unleased({t: p for t, p in left.items() if p})
 
     # -- LISTEN ----------------------------------------------------------------------------
     async def _listen(self) -> None:

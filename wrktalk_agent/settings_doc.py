@@ -43,6 +43,8 @@ __all__ = ["env_names", "render_settings_table", "update_document"]
 #: (Paths under the temp directory are handled generically: ``$TMPDIR/...``.)
 _MACHINE_DEPENDENT: dict[tuple[type[BaseSettings], str], str] = {
     (AgentSettings, "agent_id"): "`<hostname>-<pid>`",
+    (AgentSettings, "work_dir"): "`/var/lib/wrktalk-agent/work` as root, else "
+    "`$XDG_STATE_HOME/wrktalk-agent/work`",
 }
 
 _BLOCK = re.compile(

@@ -1,10 +1,28 @@
-"""Ed25519 release signatures.
+"""Ed25519 release signatures over everything that shapes a deploy.
 
-A signature covers the release's sha256 *and* its version, so a validly signed artifact
-cannot be replayed under another version (e.g. an old, vulnerable build stored as a new
-version number). The signed message is::
+A signature covers a *manifest* of every field of ``release_artifact`` the agent uses:
 
-    b"wrktalk-release-v1\\n" + version + b"\\n" + sha256 as lowercase hex
+========================  ===================================================
+``artifact``              sha256 of ``artifact_data`` (lowercase hex)
+``version``               ``release_version``
+``chart_type``            ``chart_type``
+``env_data``              sha256 of the ``.env`` text (UTF-8), or ``null`` when absent
+``values_data``           sha256 of the ``values.yaml`` text, or ``null`` when absent
+========================  ===================================================
+
+Absent is not empty: a signed release without ``.env`` cannot be given one, and an empty
+one cannot be removed. The signed bytes are :data:`SCHEME` and a newline, followed by the
+manifest as JSON with sorted keys and no spaces (:meth:`Manifest.message`).
+
+``release_artifact.signature`` stores a JSON document: the scheme, the manifest (so a
+refusal can name the field that changed) and one or more signatures, each with the id of
+the key that made it (:func:`key_id`). Several signatures let a vendor and an installation
+both sign, and let a key be rotated without a moment where releases verify with neither.
+A release verifies when a signature by any trusted key verifies over the stored manifest
+*and* the manifest matches the row as it is now.
+
+Signatures of the first scheme (``wrktalk-release-v1``: a bare base64 signature over the
+sha256 and the version only) are refused with the fix named: ``release sign`` re-signs.
 
 Trusted public keys come from ``WRKTALK_AGENT_TRUSTED_KEYS``: each entry is PEM text, a
 base64 raw 32-byte key, or a path to a file holding either.
@@ -14,9 +32,13 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
+import json
 import re
 from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
@@ -26,49 +48,221 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from wrktalk_agent.interfaces import validate_version
 
 __all__ = [
+    "SCHEME",
+    "Manifest",
+    "SignatureError",
+    "Verified",
     "generate_keypair",
+    "key_id",
     "load_private_key",
     "load_trusted_keys",
-    "release_message",
-    "sign_release",
+    "sign_manifest",
+    "signed_manifest",
+    "text_digest",
     "verify_release",
 ]
 
-MESSAGE_PREFIX = b"wrktalk-release-v1\n"
-_SHA256_HEX = re.compile(r"^[0-9a-fA-F]{64}$")
+SCHEME = "wrktalk-release-v2"
+_SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
+#: Manifest fields and the ``release_artifact`` columns they stand for (named in refusals).
+FIELD_COLUMNS: dict[str, str] = {
+    "artifact": "artifact_data",
+    "version": "release_version",
+    "chart_type": "chart_type",
+    "env_data": "env_data",
+    "values_data": "values_data",
+}
 
 
-def release_message(sha256_hex: str, version: str) -> bytes:
-    """The exact bytes that are signed for ``version`` with digest ``sha256_hex``."""
-    if not _SHA256_HEX.fullmatch(sha256_hex):
-        raise ValueError(f"not a sha256 hex digest: {sha256_hex!r}")
-    validate_version(version)
-    return MESSAGE_PREFIX + version.encode() + b"\n" + sha256_hex.lower().encode()
+class SignatureError(ValueError):
+    """A release cannot be trusted; the message names why and, when it can, the fix."""
 
 
-def sign_release(private_key: Ed25519PrivateKey, sha256_hex: str, version: str) -> str:
-    """The base64 signature to store in ``release_artifact.signature``."""
-    signature = private_key.sign(release_message(sha256_hex, version))
-    return base64.b64encode(signature).decode("ascii")
+def text_digest(text: str | None) -> str | None:
+    """sha256 (hex) of a ``.env`` or ``values.yaml`` text; ``None`` stays ``None``."""
+    if text is None:
+        return None
+    return hashlib.sha256(text.encode("utf-8", errors="surrogatepass")).hexdigest()
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """What a release signature vouches for (see the module docstring)."""
+
+    artifact: str
+    version: str
+    chart_type: str
+    env_data: str | None
+    values_data: str | None
+
+    @classmethod
+    def of(
+        cls,
+        *,
+        artifact_sha256: str,
+        version: str,
+        chart_type: str,
+        env_data: str | None,
+        values_data: str | None,
+    ) -> Manifest:
+        """The manifest of a release's fields (``env_data``/``values_data`` as text)."""
+        return cls(
+            artifact=artifact_sha256.strip().lower(),
+            version=version,
+            chart_type=str(chart_type),
+            env_data=text_digest(env_data),
+            values_data=text_digest(values_data),
+        )
+
+    @classmethod
+    def from_json(cls, data: Any) -> Manifest:
+        if not isinstance(data, dict) or set(data) != set(FIELD_COLUMNS):
+            raise ValueError(
+                f"the manifest must have exactly the fields {', '.join(FIELD_COLUMNS)}"
+            )
+        for name in ("artifact", "version", "chart_type"):
+            if not isinstance(data[name], str):
+                raise ValueError(f"manifest field {name} is not text")
+        for name in ("artifact", "env_data", "values_data"):
+            value = data[name]
+            if value is not None and (not isinstance(value, str) or not _SHA256_HEX.match(value)):
+                raise ValueError(f"manifest field {name} is not a sha256 hex digest")
+        if data["artifact"] is None:
+            raise ValueError("manifest field artifact is empty")
+        return cls(**data)
+
+    def message(self) -> bytes:
+        """The exact bytes that are signed."""
+        if not _SHA256_HEX.match(self.artifact):
+            raise ValueError(f"not a sha256 hex digest: {self.artifact!r}")
+        validate_version(self.version)
+        body = json.dumps(asdict(self), sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+        return SCHEME.encode() + b"\n" + body.encode()
+
+    def differences(self, other: Manifest) -> list[str]:
+        """The columns whose value differs between ``self`` and ``other``."""
+        return [
+            column
+            for name, column in FIELD_COLUMNS.items()
+            if getattr(self, name) != getattr(other, name)
+        ]
+
+    def describe(self) -> str:
+        """What a signature over this manifest vouches for, in words."""
+        env = "env" if self.env_data is not None else "env (absent)"
+        values = "values" if self.values_data is not None else "values (absent)"
+        return f"artifact, version, chart type, {env} and {values}"
+
+
+@dataclass(frozen=True)
+class Verified:
+    """A verified release: which trusted key signed it, and what was covered."""
+
+    key: str
+    manifest: Manifest
+
+    def describe(self) -> str:
+        """For the timeline: exactly what was verified, never more."""
+        return f"{self.manifest.describe()} signed by key {self.key}"
+
+
+def key_id(key: Ed25519PublicKey | Ed25519PrivateKey) -> str:
+    """A short name of a key: ``ed25519:`` and 16 hex digits of the sha256 of its raw
+    public bytes (what ``release keygen`` prints and refusals show)."""
+    public = key.public_key() if isinstance(key, Ed25519PrivateKey) else key
+    raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return "ed25519:" + hashlib.sha256(raw).hexdigest()[:16]
+
+
+def sign_manifest(
+    private_key: Ed25519PrivateKey, manifest: Manifest, existing: str | None = None
+) -> str:
+    """The text to store in ``release_artifact.signature``. When ``existing`` is a
+    document over the same manifest, its other keys' signatures are kept (co-signing,
+    rotation); this key's earlier signature is replaced."""
+    signatures: list[dict[str, str]] = []
+    previous = _parse_document(existing) if existing else None
+    if previous is not None and previous[0] == manifest:
+        signatures = [s for s in previous[1] if s.get("key") != key_id(private_key)]
+    signature = base64.b64encode(private_key.sign(manifest.message())).decode("ascii")
+    signatures.append({"key": key_id(private_key), "sig": signature})
+    document = {"scheme": SCHEME, "manifest": asdict(manifest), "signatures": signatures}
+    return json.dumps(document, sort_keys=True, separators=(",", ":"))
+
+
+def signed_manifest(stored: str | None) -> tuple[Manifest, list[str]] | None:
+    """The manifest and the signing key ids of a stored document (``None`` when
+    ``stored`` is not a readable document of the current scheme), unverified."""
+    parsed = _parse_document(stored) if stored else None
+    if parsed is None:
+        return None
+    return parsed[0], [s.get("key", "?") for s in parsed[1]]
 
 
 def verify_release(
-    keys: Sequence[Ed25519PublicKey], signature_b64: str, sha256_hex: str, version: str
-) -> bool:
-    """True when any of ``keys`` signed this digest and version. Malformed input is
-    simply not a valid signature (False), never an exception."""
+    keys: Sequence[Ed25519PublicKey], stored: str | None, actual: Manifest
+) -> Verified:
+    """Check a stored signature against the release's fields as they are now. Raises
+    :class:`SignatureError` naming the problem; never another exception for bad input."""
+    version = actual.version
+    if not stored or not stored.strip():
+        raise SignatureError(f"release {version} is not signed and trusted keys are configured")
+    text = stored.strip()
+    if not text.startswith("{"):
+        raise SignatureError(
+            f"release {version} has a signature of the old scheme, which covers only the "
+            "artifact and the version (not chart type, env or values); re-sign it: "
+            f"wrktalk-agent release sign {version} --sign-key KEY"
+        )
     try:
-        signature = base64.b64decode(signature_b64.strip(), validate=True)
-        message = release_message(sha256_hex, version)
-    except (ValueError, binascii.Error):
-        return False
-    for key in keys:
-        try:
-            key.verify(signature, message)
-        except InvalidSignature:
+        manifest, signatures = _load_document(text)
+    except ValueError as exc:
+        raise SignatureError(f"release {version}: the signature is unreadable: {exc}") from None
+    by_id = {key_id(key): key for key in keys}
+    signer = None
+    for entry in signatures:
+        key = by_id.get(entry.get("key", ""))
+        if key is None:
             continue
-        return True
-    return False
+        try:
+            key.verify(base64.b64decode(entry.get("sig", ""), validate=True), manifest.message())
+        except (InvalidSignature, ValueError, binascii.Error):
+            continue
+        signer = entry["key"]
+        break
+    if signer is None:
+        raise SignatureError(f"release {version}: signature does not verify with any trusted key")
+    changed = manifest.differences(actual)
+    if changed:
+        raise SignatureError(
+            f"release {version}: {', '.join(changed)} changed after signing "
+            f"(the signature by key {signer} covers other content); re-sign the release "
+            "if the change is intended"
+        )
+    return Verified(signer, manifest)
+
+
+def _load_document(text: str) -> tuple[Manifest, list[dict[str, str]]]:
+    try:
+        document = json.loads(text)
+    except ValueError:
+        raise ValueError("not JSON") from None
+    if not isinstance(document, dict) or document.get("scheme") != SCHEME:
+        raise ValueError(f"not a {SCHEME} document")
+    manifest = Manifest.from_json(document.get("manifest"))
+    signatures = document.get("signatures")
+    if not isinstance(signatures, list) or not all(
+        isinstance(s, dict) and all(isinstance(v, str) for v in s.values()) for s in signatures
+    ):
+        raise ValueError("signatures must be a list of {key, sig} objects")
+    return manifest, signatures
+
+
+def _parse_document(text: str | None) -> tuple[Manifest, list[dict[str, str]]] | None:
+    try:
+        return _load_document(text or "")
+    except ValueError:
+        return None
 
 
 def generate_keypair() -> tuple[bytes, bytes]:

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import json
 import os
 import time
+from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from wrktalk_agent.config import AgentSettings
+from wrktalk_agent.testing import add_release
 
 SUPPORT = Path(__file__).parent
 
@@ -90,3 +94,53 @@ async def blocking_release(repo: Any, tmp_path: Path, version: str = "1.0.0") ->
     behaviour = {"started": str(started), "wait_for": str(go)}
     release = await add_release(repo, version, {"behaviour.json": json.dumps(behaviour)})
     return release, started, go
+
+
+#: Records that mean "a process of this task's deploy is running now".
+RUNNING_PHASES = ("child-start", "sample", "child-end", "daemon-sample", "background-sample")
+
+
+# -- reading the deploys' records --------------------------------------------------------------
+def deploy_spans(recording: Recording) -> dict[str, tuple[float, float]]:
+    """Per task: first and last moment any of its deploy processes was seen running
+    (escaped descendants included: a daemon or a background child it started)."""
+    seen: dict[str, list[float]] = defaultdict(list)
+    for record in recording.records():
+        if record["phase"] in RUNNING_PHASES:
+            seen[record["task"]].append(record["at"])
+    return {task: (min(times), max(times)) for task, times in seen.items()}
+
+
+def assert_no_overlap(recording: Recording) -> None:
+    spans = sorted(deploy_spans(recording).values())
+    for (_, end), (start, _) in itertools.pairwise(spans):
+        assert start >= end, f"two deploys overlapped by {end - start:.3f}s"
+
+
+def samples_without_maintenance(recording: Recording) -> list[dict[str, Any]]:
+    return [r for r in recording.records("sample") if not r["maintenance"]]
+
+
+def child_starts(recording: Recording, task: str) -> list[dict[str, Any]]:
+    return [r for r in recording.records("child-start") if r["task"] == task]
+
+
+async def wait_for_status(repo: Any, task_id: Any, statuses: set[str], timeout: float) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        task = await repo.get_task(task_id)
+        if task.status in statuses:
+            return task
+        assert time.monotonic() < deadline, f"task {task_id} still {task.status}"
+        await asyncio.sleep(0.1)
+
+
+async def child_release(repo: Any, version: str, seconds: float, **kwargs: Any) -> Any:
+    return await add_release(
+        repo, version, {"behaviour.json": json.dumps({"child": seconds})}, **kwargs
+    )
+
+
+def work_dirs_of(settings: Any, task_id: Any) -> list[Path]:
+    base = Path(settings.work_dir)
+    return list(base.glob(f"task-{task_id}-*")) if base.exists() else []

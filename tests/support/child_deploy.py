@@ -6,6 +6,11 @@ file (what the target now runs) and records ``end``. Records are JSON lines appe
 O_APPEND, so several agents' deploys can share one log. If the deploy's process group is
 killed, sampling stops: a sample after a kill, or two deploys' samples interleaved, is
 what the tests look for.
+
+Optional escapes, to prove they cannot outlive a fenced or killed deploy: ``daemon``
+(seconds) double-forks a ``setsid`` process that records ``daemon-sample`` lines, the way
+a release's script would start a daemon; ``background`` (seconds) leaves a sampler in the
+deploy's process group that keeps running after the deploy's own process has exited.
 """
 
 import json
@@ -36,10 +41,32 @@ def record(log: str, **fields: object) -> None:
         os.close(fd)
 
 
+def escape(log: str, task: str, phase: str, seconds: float, *, detach: bool) -> None:
+    """Fork a process that records ``phase`` every 20 ms for ``seconds``; with ``detach``
+    it double-forks into a session of its own (a daemon), else it stays in our group."""
+    if os.fork() != 0:
+        if detach:
+            os.wait()  # the intermediate process exits at once
+        return
+    if detach:
+        os.setsid()
+        if os.fork() != 0:
+            os._exit(0)
+    until = time.time() + seconds
+    while time.time() < until:
+        record(log, phase=phase, task=task, pgid=os.getpgid(0))
+        time.sleep(0.02)
+    os._exit(0)
+
+
 def main() -> None:
     args = json.loads(sys.argv[1])
     log, task, version = args["log"], args["task"], args["version"]
     record(log, phase="child-start", task=task, version=version, pgid=os.getpgid(0))
+    if args.get("daemon"):
+        escape(log, task, "daemon-sample", float(args["daemon"]), detach=True)
+    if args.get("background"):
+        escape(log, task, "background-sample", float(args["background"]), detach=False)
     until = time.time() + float(args["seconds"])
     sampler = subprocess.Popen([sys.executable, "-c", SAMPLER, log, args["flag"], task, str(until)])
     sampler.wait()

@@ -111,6 +111,8 @@ class RecordingDeployer:
                 "task": str(request.task_id),
                 "version": request.release.version,
                 "seconds": float(behaviour["child"]),
+                "daemon": behaviour.get("daemon"),
+                "background": behaviour.get("background"),
             }
             result = await run([sys.executable, str(CHILD_DEPLOY), json.dumps(args)])
             if not result.ok:

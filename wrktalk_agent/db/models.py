@@ -237,3 +237,5 @@ class PollResult(_Row):
     rejected: list[tuple[UUID, str]] = []
     #: seconds until the nearest future ``execute_after``, if any
     next_due_in: float | None = None
+    #: seconds until the running task's lease (or a failover's quiet period) ends
+    lease_ends_in: float | None = None

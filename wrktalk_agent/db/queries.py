@@ -44,7 +44,9 @@ _SQL_EVENT = """jsonb_build_object(
 # + STALE_MARGIN, also used for rows that recorded none), $6 claim token, $7 instance id,
 # $8 notifier names, $9 installation name.
 POLL = f"""
-WITH polled AS (
+WITH quiet AS (
+    SELECT f.quiet_until FROM agent_failover f WHERE f.quiet_until > now()
+), polled AS (
     UPDATE deployment_config SET last_agent_poll = now()
 ), bad AS (
     SELECT r.id,
@@ -88,6 +90,7 @@ WITH polled AS (
     WHERE t.status = 'inProgress'
       AND coalesce(t.last_heartbeat, t.picked_up_at, t.created_at, '-infinity')
           < now() - make_interval(secs => coalesce(t.lease_seconds, $5))
+      AND NOT EXISTS (SELECT 1 FROM quiet)
     RETURNING {TASK_COLUMNS}
 ), candidate AS (
     SELECT c.id FROM agent_task c
@@ -95,6 +98,7 @@ WITH polled AS (
       AND c.type IN ('deploy', 'rollback')
       AND (c.execute_after IS NULL OR (isfinite(c.execute_after) AND c.execute_after <= now()))
       AND NOT EXISTS (SELECT 1 FROM agent_task r WHERE r.status = 'inProgress')
+      AND NOT EXISTS (SELECT 1 FROM quiet)
     ORDER BY c.created_at, c.id
     LIMIT 1
     FOR UPDATE SKIP LOCKED
@@ -124,7 +128,17 @@ SELECT
     (SELECT extract(epoch FROM min(p.execute_after) - clock_timestamp())::float8
        FROM agent_task p
       WHERE p.status = 'pending' AND p.execute_after > now() AND isfinite(p.execute_after))
-        AS next_due_in
+        AS next_due_in,
+    -- when the running task's lease (or a failover's quiet period) ends: a standby polls
+    -- then, not a whole poll interval later
+    (SELECT extract(epoch FROM least(
+                (SELECT min(q.quiet_until) FROM quiet q),
+                (SELECT min(coalesce(r.last_heartbeat, r.picked_up_at, r.created_at)
+                            + make_interval(secs => coalesce(r.lease_seconds, $5)))
+                   FROM agent_task r
+                  WHERE r.status = 'inProgress' AND isfinite(r.last_heartbeat)
+                    AND r.lease_seconds BETWEEN 0 AND 86400))
+            - clock_timestamp())::float8) AS lease_ends_in
 """
 
 # Renew the lease; the same statement says this process is alive.
@@ -139,6 +153,43 @@ WITH renewed AS (
     WHERE agent_id = $3 AND instance_id = $4
 )
 SELECT id FROM renewed
+"""
+
+# Our claim was lost with a failover (the promoted standby never received it) and the task
+# is pending again: take it for recovery, so that whatever our deploy changed is found out
+# instead of the task being run again from the start.
+# $1 task, $2 agent id, $3 claim token, $4 lease seconds.
+RECLAIM_FOR_RECOVERY = f"""
+UPDATE agent_task t
+SET status = 'inProgress', claimed_by = $2, claim_token = $3, lease_seconds = $4,
+    picked_up_at = coalesce(t.picked_up_at, now()), last_heartbeat = now(), recovery = true,
+    error_message = 'abandoned: the claim of agent ' || $2::text
+        || ' was lost in a database failover (the promoted standby had not received it) '
+        || 'while its ' || t.type || ' ran'
+WHERE t.id = $1 AND t.status = 'pending'
+RETURNING {TASK_COLUMNS}
+"""
+
+# After a connection reached a server it had not seen: record the primary's WAL timeline;
+# a new timeline (a promoted standby) starts a quiet period of $1 seconds in which no task
+# is claimed or taken over. Returns the seconds left of a quiet period (0: none).
+FAILOVER_CHECK = """
+WITH seen AS (
+    SELECT substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8) AS timeline
+), recorded AS (
+    INSERT INTO agent_failover AS f (id, timeline, changed_at, quiet_until)
+    SELECT 1, seen.timeline, now(), '-infinity' FROM seen
+    ON CONFLICT (id) DO UPDATE
+        SET timeline = EXCLUDED.timeline, changed_at = now(),
+            quiet_until = now() + make_interval(secs => $1)
+        WHERE f.timeline IS DISTINCT FROM EXCLUDED.timeline
+    RETURNING f.quiet_until
+)
+SELECT coalesce((
+    SELECT extract(epoch FROM u.quiet_until - now())::float8
+    FROM (SELECT coalesce((SELECT quiet_until FROM recorded),
+                          (SELECT quiet_until FROM agent_failover WHERE id = 1)) AS quiet_until) u
+    WHERE u.quiet_until > now() AND isfinite(u.quiet_until)), 0)
 """
 
 FINISH_TASK = f"""
@@ -262,10 +313,12 @@ INSERT_NOTIFICATIONS = """
 INSERT INTO agent_notification (task_id, notifier, event)
 SELECT $1, n.name, $3::jsonb FROM unnest($2::text[]) AS n(name)
 """
-# Due notifications for the notifiers this agent has, locked for $2 seconds.
+# Due notifications for the notifiers this agent has, leased for $2 seconds under a new
+# token each; age: seconds since the notification was promised (the database's clock).
 CLAIM_NOTIFICATIONS = """
 UPDATE agent_notification n
-SET locked_by = $1, locked_until = now() + make_interval(secs => $2), attempts = n.attempts + 1
+SET locked_by = $1, locked_until = now() + make_interval(secs => $2),
+    lease_token = gen_random_uuid(), attempts = n.attempts + 1
 FROM (
     SELECT d.id FROM agent_notification d
     WHERE d.status = 'pending' AND d.next_attempt_at <= now()
@@ -276,17 +329,106 @@ FROM (
     FOR UPDATE SKIP LOCKED
 ) due
 WHERE n.id = due.id
-RETURNING n.id, n.task_id, n.notifier, n.event, n.attempts
+RETURNING n.id, n.task_id, n.notifier, n.event, n.attempts, n.lease_token,
+    extract(epoch FROM now() - n.created_at)::float8 AS age
 """
-# $1 id, $2 agent id, $3 status, $4 deliveries, $5 seconds until the next attempt.
+# Keep the lease ($1 id, $2 token) for $3 more seconds; no row: it was taken away.
+RENEW_NOTIFICATION = """
+UPDATE agent_notification SET locked_until = now() + make_interval(secs => $3)
+WHERE id = $1 AND lease_token = $2 AND status = 'pending'
+RETURNING id
+"""
+_LEASED = "SELECT 1 FROM agent_notification WHERE id = $1 AND lease_token = $2"
+# A send that began ('sending') and never got an answer recorded — its agent was cut off
+# by NOTIFY_TIMEOUT, stopped, died or froze — may have arrived: the recipient gets one
+# repeat, or none when this was already the repeat. Run by the lease holder ($1, $2)
+# when it takes a notification and when it ends its attempt.
+SETTLE_UNANSWERED = f"""
+UPDATE agent_notification_recipient
+SET state = CASE WHEN unsure >= 2 THEN 'unknown' ELSE 'pending' END,
+    detail = 'outcome unknown: no answer after the message was sent ('
+             || CASE WHEN unsure >= 2 THEN 'sent twice, not repeated again'
+                     ELSE 'it will be repeated once' END || ')',
+    updated_at = now()
+WHERE notification_id = $1 AND state = 'sending' AND EXISTS ({_LEASED})
+"""
+NOTIFICATION_RECIPIENTS = """
+SELECT recipient, state, unsure, sends, attempts, detail FROM agent_notification_recipient
+WHERE notification_id = $1 ORDER BY recipient
+"""
+# The point of no return for one recipient ($2) of notification $1, under lease token $3:
+# allowed while the lease holds (extended by $4 seconds here) and fewer than two sends to
+# this recipient have an unknown outcome. Returns the send's number, or no row: don't send.
+BEGIN_SEND = """
+WITH lease AS (
+    UPDATE agent_notification SET locked_until = now() + make_interval(secs => $4)
+    WHERE id = $1 AND lease_token = $3 AND status = 'pending'
+    RETURNING id
+)
+INSERT INTO agent_notification_recipient AS r
+    (notification_id, recipient, state, unsure, sends, send_token, detail)
+SELECT id, $2, 'sending', 1, 1, $3, 'sending' FROM lease
+ON CONFLICT (notification_id, recipient) DO UPDATE
+SET state = 'sending', unsure = r.unsure + 1, sends = r.sends + 1, send_token = $3,
+    detail = 'sending', updated_at = now()
+WHERE r.state IN ('pending', 'sending') AND r.unsure < 2
+RETURNING r.sends
+"""
+# One recipient's outcome ($4: delivered | temporary | permanent | unknown, $5 detail,
+# $6 attempts the notifier made), while lease token $3 holds notification $1. A send in
+# flight ('sending') ends with it; settled recipients are never changed again.
+REPORT_DELIVERY = """
+INSERT INTO agent_notification_recipient AS r
+    (notification_id, recipient, state, unsure, detail, attempts)
+SELECT n.id, $2,
+    CASE $4::text WHEN 'delivered' THEN 'delivered' WHEN 'permanent' THEN 'failed'
+         ELSE 'pending' END,
+    CASE WHEN $4::text = 'unknown' THEN 1 ELSE 0 END, $5, $6
+FROM agent_notification n WHERE n.id = $1 AND n.lease_token = $3
+ON CONFLICT (notification_id, recipient) DO UPDATE
+SET state = CASE
+        WHEN $4::text = 'delivered' THEN 'delivered'
+        WHEN $4::text = 'permanent' THEN 'failed'
+        WHEN $4::text = 'unknown'
+             AND r.unsure + CASE WHEN r.state = 'sending' THEN 0 ELSE 1 END >= 2
+             THEN 'unknown'
+        ELSE 'pending' END,
+    unsure = r.unsure + CASE
+        WHEN r.state = 'sending' THEN CASE WHEN $4::text = 'unknown' THEN 0 ELSE -1 END
+        ELSE CASE WHEN $4::text = 'unknown' THEN 1 ELSE 0 END END,
+    detail = $5, attempts = r.attempts + $6, updated_at = now()
+WHERE r.state IN ('pending', 'sending')
+RETURNING r.state
+"""
+LOCK_LEASED_NOTIFICATION = _LEASED + " FOR UPDATE"
+# Recipients the notifier no longer names (an admin made inactive between attempts).
+DROP_RECIPIENTS = """
+UPDATE agent_notification_recipient
+SET state = 'dropped', detail = 'no longer a recipient: ' || detail, updated_at = now()
+WHERE notification_id = $1 AND recipient = ANY($2::text[]) AND state = 'pending'
+"""
+# The final deadline passed: whoever is still waiting for a retry is given up.
+GIVE_UP_RECIPIENTS = """
+UPDATE agent_notification_recipient
+SET state = 'failed', detail = 'gave up at the deadline; last: ' || detail, updated_at = now()
+WHERE notification_id = $1 AND state = 'pending'
+"""
+# $1 id, $2 lease token, $3 status, $4 deliveries, $5 seconds until the next attempt;
+# with the same lease, a line in the task's timeline ($6 status, $7 message, $8 agent id;
+# none when $7 is NULL).
 FINISH_NOTIFICATION = """
 WITH done AS (
     UPDATE agent_notification
     SET status = $3, deliveries = $4, locked_by = NULL, locked_until = NULL,
+        lease_token = NULL,
         finished_at = CASE WHEN $3 <> 'pending' THEN now() END,
         next_attempt_at = now() + make_interval(secs => $5)
-    WHERE id = $1 AND locked_by = $2
+    WHERE id = $1 AND lease_token = $2
     RETURNING task_id, notifier
+), told AS (
+    INSERT INTO agent_task_event (task_id, step, status, message, agent_id)
+    SELECT done.task_id, 'notify', $6, $7, $8 FROM done
+    WHERE $7::text IS NOT NULL AND done.task_id IS NOT NULL
 )
 UPDATE agent_task t
 SET result = coalesce(t.result, '{}'::jsonb) || jsonb_build_object(
@@ -328,10 +470,35 @@ INSERT INTO agent_task_event (task_id, step, status, message, agent_id)
 VALUES ($1, $2, $3, $4, $5)
 """
 
+# A task owner's timeline entries: written only while its claim ($7) owns the task, so an
+# owner that was frozen or cut off and comes back writes nothing into a task that another
+# agent has taken over. Returns how many were written.
 INSERT_EVENTS = """
+WITH owner AS (
+    SELECT 1 FROM agent_task WHERE id = $1 AND claim_token = $7 AND status = 'inProgress'
+), written AS (
+    INSERT INTO agent_task_event (task_id, created_at, step, status, message, agent_id)
+    SELECT $1, e.at, e.step, e.status, e.message, $6
+    FROM unnest($2::timestamptz[], $3::text[], $4::text[], $5::text[])
+        AS e(at, step, status, message)
+    WHERE EXISTS (SELECT 1 FROM owner)
+    RETURNING 1
+)
+SELECT count(*) FROM written
+"""
+# Entries written where ownership is already settled (the outcome's own transaction, after
+# its conditional UPDATE; entries of no claim).
+INSERT_EVENTS_UNFENCED = """
 INSERT INTO agent_task_event (task_id, created_at, step, status, message, agent_id)
 SELECT $1, e.at, e.step, e.status, e.message, $6
 FROM unnest($2::timestamptz[], $3::text[], $4::text[], $5::text[]) AS e(at, step, status, message)
+"""
+
+# The server a connection reached: a different answer on a new connection means a
+# failover (or a restart), and task owners re-check their claims.
+SERVER_IDENTITY = """
+SELECT inet_server_addr()::text, inet_server_port(), pg_postmaster_start_time(),
+    pg_is_in_recovery()
 """
 
 TASK_EVENTS = """
@@ -390,6 +557,9 @@ SELECT {ARTIFACT_COLUMNS} FROM release_artifact a ORDER BY a.created_at DESC, a.
 """
 
 RELEASE_SECRETS = "SELECT env_data, values_data FROM release_artifact WHERE id = $1"
+#: ``release sign``: only when nobody changed the signature since it was read
+SET_RELEASE_SIGNATURE = """UPDATE release_artifact SET signature = $2
+    WHERE id = $1 AND signature IS NOT DISTINCT FROM $3 RETURNING id"""
 # Artifacts are read slice by slice with one prepared statement: substring() reads only
 # the slice's TOAST chunks (compressed tarballs are stored uncompressed). Measured 2.5x
 # faster than streaming the slices through one cursor over generate_series.

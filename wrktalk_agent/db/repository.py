@@ -7,14 +7,17 @@ maintenance's row-locked decisions (:mod:`wrktalk_agent.maintenance`)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
+import functools
 import json
 import os
 import socket
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal, Protocol
+from typing import Any, Concatenate, Literal, ParamSpec, Protocol, TypeVar
 from uuid import UUID
 
 import asyncpg
@@ -79,6 +82,46 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+class DatabaseTimeout(TimeoutError):
+    """A database call did not answer within its bound; its connection was abandoned."""
+
+
+#: The connections a bounded call (:meth:`Repository.within`) has used, so that they can be
+#: abandoned when it runs out of time (a cancel would wait for the network).
+_IN_USE: contextvars.ContextVar[list[asyncpg.Connection] | None] = contextvars.ContextVar(
+    "wrktalk_connections_in_use", default=None
+)
+
+
+def _note_in_use(conn: asyncpg.Connection) -> None:
+    used = _IN_USE.get()
+    if used is not None and (not used or used[-1] is not conn):
+        used.append(conn)
+
+
+class ServerWatch:
+    """Which PostgreSQL server the agent's connections reach. Every new connection
+    reports its server (address, port, start time); when it differs from the one seen
+    before — a failover, a restart, another host of the list — ``epoch`` grows and the
+    listeners are called, so that a task owner re-checks its claim before its next step."""
+
+    def __init__(self) -> None:
+        self.identity: tuple[Any, ...] | None = None
+        self.epoch = 0
+        self.listeners: set[Callable[[], None]] = set()
+
+    def seen(self, identity: tuple[Any, ...]) -> None:
+        if self.identity is not None and identity != self.identity:
+            self.epoch += 1
+            for listener in list(self.listeners):
+                listener()
+        self.identity = identity
+
+
+#: One per process: every pool of the agent reports here.
+SERVER = ServerWatch()
+
+
 class DatabaseUnavailable(Exception):
     """PostgreSQL could not be reached; the message names host:port, never the password."""
 
@@ -102,6 +145,7 @@ class AgentConnection(asyncpg.Connection):
             self.terminate()
 
     async def execute(self, query: str, *args: Any, timeout: float | None = None) -> str:
+        _note_in_use(self)
         try:
             return await super().execute(query, *args, timeout=timeout)
         except asyncpg.ReadOnlySQLTransactionError:
@@ -110,6 +154,7 @@ class AgentConnection(asyncpg.Connection):
 
     async def _do_execute(self, *args: Any, **kwargs: Any) -> Any:
         # the one path of fetch/fetchrow/fetchval/executemany/execute-with-arguments
+        _note_in_use(self)
         try:
             return await super()._do_execute(*args, **kwargs)  # type: ignore[misc]
         except asyncpg.ReadOnlySQLTransactionError:
@@ -138,6 +183,9 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
         await conn.set_type_codec(
             typename, encoder=json.dumps, decoder=json.loads, schema="pg_catalog"
         )
+    row = await conn.fetchrow(q.SERVER_IDENTITY)
+    if row is not None:
+        SERVER.seen(tuple(row))
 
 
 def _connect_kwargs(settings: AgentSettings, *, tui: bool = False) -> dict[str, Any]:
@@ -278,13 +326,62 @@ def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
+
+
+def _bounded(
+    method: Callable[Concatenate[Repository, _P], Coroutine[Any, Any, _T]],
+) -> Callable[Concatenate[Repository, _P], Coroutine[Any, Any, _T]]:
+    """Run a repository method within ``DB_TIMEOUT`` (see :meth:`Repository.within`)."""
+
+    @functools.wraps(method)
+    async def wrapper(self: Repository, *args: _P.args, **kwargs: _P.kwargs) -> _T:
+        return await self.within(self.call_timeout, lambda: method(self, *args, **kwargs))
+
+    return wrapper
+
+
 class Repository:
-    """All reads and writes of the agent, over an asyncpg pool."""
+    """All reads and writes of the agent, over an asyncpg pool. Every call the agent's
+    loop makes is bounded (:meth:`within`): a server that stops answering costs at most
+    ``DB_TIMEOUT``, never the time a dead TCP link takes to be noticed."""
 
     def __init__(self, pool: asyncpg.Pool, settings: AgentSettings) -> None:
         self.pool = pool
         self.settings = settings
         self.closed = False
+        self.call_timeout = settings.db_timeout
+        self.server = SERVER
+
+    async def within(self, timeout: float, call: Callable[[], Awaitable[_T]]) -> _T:
+        """Run ``call()`` for at most ``timeout`` seconds. When time is up its
+        connections are terminated (closed locally, no round trip) rather than cancelled
+        — asyncpg's cancel asks the server and waits for the network, which is what a
+        link that drops packets never gives — and :class:`DatabaseTimeout` is raised."""
+        used: list[asyncpg.Connection] = []
+        token = _IN_USE.set(used)
+        try:
+            job = asyncio.ensure_future(call())
+        finally:
+            _IN_USE.reset(token)
+        try:
+            done, _ = await asyncio.wait({job}, timeout=max(0.0, timeout))
+        except asyncio.CancelledError:
+            job.cancel()
+            for conn in used:
+                conn.terminate()
+            raise
+        if job in done:
+            return job.result()
+        for conn in used:
+            conn.terminate()
+        job.cancel()
+        # closed locally, the call ends at once; a connect still under way is cancelled
+        await asyncio.wait({job}, timeout=1.0)
+        if job.done() and not job.cancelled():
+            job.exception()  # retrieved: it is the consequence of our terminate
+        raise DatabaseTimeout(f"no answer from PostgreSQL within {timeout:g}s")
 
     @classmethod
     async def connect(
@@ -322,6 +419,7 @@ class Repository:
             return await init_schema(conn)
 
     # -- the agent loop --------------------------------------------------------------
+    @_bounded
     async def poll(
         self,
         agent_id: str,
@@ -350,14 +448,57 @@ class Repository:
             taken_over=Task.model_validate(row["taken_over"]) if row["taken_over"] else None,
             rejected=[(UUID(r["id"]), r["error"]) for r in row["rejected"]],
             next_due_in=row["next_due_in"],
+            lease_ends_in=row["lease_ends_in"],
         )
 
+    @_bounded
+    async def failover_check(self, quiet_seconds: float) -> float:
+        """Record the primary's WAL timeline; when it is new (a standby was promoted),
+        no task is claimed or taken over for ``quiet_seconds``. Returns the seconds left
+        of a quiet period (0: none)."""
+        return float(await self.pool.fetchval(q.FAILOVER_CHECK, quiet_seconds) or 0.0)
+
     async def heartbeat(
-        self, task_id: UUID, claim_token: UUID, agent_id: str, instance_id: UUID
+        self,
+        task_id: UUID,
+        claim_token: UUID,
+        agent_id: str,
+        instance_id: UUID,
+        *,
+        timeout: float | None = None,
     ) -> bool:
-        """Renew the lease. True while this claim still owns the task."""
-        owned = await self.pool.fetchval(q.HEARTBEAT, task_id, claim_token, agent_id, instance_id)
+        """Renew the lease, within ``timeout`` (default DB_TIMEOUT). True while this claim
+        still owns the task."""
+        owned = await self.within(
+            self.call_timeout if timeout is None else timeout,
+            lambda: self.pool.fetchval(q.HEARTBEAT, task_id, claim_token, agent_id, instance_id),
+        )
         return owned is not None
+
+    @_bounded
+    async def task_status(self, task_id: UUID) -> str | None:
+        return await self.pool.fetchval(q.TASK_STATUS, task_id)
+
+    @_bounded
+    async def claim_lost_in_failover(
+        self,
+        task_id: UUID,
+        agent_id: str,
+        lease_seconds: float,
+        *,
+        claim_token: UUID,
+    ) -> Task | None:
+        """Our claim of ``task_id`` is gone (a failover to a standby that had not received
+        it) and the task is pending again: take it for recovery, so that what our deploy
+        may have changed is found out rather than re-run blindly. None: someone else has
+        it, or the slot is taken."""
+        try:
+            row = await self.pool.fetchrow(
+                q.RECLAIM_FOR_RECOVERY, task_id, agent_id, claim_token, lease_seconds
+            )
+        except asyncpg.UniqueViolationError:
+            return None
+        return Task.model_validate(dict(row)) if row else None
 
     async def finish_task(
         self,
@@ -372,6 +513,34 @@ class Repository:
         agent_id: str | None = None,
         notifications: tuple[Sequence[str], dict[str, Any]] | None = None,
     ) -> Task | None:
+        return await self.within(
+            self.call_timeout,
+            lambda: self._finish_task(
+                task_id,
+                claim_token,
+                status=status,
+                result=result,
+                error=error,
+                flags=flags,
+                events=events,
+                agent_id=agent_id,
+                notifications=notifications,
+            ),
+        )
+
+    async def _finish_task(
+        self,
+        task_id: UUID,
+        claim_token: UUID,
+        *,
+        status: Literal["completed", "failed"],
+        result: dict[str, Any],
+        error: str | None,
+        flags: FlagChange | None,
+        events: Sequence[PendingEventLike] | None,
+        agent_id: str | None,
+        notifications: tuple[Sequence[str], dict[str, Any]] | None,
+    ) -> Task | None:
         """Write the outcome in one transaction, only if this claim still owns the task:
         status, result, release flags, timeline entries not written yet, and the
         notifications promised (notifier names, event JSON) into the outbox. ``None``: the
@@ -383,56 +552,166 @@ class Repository:
             if flags is not None:
                 await apply_flags(conn, flags)
             if events:
-                await conn.execute(q.INSERT_EVENTS, task_id, *_event_columns(events), agent_id)
+                # the UPDATE above settled ownership in this transaction
+                await conn.execute(
+                    q.INSERT_EVENTS_UNFENCED, task_id, *_event_columns(events), agent_id
+                )
             if notifications is not None and notifications[0]:
                 names, event = notifications
                 await conn.execute(q.INSERT_NOTIFICATIONS, task_id, list(names), event)
             return Task.model_validate(dict(row))
 
     # -- the agent's process -------------------------------------------------------------
+    @_bounded
     async def instance(self, agent_id: str) -> asyncpg.Record | None:
         """The process last seen with ``agent_id``: instance_id, hostname, pid, age, ..."""
         return await self.pool.fetchrow(q.INSTANCE, agent_id)
 
+    @_bounded
     async def instance_stopped(self, agent_id: str, instance_id: UUID) -> None:
         await self.pool.execute(q.INSTANCE_STOPPED, agent_id, instance_id)
 
-    async def task_leases(self, task_ids: Sequence[UUID], default_lease: float) -> dict[UUID, bool]:
-        """For each task found: True while it is inProgress under a live lease."""
+    @_bounded
+    async def task_leases(
+        self, task_ids: Sequence[UUID], default_lease: float
+    ) -> dict[UUID, tuple[bool, str | None]]:
+        """For each task found: whether it is inProgress under a live lease, and the agent
+        id that holds (or last held) it."""
         rows = await self.pool.fetch(q.TASK_LEASES, list(task_ids), default_lease)
-        return {r["id"]: bool(r["leased"]) for r in rows}
+        return {r["id"]: (bool(r["leased"]), r["claimed_by"]) for r in rows}
 
     # -- the notification outbox ---------------------------------------------------------
+    @_bounded
     async def claim_notifications(
-        self, agent_id: str, lock_seconds: float, notifiers: Sequence[str], limit: int = 20
+        self, agent_id: str, lease_seconds: float, notifiers: Sequence[str], limit: int = 20
     ) -> list[asyncpg.Record]:
+        """Due notifications, each leased to this agent for ``lease_seconds`` under a new
+        ``lease_token`` (which every later write presents); ``age`` in seconds."""
         return list(
             await self.pool.fetch(
-                q.CLAIM_NOTIFICATIONS, agent_id, lock_seconds, list(notifiers), limit
+                q.CLAIM_NOTIFICATIONS, agent_id, lease_seconds, list(notifiers), limit
             )
         )
 
+    @_bounded
+    async def renew_notification(
+        self, notification_id: UUID, lease_token: UUID, lease_seconds: float
+    ) -> bool:
+        """Extend the lease; False when it was taken away (or the row is no longer pending)."""
+        row = await self.pool.fetchval(
+            q.RENEW_NOTIFICATION, notification_id, lease_token, lease_seconds
+        )
+        return row is not None
+
+    @_bounded
+    async def notification_recipients(
+        self, notification_id: UUID, lease_token: UUID
+    ) -> list[asyncpg.Record]:
+        """Each recipient's state, after sends left unanswered by an earlier holder are
+        counted as unknown outcomes."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute(q.SETTLE_UNANSWERED, notification_id, lease_token)
+            return list(await conn.fetch(q.NOTIFICATION_RECIPIENTS, notification_id))
+
+    @_bounded
+    async def begin_send(
+        self, notification_id: UUID, recipient: str, lease_token: UUID, lease_seconds: float
+    ) -> int | None:
+        """Record that a message to ``recipient`` is about to go out; the send's number
+        (1, or 2 for the one repeat), or ``None``: do not send."""
+        sends = await self.pool.fetchval(
+            q.BEGIN_SEND, notification_id, recipient, lease_token, lease_seconds
+        )
+        return int(sends) if sends is not None else None
+
+    @_bounded
+    async def report_delivery(
+        self,
+        notification_id: UUID,
+        lease_token: UUID,
+        *,
+        recipient: str,
+        outcome: str,
+        detail: str,
+        attempts: int,
+    ) -> str | None:
+        """Record one recipient's outcome; its new state, or ``None`` when nothing changed
+        (the lease is gone, or the recipient was settled already)."""
+        state = await self.pool.fetchval(
+            q.REPORT_DELIVERY, notification_id, recipient, lease_token, outcome, detail, attempts
+        )
+        return str(state) if state is not None else None
+
+    @_bounded
+    async def settle_attempt(
+        self,
+        notification_id: UUID,
+        lease_token: UUID,
+        *,
+        dropped: Sequence[str] = (),
+        give_up: bool = False,
+    ) -> list[asyncpg.Record] | None:
+        """End an attempt: unanswered sends become unknown outcomes, ``dropped``
+        recipients (no longer named by the notifier) are set aside, and with ``give_up``
+        whoever still waits for a retry is failed. The recipients' states, or ``None``
+        when the lease was taken away (nothing was changed)."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            if (
+                await conn.fetchval(q.LOCK_LEASED_NOTIFICATION, notification_id, lease_token)
+                is None
+            ):
+                return None
+            await conn.execute(q.SETTLE_UNANSWERED, notification_id, lease_token)
+            if dropped:
+                await conn.execute(q.DROP_RECIPIENTS, notification_id, list(dropped))
+            if give_up:
+                await conn.execute(q.GIVE_UP_RECIPIENTS, notification_id)
+            return list(await conn.fetch(q.NOTIFICATION_RECIPIENTS, notification_id))
+
+    @_bounded
     async def finish_notification(
         self,
         notification_id: UUID,
-        agent_id: str,
+        lease_token: UUID,
         *,
         status: Literal["pending", "delivered", "failed"],
         deliveries: list[dict[str, Any]],
         retry_in: float = 0.0,
+        timeline: tuple[EventStatus, str, str] | None = None,
     ) -> None:
+        """Release the lease with the notification's status (``pending``: try again in
+        ``retry_in`` seconds); the deliveries also go into the task's result, and
+        ``timeline`` (status, message, agent id) into its timeline, in the same statement."""
+        status_, message, agent_id = timeline or (None, None, None)
         await self.pool.execute(
-            q.FINISH_NOTIFICATION, notification_id, agent_id, status, deliveries, retry_in
-        )
+            q.FINISH_NOTIFICATION, notification_id, lease_token, status, deliveries, retry_in,
+            status_, message, agent_id,
+        )  # fmt: skip
 
+    @_bounded
     async def pending_notifications(self) -> int:
         return int(await self.pool.fetchval(q.PENDING_NOTIFICATIONS))
 
+    @_bounded
     async def add_events(
-        self, task_id: UUID, events: Sequence[PendingEventLike], agent_id: str | None
-    ) -> None:
-        """Several timeline entries, each with its own time, in one statement."""
-        await self.pool.execute(q.INSERT_EVENTS, task_id, *_event_columns(events), agent_id)
+        self,
+        task_id: UUID,
+        events: Sequence[PendingEventLike],
+        agent_id: str | None,
+        claim_token: UUID | None = None,
+    ) -> bool:
+        """Several timeline entries, each with its own time, in one statement. With
+        ``claim_token`` (a task owner's entries) only while that claim owns the task: a
+        stale owner writes nothing. False: nothing was written for that reason."""
+        if claim_token is None:
+            await self.pool.execute(
+                q.INSERT_EVENTS_UNFENCED, task_id, *_event_columns(events), agent_id
+            )
+            return True
+        written = await self.pool.fetchval(
+            q.INSERT_EVENTS, task_id, *_event_columns(events), agent_id, claim_token
+        )
+        return bool(written)
 
     async def add_event(
         self,
@@ -491,15 +770,19 @@ class Repository:
         assert row is not None
         return ArtifactInfo.model_validate(dict(row))
 
+    @_bounded
     async def release_by_id(self, release_id: UUID) -> ArtifactInfo | None:
         return self._artifact(await self.pool.fetchrow(q.RELEASE_BY_ID, release_id))
 
+    @_bounded
     async def release_by_version(self, version: str) -> ArtifactInfo | None:
         return self._artifact(await self.pool.fetchrow(q.RELEASE_BY_VERSION, version))
 
+    @_bounded
     async def current_release(self) -> ArtifactInfo | None:
         return self._artifact(await self.pool.fetchrow(q.CURRENT_RELEASE))
 
+    @_bounded
     async def previous_release(self) -> ArtifactInfo | None:
         return self._artifact(await self.pool.fetchrow(q.PREVIOUS_RELEASE))
 
@@ -511,11 +794,21 @@ class Repository:
         row = await self.pool.fetchrow(q.RELEASE_SECRETS, release_id)
         return (row["env_data"], row["values_data"]) if row else (None, None)
 
+    async def set_release_signature(
+        self, release_id: UUID, signature: str, previous: str | None
+    ) -> bool:
+        """Store a release's signature unless it changed since ``previous`` was read."""
+        return (
+            await self.pool.fetchval(q.SET_RELEASE_SIGNATURE, release_id, signature, previous)
+            is not None
+        )
+
     @staticmethod
     def _artifact(row: asyncpg.Record | None) -> ArtifactInfo | None:
         return ArtifactInfo.model_validate(dict(row)) if row else None
 
     # -- deployment_config / admins ----------------------------------------------------
+    @_bounded
     async def maintenance_state(self) -> MaintenanceState:
         row = await self.pool.fetchrow(q.MAINTENANCE_STATE)
         assert row is not None
@@ -524,6 +817,7 @@ class Repository:
     async def maintenance_flag(self) -> bool:
         return (await self.maintenance_state()).enabled
 
+    @_bounded
     async def hold_maintenance(self, holder: str, reason: str | None = None) -> None:
         """Record a hold and the flag, without switching anything (tests, the demo)."""
         async with self.pool.acquire() as conn, conn.transaction():
@@ -531,6 +825,7 @@ class Repository:
             await conn.fetchrow(q.OPERATOR_HOLD, holder, reason)
             await conn.execute(q.RECORD_MAINTENANCE_ON)
 
+    @_bounded
     async def smtp_config(self) -> SmtpConfig:
         row = await self.pool.fetchrow(q.SMTP_CONFIG)
         if row is None:
@@ -551,6 +846,7 @@ class Repository:
         """The SMTP columns of deployment_config, as the backend sets them."""
         await self.pool.execute(q.SET_SMTP, host, port, sender)
 
+    @_bounded
     async def active_admins(self) -> list[Recipient]:
         rows = await self.pool.fetch(q.ACTIVE_ADMINS)
         return [Recipient(name=r["name"], email=r["email"]) for r in rows]

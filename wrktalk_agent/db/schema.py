@@ -30,9 +30,14 @@ EXPECTED_COLUMNS: dict[str, tuple[str, ...]] = {
         "agent_id", "hostname", "pid", "version", "started_at", "last_poll", "current_task_id",
         "instance_id", "last_seen", "stopped_at", "lease_seconds",
     ),
+    "agent_failover": ("id", "timeline", "changed_at", "quiet_until"),
     "agent_notification": (
         "id", "task_id", "notifier", "event", "status", "attempts", "next_attempt_at",
-        "locked_by", "locked_until", "deliveries", "created_at", "finished_at",
+        "locked_by", "locked_until", "deliveries", "created_at", "finished_at", "lease_token",
+    ),
+    "agent_notification_recipient": (
+        "notification_id", "recipient", "state", "unsure", "sends", "send_token", "detail",
+        "attempts", "updated_at",
     ),
 }  # fmt: skip
 

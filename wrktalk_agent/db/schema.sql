@@ -140,6 +140,44 @@ CREATE TABLE IF NOT EXISTS agent_notification (
 );
 CREATE INDEX IF NOT EXISTS agent_notification_due
     ON agent_notification (next_attempt_at) WHERE status = 'pending';
+-- The lease of the agent delivering a notification: a token per claim, presented by every
+-- write the deliverer makes (renewals, each recipient's state, the outcome).
+ALTER TABLE agent_notification ADD COLUMN IF NOT EXISTS lease_token uuid;
+
+-- Where each recipient of a notification stands, so that a retry goes only to those who
+-- still need it and nobody gets the same mail more than twice (the second time only after
+-- an attempt whose outcome is unknown).
+CREATE TABLE IF NOT EXISTS agent_notification_recipient (
+    notification_id uuid NOT NULL REFERENCES agent_notification (id) ON DELETE CASCADE,
+    recipient text NOT NULL,
+    state text NOT NULL DEFAULT 'pending'
+        CHECK (state IN ('pending', 'sending', 'delivered', 'failed', 'unknown', 'dropped')),
+    -- sends whose outcome is not known: in flight, or lost to a timeout, a dropped
+    -- connection or a dead agent; a recipient is sent to only while this is below 2
+    unsure integer NOT NULL DEFAULT 0,
+    sends integer NOT NULL DEFAULT 0,
+    send_token uuid,
+    detail text NOT NULL DEFAULT '',
+    attempts integer NOT NULL DEFAULT 0,
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (notification_id, recipient)
+);
+
+-- The WAL timeline of the primary, as the agents last saw it. A new timeline means a
+-- standby was promoted: a claim committed on the old primary may not have reached it, so
+-- for a lease and its margin after the change no task is claimed or taken over (an owner
+-- whose claim was lost stops its deploy within that time, see "Failure model").
+CREATE TABLE IF NOT EXISTS agent_failover (
+    id integer PRIMARY KEY DEFAULT 1 CHECK (id = 1),
+    timeline text NOT NULL,
+    changed_at timestamptz NOT NULL DEFAULT now(),
+    quiet_until timestamptz NOT NULL DEFAULT '-infinity'
+);
+-- Recorded now, on the primary, so that standbys have it long before any failover.
+INSERT INTO agent_failover (id, timeline)
+SELECT 1, substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8)
+WHERE NOT pg_is_in_recovery()
+ON CONFLICT (id) DO NOTHING;
 
 -- At most one current and one previous release.
 CREATE UNIQUE INDEX IF NOT EXISTS release_artifact_one_current

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from rich.text import Text
 
 from wrktalk_agent.safe_text import visible
+from wrktalk_agent.secrets import mask_mapping
 
 #: One colour per task status, so a failed deploy catches the eye among completed ones.
 STATUS_STYLES: dict[str, str] = {
@@ -27,37 +27,15 @@ EVENT_STYLES: dict[str, str] = {
     "info": "",
 }
 
-#: Keys whose values are never shown, wherever they sit in a task result.
-SECRET_KEY = re.compile(
-    r"password|passwd|secret|token|credential|api[_-]?key|private[_-]?key|authorization|dsn"
-    r"|env_data|values_data",
-    re.I,
-)
-#: ``user:password@`` in URLs and ``PASSWORD=...`` lines inside tool output.
-_URL_PASSWORD = re.compile(r"(\w+://[^:/@\s]+:)[^@\s]+@")
-_ASSIGNED_SECRET = re.compile(
-    r"(\b[\w.-]*(?:password|passwd|secret|token|api[_-]?key)[\w.-]*\s*[=:]\s*)(\"[^\"]*\"|\S+)",
-    re.I,
-)
-MASK = "***"
-
 
 def mask_secrets(value: Any) -> Any:
-    """A copy of a JSON value with secret-looking keys and embedded credentials masked.
+    """A copy of a JSON value with the values of secret names and credentials inside text
+    masked (:mod:`wrktalk_agent.secrets` decides what is secret).
 
     The result column is written by plugins we do not control: the dashboard is the last
     place a leaked password could be shown, so it masks whatever looks like one.
     """
-    if isinstance(value, dict):
-        return {
-            key: MASK if SECRET_KEY.search(str(key)) and item is not None else mask_secrets(item)
-            for key, item in value.items()
-        }
-    if isinstance(value, list):
-        return [mask_secrets(item) for item in value]
-    if isinstance(value, str):
-        return _ASSIGNED_SECRET.sub(rf"\1{MASK}", _URL_PASSWORD.sub(rf"\1{MASK}@", value))
-    return value
+    return mask_mapping(value)
 
 
 def clock_time(moment: datetime | None, now: datetime) -> str:

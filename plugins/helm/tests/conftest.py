@@ -63,6 +63,17 @@ class FakeHelm:
     def wait(self) -> str:
         return "--wait" if self.major == 3 else "--wait=watcher"
 
+    def wait_error(self, cause: str, *, joined: str = "\n", resource: str = "wrktalk") -> str:
+        """What Helm says when the agent's wait gives up (``joined``: how the deployer's
+        error message joins Helm's lines): Helm 4's watcher first names every resource it
+        gave up on, one per line (the fake's: a Deployment named after the release)."""
+        if self.major == 3:
+            return cause
+        return (
+            f"resource Deployment/wrktalk/{resource} not ready. status: InProgress, "
+            f"message: Available: 0/1{joined}{cause}"
+        )
+
     def configure(self, **values: Any) -> None:
         state = self.state()
         state.update(values)

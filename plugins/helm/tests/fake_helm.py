@@ -17,9 +17,21 @@ v3.16.4 and v4.2.4), choosing by the configured version where the two majors dif
   the release ``uninstalling``;
 * ``helm status -o json``: Helm 4 reads the release's resources from the cluster
   (``info.resources``) and fails when the stored manifest names a kind the API server no
-  longer serves; Helm 3 reads only Helm's storage.
+  longer serves; Helm 3 reads only Helm's storage. An unset ``info.deleted`` is ``""``
+  in Helm 3 and left out in Helm 4;
+* "Kubernetes cluster unreachable" (Helm 3) / "kubernetes cluster unreachable" (Helm 4);
+* a wait that fails or is cancelled: Helm 3 (and Helm 4's ``legacy`` waiter) returns the
+  context's error; Helm 4's ``watcher`` one line per resource it gave up on, then the
+  context's error (errors.Join: several lines);
+* flags Helm 4 removed: ``rollback --recreate-pods`` and ``version -c/--client``.
 
-Both majors: ``--history-max`` pruning before a new revision is stored, never the last
+Both majors: ``--debug`` (or ``HELM_DEBUG``) makes ``upgrade`` print the release's values
+and manifest, and ``-o json|yaml`` the whole release; a kind the API server no longer
+serves fails the build of any manifest that names it: the new one of an upgrade or
+install, the stored one of the deployed release (upgrade, also ``--dry-run=server``), of
+the current and target revisions (rollback, which leaves its ``pending-rollback``
+revision) and of the newest revision (uninstall: "failed to delete release", the release
+left ``uninstalling``); ``--history-max`` pruning before a new revision is stored, never the last
 deployed one (storage.removeLeastRecent); values reused from the current release when an
 upgrade gets no values and no ``--reset-values``; ``-f``/``--values`` split at commas like
 any pflag string slice (CSV: a quoted item keeps its commas); ``helm history`` showing at
@@ -39,11 +51,15 @@ Environment:
   ``rbac`` ("cluster-admin" | "namespaced": may not create namespaces), ``namespaces``
   (existing namespaces), ``releases`` ({"<ns>/<name>": [revision, ...]}),
   ``unserved`` (kinds the API server no longer serves, as "apiVersion/Kind") and
-  ``inject`` ({"upgrade": mode, "rollback": mode, "cancel_wait": seconds}) for failures:
-  ``timeout`` (resources never get ready: Helm's "context deadline exceeded", and what
-  atomic does about it) or ``hang`` (records the pending revision, then waits until
-  SIGTERM, which Helm answers as described above; Helm's own rollback or uninstall after
-  the cancellation waits ``cancel_wait`` seconds, default: until killed).
+  ``inject`` ({"upgrade": mode, "rollback": mode, "uninstall": mode, "cancel_wait":
+  seconds}) for failures: ``timeout`` (resources never get ready: Helm's "context
+  deadline exceeded", and what atomic does about it) or ``hang`` (records the pending
+  revision, then waits until SIGTERM, which Helm answers as described above; Helm's own
+  rollback or uninstall after the cancellation waits ``cancel_wait`` seconds, default:
+  until killed); for uninstall ``before-purge`` (a delete failed: "failed to delete
+  release: NAME", the release left ``uninstalling``) or ``after-purge`` (the release is
+  purged, then the wait for the deletion gives up: "uninstallation completed with 1
+  error(s): ...").
 * ``FAKE_HELM_LOG``: every invocation's argv (and pid) is appended as one JSON line.
 """
 
@@ -61,6 +77,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 DEFAULT_STATE: dict[str, Any] = {
     "version": "v3.16.4",
     "cluster": "reachable",
@@ -70,8 +88,9 @@ DEFAULT_STATE: dict[str, Any] = {
     "unserved": [],
     "inject": {},
 }
+#: pkg/kube/client.go IsReachable: capitalised in Helm 3, lower case in Helm 4
 UNREACHABLE = (
-    'Kubernetes cluster unreachable: Get "https://127.0.0.1:6443/version": '
+    '{K}ubernetes cluster unreachable: Get "https://127.0.0.1:6443/version": '
     "dial tcp 127.0.0.1:6443: connect: connection refused"
 )
 CREATE_NAMESPACE_FORBIDDEN = (
@@ -87,11 +106,17 @@ PENDING = ("pending-install", "pending-upgrade", "pending-rollback")
 WAIT_STRATEGIES = ("watcher", "hookOnly", "legacy")
 DRY_RUN = ("client", "server", "none", "true", "false")
 
-# flag name -> takes a value; global flags are accepted by every subcommand
+# flag name -> takes a value; global flags (pkg/cli/environment.go) are accepted by
+# every subcommand
 GLOBAL_FLAGS = {
     "--namespace": True, "-n": True, "--kube-context": True, "--kubeconfig": True,
-    "--debug": False, "--burst-limit": True, "--qps": True,
+    "--kube-token": True, "--kube-as-user": True, "--kube-as-group": True,
+    "--kube-apiserver": True, "--kube-ca-file": True, "--kube-tls-server-name": True,
+    "--kube-insecure-skip-tls-verify": False, "--debug": False, "--registry-config": True,
+    "--repository-config": True, "--repository-cache": True, "--burst-limit": True,
+    "--qps": True,
 }  # fmt: skip
+HELM4_GLOBAL_FLAGS = {"--content-cache": True, "--color": True, "--colour": True}
 #: string slices: pflag reads each value as one CSV record
 SLICE_FLAGS = frozenset({"--values", "-f"})
 VALUES_FLAGS = {
@@ -111,6 +136,16 @@ ROLLBACK_FLAGS = {
     "--cleanup-on-fail": False, "--force": False, "--no-hooks": False,
     "--recreate-pods": False, "--dry-run": False,
 }  # fmt: skip
+#: Helm 4 dropped --recreate-pods, renamed --force (kept, deprecated) and added
+#: server-side apply
+HELM4_ROLLBACK_FLAGS = {
+    "--wait": False, "--wait-for-jobs": False, "--timeout": True, "--history-max": True,
+    "--cleanup-on-fail": False, "--force": False, "--force-replace": False,
+    "--force-conflicts": False, "--server-side": True, "--no-hooks": False,
+    "--dry-run": False,
+}  # fmt: skip
+#: workload kinds a wait can give up on (kstatus reports a ConfigMap ready at once)
+WORKLOADS = ("Deployment", "StatefulSet", "DaemonSet")
 LINT_FLAGS = {**VALUES_FLAGS, "--strict": False, "--with-subcharts": False, "--quiet": False}
 TEMPLATE_FLAGS = {**VALUES_FLAGS, "--output-dir": True, "--show-only": True, "-s": True,
                   "--skip-tests": False, "--validate": False, "--kube-version": True}  # fmt: skip
@@ -180,6 +215,8 @@ def parse(
     state: dict[str, Any] | None = None,
 ) -> tuple[list[str], dict[str, list[str]]]:
     known = {**GLOBAL_FLAGS, **flags}
+    if state is not None and helm4(state):
+        known.update(HELM4_GLOBAL_FLAGS)
     # flags with an optional value (pflag NoOptDefVal): never take the next argument
     optional: dict[str, str] = {}
     if "--dry-run" in flags:
@@ -298,15 +335,70 @@ def dry_run(values: dict[str, list[str]]) -> str | None:
 
 def reach(state: dict[str, Any]) -> None:
     if state["cluster"] == "unreachable":
-        raise HelmError(UNREACHABLE)
+        raise HelmError(UNREACHABLE.format(K="k" if helm4(state) else "K"))
+
+
+def debugging(values: dict[str, list[str]]) -> bool:
+    """--debug, or HELM_DEBUG in the environment (pkg/cli/environment.go reads both)."""
+    if "--debug" in values:
+        return flag_on(values, "--debug")
+    return os.environ.get("HELM_DEBUG", "").lower() in ("1", "t", "true")
+
+
+def manifest_objects(manifest: str) -> list[tuple[str, str, str]]:
+    """(apiVersion, kind, name) of each document of a rendered manifest."""
+    found = []
+    for document in re.split(r"^---\s*$", manifest, flags=re.M):
+        api = re.search(r"^apiVersion:\s*(\S+)", document, re.M)
+        kind = re.search(r"^kind:\s*(\S+)", document, re.M)
+        name = re.search(r"^metadata:\s*\n(?:\s+.*\n)*?\s+name:\s*(\S+)", document, re.M)
+        if api and kind:
+            found.append((api.group(1), kind.group(1), name.group(1) if name else ""))
+    return found
+
+
+def build(state: dict[str, Any], manifest: str, ns: str) -> None:
+    """KubeClient.Build: every object needs a kind the API server serves. The resource
+    builder's message (cli-runtime resource/mapper.go) for the first one that has none."""
+    for api_version, kind, name in manifest_objects(manifest):
+        if f"{api_version}/{kind}" in state["unserved"]:
+            raise HelmError(
+                f'resource mapping not found for name: "{name}" namespace: "{ns}" from "": '
+                f'no matches for kind "{kind}" in version "{api_version}"\n'
+                "ensure CRDs are installed first"
+            )
+
+
+def wait_error(
+    state: dict[str, Any], values: dict[str, list[str]], manifest: str, name: str, ns: str,
+    cause: str, *, deleting: bool = False,
+) -> str:  # fmt: skip
+    """What a failed or cancelled wait returns. Helm 3 and Helm 4's legacy waiter: the
+    context's error. Helm 4's watcher (pkg/kube/statuswait.go): one line per resource
+    it gave up on, then the context's error, joined by newlines (errors.Join). The
+    resources are the manifest's workloads, or a Deployment named after the release
+    when it has none (the fake's charts are ConfigMaps, which kstatus finds ready)."""
+    strategy = wait_strategy(state, values)
+    if not helm4(state) or strategy in ("legacy", None, "hookOnly"):
+        return cause
+    workloads = [(kind, n) for _, kind, n in manifest_objects(manifest) if kind in WORKLOADS]
+    lines = []
+    for kind, resource in workloads or [("Deployment", name)]:
+        if deleting:
+            lines.append(f"resource {kind}/{ns}/{resource} still exists. status: Terminating, "
+                         "message: Resource scheduled for deletion")  # fmt: skip
+        else:
+            lines.append(f"resource {kind}/{ns}/{resource} not ready. status: InProgress, "
+                         "message: Available: 0/1")  # fmt: skip
+    return "\n".join([*lines, cause])
 
 
 # -- subcommands -----------------------------------------------------------------------
 def cmd_version(state: dict[str, Any], _path: Path, args: list[str]) -> None:
-    _, values = parse(
-        "version", args, {"--template": True, "--short": False, "--client": False, "-c": False},
-        (0, 0), "helm version [flags]",
-    )  # fmt: skip
+    flags = {"--template": True, "--short": False}
+    if not helm4(state):  # a hidden no-op in Helm 3, gone in Helm 4
+        flags.update({"--client": False, "-c": False})
+    _, values = parse("version", args, flags, (0, 0), "helm version [flags]", state)
     info = {"Version": state["version"], "GitCommit": "c309b6f0ff63856811846ce18f3bdc93d2b4d54b",
             "GitTreeState": "clean", "GoVersion": "go1.22.7"}  # fmt: skip
     template = last(values, "--template")
@@ -343,6 +435,7 @@ def cmd_upgrade(state: dict[str, Any], path: Path, args: list[str]) -> None:
     timeout = duration(values)
     wait_strategy(state, values)
     simulate = dry_run(values)
+    fmt = output_format(values)
     ns = namespace_of(values)
     atomic = flag_on(values, "--atomic") or flag_on(values, "--rollback-on-failure")
     history_max = int(last(values, "--history-max", default="10") or "10")
@@ -355,7 +448,7 @@ def cmd_upgrade(state: dict[str, Any], path: Path, args: list[str]) -> None:
     if installing and "--install" not in values and "-i" not in values:
         raise HelmError(f'UPGRADE FAILED: "{name}" has no deployed releases')
     prefix = "" if installing else "UPGRADE FAILED: "
-    if installing:
+    if installing and fmt == "table":
         print(f'Release "{name}" does not exist. Installing it now.')
     chart = load_chart(chart_arg)
     user_values = load_values(values)
@@ -380,6 +473,23 @@ def cmd_upgrade(state: dict[str, Any], path: Path, args: list[str]) -> None:
             user_values = {**base.get("config", {}), **user_values}
     revision = history[-1]["revision"] + 1 if history else 1
     manifest = render(chart, user_values, name, ns, revision, installing, prefix)
+    if simulate != "client":
+        # KubeClient.Build of the new manifest (install.go; upgrade.go validateManifest),
+        # then, for an upgrade, of the deployed release's stored one (performUpgrade):
+        # both before a revision is stored, and for --dry-run=server too
+        try:
+            build(state, manifest, ns)
+        except HelmError as exc:
+            what = "unable to build kubernetes objects from release manifest: "
+            raise HelmError(f"{prefix}{what if installing else ''}{exc}") from None
+        if not installing:
+            try:
+                build(state, base.get("manifest", ""), ns)
+            except HelmError as exc:
+                raise HelmError(
+                    f"UPGRADE FAILED: unable to build kubernetes objects from current release "
+                    f"manifest: {exc}"
+                ) from None
     if simulate is not None:
         phase = "install" if installing else "upgrade"
         print(f"NAME: {name}\nNAMESPACE: {ns}\nSTATUS: pending-{phase}")
@@ -412,13 +522,15 @@ def cmd_upgrade(state: dict[str, Any], path: Path, args: list[str]) -> None:
         while not _CANCELLED:  # resources never get ready; until a signal or a kill
             time.sleep(0.05)
         print(f"Release {name} has been cancelled.", flush=True)
-        fail_upgrade(state, path, key, entry, installing, atomic, name, "context canceled")
+        cause = wait_error(state, values, manifest, name, ns, "context canceled")
+        fail_upgrade(state, path, key, entry, installing, atomic, name, cause)
         return
     if mode == "timeout":
         for second in range(0, 600, 2):
             debug(values, f"wait.go:66: [debug] Deployment is not ready: {ns}/wrktalk. "
                   f"0 out of 1 expected pods are ready ({second}s, timeout {timeout})")  # fmt: skip
-        fail_upgrade(state, path, key, entry, installing, atomic, name)
+        cause = wait_error(state, values, manifest, name, ns, "context deadline exceeded")
+        fail_upgrade(state, path, key, entry, installing, atomic, name, cause)
         return
     if installing:
         entry.update(
@@ -432,9 +544,13 @@ def cmd_upgrade(state: dict[str, Any], path: Path, args: list[str]) -> None:
             status="deployed", description=last(values, "--description") or "Upgrade complete"
         )
     save_state(path, state)
+    if fmt != "table":  # the whole release (output.Format.Write): values and manifest
+        release = release_json(state, name, ns, history, entry)
+        print(json.dumps(release) if fmt == "json" else yaml.safe_dump(release))
+        return
     if not installing:
         print(f'Release "{name}" has been upgraded. Happy Helming!')
-    print_status(name, ns, entry)
+    print_status(name, ns, entry, debugging(values))
 
 
 _CANCELLED: list[bool] = []
@@ -474,7 +590,7 @@ def fail_upgrade(
                 status="uninstalling", description="Deletion in progress (or silently failed)"
             )
             save_state(path, state)
-            if helm4(state) and cause == "context canceled":
+            if helm4(state) and cause.endswith("context canceled"):
                 # Helm 4's uninstall waits for the deletion (pods terminating), Helm 3's
                 # does not
                 wait_for_resources(state)
@@ -499,7 +615,7 @@ def fail_upgrade(
     target = good[-1]
     pending = record_rollback(history, target, status="pending-rollback")
     save_state(path, state)
-    if cause == "context canceled":
+    if cause.endswith("context canceled"):
         wait_for_resources(state)  # the rollback waits too (rollin.Wait / WaitStrategy)
     finish_rollback(history, pending)
     save_state(path, state)
@@ -546,10 +662,12 @@ def prune(history: list[dict[str, Any]], history_max: int) -> None:
 
 
 def cmd_rollback(state: dict[str, Any], path: Path, args: list[str]) -> None:
+    flags = HELM4_ROLLBACK_FLAGS if helm4(state) else ROLLBACK_FLAGS
     positional, values = parse(
-        "rollback", args, ROLLBACK_FLAGS, (1, 2), "helm rollback <RELEASE> [REVISION] [flags]",
-        state,
-    )  # fmt: skip
+        "rollback", args, flags, (1, 2), "helm rollback <RELEASE> [REVISION] [flags]", state
+    )
+    if helm4(state) and "--force" in values:
+        print("Flag --force has been deprecated, use --force-replace instead", file=sys.stderr)
     duration(values)
     wait_strategy(state, values)
     ns = namespace_of(values)
@@ -572,15 +690,27 @@ def cmd_rollback(state: dict[str, Any], path: Path, args: list[str]) -> None:
     target = next((r for r in history if r["revision"] == wanted), None)
     if target is None:
         raise HelmError(f"release has no {wanted} version")
+    current = history[-1]
     prune(history, int(last(values, "--history-max", default="10") or "10"))
+    # pkg/action/rollback.go: the pending-rollback revision is stored first, then the
+    # current and the target manifests are built; a kind the API server no longer
+    # serves fails the rollback there and leaves that revision pending
+    pending = record_rollback(history, target, status="pending-rollback")
+    save_state(path, state)
+    for which, manifest in (("current", current), ("new", target)):
+        try:
+            build(state, manifest.get("manifest", ""), ns)
+        except HelmError as exc:
+            raise HelmError(
+                f"unable to build kubernetes objects from {which} release manifest: {exc}"
+            ) from None
     if state["inject"].get("rollback") == "timeout":
-        entry = {**target, "revision": history[-1]["revision"] + 1, "updated": now(),
-                 "status": "failed",
-                 "description": f'Release "{name}" failed: context deadline exceeded'}  # fmt: skip
-        history.append(entry)
+        cause = wait_error(state, values, target.get("manifest", ""), name, ns,
+                           "context deadline exceeded")  # fmt: skip
+        pending.update(status="failed", description=f'Release "{name}" failed: {cause}')
         save_state(path, state)
-        raise HelmError(f"release {name} failed: context deadline exceeded")
-    record_rollback(history, target)
+        raise HelmError(f"release {name} failed: {cause}")
+    finish_rollback(history, pending)
     save_state(path, state)
     print("Rollback was a success! Happy Helming!")
 
@@ -592,6 +722,7 @@ def cmd_status(state: dict[str, Any], _path: Path, args: list[str]) -> None:
         {**OUTPUT_FLAGS, "--revision": True, "--show-resources": False},
         (1, 1),
         "helm status RELEASE_NAME [flags]",
+        state,
     )
     fmt = output_format(values)
     ns = namespace_of(values)
@@ -603,29 +734,12 @@ def cmd_status(state: dict[str, Any], _path: Path, args: list[str]) -> None:
     if helm4(state) or "--show-resources" in values:
         # pkg/action/status.go: builds the stored manifest's objects and gets them from
         # the API server, which must still serve every kind the manifest names
-        for kind in state["unserved"]:
-            api_version, _, kind_name = kind.rpartition("/")
-            if f"kind: {kind_name}" in entry.get("manifest", ""):
-                raise HelmError(
-                    f'resource mapping not found for name: "{name}" namespace: "{ns}" from '
-                    f'"": no matches for kind "{kind_name}" in version "{api_version}"\n'
-                    "ensure CRDs are installed first"
-                )
-    if fmt == "json":
-        # the whole release, like Helm (chart stripped): values included
-        info = {"first_deployed": history[0]["updated"], "last_deployed": entry["updated"],
-                "deleted": "", "description": entry["description"],
-                "status": entry["status"], "notes": entry.get("notes", "")}  # fmt: skip
-        if helm4(state):
-            info["resources"] = {"v1/Service": [], "apps/v1/Deployment": []}
-        release = {
-            "name": name, "info": info, "config": entry.get("config", {}),
-            "manifest": entry.get("manifest", ""), "version": entry["revision"],
-            "namespace": ns,
-        }  # fmt: skip
-        print(json.dumps(release))
-    else:
+        build(state, entry.get("manifest", ""), ns)
+    if fmt == "table":
         print_status(name, ns, entry)
+        return
+    release = release_json(state, name, ns, history, entry)
+    print(json.dumps(release) if fmt == "json" else yaml.safe_dump(release))
 
 
 def cmd_history(state: dict[str, Any], _path: Path, args: list[str]) -> None:
@@ -635,6 +749,7 @@ def cmd_history(state: dict[str, Any], _path: Path, args: list[str]) -> None:
         {**OUTPUT_FLAGS, "--max": True},
         (1, 1),
         "helm history RELEASE_NAME [flags]",
+        state,
     )
     fmt = output_format(values)
     ns = namespace_of(values)
@@ -657,7 +772,7 @@ def cmd_list(state: dict[str, Any], _path: Path, args: list[str]) -> None:
     _, values = parse(
         "list", args, {**OUTPUT_FLAGS, "--all": False, "-a": False, "--all-namespaces": False,
                        "-A": False, "--pending": False},
-        (0, 1), "helm list [flags]",
+        (0, 1), "helm list [flags]", state,
     )  # fmt: skip
     fmt = output_format(values)
     ns = namespace_of(values)
@@ -698,18 +813,35 @@ def cmd_uninstall(state: dict[str, Any], path: Path, args: list[str]) -> None:
         raise HelmError(f'the release named "{name}" is already deleted')
     # pkg/action/uninstall.go: recorded before anything is deleted; an interrupted
     # uninstall leaves it, and a second uninstall starts over from here
-    latest.update(status="uninstalling", description="Deletion in progress (or silently failed)")
+    latest.update(status="uninstalling", description="Deletion in progress (or silently failed)",
+                  deleted=now())  # fmt: skip
     save_state(path, state)
+    mode = state["inject"].get("uninstall")
+    try:  # deleteRelease builds the stored manifest's objects before deleting them
+        build(state, latest.get("manifest", ""), ns)
+    except HelmError:
+        mode = "before-purge"
+    if mode == "before-purge":  # a delete failed; the cause goes to the debug log only
+        raise HelmError(f"failed to delete release: {name}")
+    errors = []
+    if mode == "after-purge" and (helm4(state) or flag_on(values, "--wait")):
+        # the wait for the deletion gave up (Helm 3 waits only when told to)
+        errors.append(wait_error(state, values, latest.get("manifest", ""), name, ns,
+                                 "context deadline exceeded", deleting=True))  # fmt: skip
     if "--keep-history" in values:
         latest.update(status="uninstalled", description="Uninstallation complete")
     else:
         del state["releases"][key]
     save_state(path, state)
+    if errors:
+        raise HelmError(
+            f"uninstallation completed with {len(errors)} error(s): {'; '.join(errors)}"
+        )
     print(f'release "{name}" uninstalled')
 
 
 def cmd_lint(state: dict[str, Any], _path: Path, args: list[str]) -> None:
-    positional, values = parse("lint", args, LINT_FLAGS, (0, 99), "helm lint PATH [flags]")
+    positional, values = parse("lint", args, LINT_FLAGS, (0, 99), "helm lint PATH [flags]", state)
     import helm_python
 
     paths = positional or ["."]
@@ -739,7 +871,7 @@ def cmd_lint(state: dict[str, Any], _path: Path, args: list[str]) -> None:
 
 def cmd_template(state: dict[str, Any], _path: Path, args: list[str]) -> None:
     positional, values = parse(
-        "template", args, TEMPLATE_FLAGS, (1, 2), "helm template [NAME] [CHART] [flags]"
+        "template", args, TEMPLATE_FLAGS, (1, 2), "helm template [NAME] [CHART] [flags]", state
     )
     name, chart_arg = positional if len(positional) == 2 else ["release-name", positional[0]]
     if "--validate" in values:
@@ -847,20 +979,50 @@ def render(
     )
 
 
-def print_status(name: str, ns: str, entry: dict[str, Any]) -> None:
+def release_json(
+    state: dict[str, Any], name: str, ns: str, history: list[dict[str, Any]],
+    entry: dict[str, Any],
+) -> dict[str, Any]:  # fmt: skip
+    """The release as ``-o json|yaml`` prints it (chart stripped): values and manifest
+    included. ``info.deleted``: Helm 3's time type writes an unset time as ``""``, Helm 4
+    leaves it out (``omitzero``); both leave out empty notes."""
+    info: dict[str, Any] = {"first_deployed": history[0]["updated"],
+                            "last_deployed": entry["updated"]}  # fmt: skip
+    if entry.get("deleted") or not helm4(state):
+        info["deleted"] = entry.get("deleted", "")
+    info.update(description=entry["description"], status=entry["status"])
+    if entry.get("notes"):
+        info["notes"] = entry["notes"]
+    if helm4(state):
+        info["resources"] = {"v1/Service": [], "apps/v1/Deployment": []}
+    return {
+        "name": name, "info": info, "config": entry.get("config", {}),
+        "manifest": entry.get("manifest", ""), "version": entry["revision"],
+        "namespace": ns,
+    }  # fmt: skip
+
+
+def print_status(name: str, ns: str, entry: dict[str, Any], debug: bool = False) -> None:
+    """The table of pkg/cmd/status.go's statusPrinter; with --debug it also prints the
+    values and the manifest, as Helm does after an install or upgrade."""
     print(f"NAME: {name}")
     print(f"LAST DEPLOYED: {time.strftime('%a %b %d %H:%M:%S %Y')}")
     print(f"NAMESPACE: {ns}")
     print(f"STATUS: {entry['status']}")
     print(f"REVISION: {entry['revision']}")
     print("TEST SUITE: None")
+    if debug:  # (Helm also prints COMPUTED VALUES, the chart's defaults merged in)
+        print("USER-SUPPLIED VALUES:")
+        print(yaml.safe_dump(entry.get("config") or {}))
+        print("HOOKS:")
+        print(f"MANIFEST:\n{entry.get('manifest', '')}")
     if entry.get("notes"):
         print("NOTES:")
         print(entry["notes"].strip())
 
 
 def debug(values: dict[str, list[str]], line: str) -> None:
-    if "--debug" in values:
+    if debugging(values):
         print(line, file=sys.stderr)
 
 

@@ -63,8 +63,9 @@ async def test_cluster_unreachable(fake_helm: FakeHelm, make_deployer: MakeDeplo
     results = by_name(await make_deployer().check())
     assert results["helm binary"].ok
     assert not results["kubernetes cluster"].ok
+    k = "K" if fake_helm.major == 3 else "k"  # Helm 4 writes it in lower case
     assert results["kubernetes cluster"].detail.startswith(
-        'Error: Kubernetes cluster unreachable: Get "https://127.0.0.1:6443/version"'
+        f'Error: {k}ubernetes cluster unreachable: Get "https://127.0.0.1:6443/version"'
     )
     assert results["namespace access"] == CheckResult(
         "namespace access", False, "not checked: the cluster is not reachable"

@@ -14,7 +14,7 @@ from wrktalk_agent.process import TAIL_BYTES
 from wrktalk_agent_helm import HelmDeployer
 from wrktalk_agent_helm.deployer import MAX_OUTPUT_LINES
 
-from .conftest import FakeHelm, RequestFactory
+from .conftest import CONFIGMAP, FakeHelm, RequestFactory
 
 pytestmark = pytest.mark.timeout(60)
 MakeDeployer = Callable[..., HelmDeployer]
@@ -259,17 +259,19 @@ async def test_timeout_fails_with_helms_error_and_output_tail(
         await deployer.deploy(make_request("1.1.0"))
 
     error = caught.value
+    # Helm 4's error spans lines (one per resource, then the cause): joined with "; "
     assert str(error) == (
         "helm upgrade to release 1.1.0 failed: Error: UPGRADE FAILED: release wrktalk failed, "
         f"and has been rolled back due to {fake_helm.atomic_word} being set: "
-        "context deadline exceeded"
+        + fake_helm.wait_error("context deadline exceeded", joined="; ")
     )
     assert error.system_changed is True
     assert error.output.endswith("context deadline exceeded")
     # what --atomic left behind, as Helm does it
+    cause = fake_helm.wait_error("context deadline exceeded")
     assert [(r["status"], r["description"]) for r in fake_helm.revisions()] == [
         ("superseded", "wrktalk-agent release 1.0.0"),
-        ("failed", 'Upgrade "wrktalk" failed: context deadline exceeded'),
+        ("failed", f'Upgrade "wrktalk" failed: {cause}'),
         ("deployed", "Rollback to 1"),
     ]
 
@@ -277,18 +279,39 @@ async def test_timeout_fails_with_helms_error_and_output_tail(
 async def test_long_output_is_cut_to_a_bounded_tail(
     fake_helm: FakeHelm, make_deployer: MakeDeployer, make_request: RequestFactory
 ) -> None:
-    deployer = make_deployer(extra_args=["--debug"])  # the fake, like Helm, gets chatty
+    request = make_request("1.0.0")
+    notes = [f"note {n:03}: how to reach WrkTalk, at some length" for n in range(400)]
+    (request.workdir / "wrktalk" / "templates" / "NOTES.txt").write_text("\n".join(notes))
+    outcome = await make_deployer().deploy(request)  # Helm prints the NOTES after it
+
+    output = outcome.output
+    assert len(output.encode()) <= TAIL_BYTES
+    assert len(output.splitlines()) <= MAX_OUTPUT_LINES
+    assert "does not exist. Installing it now" not in output  # the head was dropped ...
+    assert output.splitlines()[-1] == notes[-1]  # ... the end is kept
+
+
+async def test_a_multi_line_helm_error_keeps_its_cause(
+    fake_helm: FakeHelm, make_deployer: MakeDeployer, make_request: RequestFactory
+) -> None:
+    workloads = "".join(
+        f"---\napiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: worker-{n:02}\n"
+        "spec: {}\n"
+        for n in range(60)
+    )
+    deployer = make_deployer()
     await deployer.deploy(make_request("1.0.0"))
     fake_helm.configure(inject={"upgrade": "timeout"})
     with pytest.raises(DeployError) as caught:
-        await deployer.deploy(make_request("1.1.0"))
+        await deployer.deploy(make_request("1.1.0", template=CONFIGMAP + workloads))
 
-    output = caught.value.output
-    assert len(output.encode()) <= TAIL_BYTES
-    assert len(output.splitlines()) <= MAX_OUTPUT_LINES
-    assert "preparing upgrade" not in output  # the head was dropped ...
-    assert output.splitlines()[-1].startswith("Error: UPGRADE FAILED")  # ... the end is kept
-    assert "(598s, timeout 10m)" in output
+    message = str(caught.value)
+    assert len(message) <= 1100
+    assert message.endswith("context deadline exceeded")  # Helm 4's cause comes last
+    if fake_helm.major == 4:  # 60 resources, one line each: cut in the middle
+        assert "resource Deployment/wrktalk/worker-00 not ready" in message
+        assert " ... " in message
+        assert "worker-30" not in message
 
 
 async def test_first_install_timeout_is_uninstalled_by_atomic(
@@ -380,7 +403,9 @@ async def test_hung_helm_is_stopped_and_its_pending_release_recovered_next_time(
         (2, "failed"),
         (3, "pending-rollback"),
     ]
-    assert fake_helm.revisions()[1]["description"] == 'Upgrade "wrktalk" failed: context canceled'
+    assert fake_helm.revisions()[1]["description"] == (
+        f'Upgrade "wrktalk" failed: {fake_helm.wait_error("context canceled")}'
+    )
 
     fake_helm.configure(inject={})
     outcome = await deployer.deploy(make_request("1.1.0"))
@@ -420,3 +445,119 @@ async def _gone(pid: int) -> bool:
             return True
         await asyncio.sleep(0.05)
     return False
+
+
+# -- recovery: the "newest superseded" fallback and uninstalls that fail --------------
+async def test_stuck_release_without_a_deployed_revision_returns_to_the_newest_superseded(
+    fake_helm: FakeHelm, make_deployer: MakeDeployer, make_request: RequestFactory
+) -> None:
+    # a rollback that failed applying marks the deployed revision superseded and its own
+    # failed (pkg/action/rollback.go); then an upgrade was killed mid-way
+    fake_helm.seed(
+        [
+            ("superseded", "wrktalk-agent release 1.0.0"),
+            ("superseded", "wrktalk-agent release 1.1.0"),
+            ("failed", 'Rollback "wrktalk" failed: timed out'),
+            ("pending-upgrade", "Preparing upgrade"),
+        ]
+    )
+    outcome = await make_deployer().deploy(make_request("1.2.0"))
+    assert outcome.details["recovered"] == (
+        "rolled back revision 4 (pending-upgrade) to revision 2, the newest that once ran"
+    )
+    assert [c[:3] for c in fake_helm.calls() if c[0] == "rollback"] == [
+        ["rollback", "wrktalk", "2"]
+    ]
+    assert fake_helm.revisions()[4]["description"] == "Rollback to 2"
+    assert fake_helm.revisions()[-1]["description"] == "wrktalk-agent release 1.2.0"
+
+
+@pytest.mark.parametrize("left", ["uninstalling", "pending-install"])
+async def test_uninstall_that_fails_after_the_purge_goes_on_with_the_install(
+    fake_helm: FakeHelm, make_deployer: MakeDeployer, make_request: RequestFactory, left: str
+) -> None:
+    fake_helm.seed([(left, "Deletion in progress (or silently failed)")])
+    fake_helm.configure(inject={"uninstall": "after-purge"})
+    outcome = await make_deployer().deploy(make_request("1.0.0"))
+
+    # Helm said "uninstallation completed with 1 error(s)"; its history shows the release
+    # gone, so the install went ahead
+    assert (
+        "Helm removed the release but reported: helm uninstall of the"
+        in (outcome.details["recovered"])
+    )
+    assert "uninstallation completed with 1 error(s)" in outcome.details["recovered"]
+    assert [(r["revision"], r["status"]) for r in fake_helm.revisions()] == [(1, "deployed")]
+    assert any(
+        "helm uninstall removed Helm release wrktalk but reported errors" in line
+        for line in make_request.reports
+    )
+    calls = [c[0] for c in fake_helm.calls()]
+    assert calls == ["version", "history", "history", "uninstall", "history", "upgrade", "history"]
+
+
+async def test_uninstall_that_fails_before_the_purge_stops_the_task(
+    fake_helm: FakeHelm, make_deployer: MakeDeployer, make_request: RequestFactory
+) -> None:
+    fake_helm.seed(
+        [
+            ("superseded", "wrktalk-agent release 1.0.0"),
+            ("uninstalling", "Deletion in progress (or silently failed)"),
+        ]
+    )
+    fake_helm.configure(inject={"uninstall": "before-purge"})
+    with pytest.raises(DeployError) as caught:
+        await make_deployer().deploy(make_request("1.1.0"))
+
+    message = str(caught.value)
+    assert message.startswith(
+        "helm uninstall of the uninstalling release failed: Error: failed to delete release: "
+        "wrktalk; Helm release wrktalk is still uninstalling (revision 2), and the next "
+        "deploy or rollback tries the uninstall again"
+    )
+    assert "helm uninstall wrktalk -n wrktalk --debug" in message  # where Helm logs the cause
+    assert caught.value.system_changed is True  # some resources may be gone
+    assert not any(c[0] == "upgrade" for c in fake_helm.calls())
+
+    fake_helm.configure(inject={})  # the cause went away: the next deploy finishes it
+    outcome = await make_deployer().deploy(make_request("1.1.0"))
+    assert outcome.details["recovered"] == "finished the interrupted uninstall of revision 2"
+
+
+async def test_uninstall_whose_history_cannot_be_read_afterwards(
+    fake_helm: FakeHelm, make_deployer: MakeDeployer, make_request: RequestFactory
+) -> None:
+    fake_helm.seed([("uninstalling", "Deletion in progress (or silently failed)")])
+    # helm uninstall fails, and the cluster is gone by the time the agent re-reads the
+    # history: the task fails with both, rather than guess what Helm did
+    deployer = make_deployer()
+    real_action = deployer._action
+
+    async def uninstall_then_unreachable(args: list[str], **kwargs: object) -> object:
+        try:
+            return await real_action(args, **kwargs)  # type: ignore[arg-type]
+        finally:
+            fake_helm.configure(cluster="unreachable")
+
+    fake_helm.configure(inject={"uninstall": "before-purge"})
+    deployer._action = uninstall_then_unreachable  # type: ignore[method-assign]
+    with pytest.raises(DeployError) as caught:
+        await deployer.deploy(make_request("1.0.0"))
+    assert "failed to delete release: wrktalk; the release's history could not be read" in (
+        str(caught.value)
+    )
+    assert "cluster unreachable" in str(caught.value).lower()
+
+
+async def test_helm_debug_in_the_environment_does_not_reach_helm(
+    fake_helm: FakeHelm,
+    make_deployer: MakeDeployer,
+    make_request: RequestFactory,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # HELM_DEBUG=true works like --debug: Helm would print the values after the upgrade
+    monkeypatch.setenv("HELM_DEBUG", "true")
+    outcome = await make_deployer().deploy(make_request("1.0.0"))
+    assert "s3cr3t" not in outcome.output
+    assert "USER-SUPPLIED VALUES" not in outcome.output
+    assert fake_helm.revisions()[0]["config"]["dbPassword"] == "s3cr3t-do-not-log"

@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 import pytest
 
+from wrktalk_agent.interfaces import DeployError, ValidationError
 from wrktalk_agent_helm import HelmDeployer, HelmSettings
 
 from .conftest import FakeHelm, RequestFactory
@@ -92,9 +93,69 @@ async def test_state_is_read_from_storage_not_from_the_cluster(
     live = await deployer.live_release()
     assert (live.version, live.state) == ("1.0.0", "deployed")
     fake_helm.clear_log()
-    await deployer.deploy(make_request("1.1.0"))
+    # real Helm cannot upgrade over that stored manifest either (see the next test), but
+    # the agent reads the release's state without asking the cluster
+    with pytest.raises(DeployError, match="current release manifest"):
+        await deployer.deploy(make_request("1.1.0"))
     assert not any(call[0] == "status" for call in fake_helm.calls())
     assert fake_helm.calls()[0] == LATEST
+
+
+async def test_a_rollback_to_a_revision_naming_a_dropped_kind_is_refused_with_the_remedy(
+    fake_helm: FakeHelm, make_deployer: MakeDeployer, make_request: RequestFactory
+) -> None:
+    deployer = make_deployer()
+    await deployer.deploy(make_request("1.0.0", template=CERTIFICATE))
+    await deployer.deploy(make_request("1.1.0"))  # 1.1.0 has no Certificate
+    fake_helm.configure(unserved=["cert-manager.io/v1/Certificate"])  # CRD deleted
+    before = fake_helm.revisions()
+
+    # deploying 1.2.0 works: Helm builds only the deployed revision's (1.1.0) manifest
+    assert list(await deployer.validate(make_request("1.2.0"))) == []
+    # returning to 1.0.0 does not: validation cannot see it (a rollback has no dry run),
+    # the rollback fails with what to do, and Helm leaves its revision pending
+    with pytest.raises(DeployError) as caught:
+        await deployer.rollback(make_request("1.0.0", purpose="rollback"))
+    message = str(caught.value)
+    assert message.startswith(
+        "helm rollback to revision 1 failed: Error: unable to build kubernetes objects from "
+        'new release manifest: resource mapping not found for name: "wrktalk-tls"'
+    )
+    assert 'no matches for kind "Certificate" in version "cert-manager.io/v1"' in message
+    assert len(fake_helm.revisions()) == len(before) + 1
+    assert fake_helm.revisions()[-1]["status"] == "pending-rollback"
+
+    assert "helm-mapkubeapis" in message
+    # the pending revision carries 1.0.0's manifest: validation skips its dry run (a
+    # deploy recovers a pending release first), and that recovery names the remedy
+    [warning] = await deployer.validate(make_request("1.2.0"))
+    assert "is pending-rollback; the deploy recovers it first" in warning
+    with pytest.raises(DeployError) as stuck:
+        await deployer.deploy(make_request("1.2.0"))
+    assert "helm rollback of the stuck release to revision 2 failed" in str(stuck.value)
+    assert "from current release manifest" in str(stuck.value)
+    assert "helm-mapkubeapis" in str(stuck.value)
+
+
+async def test_a_dropped_kind_in_the_deployed_revision_fails_validation_with_the_remedy(
+    fake_helm: FakeHelm, make_deployer: MakeDeployer, make_request: RequestFactory
+) -> None:
+    deployer = make_deployer()
+    await deployer.deploy(make_request("1.0.0", template=CERTIFICATE))
+    fake_helm.configure(unserved=["cert-manager.io/v1/Certificate"])
+    before = fake_helm.revisions()
+    with pytest.raises(ValidationError) as refused:
+        await deployer.validate(make_request("1.1.0"))
+    message = str(refused.value)
+    assert message.startswith(
+        "helm upgrade --dry-run=server failed: Error: UPGRADE FAILED: unable to build "
+        "kubernetes objects from current release manifest: "
+    )
+    assert "reinstall its CRD, or rewrite the stored release with the helm-mapkubeapis" in message
+    with pytest.raises(DeployError, match="helm-mapkubeapis") as caught:
+        await deployer.deploy(make_request("1.1.0"))  # the deploy itself says the same
+    assert "UPGRADE FAILED: unable to build kubernetes objects" in str(caught.value)
+    assert fake_helm.revisions() == before  # Helm stored nothing
 
 
 @pytest.mark.parametrize("text", ["v3.16", "v3.16+unreleased", "v4.2.0-rc.1", "v4.2"])
@@ -121,13 +182,13 @@ async def test_values_file_path_with_commas(
     assert fake_helm.revisions()[0]["config"]["dbPassword"] == "s3cr3t-do-not-log"
 
 
-@pytest.mark.parametrize("item", ["-nother", "-n=other", "-in", "-i"])
+@pytest.mark.parametrize("item", ["-nother", "-n=other", "-in", "-i", "-io", "-ojson"])
 def test_extra_args_cannot_slip_a_shorthand_past_the_check(item: str) -> None:
-    with pytest.raises(ValueError, match="is set by the agent itself"):
+    with pytest.raises(ValueError, match=f"'{item}' is not allowed: "):
         HelmSettings(extra_args=[item])
 
 
-@pytest.mark.parametrize("item", ["-fvalues-n.yaml", "--set=n=1", "-o=json"])
+@pytest.mark.parametrize("item", ["-fvalues-n.yaml", "--set=n=1", "-lowner=ops", "--set=o=1"])
 def test_extra_args_values_that_merely_contain_a_managed_letter(item: str) -> None:
     assert HelmSettings(extra_args=[item]).extra_args == [item]
 

@@ -143,11 +143,12 @@ async def test_failed_rollback_reports_helms_error(
     fake_helm.configure(inject={"rollback": "timeout"})
     with pytest.raises(DeployError) as caught:
         await deployer.rollback(make_request("1.0.0", purpose="rollback"))
+    cause = "context deadline exceeded"
     assert str(caught.value) == (
-        "helm rollback to revision 1 failed: "
-        "Error: release wrktalk failed: context deadline exceeded"
+        "helm rollback to revision 1 failed: Error: release wrktalk failed: "
+        + fake_helm.wait_error(cause, joined="; ")
     )
-    assert caught.value.output == "Error: release wrktalk failed: context deadline exceeded"
+    assert caught.value.output == f"Error: release wrktalk failed: {fake_helm.wait_error(cause)}"
 
 
 async def test_rollback_refuses_an_unsafe_version(

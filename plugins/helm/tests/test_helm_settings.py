@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from pydantic import ValidationError
 
 from wrktalk_agent.interfaces import PluginContext
 from wrktalk_agent.testing import PluginRegistry, SettingsError, load_backend_settings
 from wrktalk_agent_helm import HelmDeployer, HelmSettings
-from wrktalk_agent_helm.settings import parse_go_duration
+from wrktalk_agent_helm.settings import CONNECTION_FLAGS, OUTPUT_FLAGS, parse_go_duration
 
 
 def test_defaults() -> None:
@@ -81,8 +83,14 @@ def test_bad_go_durations(text: str) -> None:
         ("WRKTALK_AGENT_HELM_HISTORY_MAX", "-1", "greater than or equal to 0"),
         ("WRKTALK_AGENT_HELM_EXTRA_ARGS", "--set a=b", "JSON list"),
         ("WRKTALK_AGENT_HELM_EXTRA_ARGS", '["--set", "a=b\\nc"]', "newline"),
-        ("WRKTALK_AGENT_HELM_EXTRA_ARGS", '["--timeout=1h"]', "set by the agent"),
-        ("WRKTALK_AGENT_HELM_EXTRA_ARGS", '["-n", "other"]', "set by the agent"),
+        ("WRKTALK_AGENT_HELM_EXTRA_ARGS", '["--timeout=1h"]', "set WRKTALK_AGENT_HELM_TIMEOUT"),
+        ("WRKTALK_AGENT_HELM_EXTRA_ARGS", '["-n", "other"]', "set WRKTALK_AGENT_KUBE_NAMESPACE"),
+        ("WRKTALK_AGENT_HELM_EXTRA_ARGS", '["--debug"]', "WRKTALK_AGENT_LOG_LEVEL"),
+        (
+            "WRKTALK_AGENT_HELM_EXTRA_ARGS",
+            '["--kube-token=t0k3n"]',
+            "WRKTALK_AGENT_HELM_KUBECONFIG",
+        ),
         ("WRKTALK_AGENT_HELM_KUBE_CONTEXT", "--insecure", "not start with '-'"),
         ("WRKTALK_AGENT_HELM_BINARY", "", "non-empty"),
     ],
@@ -131,3 +139,65 @@ def test_instantiated_by_the_core_with_its_settings(monkeypatch: pytest.MonkeyPa
     deployer = PluginRegistry().instantiate("deployer", "helm", context)
     assert isinstance(deployer, HelmDeployer)
     assert deployer.settings.timeout_seconds == 90
+
+
+# -- EXTRA_ARGS: flags that print secrets or choose another cluster ---------------------
+#: each refused flag, the forms pflag accepts for it, and what the refusal must name
+OUTPUT_FLAG_FORMS = [
+    (["--debug"], "WRKTALK_AGENT_LOG_LEVEL"),
+    (["--debug=true"], "WRKTALK_AGENT_LOG_LEVEL"),
+    (["--output", "json"], "the task result"),
+    (["--output=yaml"], "the task result"),
+    (["-o", "json"], "the task result"),
+    (["-o=json"], "the task result"),
+    (["-oyaml"], "the task result"),
+]
+CONNECTION_FLAG_FORMS = {
+    "--kube-apiserver": ("https://10.0.0.1:6443", "`server:`"),
+    "--kube-token": ("t0k3n-do-not-log", "`token:`"),
+    "--kube-as-user": ("someone-else", "`as:`"),
+    "--kube-as-group": ("system:masters", "`as-groups:`"),
+    "--kube-ca-file": ("/tmp/other-ca.pem", "`certificate-authority:`"),
+    "--kube-tls-server-name": ("other.example", "`tls-server-name:`"),
+    "--kube-insecure-skip-tls-verify": ("true", "`insecure-skip-tls-verify:`"),
+}
+
+
+def refusal(monkeypatch: pytest.MonkeyPatch, extra_args: list[str]) -> str:
+    """The one line an operator gets for these EXTRA_ARGS."""
+    monkeypatch.setenv("WRKTALK_AGENT_HELM_EXTRA_ARGS", json.dumps(extra_args))
+    with pytest.raises(SettingsError) as caught:
+        load_backend_settings(HelmDeployer)
+    [line] = caught.value.lines
+    assert line.startswith("WRKTALK_AGENT_HELM_EXTRA_ARGS: ")
+    return line
+
+
+@pytest.mark.parametrize(("extra_args", "named"), OUTPUT_FLAG_FORMS)
+def test_extra_args_refuse_flags_that_print_values_and_manifests(
+    monkeypatch: pytest.MonkeyPatch, extra_args: list[str], named: str
+) -> None:
+    line = refusal(monkeypatch, ["--set-string", "a=b", *extra_args])
+    assert "is not allowed" in line
+    assert "values" in line
+    assert named in line
+
+
+@pytest.mark.parametrize("flag", list(CONNECTION_FLAG_FORMS))
+@pytest.mark.parametrize("form", ["separate", "equals"])
+def test_extra_args_refuse_connection_flags_and_name_the_kubeconfig(
+    monkeypatch: pytest.MonkeyPatch, flag: str, form: str
+) -> None:
+    value, field = CONNECTION_FLAG_FORMS[flag]
+    extra_args = [flag, value] if form == "separate" else [f"{flag}={value}"]
+    line = refusal(monkeypatch, extra_args)
+    assert line.startswith(f"WRKTALK_AGENT_HELM_EXTRA_ARGS: '{flag}' is not allowed: ")
+    assert "WRKTALK_AGENT_HELM_KUBECONFIG" in line
+    assert field in line
+    assert value not in line  # a token must not reach the agent's log
+
+
+def test_every_refused_flag_has_a_test() -> None:
+    tested = {args[0].split("=")[0] for args, _ in OUTPUT_FLAG_FORMS}
+    assert set(OUTPUT_FLAGS) <= tested
+    assert set(CONNECTION_FLAGS) == set(CONNECTION_FLAG_FORMS)

@@ -78,13 +78,46 @@ async def test_unreachable_cluster(
 ) -> None:
     fake_helm.configure(cluster="unreachable")
     deployer = make_deployer(on_validation_unavailable=setting)
+    # "Kubernetes cluster unreachable" in Helm 3, "kubernetes ..." in Helm 4
+    said = f"{'K' if fake_helm.major == 3 else 'k'}ubernetes cluster unreachable"
     if setting == "fail":
-        with pytest.raises(ValidationError, match="Kubernetes cluster unreachable"):
+        with pytest.raises(ValidationError, match=said) as caught:
             await deployer.validate(make_request("1.0.0"))
+        assert "ON_VALIDATION_UNAVAILABLE=warn deploys anyway" in str(caught.value)
     else:
         [warning] = await deployer.validate(make_request("1.0.0"))
         assert warning.startswith("server-side dry run not run: ")
-        assert "Kubernetes cluster unreachable" in warning
+        assert said in warning
+
+
+@pytest.mark.parametrize("setting", ["fail", "warn"])
+async def test_cluster_gone_at_the_dry_run(
+    fake_helm: FakeHelm,
+    make_deployer: MakeDeployer,
+    make_request: RequestFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    setting: str,
+) -> None:
+    """The history answered, the dry run finds the cluster gone: still "cannot run"."""
+    await make_deployer().deploy(make_request("1.0.0"))
+    deployer = make_deployer(on_validation_unavailable=setting)
+    real_latest = deployer._latest
+
+    async def latest_then_unreachable() -> object:
+        found = await real_latest()
+        fake_helm.configure(cluster="unreachable")
+        return found
+
+    monkeypatch.setattr(deployer, "_latest", latest_then_unreachable)
+    if setting == "fail":
+        with pytest.raises(ValidationError, match=r"(?i)server-side dry run not run: .*cluster"):
+            await deployer.validate(make_request("1.1.0"))
+    else:
+        [warning] = await deployer.validate(make_request("1.1.0"))
+        assert warning.lower().startswith(
+            "server-side dry run not run: error: kubernetes cluster unreachable"
+        )
+    assert [c[0] for c in fake_helm.calls()][-2:] == ["history", "upgrade"]
 
 
 @pytest.mark.parametrize("setting", ["fail", "warn"])
@@ -152,7 +185,7 @@ async def test_live_release_when_helm_cannot_tell(
     fake_helm.configure(cluster="unreachable")
     live = await make_deployer().live_release()
     assert live == LiveState(None, "unknown", live.detail)
-    assert "Kubernetes cluster unreachable" in live.detail
+    assert "kubernetes cluster unreachable" in live.detail.lower()
 
 
 async def test_live_release_of_a_release_not_made_by_the_agent(

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import shutil
 from collections.abc import Sequence
@@ -39,11 +40,9 @@ from wrktalk_agent_helm.settings import HelmSettings
 __all__ = ["HelmDeployer", "find_chart", "find_revision", "helm_error", "release_description"]
 
 SUPPORTED_MAJORS = (3, 4)
+#: statuses of a revision a helm left unfinished; Helm refuses to upgrade over them
+#: ("another operation (install/upgrade/rollback) is in progress")
 PENDING_STATUSES = frozenset({"pending-install", "pending-upgrade", "pending-rollback"})
-#: statuses an interrupted helm leaves behind: Helm refuses an upgrade on a pending
-#: release ("another operation ... is in progress") and on an uninstalling one ("has no
-#: deployed releases"); a failed one it upgrades, but the target is half-changed
-UNFINISHED_STATUSES = PENDING_STATUSES | {"uninstalling", "failed"}
 #: statuses of a revision that once ran fine and can be returned to
 ROLLBACK_TARGET_STATUSES = frozenset({"deployed", "superseded"})
 #: hard limit of status/history/list/version calls (an unreachable API server makes
@@ -54,7 +53,19 @@ MAX_OUTPUT_LINES = 100
 #: Helm's version: ``v3.16.4``, also ``v3.16`` and ``v3.16+unreleased`` from source builds
 _VERSION = re.compile(r"^v?(\d+)\.(\d+)(?:\.(\d+))?([-+]\S*)?$")
 _NOT_FOUND = "release: not found"
-_UNREACHABLE = "Kubernetes cluster unreachable"
+#: Helm 3 writes "Kubernetes cluster unreachable", Helm 4 "kubernetes cluster unreachable"
+_UNREACHABLE = re.compile(r"kubernetes cluster unreachable", re.IGNORECASE)
+#: in helm's environment, HELM_DEBUG=true works like --debug: helm would print the
+#: release's values and rendered manifests into the task's output
+_DROPPED_ENVIRONMENT = frozenset({"HELM_DEBUG"})
+#: all Helm says when its uninstall could not delete a resource: the cause goes to its
+#: debug log only
+_DELETE_FAILED = "failed to delete release:"
+#: how Helm's upgrade and rollback say that they could not build the objects of a stored
+#: revision (Helm 3 and 4 alike): the current one, or for a rollback also its target
+_STORED_MANIFEST = re.compile(r"unable to build kubernetes objects from (current|new) release")
+#: the length a Helm error is cut to in a task's error message (its end is kept)
+MAX_ERROR_CHARS = 1000
 #: ``helm history`` shows the newest 256 revisions unless told otherwise; with
 #: ``--history-max 0`` a release can have more, and rollback must see them all
 HISTORY_ALL = 1_000_000
@@ -129,19 +140,46 @@ def bounded(text: str) -> str:
 
 
 def helm_error(output: str, returncode: int) -> str:
-    """Helm's own ``Error: ...`` line (with the indented lines that continue it), or the
-    last line it printed."""
+    """Helm's own ``Error: ...`` (with the lines that continue it), or the last line it
+    printed.
+
+    Cobra prints the error last, and an error can span lines: Helm 3's wrapped lists are
+    indented, Helm 4 joins several errors (each resource its wait gave up on, then
+    ``context deadline exceeded``) one per line; a blank line ends it (usage follows)."""
     lines = output.splitlines()
     for index, line in enumerate(lines):
         if line.startswith("Error:"):
-            parts = [line.strip()]
+            text = line.strip()
             for following in lines[index + 1 :]:
-                if not following.startswith((" ", "\t", "*")):
+                if not following.strip():
                     break
-                parts.append(following.strip())
-            return " ".join(parts)[:500]
+                indented = following.startswith((" ", "\t", "*"))
+                text += (" " if indented else "; ") + following.strip()
+            return shorten(text, MAX_ERROR_CHARS)
     last = next((line.strip() for line in reversed(lines) if line.strip()), "")
     return f"exit status {returncode}" + (f": {last[:300]}" if last else "")
+
+
+def explained(error: str) -> str:
+    """Helm's error, with what to do when the release's stored manifest names a kind the
+    API server no longer serves: Helm then refuses upgrade, rollback and uninstall alike,
+    and no retry helps."""
+    if _STORED_MANIFEST.search(error) and "no matches for kind" in error:
+        return (
+            f"{error} (the release's stored manifest names a kind the cluster no longer "
+            "serves: reinstall its CRD, or rewrite the stored release with the "
+            "helm-mapkubeapis plugin; until then Helm cannot upgrade, roll back or "
+            "uninstall the release)"
+        )
+    return error
+
+
+def shorten(text: str, limit: int) -> str:
+    """``text`` cut to ``limit`` characters in the middle: Helm's cause comes last."""
+    if len(text) <= limit:
+        return text
+    keep = (limit - 5) // 2
+    return f"{text[:keep]} ... {text[-keep:]}"
 
 
 class HelmDeployer:
@@ -255,8 +293,13 @@ class HelmDeployer:
     async def validate(self, request: DeployRequest) -> Sequence[str]:
         """Check the release before anything changes: ``helm lint --strict`` and
         ``helm template`` with the release's values (every template rendered, the chart's
-        ``values.schema.json`` applied; no cluster needed), then a server-side dry run of
-        the upgrade, which also runs the API server's own validation.
+        ``values.schema.json`` applied; no cluster needed), then ``helm upgrade --install
+        --dry-run=server``. That dry run renders with the cluster at hand (``lookup``
+        works), maps every object of the new manifest and of the release's current one
+        to a kind the API server serves (so a stored kind the cluster dropped is found
+        here) and looks for existing resources another owner holds. It never sends the
+        objects to the API server: the server's own validation, admission webhooks and
+        quotas are first met by the deploy itself.
 
         Raises :class:`ValidationError` with Helm's own message when the release is bad.
         Validation that cannot run (helm missing, the cluster unreachable) fails the task
@@ -320,10 +363,11 @@ class HelmDeployer:
             return self._unavailable(f"server-side dry run not run: {error}", warnings)
         if not dry_run.ok:
             error = helm_error(dry_run.output, dry_run.returncode)
-            if _UNREACHABLE in error:
+            if _UNREACHABLE.search(error):
                 return self._unavailable(f"server-side dry run not run: {error}", warnings)
             raise ValidationError(
-                f"helm upgrade --dry-run=server failed: {error}", output=bounded(dry_run.output)
+                f"helm upgrade --dry-run=server failed: {explained(error)}",
+                output=bounded(dry_run.output),
             )
         return warnings
 
@@ -436,8 +480,11 @@ class HelmDeployer:
           ``failed`` + ``pending-rollback``): rolled back to the last deployed revision
           (else the newest superseded one), or uninstalled when nothing ever ran;
         * ``uninstalling`` (Helm's own uninstall after a cancelled first install, which in
-          Helm 4 waits for the deletion, or an interrupted uninstall of ours): the
-          uninstall is run again, which Helm accepts; the release is then installed afresh;
+          Helm 4 waits for the deletion, or an interrupted or failed uninstall of ours):
+          Helm refuses an upgrade only when no revision is ``deployed`` any more — the
+          usual case, since an uninstall marks the newest revision — but either way the
+          release's resources may be half deleted, so the uninstall is run again (Helm
+          accepts it) and the release is then installed afresh;
         * ``failed``: Helm upgrades and rolls back from it as it is; nothing to do.
         """
         latest = await self._latest()
@@ -455,17 +502,11 @@ class HelmDeployer:
         deployed = [int(e["revision"]) for e in history if e.get("status") == "deployed"]
         superseded = [int(e["revision"]) for e in history if e.get("status") == "superseded"]
         if state == "uninstalling" or (state == "pending-install" and not deployed):
-            await self._action(
-                ["uninstall", release, "--namespace", namespace, await self._wait_flag(),
-                 "--timeout", self.settings.timeout],
-                what=f"helm uninstall of the {state} release",
-                hard_timeout=self.settings.timeout_seconds + self.hard_timeout_margin,
-                transcript=transcript,
-            )  # fmt: skip
             if state == "uninstalling":
                 note = f"finished the interrupted uninstall of revision {stuck}"
             else:
                 note = f"uninstalled revision {stuck} ({state}); the release was never deployed"
+            note += await self._uninstall(request, state, transcript)
         elif deployed or superseded:
             target = max(deployed) if deployed else max(superseded)
             which = "the last deployed one" if deployed else "the newest that once ran"
@@ -486,6 +527,54 @@ class HelmDeployer:
             )
         await request.report(f"recovered Helm release {release}: {note}")
         return note
+
+    async def _uninstall(self, request: DeployRequest, state: str, transcript: list[str]) -> str:
+        """``helm uninstall --wait``; when it fails, Helm's storage tells what happened.
+
+        Helm can fail after it purged the release ("uninstallation completed with N
+        error(s)": the wait for the deletion or a post-delete hook failed), which is done
+        as far as the next install is concerned; or before, with only "failed to delete
+        release: NAME" (the cause goes to Helm's debug log), which leaves the release
+        ``uninstalling``. Returns a remark for the recovery note (empty when it went fine).
+        """
+        release, namespace = self.settings.release_name, self.settings.namespace
+        try:
+            await self._action(
+                ["uninstall", release, "--namespace", namespace, await self._wait_flag(),
+                 "--timeout", self.settings.timeout],
+                what=f"helm uninstall of the {state} release",
+                hard_timeout=self.settings.timeout_seconds + self.hard_timeout_margin,
+                transcript=transcript,
+            )  # fmt: skip
+            return ""
+        except DeployError as failed:
+            try:
+                left = await self._latest()
+            except DeployError as unreadable:
+                raise DeployError(
+                    f"{failed}; the release's history could not be read afterwards: {unreadable}",
+                    output=failed.output,
+                ) from None
+            if left is None or left.get("status") == "uninstalled":
+                remark = f" (Helm removed the release but reported: {failed})"
+                await request.report(
+                    f"helm uninstall removed Helm release {release} but reported errors; "
+                    f"installing it afresh: {failed}"
+                )
+                return remark
+            hint = ""
+            if _DELETE_FAILED in str(failed):
+                hint = (
+                    f"; Helm logs the cause only with --debug: run `helm uninstall {release} "
+                    f"-n {namespace} --debug` to see it (a resource kind the cluster no "
+                    "longer serves is a common one)"
+                )
+            raise DeployError(
+                f"{failed}; Helm release {release} is still {left.get('status')} (revision "
+                f"{left.get('revision')}), and the next deploy or rollback tries the "
+                f"uninstall again{hint}",
+                output=failed.output,
+            ) from None
 
     async def _outcome(self, action: str, transcript: list[str], **facts: Any) -> DeployOutcome:
         details: dict[str, Any] = {
@@ -589,7 +678,7 @@ class HelmDeployer:
             )
         if not result.ok:
             raise DeployError(
-                f"{what} failed: {helm_error(result.output, result.returncode)}",
+                f"{what} failed: {explained(helm_error(result.output, result.returncode))}",
                 output=bounded("\n".join(transcript)),
             )
         return result
@@ -609,7 +698,8 @@ class HelmDeployer:
         if connection:
             argv += self._connection_flags()
         argv += extra or []
-        result = await run(argv, timeout=timeout, capture_stdout=capture_stdout)
+        environment = {k: v for k, v in os.environ.items() if k not in _DROPPED_ENVIRONMENT}
+        result = await run(argv, timeout=timeout, capture_stdout=capture_stdout, env=environment)
         if result.returncode == NOT_FOUND:
             raise DeployError(
                 f"cannot run helm binary {result.output}; install Helm 3 or 4 or set "

@@ -7,10 +7,17 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-__all__ = ["MANAGED_FLAGS", "HelmSettings", "parse_go_duration"]
+__all__ = [
+    "CONNECTION_FLAGS",
+    "MANAGED_FLAGS",
+    "OUTPUT_FLAGS",
+    "REFUSED_FLAGS",
+    "HelmSettings",
+    "parse_go_duration",
+]
 
 # Helm's own rule for release names (chartutil.ValidateReleaseName): a lowercase DNS-1123
 # subdomain of at most 53 characters, so that generated resource names still fit in 63.
@@ -24,16 +31,68 @@ _NAMESPACE_MAX = 63
 # makes no sense for a timeout and "-5m" would even read like a flag.
 _DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
 #: flags the deployer sets itself; overriding them through extra_args would break the
-#: rollback bookkeeping (--description), the hard timeout (--timeout) or the target.
-MANAGED_FLAGS = frozenset({
-    "--install", "-i", "--namespace", "-n", "--create-namespace", "--wait", "--timeout",
-    "--history-max", "--atomic", "--rollback-on-failure", "--description", "--kube-context",
-    "--kubeconfig", "--reset-values", "--reuse-values", "--reset-then-reuse-values",
-    "--dry-run",
-})  # fmt: skip
+#: rollback bookkeeping (--description), the hard timeout (--timeout) or the target. Each
+#: maps to what an operator uses instead, named in the refusal.
+MANAGED_FLAGS: dict[str, str] = {
+    "--install": "the agent always runs `helm upgrade --install`",
+    "-i": "the agent always runs `helm upgrade --install`",
+    "--namespace": "set WRKTALK_AGENT_KUBE_NAMESPACE instead",
+    "-n": "set WRKTALK_AGENT_KUBE_NAMESPACE instead",
+    "--create-namespace": "set WRKTALK_AGENT_HELM_CREATE_NAMESPACE instead",
+    "--wait": "set WRKTALK_AGENT_HELM_WAIT_STRATEGY instead (the agent always waits)",
+    "--timeout": "set WRKTALK_AGENT_HELM_TIMEOUT instead",
+    "--history-max": "set WRKTALK_AGENT_HELM_HISTORY_MAX instead",
+    "--atomic": "the agent always passes it (--rollback-on-failure on Helm 4)",
+    "--rollback-on-failure": "the agent always passes it (--atomic on Helm 3)",
+    "--description": "the agent sets it: rollbacks find a release's revision by it",
+    "--kube-context": "set WRKTALK_AGENT_HELM_KUBE_CONTEXT instead",
+    "--kubeconfig": "set WRKTALK_AGENT_HELM_KUBECONFIG instead",
+    "--reset-values": "the agent always passes it: a release runs on its own values_data",
+    "--reuse-values": "a release runs on its own values_data (the agent passes --reset-values)",
+    "--reset-then-reuse-values": "a release runs on its own values_data (the agent passes "
+    "--reset-values)",
+    "--dry-run": "validation runs the server-side dry run itself",
+}
+_WHOLE_RELEASE = (
+    "it makes helm print the whole release, values and manifests included, into the task's "
+    "output; nothing replaces it: the task result records the revision and Helm version, "
+    "and `helm history` shows the rest"
+)
+#: flags that make `helm upgrade` print the release's values and rendered manifest
+#: (Secrets included, base64-encoded, which output masking cannot recognise) into the
+#: output the agent streams into the task's timeline and keeps in its result
+OUTPUT_FLAGS: dict[str, str] = {
+    "--debug": "it makes helm print the release's values and rendered manifests (Secrets "
+    "included) into the task's output; for the agent's own detail set "
+    "WRKTALK_AGENT_LOG_LEVEL=debug",
+    "--output": _WHOLE_RELEASE,
+    "-o": _WHOLE_RELEASE,
+}
+_KUBECONFIG_FIELD = (
+    "it would reach only `helm upgrade`, not the history, rollback and uninstall calls; "
+    "set {field} in the kubeconfig file named by WRKTALK_AGENT_HELM_KUBECONFIG (with "
+    "WRKTALK_AGENT_HELM_KUBE_CONTEXT for its context), which every helm call uses"
+)
+#: Helm's global connection flags: a kubeconfig holds every one of them, and the agent
+#: passes the kubeconfig and its context to every helm call it makes
+CONNECTION_FLAGS: dict[str, str] = {
+    flag: _KUBECONFIG_FIELD.format(field=field)
+    for flag, field in {
+        "--kube-apiserver": "the cluster's `server:`",
+        "--kube-token": "the user's `token:` or `tokenFile:`",
+        "--kube-as-user": "the user's `as:`",
+        "--kube-as-group": "the user's `as-groups:`",
+        "--kube-ca-file": "the cluster's `certificate-authority:`",
+        "--kube-tls-server-name": "the cluster's `tls-server-name:`",
+        "--kube-insecure-skip-tls-verify": "the cluster's `insecure-skip-tls-verify:`",
+    }.items()
+}
+#: every flag extra_args may not hold, with what replaces it
+REFUSED_FLAGS: dict[str, str] = {**MANAGED_FLAGS, **OUTPUT_FLAGS, **CONNECTION_FLAGS}
 #: one-letter flags of `helm upgrade` that take a value: in a group such as ``-fFILE`` the
 #: rest of the item is that value, not more flags
-_SHORTHAND_WITH_VALUE = frozenset("fno")
+_SHORTHAND_WITH_VALUE = frozenset("flno")
+_EXTRA_ARGS = "WRKTALK_AGENT_HELM_EXTRA_ARGS"
 _UNIT_SECONDS = {
     "ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0,
 }  # fmt: skip
@@ -98,8 +157,11 @@ class HelmSettings(BaseSettings):
         default_factory=list,
         description="Extra arguments appended to `helm upgrade --install`, as a JSON list, "
         'e.g. ["--set-string", "image.registry=registry.local"]. Items may not contain '
-        "newlines or NUL, nor repeat a flag the agent sets (--namespace, --timeout, ...). "
-        "They show up in process listings: keep secrets in values_data instead.",
+        "newlines or NUL, repeat a flag the agent sets (--namespace, --timeout, ...), make "
+        "helm print values or manifests (--debug, -o/--output) or choose the cluster or "
+        "identity (--kube-apiserver, --kube-token, --kube-as-user, ...: put those in the "
+        "kubeconfig, which every helm call uses). They show up in process listings: keep "
+        "secrets in values_data instead.",
     )
     binary: str = Field("helm", description="helm executable: a name looked up on PATH, or a path.")
     wait_strategy: Literal["watcher", "legacy"] = Field(
@@ -169,37 +231,40 @@ class HelmSettings(BaseSettings):
                 ) from None
         return value
 
-    @field_validator("extra_args")
-    @classmethod
-    def _safe_items(cls, value: list[str]) -> list[str]:
-        for item in value:
+    @model_validator(mode="after")
+    def _safe_extra_args(self) -> HelmSettings:
+        # Checked on the whole model so that the refusal names the variable without
+        # echoing the items: the flag refused may well carry a token.
+        for position, item in enumerate(self.extra_args, start=1):
             if any(ch in item for ch in "\n\r\x00"):
-                raise ValueError(f"argument {item!r} contains a newline or NUL character")
-            if _managed(item):
                 raise ValueError(
-                    f"{item!r} is set by the agent itself; use the matching "
-                    "WRKTALK_AGENT_HELM_* setting instead"
+                    f"{_EXTRA_ARGS}: item {position} contains a newline or NUL character"
                 )
-        return value
+            flag = refused_flag(item)
+            if flag is not None:
+                shown = flag if item.startswith("--") else item  # -nNS, -ojson: no secret
+                raise ValueError(f"{_EXTRA_ARGS}: {shown!r} is not allowed: {REFUSED_FLAGS[flag]}")
+        return self
 
     @property
     def timeout_seconds(self) -> float:
         return parse_go_duration(self.timeout)
 
 
-def _managed(item: str) -> bool:
-    """Whether one extra argument sets a flag the deployer manages, as pflag would read it:
-    ``--flag``, ``--flag=value``, ``-n``, ``-nNS``, ``-n=NS`` or a group such as ``-in``."""
+def refused_flag(item: str) -> str | None:
+    """The refused flag one extra argument sets, as pflag would read it (``--flag``,
+    ``--flag=value``, ``-n``, ``-nNS``, ``-n=NS`` or a group such as ``-in``), or ``None``."""
     if item.startswith("--"):
-        return item.split("=", 1)[0] in MANAGED_FLAGS
+        name = item.split("=", 1)[0]
+        return name if name in REFUSED_FLAGS else None
     if not item.startswith("-") or item == "-":
-        return False
+        return None
     for letter in item[1:]:
-        if f"-{letter}" in MANAGED_FLAGS:
-            return True
+        if f"-{letter}" in REFUSED_FLAGS:
+            return f"-{letter}"
         if letter in _SHORTHAND_WITH_VALUE or letter == "=":
-            return False
-    return False
+            return None
+    return None
 
 
 def _has_control(value: str) -> bool:

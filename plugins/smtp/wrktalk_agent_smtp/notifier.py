@@ -5,14 +5,16 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import ssl
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.message import EmailMessage
 from email.utils import format_datetime, formataddr, make_msgid, parseaddr
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import aiosmtplib
+from aiosmtplib.response import SMTPResponse
+from aiosmtplib.typing import Default
 from pydantic import SecretStr
 from tenacity import (
     AsyncRetrying,
@@ -23,9 +25,12 @@ from tenacity import (
 )
 
 from wrktalk_agent.interfaces import (
+    BackendError,
     CheckResult,
     Deliveries,
     Delivery,
+    DeliveryAttempt,
+    DeliveryOutcome,
     NotificationEvent,
     PluginContext,
     Recipient,
@@ -77,25 +82,38 @@ class SmtpNotifier:
 
     # -- the Notifier protocol --------------------------------------------------------
     async def notify(self, event: NotificationEvent) -> Deliveries:
+        """Send to every active admin now (outside the outbox: tests, one-off sends)."""
+        try:
+            return await self.deliver(event, DeliveryAttempt())
+        except BackendError as exc:
+            return [Delivery.of("active admins", "temporary", str(exc), attempts=0)]
+
+    async def deliver(self, event: NotificationEvent, attempt: DeliveryAttempt) -> Deliveries:
+        """Send to every active admin not in ``attempt.skip``, each their own message;
+        report each outcome as soon as it is known. Raises :class:`BackendError` only when
+        the recipients cannot be read (nothing was sent)."""
         log = self.log.bind(task_id=str(event.task_id), kind=event.kind.value)
         try:
-            recipients = await self.context.directory.active_admins()
+            admins = await self.context.directory.active_admins()
         except Exception as exc:
             log.error("smtp.recipients_unavailable", error=str(exc))
-            detail = f"could not read active admins: {exc}"
-            return [Delivery(recipient="active admins", ok=False, detail=detail, attempts=0)]
-        if not recipients:
+            raise BackendError(f"could not read active admins: {exc}") from exc
+        if not admins:
             log.warning("smtp.no_recipients", detail="no active admin in the database")
+            return []
+        recipients = [r for r in admins if r.email not in attempt.skip]
+        if not recipients:
             return []
 
         try:
             rendered = self.templates.render(event)
         except Exception as exc:  # an operator's template failing at render time
-            return self._not_sent(recipients, f"could not render the email templates: {exc}", log)
+            reason = f"could not render the email templates: {exc}"
+            return await self._not_sent(recipients, reason, log, attempt)
         server = await self._resolve_server(log)
         problem = self._refusal(server)
         if problem is not None:
-            return self._not_sent(recipients, problem, log)
+            return await self._not_sent(recipients, problem, log, attempt)
 
         limit = asyncio.Semaphore(_PARALLEL_SENDS)
 
@@ -104,7 +122,9 @@ class SmtpNotifier:
 
         async def deliver(recipient: Recipient) -> Delivery:
             async with limit:
-                return await self._deliver(server, rendered, recipient, log, key)
+                delivery = await self._deliver(server, rendered, recipient, log, key, attempt)
+            await attempt.report(delivery)
+            return delivery
 
         return await asyncio.gather(*(deliver(r) for r in recipients))
 
@@ -134,12 +154,16 @@ class SmtpNotifier:
             results.append(CheckResult("smtp recipients", bool(admins), count))
         return results
 
-    def _not_sent(self, recipients: list[Recipient], reason: str, log: Any) -> list[Delivery]:
-        """Nothing was attempted (``attempts=0``): the same reason for every recipient."""
+    async def _not_sent(
+        self, recipients: list[Recipient], reason: str, log: Any, attempt: DeliveryAttempt
+    ) -> list[Delivery]:
+        """Nothing was attempted (``attempts=0``): the same reason for every recipient.
+        Temporary: once the configuration is fixed, the outbox's next attempt sends."""
         log.error("smtp.not_sent", reason=reason, recipients=len(recipients))
-        return [
-            Delivery(recipient=r.email, ok=False, detail=reason, attempts=0) for r in recipients
-        ]
+        deliveries = [Delivery.of(r.email, "temporary", reason, attempts=0) for r in recipients]
+        for delivery in deliveries:
+            await attempt.report(delivery)
+        return deliveries
 
     # -- configuration ----------------------------------------------------------------
     async def _resolve_server(self, log: Any) -> Server:
@@ -187,9 +211,10 @@ class SmtpNotifier:
         context.check_hostname = self.settings.verify_hostname
         return context
 
-    def _client(self, server: Server) -> aiosmtplib.SMTP:
+    def _client(self, server: Server, gate: _Gate | None = None) -> aiosmtplib.SMTP:
         tls = self.settings.tls
-        return aiosmtplib.SMTP(
+        return _GatedSMTP(
+            gate or _Gate(),
             hostname=server.host,
             port=server.port,
             username=server.user,
@@ -209,8 +234,13 @@ class SmtpNotifier:
         rendered: Rendered,
         recipient: Recipient,
         log: Any,
-        key: str | None = None,
+        key: str | None,
+        attempt: DeliveryAttempt,
     ) -> Delivery:
+        """One recipient: temporary failures before the message went out are retried here
+        (``RETRIES``, with backoff); the outbox retries what is still temporary after that.
+        A failure after the message went out without a reply is ``unknown`` and never
+        retried here: only the outbox may repeat it, once."""
         log = log.bind(recipient=recipient.email)
 
         def before_sleep(state: RetryCallState) -> None:
@@ -227,25 +257,59 @@ class SmtpNotifier:
             # Inside the try: a malformed name or address from the database must fail
             # this recipient only.
             message = build_message(rendered, server.sender or "", recipient, key=key)
-            async for attempt in AsyncRetrying(
-                retry=retry_if_exception(is_temporary),
+            async for retrying in AsyncRetrying(
+                retry=retry_if_exception(_worth_retrying_now),
                 stop=stop_after_attempt(self.settings.retries + 1),
                 wait=wait_exponential(multiplier=self.settings.retry_backoff),
                 before_sleep=before_sleep,
                 reraise=True,
             ):
-                with attempt:
-                    attempts = attempt.retry_state.attempt_number
-                    async with self._client(server) as smtp:
-                        await smtp.send_message(message, recipients=[recipient.email])
+                with retrying:
+                    attempts = retrying.retry_state.attempt_number
+                    await self._send_once(server, message, recipient.email, attempt)
         except Exception as exc:
-            kind = "temporary" if is_temporary(exc) else "permanent"
-            detail = f"{kind} failure after {attempts} attempt(s): {self._describe(exc, server)}"
-            log.error("smtp.failed", attempts=attempts, detail=detail)
-            return Delivery(recipient=recipient.email, ok=False, detail=detail, attempts=attempts)
+            outcome = _outcome(exc)
+            detail = self._failure_detail(exc, outcome, attempts, server)
+            log.error("smtp.failed", attempts=attempts, outcome=outcome, detail=detail)
+            return Delivery.of(recipient.email, outcome, detail, attempts)
         log.info("smtp.sent", attempts=attempts, server=server.address)
         detail = f"accepted by {server.address}"
-        return Delivery(recipient=recipient.email, ok=True, detail=detail, attempts=attempts)
+        return Delivery.of(recipient.email, "delivered", detail, attempts)
+
+    async def _send_once(
+        self, server: Server, message: EmailMessage, address: str, attempt: DeliveryAttempt
+    ) -> None:
+        """One SMTP session for one recipient. Raises :class:`_Withheld` when the outbox
+        says not to send, :class:`_Unanswered` when the message went out and no reply
+        came; a reply after the message (``4xx``/``5xx``) is reported to the outbox at
+        once, so that a retry here counts as a new send, not as a repeat."""
+        gate = _Gate(lambda: attempt.sending(address))
+        try:
+            async with self._client(server, gate) as smtp:
+                await smtp.send_message(message, recipients=[address])
+        except _Withheld:
+            raise
+        except Exception as exc:
+            if gate.accepted:
+                return  # 250 came; only the goodbye (QUIT) failed
+            if not gate.sent:
+                raise
+            if isinstance(exc, aiosmtplib.SMTPResponseException):
+                # the server answered: it has not taken the message
+                outcome = _outcome(exc)
+                await attempt.report(Delivery.of(address, outcome, self._describe(exc, server), 1))
+                raise
+            raise _Unanswered(exc) from exc
+
+    def _failure_detail(
+        self, exc: BaseException, outcome: DeliveryOutcome, attempts: int, server: Server
+    ) -> str:
+        if isinstance(exc, _Withheld):
+            return "not sent: the outbox withheld it (lease lost or repeat used up)"
+        if isinstance(exc, _Unanswered):
+            cause = self._describe(exc.cause, server)
+            return f"outcome unknown: no reply after the message was sent: {cause}"
+        return f"{outcome} failure after {attempts} attempt(s): {self._describe(exc, server)}"
 
     def _describe(self, exc: BaseException, server: Server) -> str:
         if isinstance(exc, aiosmtplib.SMTPRecipientsRefused):
@@ -266,6 +330,8 @@ def is_temporary(exc: BaseException) -> bool:
 
     5xx replies, certificate problems and missing server features are permanent.
     """
+    if isinstance(exc, _Unanswered | _Withheld):
+        return True
     if isinstance(exc, aiosmtplib.SMTPRecipientsRefused):
         return all(is_temporary(r) for r in exc.recipients)
     if isinstance(exc, aiosmtplib.SMTPResponseException):
@@ -275,6 +341,65 @@ def is_temporary(exc: BaseException) -> bool:
     # OSError covers refused connections, aiosmtplib's disconnect/connect errors and
     # (since Python 3.11, where asyncio.TimeoutError is TimeoutError) its timeouts.
     return isinstance(exc, OSError)
+
+
+def _worth_retrying_now(exc: BaseException) -> bool:
+    """Retried within this attempt: temporary failures before the message went out, and
+    replies refusing it. Never an unanswered send (only the outbox may repeat it) nor a
+    send the outbox withheld."""
+    return not isinstance(exc, _Unanswered | _Withheld) and is_temporary(exc)
+
+
+def _outcome(exc: BaseException) -> DeliveryOutcome:
+    if isinstance(exc, _Unanswered):
+        return "unknown"
+    return "temporary" if is_temporary(exc) else "permanent"
+
+
+class _Withheld(Exception):
+    """The outbox said not to send to this recipient now."""
+
+
+class _Unanswered(Exception):
+    """The message went out (SMTP ``DATA``) and no reply came: it may have arrived."""
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
+class _Gate:
+    """Where one SMTP session stands: asks before ``DATA`` (the point of no return) and
+    remembers whether the message went out and whether the server took it."""
+
+    def __init__(self, ask: Callable[[], Awaitable[bool]] | None = None) -> None:
+        self.ask = ask
+        self.sent = False
+        self.accepted = False
+
+
+class _GatedSMTP(aiosmtplib.SMTP):
+    """aiosmtplib's client with a gate before ``DATA``: everything before it (connect,
+    TLS, AUTH, ``MAIL``, ``RCPT``) can fail and be retried without anyone getting the
+    message; from ``DATA`` on, a failure without a reply leaves the outcome unknown."""
+
+    def __init__(self, gate: _Gate, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.gate = gate
+
+    async def data(
+        self,
+        message: str | bytes,
+        /,
+        *,
+        timeout: float | Literal[Default.token] | None = Default.token,
+    ) -> SMTPResponse:
+        if self.gate.ask is not None and not await self.gate.ask():
+            raise _Withheld()
+        self.gate.sent = True
+        response = await super().data(message, timeout=timeout)
+        self.gate.accepted = True
+        return response
 
 
 def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
