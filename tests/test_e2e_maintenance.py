@@ -487,6 +487,9 @@ async def test_an_operators_window_during_a_task_is_a_hold_of_its_own(
     handler = site.backend()
     async with running(agent) as runner:
         await deploy_started(started, runner)
+        # /metrics says what the database says, at once (not only at the next refresh)
+        assert _gauge("wrktalk_agent_maintenance_mode") == 1
+        assert _gauge("wrktalk_agent_maintenance_holds", kind="task") == 1
         await maint.operator_on(repo, handler, who="bob", reason="look", timeout=10)
         bob_off = await maint.operator_off(repo, handler, who="bob", timeout=10)
         assert bob_off.released is not None and not bob_off.released.switched_off
@@ -504,9 +507,38 @@ async def test_an_operators_window_during_a_task_is_a_hold_of_its_own(
     await site.assert_maintenance()
     state = await repo.maintenance_state()
     assert [h.holder for h in state.holds] == ["operator:alice"]
+    assert _gauge("wrktalk_agent_maintenance_holds", kind="operator") == 1
+    assert _gauge("wrktalk_agent_maintenance_holds", kind="task") == 0
     await maint.operator_off(repo, handler, who="alice", timeout=10)
     await site.assert_up()
     assert await repo.maintenance_flag() is False
+    assert _gauge("wrktalk_agent_maintenance_mode") == 0
+
+
+def _gauge(name: str, **labels: str) -> float | None:
+    return metrics.REGISTRY.get_sample_value(name, labels)
+
+
+async def test_off_force_ends_a_tasks_hold_and_says_so_in_its_timeline(nginx_proxy, repo, tmp_path):
+    """The override: carol's `off --force` ends every hold, a running task's included,
+    switches nginx off, and the task's timeline records who did it."""
+    handler = NginxMaintenance(nginx_proxy.settings, plugin_context(tmp_path))
+    task = await repo.create_task("deploy", (await add_release(repo, "1.0.0")).id)
+    await repo.hold_maintenance(f"task:{task.id}", "deploy 1.0.0")
+    await handler.enable("deploy 1.0.0")
+    refused = maint.operator_off(repo, handler, who="carol", timeout=10)
+    with pytest.raises(maint.BackendError, match="carol holds no maintenance window"):
+        await refused
+    assert nginx_proxy.get().status == 503
+    forced = await maint.operator_off(repo, handler, who="carol", timeout=10, force=True)
+    assert forced.released is not None and forced.released.switched_off
+    assert [h.holder for h in forced.released.holds] == [f"task:{task.id}"]
+    assert nginx_proxy.get().status == 200
+    assert await repo.maintenance_flag() is False
+    events = await repo.task_events(task.id)
+    assert message(events, "maintenance-off", "info") == (
+        "maintenance switched off by operator carol with --force"
+    )
 
 
 async def test_a_slow_proxy_never_delays_a_claim(nginx_proxy, repo, tmp_path):

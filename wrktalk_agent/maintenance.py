@@ -128,8 +128,22 @@ async def _serialized(repo: Repository, *, wait: bool = True) -> AsyncIterator[A
 
 
 async def _state(conn: Any) -> MaintenanceState:
+    """Maintenance as recorded; /metrics shows what was read (between two refreshes)."""
     row = await conn.fetchrow(q.MAINTENANCE_STATE)
-    return MaintenanceState.model_validate(dict(row)) if row else MaintenanceState()
+    state = MaintenanceState.model_validate(dict(row)) if row else MaintenanceState()
+    _observe(state)
+    return state
+
+
+def _observe(state: MaintenanceState) -> None:
+    metrics.MAINTENANCE.set(1 if state.enabled else 0)
+    pending = state.off_pending_since
+    metrics.MAINTENANCE_OFF_PENDING_SINCE.set(pending.timestamp() if pending else 0)
+    for kind in metrics.HOLD_KINDS:
+        holds = [h for h in state.holds if h.kind == kind]
+        times = [h.since.timestamp() for h in holds if h.since is not None]
+        metrics.MAINTENANCE_HOLDS.labels(kind=kind).set(len(holds))
+        metrics.MAINTENANCE_HOLD_SINCE.labels(kind=kind).set(min(times) if times else 0)
 
 
 def _holds(rows: list[asyncpg.Record]) -> list[MaintenanceHold]:
@@ -162,6 +176,7 @@ async def forget_failed_switch(services: Services) -> None:
     was switched on, so nothing is pending."""
     async with _serialized(services.repo) as conn:
         await conn.execute(q.RECORD_MAINTENANCE_OFF)
+        await _state(conn)
 
 
 async def hold_for_task(
@@ -219,9 +234,11 @@ async def _release_now(
             done.error = describe(exc)
             metrics.MAINTENANCE_OFF_FAILURES.inc()
             await conn.execute(q.RECORD_OFF_PENDING, done.error)
+            await _state(conn)
             _wake_loops()
             return done
         await conn.execute(q.RECORD_MAINTENANCE_OFF)
+        await _state(conn)
         done.switched_off = True
         return done
 
