@@ -203,6 +203,10 @@ async def test_backend_fault_is_contained(purpose, method, kind, faulty_agent, r
     elif method == "auto-rollback":
         assert done.status == "failed" and "health of 2.0.0 is bad" in done.error_message
         assert cause in done.result["auto_rollback"]["error"], done.result
+        # both causes on the error's first line: the site is in an unknown state
+        first_line = done.error_message.splitlines()[0]
+        assert "health of 2.0.0 is bad" in first_line and cause in first_line, first_line
+        assert "automatic rollback to 1.0.0 failed too" in first_line
     elif method == "disable":  # fails once, retried by the task: off, and it says so
         assert "maintenance-off failed could not switch off" in timeline
         assert "maintenance-off succeeded switched off after 1 failed attempt" in timeline

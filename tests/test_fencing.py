@@ -297,8 +297,9 @@ async def test_chaos_four_agents_killed_frozen_and_cut_off(
             lambda: {r["task"] for r in recording.records("notify")} >= {str(t.id) for t in tasks},
             60,
         )
-        for proc in agents.values():  # a restarted agent may still be starting up
-            wait_until(lambda p=proc: "agent.started" in log_text(p), 30)
+        for name, proc in agents.items():  # a restarted agent may still be starting up
+            started = wait_until(lambda p=proc: "agent.started" in log_text(p), 30, fail=False)
+            assert started, f"{name} did not start: {log_text(proc)[-2000:]}"
             proc.send_signal(signal.SIGTERM)
         for proc in agents.values():
             assert proc.wait(30) == 0

@@ -10,6 +10,7 @@ the database driver, pydantic models or rich when it needs them.
 from __future__ import annotations
 
 import os
+import re
 import sys
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from datetime import datetime
@@ -256,6 +257,27 @@ def shown_status(task: Task) -> str:
     """The stored status, except that a cancelled task (stored as ``failed``: the backend's
     status set has no "cancelled") is shown as ``cancelled``."""
     return task.shown_status
+
+
+_BOTH_CAUSES = re.compile(r"; automatic rollback to \S+ failed too: ")
+
+
+def error_cell(error: str | None, wide: bool, width: int = 60) -> str:
+    """A task's error on one line; cut to ``width`` unless ``wide``. A failed deploy whose
+    automatic rollback failed too keeps the start of both causes."""
+    text = " ".join((error or "").split())
+
+    def cut(part: str, room: int) -> str:
+        return part if len(part) <= room else part[: room - 1] + "…"
+
+    if wide or len(text) <= width:
+        return text
+    match = _BOTH_CAUSES.search(text)
+    if match is not None:
+        deploy, rollback = text[: match.start()], text[match.end() :]
+        room = (width - len(" | rollback: ")) // 2
+        return f"{cut(deploy, room)} | rollback: {cut(rollback, room)}"
+    return cut(text, width + 1)
 
 
 def _short(task_id: UUID | None, wide: bool) -> str:
@@ -907,8 +929,7 @@ def task_list(
                 _time(t.completed_at),
                 t.claimed_by or "-",
             ]
-        error = " ".join((t.error_message or "").split())
-        row.append(error if wide else error[:60] + ("…" if len(error) > 60 else ""))
+        row.append(error_cell(t.error_message, wide))
         rows.append(row)
     print_table(columns, rows)
 

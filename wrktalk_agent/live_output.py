@@ -26,6 +26,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from wrktalk_agent import process
+from wrktalk_agent.safe_text import storable
 
 if TYPE_CHECKING:
     from wrktalk_agent.pipeline import Secrets, Timeline
@@ -86,9 +87,7 @@ class LiveOutput:
             self._note_cut()
             return
         # masked before it is cut: a cut could leave half a secret that no longer matches
-        text = self.secrets.redact(text)
-        if len(text) > LINE_CHARS:
-            text = text[: LINE_CHARS - 1] + "…"
+        text = storable(self.secrets.redact(text), limit=LINE_CHARS)
         self.lines += 1
         self.bytes += len(text.encode())
         self.unwritten += 1
@@ -102,7 +101,7 @@ class LiveOutput:
         stop = asyncio.Event()
         writer = asyncio.create_task(self._write_every_interval(stop), name="live-output")
         try:
-            with process.streaming_output(self.line):
+            with process.streaming_output(self.line, self.secrets):
                 yield
         finally:
             stop.set()

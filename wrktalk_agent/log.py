@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 import structlog
 
-from wrktalk_agent.safe_text import visible
+from wrktalk_agent.safe_text import storable, visible
 from wrktalk_agent.secrets import MASK, is_secret_name, mask_mapping, mask_text
 
 
@@ -63,6 +63,18 @@ def redact_known_secrets(
     return event_dict
 
 
+def storable_fields(
+    _: Any, __: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """Every text of a log line as :func:`~wrktalk_agent.safe_text.storable` text: NUL,
+    undecodable bytes and lone surrogates escaped (a log shipper may store the line in a
+    database too), each value bounded. Runs after the secrets are masked."""
+    for key, value in list(event_dict.items()):
+        if isinstance(value, str | bytes):
+            event_dict[key] = storable(value)
+    return event_dict
+
+
 def escape_for_console(
     _: Any, __: str, event_dict: MutableMapping[str, Any]
 ) -> MutableMapping[str, Any]:
@@ -109,6 +121,7 @@ def configure_logging(level: str = "info", fmt: str = "auto") -> None:
     rendering: list[Any] = [
         structlog.processors.format_exc_info,
         redact_known_secrets,
+        storable_fields,
         *([escape_for_console] if use_console else []),
         renderer,
     ]

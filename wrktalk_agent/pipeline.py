@@ -74,6 +74,7 @@ from wrktalk_agent.results import (
     TaskResult,
     ToolOutput,
 )
+from wrktalk_agent.safe_text import storable, storable_value
 from wrktalk_agent.services import Services
 
 __all__ = [
@@ -151,6 +152,19 @@ class Verdict:
     error: str | None = None
     kind: NotificationKind | None = None
     rollback_error: str | None = None
+    #: the deploy's own cause when ``error`` names the rollback's too
+    deploy_error: str | None = None
+
+
+#: Joins the two causes of a failed deploy whose automatic rollback failed as well.
+ROLLBACK_FAILED_TOO = "; automatic rollback to {version} failed too: "
+
+
+def both_causes(deploy_error: str, version: str, rollback_error: str) -> str:
+    """One line naming why the deploy failed and why the rollback to ``version`` did."""
+    deploy = " ".join(deploy_error.split())
+    rollback = " ".join(rollback_error.split())
+    return deploy + ROLLBACK_FAILED_TOO.format(version=version) + rollback
 
 
 class Secrets:
@@ -178,6 +192,15 @@ class Secrets:
         for redactor in self._redactors:
             value = redactor.redact_value(value)
         return value
+
+    @property
+    def longest(self) -> int:
+        """Characters of the longest secret (see :class:`wrktalk_agent.redact.Masker`)."""
+        return max(r.longest for r in self._redactors)
+
+    def spans(self, text: str) -> list[tuple[int, int]]:
+        """Where the secrets occur in ``text`` (see :class:`wrktalk_agent.redact.Masker`)."""
+        return [span for r in self._redactors for span in r.spans(text)]
 
 
 class Timeline:
@@ -217,14 +240,15 @@ class Timeline:
     def append(
         self, step: str, status: EventStatus, message: str = "", *, at: datetime | None = None
     ) -> None:
-        message = self.secrets.redact(message)
+        # masked before it is made storable: storable() may cut a long message
+        message = storable(self.secrets.redact(storable(message, limit=1 << 24)))
         # one order: entries are kept as they come, and their times never go backwards
         # (a wall clock may step back; the timeline's order stays the order of events)
         at = at or datetime.now(UTC)
         if self._last_at is not None and at < self._last_at:
             at = self._last_at
         self._last_at = at
-        self.unsaved.append(PendingEvent(at, step, status, message))
+        self.unsaved.append(PendingEvent(at, storable(step), status, message))
 
     async def flush(self, timeout: float | None = None) -> None:
         async with self._writing:
@@ -461,6 +485,12 @@ class TaskRun(LeasedRun):
                     if rollback_error != "skipped":
                         verdict.kind = NotificationKind.AUTO_ROLLBACK
                         verdict.rollback_error = rollback_error
+                    if rollback_error not in (None, "skipped") and self.current is not None:
+                        # the site is in an unknown state: both causes, on the first line
+                        verdict.deploy_error = verdict.error
+                        verdict.error = both_causes(
+                            str(exc), self.current.release_version, str(rollback_error)
+                        )
                 return verdict
         except asyncio.CancelledError:
             if not cancel_requested():  # raised by a backend on its own: a failure
@@ -934,7 +964,7 @@ class TaskRun(LeasedRun):
             outcome=status,
             target=self.target,
             current=self.current,
-            error=error,
+            error=self.secrets.redact(verdict.deploy_error) if verdict.deploy_error else error,
             started_at=self.started_at,
             steps=self.steps,
             rollback_error=rollback_error,
@@ -974,16 +1004,23 @@ async def write_outcome(
     ``task``'s claim still owns it. Returns the status written (None: taken away,
     nothing written).
 
-    When the database refuses it (a constraint, a trigger, a missing privilege: retrying
-    cannot help) the task still ends, in ever smaller writes: without the timeline entries
-    (their table may be what is refused); then failed, saying what was refused, without
-    the flag change; then also without the notification. Only a refusal of the task row
-    itself leaves it to the lease."""
+    Everything written is made storable first (:func:`wrktalk_agent.safe_text.storable`),
+    so no output, error or detail can make the database refuse it. When it refuses all
+    the same (a constraint, a trigger, a missing privilege: retrying cannot help) the task
+    still ends, in ever smaller writes that keep the verdict and record what was dropped
+    (``result.dropped``): without the timeline entries (their table may be what is
+    refused); then with only the verdict in the result and a plain-ASCII error; then
+    failed, saying what was refused, without the flag change; then also without the
+    notification. Only a refusal of the task row itself leaves it to the lease."""
     log = timeline.log
     assert task.claim_token is not None
     names = outbox.notifier_names(services.notifiers)
-    flags_now, status_now, error_now, notify = flags, status, error, True
-    for degraded in range(4):
+    result_now = storable_value(result)
+    error_now = storable(error) if error is not None else None
+    event_now = storable_value(outbox.event_json(event))
+    flags_now, status_now, notify = flags, status, True
+    dropped: list[str] = []
+    for degraded in range(5):
         try:
             async for attempt in db_retrying(log, "outcome", services.repo):
                 with attempt:
@@ -991,32 +1028,69 @@ async def write_outcome(
                         task.id,
                         task.claim_token,
                         status=status_now,
-                        result=result,
+                        result=result_now,
                         error=error_now,
                         flags=flags_now,
                         events=list(timeline.unsaved),
                         agent_id=services.settings.agent_id,
-                        notifications=(names, outbox.event_json(event)) if notify else None,
+                        notifications=(names, event_now) if notify else None,
                     )
-        except asyncpg.PostgresError as exc:
-            if degraded == 3:
+        except _REFUSED as exc:
+            if degraded == 4:
                 raise
-            log.error("outcome.refused", error=describe(exc), outcome=status_now)
+            refused = storable(describe(exc), limit=1000)
+            log.error("outcome.refused", error=refused, outcome=status_now, degraded=degraded)
             if degraded == 0:
+                dropped.append(f"{len(timeline.unsaved)} timeline entries")
                 timeline.unsaved.clear()
             elif degraded == 1:
+                dropped.append("the task result (outputs, steps, details)")
+                error_now = _plain(error_now)
+                event_now = storable_value(
+                    outbox.event_json(dataclasses.replace(event, error=error_now, steps=()))
+                )
+                result_now = {"agent_id": services.settings.agent_id, "outcome": status_now}
+                if error_now:
+                    result_now["error"] = error_now
+            elif degraded == 2:
+                dropped.append("the release flag change")
                 flags_now, status_now = None, "failed"
-                error_now = f"the database refused the outcome ({status}): {describe(exc)}"
-                result = {**result, "outcome": "failed", "error": error_now}
-                event = dataclasses.replace(event, outcome="failed", error=error_now)
+                error_now = _plain(f"the database refused the outcome ({status}): {refused}")
+                event_now = storable_value(
+                    outbox.event_json(
+                        dataclasses.replace(event, outcome="failed", error=error_now, steps=())
+                    )
+                )
+                result_now = {**result_now, "outcome": "failed", "error": error_now}
             else:
+                dropped.append("the notification")
                 notify = False
+            result_now = {**result_now, "dropped": list(dropped), "refused": refused}
             continue
         if row is None:
             return None
         timeline.unsaved.clear()
+        if dropped:
+            log.warning("outcome.degraded", outcome=status_now, dropped=dropped)
         return status_now
     return None
+
+
+#: What makes a write fail for its content or a constraint (not an outage): asyncpg
+#: reports arguments it cannot encode as DataError, a PostgresError like the server's.
+_REFUSED: tuple[type[BaseException], ...] = (
+    asyncpg.PostgresError,
+    ValueError,
+    TypeError,
+    RecursionError,
+)
+
+
+def _plain(text: str | None) -> str | None:
+    """``text`` in plain ASCII, bounded: what any database takes."""
+    if text is None:
+        return None
+    return storable(text.encode("ascii", "backslashreplace").decode("ascii"), limit=2000)
 
 
 def _known_passwords(settings: AgentSettings) -> list[str | None]:

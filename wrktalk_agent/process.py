@@ -21,6 +21,7 @@ forgets it when the task ends.
 from __future__ import annotations
 
 import asyncio
+import codecs
 import contextlib
 import contextvars
 import ctypes
@@ -34,8 +35,14 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from wrktalk_agent.redact import Masker, masked_tail, merged_spans, safe_cut
+from wrktalk_agent.safe_text import storable
+
 #: How much of a command's output is kept for task results and errors.
 TAIL_BYTES = 8 * 1024
+#: Output read beyond the tail, so that the secrets are masked before the tail is cut (a
+#: cut through a secret leaves a piece that no longer matches).
+TAIL_MARGIN_BYTES = 16 * 1024
 #: After SIGTERM, how long a command gets to clean up before SIGKILL.
 STOP_GRACE_SECONDS = 5.0
 #: Exit status reported when the executable does not exist, as a shell would.
@@ -67,19 +74,30 @@ output_sink: contextvars.ContextVar[Callable[[str], None] | None] = contextvars.
     "wrktalk_output_sink", default=None
 )
 #: A line longer than this is passed to the sink in pieces (a progress bar without line
-#: ends must not grow a buffer without limit).
+#: ends must not grow a buffer without limit), in characters.
 SINK_LINE_BYTES = 4 * 1024
+#: The secrets of the running task: commands' output is masked before any cut (the tail
+#: kept in :class:`CommandResult`, the pieces of an over-long line).
+output_masker: contextvars.ContextVar[Masker | None] = contextvars.ContextVar(
+    "wrktalk_output_masker", default=None
+)
 
 
 @contextlib.contextmanager
-def streaming_output(sink: Callable[[str], None] | None) -> Iterator[None]:
+def streaming_output(
+    sink: Callable[[str], None] | None, masker: Masker | None = None
+) -> Iterator[None]:
     """Send the output lines of commands run in this context (and in tasks it creates)
-    to ``sink`` while they run. For the core."""
+    to ``sink`` while they run; ``masker`` names the secrets no cut may split. For the
+    core."""
     token = output_sink.set(sink)
+    mask_token = output_masker.set(masker) if masker is not None else None
     try:
         yield
     finally:
         output_sink.reset(token)
+        if mask_token is not None:
+            output_masker.reset(mask_token)
 
 
 def stop_grace() -> float:
@@ -263,7 +281,8 @@ class CommandResult:
     #: otherwise empty and stdout is part of ``output``
     stdout: str
     #: the last :data:`TAIL_BYTES` of what the command printed (stderr, and stdout unless
-    #: captured separately)
+    #: captured separately), as storable text (:func:`wrktalk_agent.safe_text.storable`),
+    #: the running task's secrets masked before it was cut
     output: str
 
     @property
@@ -277,11 +296,35 @@ class CommandResult:
 
 
 def tail(text: str, limit: int = TAIL_BYTES) -> str:
-    """The end of ``text``, at most ``limit`` bytes of UTF-8."""
-    data = text.encode()
-    if len(data) <= limit:
-        return text
-    return data[-limit:].decode(errors="ignore")
+    """The end of ``text``, at most ``limit`` bytes of UTF-8, as storable text. Mask
+    secrets first: a cut can leave half a secret that no longer matches."""
+    text = storable(text, limit=max(limit, 1) * 4, keep="tail")
+    return masked_tail(text, None, limit, head_cut=False)
+
+
+class _Tail:
+    """The end of a command's output as it is read: :data:`TAIL_BYTES` plus a margin, so
+    that the secrets of the task can be masked before the final cut."""
+
+    def __init__(self, masker: Masker | None) -> None:
+        self.masker = masker
+        longest = masker.longest if masker is not None else 0
+        self.keep = TAIL_BYTES + max(TAIL_MARGIN_BYTES, 4 * longest)
+        self.data = bytearray()
+        self.cut = False
+
+    def feed(self, chunk: bytes) -> None:
+        self.data += chunk
+        if len(self.data) > self.keep:
+            del self.data[: len(self.data) - self.keep]
+            self.cut = True
+
+    def text(self, note: str = "") -> str:
+        data = bytes(self.data)
+        if self.cut:  # no half character at the start
+            data = data.lstrip(bytes(range(0x80, 0xC0)))
+        text = storable(data, limit=len(data) * 4 + 16) + note
+        return masked_tail(text, self.masker, TAIL_BYTES, head_cut=self.cut)
 
 
 async def run(
@@ -328,46 +371,43 @@ async def _communicate(
     capture_stdout: bool,
 ) -> CommandResult:
     assert proc.stdout is not None
+    masker = output_masker.get()
     # Filled while the command runs, so what it printed survives a timeout.
-    stdout, output = bytearray(), bytearray()
+    stdout, output = bytearray(), _Tail(masker)
     # stdout that is parsed (JSON, a status) is not progress: only the rest streams
-    lines = _LineSplitter(sink) if (sink := output_sink.get()) is not None else None
+    sink = output_sink.get()
+    lines = _LineSplitter(sink, masker) if sink is not None else None
     try:
         async with asyncio.timeout(timeout):
             if capture_stdout:
                 assert proc.stderr is not None
                 await asyncio.gather(
-                    _read(proc.stdout, stdout, keep=None),
-                    _read(proc.stderr, output, keep=TAIL_BYTES, lines=lines),
+                    _read(proc.stdout, stdout.extend),
+                    _read(proc.stderr, output.feed, lines=lines),
                 )
             else:
-                await _read(proc.stdout, output, keep=TAIL_BYTES, lines=lines)
+                await _read(proc.stdout, output.feed, lines=lines)
             returncode = await proc.wait()
     except TimeoutError:
         await _stop(proc)
-        said = output.decode(errors="replace")
         note = f"{argv[0]}: timed out after {timeout:g}s"
-        return CommandResult(argv, TIMED_OUT, "", tail(f"{said}\n{note}" if said else note))
+        said = output.text(f"\n{note}") if output.data else note
+        return CommandResult(argv, TIMED_OUT, "", said)
     except BaseException:  # cancelled: the child must not outlive the task
         await _stop(proc)
         raise
-    return CommandResult(
-        argv, returncode, stdout.decode(errors="replace"), output.decode(errors="replace")
-    )
+    return CommandResult(argv, returncode, stdout.decode(errors="replace"), output.text())
 
 
 async def _read(
     stream: asyncio.StreamReader,
-    buffer: bytearray,
+    keep: Callable[[bytes], object],
     *,
-    keep: int | None,
     lines: _LineSplitter | None = None,
 ) -> None:
     try:
         while chunk := await stream.read(64 * 1024):
-            buffer += chunk
-            if keep is not None and len(buffer) > keep:
-                del buffer[:-keep]
+            keep(chunk)
             if lines is not None:
                 lines.feed(chunk)
     finally:
@@ -378,30 +418,44 @@ async def _read(
 class _LineSplitter:
     """Cuts a command's output into lines for an :data:`output_sink`: a newline or a
     carriage return ends a line (progress bars redraw with the latter), blank lines are
-    dropped, a line longer than :data:`SINK_LINE_BYTES` is passed on in pieces. A sink
-    that raises is dropped: streaming is a view, never a reason for a command to fail."""
+    dropped, a line longer than :data:`SINK_LINE_BYTES` is passed on in pieces — never
+    cut inside one of the task's secrets (``masker``): the last ``masker.longest``
+    characters wait for the next chunk. Lines are storable text. A sink that raises is
+    dropped: streaming is a view, never a reason for a command to fail."""
 
-    def __init__(self, sink: Callable[[str], None]) -> None:
+    def __init__(self, sink: Callable[[str], None], masker: Masker | None = None) -> None:
         self.sink: Callable[[str], None] | None = sink
-        self.partial = bytearray()
+        self.masker = masker
+        self.decoder = codecs.getincrementaldecoder("utf-8")(errors="surrogateescape")
+        self.partial = ""
 
     def feed(self, chunk: bytes) -> None:
-        self.partial += chunk.replace(b"\r", b"\n")
-        *complete, rest = self.partial.split(b"\n")
-        self.partial = bytearray(rest)
+        self.partial += self.decoder.decode(chunk).replace("\r", "\n")
+        *complete, self.partial = self.partial.split("\n")
         for line in complete:
             self._emit(line)
-        while len(self.partial) > SINK_LINE_BYTES:
-            self._emit(bytes(self.partial[:SINK_LINE_BYTES]))
-            del self.partial[:SINK_LINE_BYTES]
+        hold = self.masker.longest if self.masker is not None else 0
+        if len(self.partial) <= SINK_LINE_BYTES + hold:
+            return
+        spans = merged_spans(self.masker, self.partial) if self.masker is not None else []
+        begin = 0
+        while len(self.partial) - begin > SINK_LINE_BYTES + hold:
+            at = begin + SINK_LINE_BYTES
+            # at a space if there is one: a NAME=value the sink masks by its shape stays whole
+            space = self.partial.rfind(" ", begin + SINK_LINE_BYTES // 2, at)
+            end = safe_cut(spans, space + 1 if space != -1 else at, floor=begin)
+            self._emit(self.partial[begin:end])
+            begin = end
+        self.partial = self.partial[begin:]
 
     def close(self) -> None:
+        self.partial += self.decoder.decode(b"", final=True)
         if self.partial:
-            self._emit(bytes(self.partial))
-            self.partial.clear()
+            self._emit(self.partial)
+            self.partial = ""
 
-    def _emit(self, line: bytes | bytearray) -> None:
-        text = line.decode(errors="replace").rstrip()
+    def _emit(self, line: str) -> None:
+        text = storable(line.rstrip())
         if not text.strip() or self.sink is None:
             return
         try:

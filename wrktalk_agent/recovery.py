@@ -24,12 +24,12 @@ from uuid import UUID
 from wrktalk_agent import maintenance as maint
 from wrktalk_agent import metrics, outbox, process
 from wrktalk_agent.artifacts import secure_delete
-from wrktalk_agent.db.models import ArtifactInfo, Task
+from wrktalk_agent.db.models import ArtifactInfo, Task, tolerant_rows
 from wrktalk_agent.db.repository import FlagChange
-from wrktalk_agent.guard import bounded
+from wrktalk_agent.guard import bounded, describe
 from wrktalk_agent.interfaces import BackendError, LiveState, NotificationKind
 from wrktalk_agent.lease import Lease, held
-from wrktalk_agent.pipeline import LeasedRun, TaskOutcome, write_outcome
+from wrktalk_agent.pipeline import DB_ERRORS, LeasedRun, TaskOutcome, write_outcome
 from wrktalk_agent.services import Services
 
 
@@ -69,11 +69,19 @@ class RecoveryRun(LeasedRun):
             process.task_ended()
 
     async def _recover(self, lease: Lease) -> TaskOutcome:
-        target, current = await self._releases()
+        with tolerant_rows():  # only versions and ids are read: any release row will do
+            target, current = await self._releases()
         live = await self._live()
         await self.timeline.add("recovery", "info", f"live: {_live_text(live)}")
         await self._clear_maintenance(lease)
-        status, error, flags, next_step = await self._decide(live, target, current)
+        try:
+            status, error, flags, next_step = await self._decide(live, target, current)
+        except DB_ERRORS:
+            raise  # an outage: the next owner recovers it
+        except Exception as exc:  # a row nobody foresaw must not make every takeover crash
+            self.log.exception("recovery.crashed")
+            status, flags, next_step = "failed", None, "check what the target runs"
+            error = f"{self.abandoned}; recovery failed: {describe(exc)}"
         self._delete_workdirs()
         result: dict[str, Any] = {
             "agent_id": self.agent_id,

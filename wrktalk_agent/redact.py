@@ -34,13 +34,13 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterable, Iterator
-from typing import Any
+from typing import Any, Protocol
 
 import yaml
 
 from wrktalk_agent.secrets import MASK, is_secret_name, mask_text, url_passwords
 
-__all__ = ["MASK", "Redactor"]
+__all__ = ["MASK", "Masker", "Redactor", "masked_tail", "merged_spans", "safe_cut"]
 
 #: Shorter values are never masked: masking "on" or "80" would garble every line.
 MIN_LENGTH = 4
@@ -86,6 +86,21 @@ class Redactor:
         short = [s for s in ordered if len(s) <= _LONG]
         self._pattern = re.compile(_trie_pattern(short)) if short else None
         self.count = len(ordered)
+        #: characters of the longest secret: a text cut anywhere can hold a piece of a
+        #: secret at most this long that no longer matches
+        self.longest = len(ordered[0]) if ordered else 0
+
+    def spans(self, text: str) -> list[tuple[int, int]]:
+        """Where secrets occur in ``text`` (start, end), possibly overlapping."""
+        found: list[tuple[int, int]] = []
+        for secret in self._long:
+            start = text.find(secret)
+            while start != -1:
+                found.append((start, start + len(secret)))
+                start = text.find(secret, start + len(secret))
+        if self._pattern is not None:
+            found += [m.span() for m in self._pattern.finditer(text) if m.end() > m.start()]
+        return found
 
     def redact(self, text: str) -> str:
         """``text`` with every secret replaced by ``***``."""
@@ -253,3 +268,77 @@ def _trie_pattern(words: list[str]) -> str:
         return prefix + (group + "?" if ends else group)
 
     return build(root)
+
+
+class Masker(Protocol):
+    """What cuts need to know of the secrets (a :class:`Redactor`, or the pipeline's
+    ``Secrets`` holding several)."""
+
+    @property
+    def longest(self) -> int: ...
+
+    def spans(self, text: str) -> list[tuple[int, int]]: ...
+
+    def redact(self, text: str) -> str: ...
+
+
+def merged_spans(masker: Masker, text: str) -> list[tuple[int, int]]:
+    """The secrets' spans in ``text``, sorted, overlapping ones merged."""
+    merged: list[tuple[int, int]] = []
+    for start, end in sorted(masker.spans(text)):
+        if merged and start <= merged[-1][1]:
+            if end > merged[-1][1]:
+                merged[-1] = (merged[-1][0], end)
+        else:
+            merged.append((start, end))
+    return merged
+
+
+def safe_cut(spans: list[tuple[int, int]], at: int, floor: int = 0) -> int:
+    """Where to cut near ``at`` without splitting a secret (``spans`` merged): ``at``
+    itself, or the start of the secret it falls in, or, when that secret starts at
+    ``floor`` (the beginning of what is being cut), its end."""
+    for start, end in spans:
+        if start < at < end:
+            return start if start > floor else end
+        if start >= at:
+            break
+    return at
+
+
+def _apply(text: str, spans: list[tuple[int, int]], begin: int) -> str:
+    parts, position = [], begin
+    for start, end in spans:
+        if end <= begin:
+            continue
+        start = max(start, begin)
+        parts.append(text[position:start])
+        parts.append(MASK)
+        position = end
+    parts.append(text[position:])
+    return "".join(parts)
+
+
+def masked_tail(text: str, masker: Masker | None, limit: int, *, head_cut: bool) -> str:
+    """The end of ``text``, at most ``limit`` bytes of UTF-8, with the secrets masked
+    before anything is cut.
+
+    ``head_cut``: the beginning of ``text`` was already dropped (a bounded buffer kept
+    only the end of a command's output), so its first characters may be the end of a
+    secret that no longer matches: of the first ``masker.longest`` characters nothing but
+    whole secrets (masked) is kept, and the result starts with ``…``. Without a masker
+    the text is only cut."""
+    spans = merged_spans(masker, text) if masker is not None else []
+    begin = 0
+    if head_cut and masker is not None:
+        begin = safe_cut(spans, min(masker.longest, len(text)))
+    masked = _apply(text, spans, begin)
+    if masker is not None:  # what is masked by its shape (NAME=value), before the cut too
+        masked = masker.redact(masked)
+    if head_cut:
+        masked = "…" + masked
+    data = masked.encode("utf-8", errors="surrogatepass")
+    if len(data) <= limit:
+        return masked
+    # cutting masked text is safe: what is left of a secret there is a piece of ***
+    return data[-limit:].decode("utf-8", errors="ignore")

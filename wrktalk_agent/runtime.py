@@ -187,6 +187,8 @@ class Agent:
                     return EXIT_OK if outcome == TaskOutcome.COMPLETED else EXIT_TASK_FAILED
                 continue
             if polled.rejected:
+                if once:  # the task this run took on was a row no agent can run
+                    return EXIT_TASK_FAILED
                 continue
             if once:
                 break

@@ -75,14 +75,21 @@ def agent_env(settings: AgentSettings, recording: Recording, **extra: str) -> di
     return env
 
 
-def wait_until(predicate: Callable[[], Any], timeout: float, interval: float = 0.05) -> Any:
+def wait_until(
+    predicate: Callable[[], Any], timeout: float, interval: float = 0.05, *, fail: bool = True
+) -> Any:
+    """The predicate's first true value within ``timeout``; else an AssertionError (or,
+    with ``fail=False``, the last value)."""
     deadline = time.monotonic() + timeout
+    value = None
     while time.monotonic() < deadline:
         value = predicate()
         if value:
             return value
         time.sleep(interval)
-    raise AssertionError(f"condition not met within {timeout}s")
+    if fail:
+        raise AssertionError(f"condition not met within {timeout}s")
+    return value
 
 
 async def blocking_release(repo: Any, tmp_path: Path, version: str = "1.0.0") -> Any:

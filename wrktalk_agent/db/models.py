@@ -116,6 +116,20 @@ class Task(_Row):
             "stored_status": self.status,
         }
 
+    @field_validator("result", mode="before")
+    @classmethod
+    def _object(cls, value: Any) -> Any:
+        # The agent writes an object; a backend may have left anything (the poll fails
+        # such a pending row, naming it). Kept for display under "value".
+        if value is None or isinstance(value, dict):
+            return value
+        return {"value": value}
+
+    @field_validator("recovery", mode="before")
+    @classmethod
+    def _flag(cls, value: Any) -> Any:
+        return False if value is None else value
+
     def problems(self) -> list[str]:
         """What makes this row impossible to process, column and value named (empty: none).
 
@@ -156,6 +170,11 @@ class ArtifactInfo(_Row):
     @classmethod
     def _size(cls, value: Any) -> Any:
         return 0 if value is None else value  # octet_length(NULL)
+
+    @field_validator("is_current", "is_previous", "has_env", "has_values", mode="before")
+    @classmethod
+    def _flags(cls, value: Any) -> Any:
+        return False if value is None else value  # NOT NULL on our schema, maybe not on theirs
 
     def as_release(self) -> Release:
         return Release(

@@ -13,6 +13,106 @@ TASK_COLUMNS = f"""t.id, t.type, t.status, t.release_artifact_id, {_finite("t.ex
     t.result, t.error_message, {_finite("t.created_at")}, t.claimed_by, t.claim_token,
     t.lease_seconds, t.recovery"""
 
+# What a poll returns of the rows it claims or takes over: `result` is left out (the agent
+# writes its own; a backend's, of any shape or depth, must not stop the poll's answer
+# from being read).
+CLAIM_COLUMNS = TASK_COLUMNS.replace("t.result, ", "")
+
+#: Longest lease an agent records (seconds); a lease_seconds that is not a number in
+#: (0, MAX_LEASE_SECONDS] is read as the polling agent's own lease.
+MAX_LEASE_SECONDS = 86400
+
+
+def _lease(task: str, default: str) -> str:
+    """The lease of a running task as an interval: its lease_seconds when that is a
+    number an agent can have written, else ``default`` (NaN, ±infinity, 1e300 and
+    negatives never reach make_interval, which would overflow)."""
+    seconds = f"{task}.lease_seconds"
+    return (
+        f"make_interval(secs => CASE WHEN {seconds} > 0 AND {seconds} <= {MAX_LEASE_SECONDS} "
+        f"THEN {seconds} ELSE {default}::float8 END)"
+    )
+
+
+def _heartbeat(task: str) -> str:
+    return f"coalesce({task}.last_heartbeat, {task}.picked_up_at, {task}.created_at)"
+
+
+def lease_expired(task: str, default: str) -> str:
+    """Whether a running task's lease is over: its last sign of life is older than its
+    lease, or is a time no agent writes (none, ±infinity, or further in the future than a
+    lease: heartbeats are the server's now())."""
+    beat, lease = _heartbeat(task), _lease(task, default)
+    return (
+        f"({beat} IS NULL OR NOT isfinite({beat}) OR {beat} < now() - {lease}"
+        f" OR {beat} > now() + {lease})"
+    )
+
+
+def _abandoned(task: str, default: str) -> str:
+    """The error of a task taken over: who stopped heartbeating and when, and which
+    impossible value was read how."""
+    beat, seconds = _heartbeat(task), f"{task}.lease_seconds"
+    return f"""'abandoned: agent ' || coalesce({task}.claimed_by, 'unknown')
+            || CASE WHEN {beat} IS NOT NULL AND (NOT isfinite({beat}) OR {beat} > now())
+                    THEN ' left last_heartbeat ' || quote_literal({beat}::text)
+                         || ', a time no agent writes: read as expired'
+                    ELSE ' stopped heartbeating at ' || coalesce(
+                         to_char({beat} AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'),
+                         'an unknown time') END
+            || CASE WHEN {seconds} IS NOT NULL
+                         AND NOT ({seconds} > 0 AND {seconds} <= {MAX_LEASE_SECONDS})
+                    THEN '; its lease_seconds ' || quote_literal({seconds}::text)
+                         || ' was read as ' || {default}::float8 || ' s'
+                    ELSE '' END"""
+
+
+#: What the release_version of a release may be (interfaces.VERSION_PATTERN).
+_VERSION_RE = "^[0-9A-Za-z][0-9A-Za-z.+_-]{0,63}$"
+
+
+def task_problems(task: str, release: str) -> str:
+    """Why the agent cannot run a pending task (``task`` joined to the release it names as
+    ``release``), every column and value named; NULL when it can. Values are quoted with
+    quote_literal and cut: they are shown, never run."""
+
+    def value(column: str) -> str:
+        return f"coalesce(quote_literal(left({column}::text, 80)), 'NULL')"
+
+    named = f"{release}.id IS NOT NULL"
+    which = f"' of release ' || {release}.id"
+    return f"""nullif(concat_ws('; ',
+        CASE WHEN {task}.type IS NULL OR {task}.type NOT IN ('deploy', 'rollback')
+             THEN 'type ' || {value(f"{task}.type")} || ' is neither deploy nor rollback' END,
+        CASE WHEN {task}.execute_after = '-infinity'
+             THEN 'execute_after ' || quote_literal({task}.execute_after::text)
+                  || ' is not a time the agent can wait for' END,
+        CASE WHEN jsonb_typeof({task}.result) <> 'object'
+             THEN 'result ' || {value(f"{task}.result")}
+                  || ' is not a JSON object (the agent writes an object there)' END,
+        CASE WHEN {task}.release_artifact_id IS NULL AND {task}.type = 'deploy'
+             THEN 'release_artifact_id is NULL: a deploy task must name a release' END,
+        CASE WHEN {task}.release_artifact_id IS NOT NULL AND {release}.id IS NULL
+             THEN 'release_artifact_id ' || {task}.release_artifact_id
+                  || ' names no release' END,
+        CASE WHEN {named} AND ({release}.release_version IS NULL
+                               OR {release}.release_version !~ '{_VERSION_RE}')
+             THEN 'release_version ' || {value(f"{release}.release_version")} || {which}
+                  || ' is not a release version (1-64 characters from [0-9A-Za-z.+_-], '
+                  || 'starting with a letter or digit)' END,
+        CASE WHEN {named} AND ({release}.chart_type IS NULL
+                               OR {release}.chart_type NOT IN ('helm', 'compose'))
+             THEN 'chart_type ' || {value(f"{release}.chart_type")} || {which}
+                  || ' is neither helm nor compose' END,
+        CASE WHEN {named} AND coalesce(octet_length({release}.artifact_data), 0) = 0
+             THEN 'artifact_data' || {which} || ' is empty (0 bytes)' END,
+        CASE WHEN {named} AND ({release}.sha256 IS NULL OR lower(btrim({release}.sha256,
+                                   E' \\t\\r\\n')) !~ '^[0-9a-f]{{64}}$')
+             THEN 'sha256 ' || {value(f"{release}.sha256")} || {which}
+                  || ' is not a SHA-256 digest (64 hex digits)' END
+    ), '')"""
+
+
 ARTIFACT_COLUMNS = """a.id, a.release_version, a.chart_type, a.sha256,
     octet_length(a.artifact_data) AS size, a.is_current, a.is_previous, a.applied_at,
     a.created_at, a.signature, a.env_data IS NOT NULL AS has_env,
@@ -30,13 +130,16 @@ _SQL_EVENT = """jsonb_build_object(
 
 # One statement per poll:
 #  - record the poll and that this process is alive;
-#  - reject pending rows no agent can run (an unknown type, a due time of -infinity):
-#    failed with the column and value named, the admins' notification promised in the
-#    outbox ('infinity' means "never": such a row stays pending and is never due);
+#  - check every column of the oldest due pending rows and of the releases they name
+#    (task_problems) and reject those no agent can run: failed with each column and value
+#    named, the admins' notification promised in the outbox ('infinity' means "never":
+#    such a row stays pending and is never due);
 #  - take over a task whose lease ran out (its owner stopped heartbeating longer ago than
-#    the lease the owner recorded): it stays inProgress, so the one-deployment slot stays
-#    taken while the new owner finds out what is live and clears what was left;
-#  - otherwise claim the oldest due task unless a deployment is running;
+#    the lease the owner recorded, or left a heartbeat or lease no agent writes: see
+#    lease_expired): it stays inProgress, so the one-deployment slot stays taken while the
+#    new owner finds out what is live and clears what was left;
+#  - otherwise claim the oldest due task that passes the same checks unless a deployment
+#    is running (so the claim never hands the agent a row it cannot parse);
 #  - say when the next task is due.
 # Two agents racing for the last free slot: the loser's claim hits the unique index
 # agent_task_one_in_progress and the whole statement fails with unique_violation.
@@ -45,24 +148,24 @@ _SQL_EVENT = """jsonb_build_object(
 # $8 notifier names, $9 installation name.
 POLL = f"""
 WITH quiet AS (
-    SELECT f.quiet_until FROM agent_failover f WHERE f.quiet_until > now()
+    -- PostgreSQL before 17 cannot subtract an infinite time: such a row means no quiet
+    SELECT f.quiet_until FROM agent_failover f
+    WHERE f.quiet_until > now() AND isfinite(f.quiet_until)
 ), polled AS (
     UPDATE deployment_config SET last_agent_poll = now()
-), bad AS (
-    SELECT r.id,
-        CASE WHEN r.type IS NULL OR r.type NOT IN ('deploy', 'rollback')
-             THEN 'type ' || coalesce(quote_literal(r.type), 'NULL')
-                  || ' is neither deploy nor rollback'
-             ELSE 'execute_after ' || quote_literal(r.execute_after::text)
-                  || ' is not a time the agent can wait for'
-        END AS reason
-    FROM agent_task r
-    WHERE r.status = 'pending'
-      AND (r.type IS NULL OR r.type NOT IN ('deploy', 'rollback')
-           OR r.execute_after = '-infinity')
+), head AS (
+    -- the head of the queue: the oldest due rows, checked before any is claimed
+    SELECT r.id FROM agent_task r
+    WHERE r.status = 'pending' AND (r.execute_after IS NULL OR r.execute_after <= now())
     ORDER BY r.created_at, r.id
     LIMIT 20
-    FOR UPDATE SKIP LOCKED
+), bad AS (
+    -- those of them no agent can run, each with every column and value that is wrong
+    SELECT r.id, {task_problems("r", "a")} AS reason
+    FROM agent_task r LEFT JOIN release_artifact a ON a.id = r.release_artifact_id
+    WHERE r.id IN (SELECT id FROM head) AND r.status = 'pending'
+      AND {task_problems("r", "a")} IS NOT NULL
+    FOR UPDATE OF r SKIP LOCKED
 ), rejected AS (
     UPDATE agent_task t
     SET status = 'failed', completed_at = now(), claimed_by = $1,
@@ -78,36 +181,28 @@ WITH quiet AS (
     UPDATE agent_task t
     SET claimed_by = $1, claim_token = $6, lease_seconds = $5, last_heartbeat = now(),
         recovery = true,
-        error_message = CASE WHEN t.recovery THEN t.error_message ELSE
-            'abandoned: agent ' || coalesce(t.claimed_by, 'unknown')
-            || ' stopped heartbeating at '
-            || coalesce(
-                to_char(CASE WHEN isfinite(coalesce(t.last_heartbeat, t.picked_up_at))
-                             THEN coalesce(t.last_heartbeat, t.picked_up_at) END
-                        AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'),
-                'an unknown time')
-            END
-    WHERE t.status = 'inProgress'
-      AND coalesce(t.last_heartbeat, t.picked_up_at, t.created_at, '-infinity')
-          < now() - make_interval(secs => coalesce(t.lease_seconds, $5))
+        error_message = CASE WHEN t.recovery AND starts_with(t.error_message, 'abandoned: ')
+            THEN t.error_message ELSE {_abandoned("t", "$5")} END
+    WHERE t.status = 'inProgress' AND {lease_expired("t", "$5")}
       AND NOT EXISTS (SELECT 1 FROM quiet)
-    RETURNING {TASK_COLUMNS}
+    RETURNING {CLAIM_COLUMNS}
 ), candidate AS (
-    SELECT c.id FROM agent_task c
+    SELECT c.id FROM agent_task c LEFT JOIN release_artifact a ON a.id = c.release_artifact_id
     WHERE c.status = 'pending'
       AND c.type IN ('deploy', 'rollback')
       AND (c.execute_after IS NULL OR (isfinite(c.execute_after) AND c.execute_after <= now()))
+      AND {task_problems("c", "a")} IS NULL
       AND NOT EXISTS (SELECT 1 FROM agent_task r WHERE r.status = 'inProgress')
       AND NOT EXISTS (SELECT 1 FROM quiet)
     ORDER BY c.created_at, c.id
     LIMIT 1
-    FOR UPDATE SKIP LOCKED
+    FOR UPDATE OF c SKIP LOCKED
 ), claimed AS (
     UPDATE agent_task t
     SET status = 'inProgress', picked_up_at = now(), last_heartbeat = now(), claimed_by = $1,
         claim_token = $6, lease_seconds = $5, recovery = false
     FROM candidate WHERE t.id = candidate.id
-    RETURNING {TASK_COLUMNS}
+    RETURNING {CLAIM_COLUMNS}
 ), seen AS (
     INSERT INTO agent_instance
         (agent_id, hostname, pid, version, last_poll, last_seen, instance_id, current_task_id,
@@ -133,12 +228,32 @@ SELECT
     -- then, not a whole poll interval later
     (SELECT extract(epoch FROM least(
                 (SELECT min(q.quiet_until) FROM quiet q),
-                (SELECT min(coalesce(r.last_heartbeat, r.picked_up_at, r.created_at)
-                            + make_interval(secs => coalesce(r.lease_seconds, $5)))
+                -- the same clamps as the takeover: no time or lease a backend wrote can
+                -- overflow here (a heartbeat near 294276 AD plus a day would)
+                (SELECT min({_heartbeat("r")} + {_lease("r", "$5")})
                    FROM agent_task r
-                  WHERE r.status = 'inProgress' AND isfinite(r.last_heartbeat)
-                    AND r.lease_seconds BETWEEN 0 AND 86400))
+                  WHERE r.status = 'inProgress' AND NOT {lease_expired("r", "$5")}))
             - clock_timestamp())::float8) AS lease_ends_in
+"""
+
+# A row the poll claimed or took over that the agent then could not read (defense in
+# depth: the poll's checks should have rejected it): failed with the reason, the admins'
+# notification promised, only while this claim holds it.
+# $1 task, $2 claim token, $3 agent id, $4 reason, $5 notifier names, $6 installation.
+QUARANTINE = f"""
+WITH failed AS (
+    UPDATE agent_task t
+    SET status = 'failed', completed_at = now(),
+        error_message = 'rejected by agent ' || $3::text || ': ' || $4::text
+    WHERE t.id = $1 AND t.claim_token = $2 AND t.status = 'inProgress'
+    RETURNING t.id, t.type, t.release_artifact_id, t.error_message
+), notified AS (
+    INSERT INTO agent_notification (task_id, notifier, event)
+    SELECT f.id, n.name,
+        {_SQL_EVENT.format(kind="'task_rejected'", installation="$6", task="f", agent="$3")}
+    FROM failed f CROSS JOIN unnest($5::text[]) AS n(name)
+)
+SELECT id, error_message FROM failed
 """
 
 # Renew the lease; the same statement says this process is alive.
@@ -211,10 +326,8 @@ UPDATE agent_instance SET stopped_at = now(), current_task_id = NULL
 WHERE agent_id = $1 AND instance_id = $2
 """
 TASK_LEASES = f"""
-SELECT {TASK_COLUMNS},
-    t.status = 'inProgress'
-    AND coalesce(t.last_heartbeat, t.picked_up_at, t.created_at, '-infinity')
-        >= now() - make_interval(secs => coalesce(t.lease_seconds, $2)) AS leased
+SELECT t.id, t.claimed_by,
+    t.status = 'inProgress' AND NOT {lease_expired("t", "$2")} AS leased
 FROM agent_task t WHERE t.id = ANY($1::uuid[])
 """
 
@@ -574,7 +687,7 @@ FROM deployment_config
 ORDER BY smtp_host IS NULL, created_at  -- a configured row wins over a bare one
 LIMIT 1
 """
-ACTIVE_ADMINS = "SELECT name, email FROM admin WHERE is_active ORDER BY email"
+ACTIVE_ADMINS = "SELECT id, name, email FROM admin WHERE is_active ORDER BY email, id"
 # What the backend writes, for the demo and tests: an admin, the SMTP settings.
 INSERT_ADMIN = "INSERT INTO admin (name, email, is_active) VALUES ($1, $2, $3)"
 SET_SMTP = "UPDATE deployment_config SET smtp_host = $1, smtp_port = $2, smtp_from = $3"

@@ -12,6 +12,7 @@ import contextvars
 import functools
 import json
 import os
+import re
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
@@ -21,6 +22,8 @@ from typing import Any, Concatenate, Literal, ParamSpec, Protocol, TypeVar
 from uuid import UUID
 
 import asyncpg
+import structlog
+from pydantic import ValidationError
 
 from wrktalk_agent import __version__
 from wrktalk_agent.config import AgentSettings, dsn_server_label
@@ -32,9 +35,13 @@ from wrktalk_agent.db.models import (
     PollResult,
     Task,
     TaskEvent,
+    tolerant_rows,
 )
 from wrktalk_agent.db.schema import check_schema, init_schema
 from wrktalk_agent.interfaces import Recipient, SmtpConfig
+from wrktalk_agent.safe_text import storable, storable_value
+
+_log = structlog.get_logger("wrktalk_agent")
 
 EventStatus = Literal["started", "succeeded", "failed", "skipped", "info"]
 
@@ -53,9 +60,9 @@ class PendingEventLike(Protocol):
 def _event_columns(events: Sequence[PendingEventLike]) -> tuple[list[Any], ...]:
     return (
         [e.at for e in events],
-        [e.step for e in events],
+        [storable(e.step, limit=200) for e in events],
         [e.status for e in events],
-        [e.message for e in events],
+        [storable(e.message) for e in events],
     )
 
 
@@ -80,6 +87,19 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.InternalClientError,  # seen while a server shuts down mid-query
     *NOT_PRIMARY_ERRORS,
 )
+
+
+_ADDRESS = re.compile(r"[^@\s\x00-\x1f\x7f]+@[^@\s\x00-\x1f\x7f]+")
+
+
+def address_problem(email: object) -> str | None:
+    """What makes an admin's email column unusable as an address (None: usable). Control
+    characters and line ends could forge mail headers."""
+    if not isinstance(email, str) or not email.strip():
+        return "email is empty"
+    if len(email) > 254 or not _ADDRESS.fullmatch(email):
+        return f"email {storable(email, limit=80)!r} is not an address"
+    return None
 
 
 class DatabaseTimeout(TimeoutError):
@@ -178,10 +198,19 @@ class PoolerConnection(AgentConnection):
 _PROCESS_TOKEN = os.urandom(6).hex()
 
 
+def _read_json(text: str) -> Any:
+    """A json/jsonb value as Python. A value nested deeper than Python's parser follows
+    (PostgreSQL allows far more) reads as a note instead of failing the whole query."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        return {"unreadable": f"JSON nested too deep to read ({len(text)} characters)"}
+
+
 async def _init_connection(conn: asyncpg.Connection) -> None:
     for typename in ("json", "jsonb"):
         await conn.set_type_codec(
-            typename, encoder=json.dumps, decoder=json.loads, schema="pg_catalog"
+            typename, encoder=json.dumps, decoder=_read_json, schema="pg_catalog"
         )
     row = await conn.fetchrow(q.SERVER_IDENTITY)
     if row is not None:
@@ -443,13 +472,51 @@ class Repository:
             installation,
         )
         assert row is not None
+        rejected = [(UUID(r["id"]), r["error"]) for r in row["rejected"]]
+        claimed = await self._claimed_task(
+            row["claimed"], claim_token, agent_id, notifiers, installation, rejected
+        )
+        with tolerant_rows():  # recovery handles a running row of any type
+            taken_over = await self._claimed_task(
+                row["taken_over"], claim_token, agent_id, notifiers, installation, rejected
+            )
         return PollResult(
-            claimed=Task.model_validate(row["claimed"]) if row["claimed"] else None,
-            taken_over=Task.model_validate(row["taken_over"]) if row["taken_over"] else None,
-            rejected=[(UUID(r["id"]), r["error"]) for r in row["rejected"]],
+            claimed=claimed,
+            taken_over=taken_over,
+            rejected=rejected,
             next_due_in=row["next_due_in"],
             lease_ends_in=row["lease_ends_in"],
         )
+
+    async def _claimed_task(
+        self,
+        data: dict[str, Any] | None,
+        claim_token: UUID,
+        agent_id: str,
+        notifiers: Sequence[str],
+        installation: str,
+        rejected: list[tuple[UUID, str]],
+    ) -> Task | None:
+        """A row the poll claimed (or took over), parsed; one the agent cannot read is
+        failed at once under the same claim, its reason added to ``rejected``."""
+        if not data:
+            return None
+        try:
+            return Task.model_validate(data)
+        except ValidationError as exc:
+            reason = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc'])} {storable(repr(e.get('input')), limit=80)}"
+                f": {e['msg']}"
+                for e in exc.errors()
+            )
+        task_id = UUID(str(data.get("id")))
+        failed = await self.pool.fetchrow(
+            q.QUARANTINE, task_id, claim_token, agent_id, storable(reason, limit=2000),
+            list(notifiers), installation,
+        )  # fmt: skip
+        if failed is not None:
+            rejected.append((task_id, failed["error_message"]))
+        return None
 
     @_bounded
     async def failover_check(self, quiet_seconds: float) -> float:
@@ -545,6 +612,11 @@ class Repository:
         status, result, release flags, timeline entries not written yet, and the
         notifications promised (notifier names, event JSON) into the outbox. ``None``: the
         task was taken away and nothing was written."""
+        # the door every outcome goes through: nothing in it can be refused for its text
+        result = storable_value(result)
+        error = storable(error) if error is not None else None
+        if notifications is not None:
+            notifications = (notifications[0], storable_value(notifications[1]))
         async with self.pool.acquire() as conn, conn.transaction():
             row = await conn.fetchrow(q.FINISH_TASK, task_id, claim_token, status, result, error)
             if row is None:
@@ -559,7 +631,8 @@ class Repository:
             if notifications is not None and notifications[0]:
                 names, event = notifications
                 await conn.execute(q.INSERT_NOTIFICATIONS, task_id, list(names), event)
-            return Task.model_validate(dict(row))
+            with tolerant_rows():
+                return Task.model_validate(dict(row))
 
     # -- the agent's process -------------------------------------------------------------
     @_bounded
@@ -721,7 +794,9 @@ class Repository:
         message: str = "",
         agent_id: str | None = None,
     ) -> None:
-        await self.pool.execute(q.INSERT_EVENT, task_id, step, status, message, agent_id)
+        await self.pool.execute(
+            q.INSERT_EVENT, task_id, storable(step, limit=200), status, storable(message), agent_id
+        )
 
     # -- tasks -----------------------------------------------------------------------
     async def create_task(
@@ -848,8 +923,18 @@ class Repository:
 
     @_bounded
     async def active_admins(self) -> list[Recipient]:
-        rows = await self.pool.fetch(q.ACTIVE_ADMINS)
-        return [Recipient(name=r["name"], email=r["email"]) for r in rows]
+        """Active admins with an address mail can go to; a row without one is left out
+        and named in the log (one bad row never stops the mail to the others)."""
+        recipients = []
+        for r in await self.pool.fetch(q.ACTIVE_ADMINS):
+            problem = address_problem(r["email"])
+            if problem is not None:
+                _log.warning("admin.unusable", admin_id=str(r["id"]), problem=problem)
+                continue
+            recipients.append(
+                Recipient(name=" ".join(str(r["name"] or "").split()), email=r["email"])
+            )
+        return recipients
 
     # -- dashboard (wrktalk-agent tui) -------------------------------------------------
     async def dashboard_overview(self) -> dict[str, Any]:

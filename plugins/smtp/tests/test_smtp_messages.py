@@ -74,6 +74,9 @@ async def test_each_kind_reaches_every_admin_as_text_and_html(
         text, html = bodies(message)
         for body in (text, html):
             assert wording in body
+        if kind is K.AUTO_ROLLBACK:  # both causes on the first line of the mail
+            first = text.splitlines()[0]
+            assert "context deadline exceeded" in first and "release not found" in first
             assert str(event.task_id) in body
             assert "agent-7" in body
             assert "2024-05-01 12:00:00 UTC" in body and "2024-05-01 12:03:05 UTC" in body

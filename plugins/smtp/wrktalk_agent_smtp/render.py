@@ -56,9 +56,13 @@ def headline(event: NotificationEvent) -> str:
             )
         case NotificationKind.AUTO_ROLLBACK:
             if event.rollback_error:
+                # both causes on the first line: the site is in an unknown state
+                cause = " ".join((event.error or "no cause recorded").split())
+                rollback = " ".join(event.rollback_error.split())
                 return (
-                    f"Deploying release {version} failed, and the automatic rollback to "
-                    f"{previous} failed too. The installation needs attention."
+                    f"Deploying release {version} failed ({cause}), and the automatic "
+                    f"rollback to {previous} failed too ({rollback}). The installation "
+                    "needs attention."
                 )
             return f"Deploying release {version} failed; the agent rolled back to {previous}."
     return f"The {event.task_type} task ended: {event.outcome}."  # a kind added later
