@@ -281,15 +281,18 @@ async def retry_until_off(services: Services, deadline: float) -> tuple[Released
         delay = min(RETRY_MAX, delay * 2)
 
 
-async def settle(services: Services, log: Any) -> MaintenanceState | None:
-    """See :func:`_settle` (bounded like every maintenance operation)."""
+async def settle(services: Services, log: Any, *, quiet: bool = False) -> MaintenanceState | None:
+    """See :func:`_settle` (bounded like every maintenance operation). ``quiet``: what is
+    merely found (kept, unrecorded) is not logged again (the loop; start-up says it)."""
     state: MaintenanceState | None = await _bounded(
-        services.repo, services.settings.backend_timeout, lambda: _settle(services, log)
+        services.repo,
+        services.settings.backend_timeout,
+        lambda: _settle(services, log, quiet=quiet),
     )
     return state
 
 
-async def _settle(services: Services, log: Any) -> MaintenanceState | None:
+async def _settle(services: Services, log: Any, *, quiet: bool) -> MaintenanceState | None:
     """One pass of an agent's maintenance loop (and of its start-up): release the holds of
     tasks that have ended, and switch the proxy off when no hold is left and a switch-off
     is due. Skipped (None) while another agent does the same."""
@@ -306,14 +309,17 @@ async def _settle(services: Services, log: Any) -> MaintenanceState | None:
                 await conn.execute(q.RECORD_HOLDS)
             return state
         if not state.enabled:
-            if handler is not None and not stale and await _live_status(handler, services, log):
+            if quiet or stale or handler is None:
+                return state
+            if await _live_status(handler, services, log):
                 log.warning(
                     "maintenance.unrecorded",
                     detail="the proxy is in maintenance but no hold is recorded: left on",
                 )
             return state
         if not stale and state.off_pending_since is None:
-            log.info("maintenance.kept", owner="nobody recorded (the flag was set by hand?)")
+            if not quiet:
+                log.info("maintenance.kept", owner="nobody recorded (the flag was set by hand?)")
             return state
         timeout = services.settings.backend_timeout
         try:
@@ -347,7 +353,7 @@ async def loop(services: Services, stop: asyncio.Event, log: Any, idle: float = 
             busy = False
             try:
                 state = await asyncio.wait_for(
-                    settle(services, log), services.settings.backend_timeout + 10
+                    settle(services, log, quiet=True), services.settings.backend_timeout + 10
                 )
                 busy = state is None  # another agent (or a task here) is switching
             except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
