@@ -567,6 +567,7 @@ class Repository:
             return None
         return Task.model_validate(dict(row)) if row else None
 
+    @_bounded
     async def finish_task(
         self,
         task_id: UUID,
@@ -579,34 +580,6 @@ class Repository:
         events: Sequence[PendingEventLike] | None = None,
         agent_id: str | None = None,
         notifications: tuple[Sequence[str], dict[str, Any]] | None = None,
-    ) -> Task | None:
-        return await self.within(
-            self.call_timeout,
-            lambda: self._finish_task(
-                task_id,
-                claim_token,
-                status=status,
-                result=result,
-                error=error,
-                flags=flags,
-                events=events,
-                agent_id=agent_id,
-                notifications=notifications,
-            ),
-        )
-
-    async def _finish_task(
-        self,
-        task_id: UUID,
-        claim_token: UUID,
-        *,
-        status: Literal["completed", "failed"],
-        result: dict[str, Any],
-        error: str | None,
-        flags: FlagChange | None,
-        events: Sequence[PendingEventLike] | None,
-        agent_id: str | None,
-        notifications: tuple[Sequence[str], dict[str, Any]] | None,
     ) -> Task | None:
         """Write the outcome in one transaction, only if this claim still owns the task:
         status, result, release flags, timeline entries not written yet, and the
