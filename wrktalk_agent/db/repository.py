@@ -277,6 +277,19 @@ async def connect_listener(settings: AgentSettings, *, timeout: float = 10.0) ->
     return conn
 
 
+def pooler_hint(exc: BaseException) -> str | None:
+    """The fix for an error that means "a transaction pooler sits in between and the agent
+    was not told" (asyncpg's named prepared statements collide across server sessions)."""
+    if isinstance(
+        exc, asyncpg.DuplicatePreparedStatementError | asyncpg.InvalidSQLStatementNameError
+    ):
+        return (
+            "prepared statements collide: a transaction pooler (PgBouncer) sits between the "
+            "agent and PostgreSQL; set WRKTALK_AGENT_DB_POOLER=pgbouncer"
+        )
+    return None
+
+
 def pooler_mode(settings: AgentSettings) -> str:
     """One line for ``check`` and the logs: how the agent talks to PostgreSQL."""
     attrs = settings.target_session_attrs() or "as the DSN says"
@@ -574,6 +587,7 @@ class Repository:
             return None
         return Task.model_validate(dict(row)) if row else None
 
+    @_bounded
     async def finish_task(
         self,
         task_id: UUID,
@@ -585,44 +599,12 @@ class Repository:
         flags: FlagChange | None = None,
         events: Sequence[PendingEventLike] | None = None,
         agent_id: str | None = None,
-        maintenance_owner: str | None = None,
         notifications: tuple[Sequence[str], dict[str, Any]] | None = None,
     ) -> Task | None:
-        return await self.within(
-            self.call_timeout,
-            lambda: self._finish_task(
-                task_id,
-                claim_token,
-                status=status,
-                result=result,
-                error=error,
-                flags=flags,
-                events=events,
-                agent_id=agent_id,
-                maintenance_owner=maintenance_owner,
-                notifications=notifications,
-            ),
-        )
-
-    async def _finish_task(
-        self,
-        task_id: UUID,
-        claim_token: UUID,
-        *,
-        status: Literal["completed", "failed"],
-        result: dict[str, Any],
-        error: str | None,
-        flags: FlagChange | None,
-        events: Sequence[PendingEventLike] | None,
-        agent_id: str | None,
-        maintenance_owner: str | None,
-        notifications: tuple[Sequence[str], dict[str, Any]] | None,
-    ) -> Task | None:
         """Write the outcome in one transaction, only if this claim still owns the task:
-        status, result, release flags, timeline entries not written yet, maintenance
-        cleared where ``maintenance_owner`` still holds it, and the notifications promised
-        (notifier names, event JSON) into the outbox. ``None``: the task was taken away
-        and nothing was written."""
+        status, result, release flags, timeline entries not written yet, and the
+        notifications promised (notifier names, event JSON) into the outbox. ``None``: the
+        task was taken away and nothing was written."""
         # the door every outcome goes through: nothing in it can be refused for its text
         result = storable_value(result)
         error = storable(error) if error is not None else None
@@ -639,8 +621,6 @@ class Repository:
                 await conn.execute(
                     q.INSERT_EVENTS_UNFENCED, task_id, *_event_columns(events), agent_id
                 )
-            if maintenance_owner is not None:
-                await conn.execute(q.MAINTENANCE_OFF_FOR, maintenance_owner)
             if notifications is not None and notifications[0]:
                 names, event = notifications
                 await conn.execute(q.INSERT_NOTIFICATIONS, task_id, list(names), event)
@@ -906,10 +886,12 @@ class Repository:
         return (await self.maintenance_state()).enabled
 
     @_bounded
-    async def task_maintenance_on(self, owner: str, reason: str) -> str | None:
-        """Record that task ``owner`` switches maintenance on; returns the owner now
-        recorded (an operator's window stays the operator's)."""
-        return await self.pool.fetchval(q.TASK_MAINTENANCE_ON, owner, reason)
+    async def hold_maintenance(self, holder: str, reason: str | None = None) -> None:
+        """Record a hold and the flag, without switching anything (tests, the demo)."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute(q.MAINTENANCE_LOCK, q.MAINTENANCE_LOCK_KEY)
+            await conn.fetchrow(q.OPERATOR_HOLD, holder, reason)
+            await conn.execute(q.RECORD_MAINTENANCE_ON)
 
     @_bounded
     async def smtp_config(self) -> SmtpConfig:
