@@ -298,6 +298,10 @@ def plugins(output: str, as_json: bool) -> None:
             row.insert(4, ", ".join(info.hooks) or "-")
         rows.append(row)
     print_table(columns, rows)
+    declared = registry.declared_release_types()
+    shown = [f"{t} ({', '.join(d)})" for t, d in declared.items()]
+    shown += [f"any ({d})" for d in registry.any_type_deployers()]
+    click.echo(f"release types: {visible(', '.join(shown) or 'none')}")
     for info in infos:
         if info.error:
             kind = "failed to import" if info.error_kind == "import" else "invalid"
@@ -328,6 +332,12 @@ def db_check() -> None:
     """Tell what the database lacks; exit 1 if anything."""
     settings = load_settings()
     problems = run_async(with_repo(settings, _schema_problems))
+    for name, expression in run_async(with_repo(settings, _release_type_rules)):
+        # a backend's own rule on release types: reported, never changed by `db init`
+        click.echo(
+            f"note: release types are limited by constraint {visible(name)} "
+            f"CHECK {visible(expression)} (not the agent's; `db init` leaves it)"
+        )
     if problems:
         click.echo(f"the database at {settings.masked_dsn()} lacks:")
         for line in problems:
@@ -338,11 +348,11 @@ def db_check() -> None:
 
 
 async def _schema_problems(repo: Repository) -> list[str]:
-    from wrktalk_agent.db.schema import missing_constraints
+    return await repo.schema_problems()
 
-    problems = await repo.check_schema()
-    async with repo.connection() as conn:
-        return problems + await missing_constraints(conn)
+
+async def _release_type_rules(repo: Repository) -> list[tuple[str, str]]:
+    return await repo.release_type_constraints()
 
 
 # -- releases --------------------------------------------------------------------------
@@ -360,10 +370,71 @@ def _version(_ctx: Any, _param: Any, value: str) -> str:
         raise click.BadParameter(str(exc)) from None
 
 
+class ReleaseType(click.ParamType):
+    """A release type the installed deployers declare (`plugins` lists them). When one of
+    them takes any type (``chart_types = ()``, like script), another well-formed name is
+    stored too, with a warning that only such deployers will take it."""
+
+    name = "release type"
+
+    def _registry(self) -> Any:
+        from wrktalk_agent.bootstrap import make_registry
+
+        return make_registry(load_settings())
+
+    def shell_complete(self, ctx: Any, param: Any, incomplete: str) -> list[Any]:
+        from click.shell_completion import CompletionItem
+
+        try:
+            declared = self._registry().declared_release_types()
+        except Exception:  # completion never fails loudly
+            return []
+        return [CompletionItem(t) for t in declared if t.startswith(incomplete)]
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> str:
+        from wrktalk_agent.interfaces import RELEASE_TYPE_PATTERN
+        from wrktalk_agent.plugins import PluginError
+
+        text = str(value)
+        if not RELEASE_TYPE_PATTERN.fullmatch(text):
+            self.fail(
+                f"{text!r} is not a release type name (1-40 characters from "
+                "[0-9A-Za-z.+_-], starting with a letter or digit)",
+                param,
+                ctx,
+            )
+        try:
+            registry = self._registry()
+        except PluginError as exc:
+            self.fail(str(exc), param, ctx)
+        declared = registry.declared_release_types()
+        if text in declared:
+            return text
+        names = ", ".join(declared) or "none"
+        anything = registry.any_type_deployers()
+        if not anything:
+            self.fail(
+                f"no installed deployer declares release type {text!r}; declared: {names}",
+                param,
+                ctx,
+            )
+        click.echo(
+            f"warning: no installed deployer declares release type {text!r} (declared: "
+            f"{names}); only {', '.join(anything)}, which take any type, will deploy it",
+            err=True,
+        )
+        return text
+
+
 @release.command("add")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--version", "version", required=True, callback=_version, help="Release version.")
-@click.option("--chart-type", type=click.Choice(["helm", "compose"]), required=True)
+@click.option(
+    "--chart-type",
+    type=ReleaseType(),
+    required=True,
+    help="Release type: one the installed deployers declare (see `wrktalk-agent plugins`).",
+)
 @click.option("--env-file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--values-file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option(

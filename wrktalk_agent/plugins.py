@@ -34,7 +34,7 @@ from pydantic_settings import BaseSettings
 from wrktalk_agent import hookspecs
 from wrktalk_agent.errors import PluginError, SettingsError
 from wrktalk_agent.guard import describe
-from wrktalk_agent.interfaces import PluginContext
+from wrktalk_agent.interfaces import RELEASE_TYPE_PATTERN, PluginContext
 from wrktalk_agent.secrets import mask_text, may_hold_secret
 
 __all__ = [
@@ -273,6 +273,33 @@ class PluginRegistry:
     def names(self, kind: Kind) -> list[str]:
         return sorted(self.backends[kind])
 
+    def release_types(self) -> tuple[str, ...] | None:
+        """The release types (``chart_type``) the usable deployers declare, sorted;
+        ``None`` when one of them takes any type (``chart_types = ()``)."""
+        declared: set[str] = set()
+        for backend in self.backends["deployer"].values():
+            types_ = tuple(getattr(backend.cls, "chart_types", ()))
+            if not types_:
+                return None
+            declared.update(types_)
+        return tuple(sorted(declared))
+
+    def declared_release_types(self) -> dict[str, list[str]]:
+        """Each release type a usable deployer names → the deployers naming it."""
+        named: dict[str, list[str]] = {}
+        for name, backend in sorted(self.backends["deployer"].items()):
+            for chart_type in getattr(backend.cls, "chart_types", ()):
+                named.setdefault(chart_type, []).append(name)
+        return dict(sorted(named.items()))
+
+    def any_type_deployers(self) -> list[str]:
+        """The usable deployers that take a release of any type."""
+        return sorted(
+            name
+            for name, backend in self.backends["deployer"].items()
+            if not getattr(backend.cls, "chart_types", ())
+        )
+
     def broken(self) -> list[PluginInfo]:
         return [info for info in self.infos() if info.error is not None]
 
@@ -378,6 +405,13 @@ def _check_backend(kind: Kind, cls: object, plugin: str) -> tuple[Backend | None
             problems.append(
                 f"deployer {name!r}: chart_types must be a tuple of strings (got {chart_types!r})"
             )
+        else:
+            odd = [c for c in chart_types if not RELEASE_TYPE_PATTERN.fullmatch(c)]
+            if odd:
+                problems.append(
+                    f"deployer {name!r}: chart_types {odd!r} are not release type names "
+                    "(1-40 characters from [0-9A-Za-z.+_-], starting with a letter or digit)"
+                )
     model = getattr(cls, "settings_model", None)
     if model is not None:
         problem = _check_settings_model(kind, name, plugin, model)

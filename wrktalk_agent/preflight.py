@@ -99,6 +99,7 @@ async def run_checks(
             )
             results.append(CheckResult("database", True, detail))
             results.append(await _schema_check(repo))
+            results.extend(await _release_type_rules(repo))
             results.append(await _privileges_check(repo))
 
         if context is None:
@@ -126,6 +127,23 @@ async def _schema_check(repo: Repository) -> CheckResult:
     if problems:
         return CheckResult("schema", False, "; ".join(problems) + " (run `wrktalk-agent db init`)")
     return CheckResult("schema", True, "all tables, columns, indexes and the trigger present")
+
+
+async def _release_type_rules(repo: Repository) -> list[CheckResult]:
+    """A backend's own CHECK on release types: reported (a warning), never changed."""
+    try:
+        rules = await repo.release_type_constraints()
+    except Exception as exc:
+        return [CheckResult("release types", False, f"could not inspect constraints: {exc}")]
+    return [
+        CheckResult(
+            "release types",
+            False,
+            f"limited by constraint {name} CHECK {expression} (not the agent's; "
+            "`db init` leaves it): a release of another type cannot be stored",
+        )
+        for name, expression in rules
+    ]
 
 
 async def _privileges_check(repo: Repository) -> CheckResult:
@@ -242,7 +260,7 @@ def blocks_deploys(result: CheckResult) -> bool:
     """Whether a failure of this check keeps deploys from working. A notifier only
     degrades them: the outcome is recorded, the mail waits in the outbox and is retried,
     so a mail server outage must not keep the agent (and its rollbacks) from starting."""
-    return not result.name.startswith("notifier ")
+    return not result.name.startswith("notifier ") and result.name != "release types"
 
 
 def format_checks(results: Sequence[CheckResult]) -> str:

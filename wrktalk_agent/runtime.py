@@ -140,6 +140,7 @@ class Agent:
                     instance_id=self.instance_id,
                     notifiers=notifier_names(self.services.notifiers),
                     installation=self.settings.installation_name,
+                    release_types=self.services.release_types,
                 )
                 failures = 0
             except asyncpg.UniqueViolationError:

@@ -71,10 +71,12 @@ def _abandoned(task: str, default: str) -> str:
 _VERSION_RE = "^[0-9A-Za-z][0-9A-Za-z.+_-]{0,63}$"
 
 
-def task_problems(task: str, release: str) -> str:
+def task_problems(task: str, release: str, release_types: str) -> str:
     """Why the agent cannot run a pending task (``task`` joined to the release it names as
-    ``release``), every column and value named; NULL when it can. Values are quoted with
-    quote_literal and cut: they are shown, never run."""
+    ``release``), every column and value named; NULL when it can. ``release_types`` is the
+    parameter holding the release types the installed deployers declare (a text array;
+    NULL when one of them takes any type). Values are quoted with quote_literal and cut:
+    they are shown, never run."""
 
     def value(column: str) -> str:
         return f"coalesce(quote_literal(left({column}::text, 80)), 'NULL')"
@@ -101,9 +103,15 @@ def task_problems(task: str, release: str) -> str:
                   || ' is not a release version (1-64 characters from [0-9A-Za-z.+_-], '
                   || 'starting with a letter or digit)' END,
         CASE WHEN {named} AND ({release}.chart_type IS NULL
-                               OR {release}.chart_type NOT IN ('helm', 'compose'))
+                               OR btrim({release}.chart_type) = '')
              THEN 'chart_type ' || {value(f"{release}.chart_type")} || {which}
-                  || ' is neither helm nor compose' END,
+                  || ' names no release type' END,
+        CASE WHEN {named} AND btrim({release}.chart_type) <> ''
+                          AND {release_types} IS NOT NULL
+                          AND NOT {release}.chart_type = ANY ({release_types})
+             THEN 'chart_type ' || {value(f"{release}.chart_type")} || {which}
+                  || ' is a release type no installed deployer declares ('
+                  || array_to_string({release_types}, ', ') || ')' END,
         CASE WHEN {named} AND coalesce(octet_length({release}.artifact_data), 0) = 0
              THEN 'artifact_data' || {which} || ' is empty (0 bytes)' END,
         CASE WHEN {named} AND ({release}.sha256 IS NULL OR lower(btrim({release}.sha256,
@@ -145,7 +153,8 @@ _SQL_EVENT = """jsonb_build_object(
 # agent_task_one_in_progress and the whole statement fails with unique_violation.
 # $1 agent id, $2 hostname, $3 pid, $4 version, $5 lease seconds of our claims (STALE_AFTER
 # + STALE_MARGIN, also used for rows that recorded none), $6 claim token, $7 instance id,
-# $8 notifier names, $9 installation name.
+# $8 notifier names, $9 installation name, $10 the release types the installed deployers
+# declare (NULL: one of them takes any type).
 POLL = f"""
 WITH quiet AS (
     -- PostgreSQL before 17 cannot subtract an infinite time: such a row means no quiet
@@ -161,10 +170,10 @@ WITH quiet AS (
     LIMIT 20
 ), bad AS (
     -- those of them no agent can run, each with every column and value that is wrong
-    SELECT r.id, {task_problems("r", "a")} AS reason
+    SELECT r.id, {task_problems("r", "a", "$10::text[]")} AS reason
     FROM agent_task r LEFT JOIN release_artifact a ON a.id = r.release_artifact_id
     WHERE r.id IN (SELECT id FROM head) AND r.status = 'pending'
-      AND {task_problems("r", "a")} IS NOT NULL
+      AND {task_problems("r", "a", "$10::text[]")} IS NOT NULL
     FOR UPDATE OF r SKIP LOCKED
 ), rejected AS (
     UPDATE agent_task t
@@ -191,7 +200,7 @@ WITH quiet AS (
     WHERE c.status = 'pending'
       AND c.type IN ('deploy', 'rollback')
       AND (c.execute_after IS NULL OR (isfinite(c.execute_after) AND c.execute_after <= now()))
-      AND {task_problems("c", "a")} IS NULL
+      AND {task_problems("c", "a", "$10::text[]")} IS NULL
       AND NOT EXISTS (SELECT 1 FROM agent_task r WHERE r.status = 'inProgress')
       AND NOT EXISTS (SELECT 1 FROM quiet)
     ORDER BY c.created_at, c.id

@@ -37,7 +37,13 @@ from wrktalk_agent.db.models import (
     TaskEvent,
     tolerant_rows,
 )
-from wrktalk_agent.db.schema import check_schema, init_schema
+from wrktalk_agent.db.schema import (
+    check_schema,
+    init_schema,
+    missing_constraints,
+    release_type_constraints,
+    stale_constraints,
+)
 from wrktalk_agent.interfaces import Recipient, SmtpConfig
 from wrktalk_agent.safe_text import storable, storable_value
 
@@ -434,6 +440,21 @@ class Repository:
         async with self.pool.acquire() as conn:
             return await init_schema(conn)
 
+    async def schema_problems(self) -> list[str]:
+        """What `db init` would add or drop: :meth:`check_schema`, the CHECK constraints
+        the agent relies on, and stale ones of an earlier `db init`."""
+        async with self.pool.acquire() as conn:
+            return (
+                await check_schema(conn)
+                + await missing_constraints(conn)
+                + await stale_constraints(conn)
+            )
+
+    async def release_type_constraints(self) -> list[tuple[str, str]]:
+        """(name, expression) of a backend's own CHECK constraints on release types."""
+        async with self.pool.acquire() as conn:
+            return await release_type_constraints(conn)
+
     # -- the agent loop --------------------------------------------------------------
     @_bounded
     async def poll(
@@ -445,7 +466,10 @@ class Repository:
         instance_id: UUID,
         notifiers: Sequence[str] = (),
         installation: str = "",
+        release_types: Sequence[str] | None = None,
     ) -> PollResult:
+        """``release_types``: the types the installed deployers declare; a pending task
+        whose release has another type is rejected (``None``: any type but a blank one)."""
         row = await self.pool.fetchrow(
             q.POLL,
             agent_id,
@@ -457,6 +481,7 @@ class Repository:
             instance_id,
             list(notifiers),
             installation,
+            None if release_types is None else list(release_types),
         )
         assert row is not None
         rejected = [(UUID(r["id"]), r["error"]) for r in row["rejected"]]
