@@ -641,6 +641,7 @@ def release_diff(versions: tuple[str, ...]) -> None:
     release). Asks the configured deployer (services, resources, images, ports)."""
     from wrktalk_agent.artifacts import ArtifactError, make_private_dir, materialize, secure_delete
     from wrktalk_agent.bootstrap import make_registry, plugin_context
+    from wrktalk_agent.contract import DEPLOYER
     from wrktalk_agent.db.models import ArtifactInfo
     from wrktalk_agent.interfaces import BackendError
     from wrktalk_agent.signing import load_trusted_keys
@@ -654,7 +655,7 @@ def release_diff(versions: tuple[str, ...]) -> None:
         deployer = registry.instantiate(
             "deployer", settings.deployer_name, plugin_context(settings, repo)
         )
-        describe = getattr(deployer, "describe_changes", None)
+        describe = DEPLOYER.optional_method(deployer, "describe_changes")
         if describe is None:
             raise Failure(f"deployer {deployer.name!r} cannot describe changes", exit_code=2)
         releases: list[ArtifactInfo | None] = []

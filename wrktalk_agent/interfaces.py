@@ -188,7 +188,15 @@ class Deployer(Protocol):
         artifact is extracted in ``request.workdir``); raise :class:`DeployError`."""
         ...
 
-    # Optional methods: the core calls them when the class defines them.
+    # Optional methods: the core calls them when the class defines them (the list, with
+    # what the core does with each, is declared in wrktalk_agent.contract).
+    #
+    # async def describe_changes(
+    #     self, current_workdir: Path | None, target_workdir: Path
+    # ) -> Sequence[str]:
+    #     What the task changes (services, resources, images, ports), comparing the
+    #     extracted live release (None on a first deploy) with the target. Shown in the
+    #     timeline, the result and the notification; a failure is only a note.
     #
     # async def validate(self, request: DeployRequest) -> Sequence[str]:
     #     Check the release before anything changes (before maintenance goes on): render

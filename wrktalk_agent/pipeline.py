@@ -45,6 +45,7 @@ from wrktalk_agent.artifacts import (
     secure_delete,
 )
 from wrktalk_agent.config import AgentSettings
+from wrktalk_agent.contract import DEPLOYER
 from wrktalk_agent.db.models import ArtifactInfo, Task
 from wrktalk_agent.db.repository import CONNECTION_ERRORS, EventStatus, FlagChange, Repository
 from wrktalk_agent.guard import bounded, cancel_requested, describe
@@ -663,7 +664,7 @@ class TaskRun(LeasedRun):
         """What the task will change, from the deployer's comparison of the live release
         with the target, before anything changes (optional ``describe_changes``). A
         summary that cannot be made is a note, never a failure."""
-        describe_changes = getattr(self.s.deployer, "describe_changes", None)
+        describe_changes = DEPLOYER.optional_method(self.s.deployer, "describe_changes")
         if describe_changes is None or self.target is None:
             return
         if self.current is not None and self.current.id == self.target.id:
@@ -695,8 +696,8 @@ class TaskRun(LeasedRun):
         assert self.target is not None
         deployer = self.s.deployer
         await self._summarize_changes(workdir)
-        validate = getattr(deployer, "validate", None)
-        prepare = getattr(deployer, "prepare", None)
+        validate = DEPLOYER.optional_method(deployer, "validate")
+        prepare = DEPLOYER.optional_method(deployer, "prepare")
         if validate is None and prepare is None:
             return
         request = self._request(self.task.type, self.target, workdir, self.current)

@@ -32,6 +32,7 @@ from pydantic import ValidationError
 from pydantic_settings import BaseSettings
 
 from wrktalk_agent import hookspecs
+from wrktalk_agent.contract import CONTRACTS, Kind
 from wrktalk_agent.errors import PluginError, SettingsError
 from wrktalk_agent.guard import describe
 from wrktalk_agent.interfaces import RELEASE_TYPE_PATTERN, PluginContext
@@ -49,24 +50,7 @@ __all__ = [
     "load_backend_settings",
 ]
 
-Kind = Literal["deployer", "maintenance handler", "notifier"]
-
-_HOOK_BY_KIND: dict[Kind, str] = {
-    "deployer": "wrktalk_register_deployers",
-    "maintenance handler": "wrktalk_register_maintenance_handlers",
-    "notifier": "wrktalk_register_notifiers",
-}
-_REQUIRED_METHODS: dict[Kind, tuple[str, ...]] = {
-    "deployer": ("check", "deploy", "rollback"),
-    "maintenance handler": ("check", "enable", "disable", "status"),
-    "notifier": ("check", "notify"),
-}
-#: Methods the core calls only when a backend defines them (see interfaces.Deployer).
-_OPTIONAL_METHODS: dict[Kind, tuple[str, ...]] = {
-    "deployer": ("validate", "prepare", "live_release"),
-    "maintenance handler": (),
-    "notifier": ("deliver",),
-}
+_HOOK_BY_KIND: dict[Kind, str] = {kind: c.hook for kind, c in CONTRACTS.items()}
 #: Backend names become parts of environment variables and of the CLI's messages.
 _NAME = re.compile(r"[a-z][a-z0-9_-]{0,39}")
 
@@ -387,11 +371,13 @@ def _check_backend(kind: Kind, cls: object, plugin: str) -> tuple[Backend | None
             "use a lowercase name of letters, digits, '-' and '_')"
         )
     backend = Backend(kind=kind, name=name, cls=cls, plugin=plugin)
+    contract = CONTRACTS[kind]
     problems = []
-    missing = [m for m in _REQUIRED_METHODS[kind] if not _implemented(cls, m)]
+    missing = [m for m in contract.required if not _implemented(cls, m)]
     if missing:
         problems.append(f"{kind} {name!r} lacks method(s): {', '.join(missing)}")
-    present = [m for m in _REQUIRED_METHODS[kind] + _OPTIONAL_METHODS[kind] if m not in missing]
+    problems += [f"{kind} {name!r}: {p}" for p in contract.near_misses(cls)]
+    present = [m for m in contract.names if m not in missing]
     not_async = [
         m
         for m in present
