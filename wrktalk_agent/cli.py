@@ -543,10 +543,9 @@ def release_sign(version: str, sign_key: Path) -> None:
             )
         with tempfile.TemporaryDirectory(prefix="wrktalk-sign-") as scratch:
             try:
-                async with repo.connection() as conn:
-                    fetched = await fetch_artifact(
-                        conn, found, Path(scratch), max_bytes=settings.max_artifact_bytes
-                    )
+                fetched = await fetch_artifact(
+                    repo, found, Path(scratch), max_bytes=settings.max_artifact_bytes
+                )
             except ArtifactError as exc:
                 raise Failure(visible(str(exc))) from None
         env_data, values_data = await repo.release_secrets(found.id)
@@ -773,16 +772,14 @@ async def resolve_task_id(repo: Repository, given: str) -> UUID:
         return UUID(digits)
     # a range on the primary key: the index answers it
     low, high = UUID(digits.ljust(32, "0")), UUID(digits.ljust(32, "f"))
-    rows = await repo.pool.fetch(
-        "SELECT id FROM agent_task WHERE id BETWEEN $1 AND $2 ORDER BY id LIMIT 6", low, high
-    )
-    if not rows:
+    found = await repo.task_ids_with_prefix(low, high, limit=6)
+    if not found:
         raise Failure(f"no task {given}", 2)
-    if len(rows) > 1:
-        candidates = ", ".join(str(r["id"]) for r in rows[:5])
-        more = " and more" if len(rows) > 5 else ""
+    if len(found) > 1:
+        candidates = ", ".join(str(i) for i in found[:5])
+        more = " and more" if len(found) > 5 else ""
         raise Failure(f"task id prefix {given} is ambiguous: {candidates}{more}", 2)
-    return UUID(str(rows[0]["id"]))
+    return found[0]
 
 
 def _wait_options(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -830,10 +827,7 @@ def task_rollback(after: datetime | None, wait: bool, timeout: float | None) -> 
     settings = load_settings()
 
     async def create(repo: Repository) -> Any:
-        pending = await repo.pool.fetchval(
-            "SELECT id FROM agent_task WHERE type = 'rollback' AND status = 'pending' "
-            "ORDER BY created_at LIMIT 1"
-        )
+        pending = await repo.pending_rollback()
         if pending is not None:
             raise Failure(
                 f"rollback task {pending} is already pending; wait for it or cancel it "
@@ -1049,14 +1043,7 @@ def task_cancel(task_id: str, who: str | None) -> None:
 
     async def cancel(repo: Repository) -> UUID:
         resolved = await resolve_task_id(repo, task_id)
-        cancelled = await repo.pool.fetchval(
-            """UPDATE agent_task
-               SET status = 'failed', completed_at = now(), error_message = $2, result = $3
-               WHERE id = $1 AND status = 'pending' RETURNING id""",
-            resolved,
-            f"cancelled by {operator} (wrktalk-agent task cancel)",
-            {"cancelled": True, "by": operator},
-        )
+        cancelled = await repo.cancel_task(resolved, by=operator, via="wrktalk-agent task cancel")
         if cancelled is None:
             existing = await repo.get_task(resolved)
             if existing is None:
@@ -1116,7 +1103,6 @@ async def _run(settings: AgentSettings, *, once: bool) -> int:
 
 
 async def _start_http(agent: Any, settings: AgentSettings) -> Any:
-    import asyncio
 
     from wrktalk_agent.http import HealthState, start_http_server
 
@@ -1124,8 +1110,7 @@ async def _start_http(agent: Any, settings: AgentSettings) -> Any:
     agent.on_tick = state.tick
 
     async def ready() -> bool:
-        async with agent.repo.pool.acquire(timeout=3) as conn:
-            await asyncio.wait_for(conn.fetchval("SELECT 1"), 3)
+        await agent.repo.ping(3)
         return True
 
     try:

@@ -23,7 +23,6 @@ from uuid import UUID
 
 import structlog
 
-from wrktalk_agent.db import queries as q
 from wrktalk_agent.db.models import MaintenanceState
 from wrktalk_agent.db.repository import Repository
 from wrktalk_agent.guard import bounded, describe
@@ -74,11 +73,9 @@ async def switch_off(services: Services) -> None:
 async def reconcile_at_startup(services: Services, log: Any) -> None:
     """Clear maintenance left by a task that has ended; leave everything else as found."""
     handler: MaintenanceHandler | None = services.maintenance
-    async with services.repo.connection() as conn, conn.transaction():
-        # Polls take this row lock too: no claim can switch maintenance on meanwhile.
-        await conn.execute(q.LOCK_DEPLOYMENT_CONFIG)
-        row = await conn.fetchrow(q.MAINTENANCE_STATE)
-        state = MaintenanceState.model_validate(dict(row)) if row else MaintenanceState()
+    # Polls take this row lock too: no claim can switch maintenance on meanwhile.
+    async with services.repo.locked_maintenance() as record:
+        state = await record.state()
         if not state.enabled:
             if handler is not None and await _live_status(handler, services, log):
                 log.warning(
@@ -90,7 +87,7 @@ async def reconcile_at_startup(services: Services, log: Any) -> None:
         if task_id is None:
             log.info("maintenance.kept", owner=describe_owner(state))
             return
-        status = await conn.fetchval(q.TASK_STATUS, task_id)
+        status = await record.task_status(task_id)
         if status == "inProgress":
             return  # its agent, or the agent recovering it, owns it
         try:
@@ -98,7 +95,8 @@ async def reconcile_at_startup(services: Services, log: Any) -> None:
         except BackendError as exc:
             log.error("maintenance.disable_failed", error=str(exc), owner=state.owner)
             return
-        await conn.execute(q.MAINTENANCE_OFF_FOR, state.owner)
+        assert state.owner is not None  # it names a task
+        await record.clear(state.owner)
         log.info(
             "maintenance.cleared",
             why=f"left on by task {task_id}, which has ended ({status or 'deleted'})",
@@ -132,12 +130,10 @@ async def operator_switch(
     """``maintenance on|off`` from the CLI: switch and record under the row lock. An
     operator's window outlives any task; switching off a running task's maintenance is
     refused unless ``force``."""
-    async with repo.connection() as conn, conn.transaction():
-        await conn.execute(q.LOCK_DEPLOYMENT_CONFIG)
-        row = await conn.fetchrow(q.MAINTENANCE_STATE)
-        state = MaintenanceState.model_validate(dict(row)) if row else MaintenanceState()
+    async with repo.locked_maintenance() as record:
+        state = await record.state()
         if not enabled and state.enabled and not force and state.owner_task is not None:
-            status = await conn.fetchval(q.TASK_STATUS, state.owner_task)
+            status = await record.task_status(state.owner_task)
             if status == "inProgress":
                 raise BackendError(
                     f"task {state.owner_task} is running and owns maintenance mode; it "
@@ -146,4 +142,4 @@ async def operator_switch(
         if handler is not None:
             call = handler.enable(reason or "operator") if enabled else handler.disable()
             await bounded(call, timeout, f"maintenance handler {handler.name!r}")
-        await conn.execute(q.OPERATOR_MAINTENANCE, enabled, operator_owner(who), reason)
+        await record.record_operator(enabled, operator_owner(who), reason)

@@ -137,18 +137,11 @@ def heartbeat_renewed() -> None:
     LAST_HEARTBEAT.set(time.time())
 
 
-#: one cheap statement: pending tasks (the partial index on pending rows) and the live release
-_REFRESH = """
-SELECT (SELECT count(*) FROM agent_task WHERE status = 'pending') AS pending,
-       (SELECT release_version FROM release_artifact WHERE is_current LIMIT 1) AS version,
-       (SELECT chart_type FROM release_artifact WHERE is_current LIMIT 1) AS chart_type
-"""
-
-
-async def refresh_from_database(pool: Any) -> None:
-    """Pending tasks and the live release; the caller decides how often (and catches)."""
-    row = await pool.fetchrow(_REFRESH)
-    if row is None:
+async def refresh_from_database(repo: Any) -> None:
+    """Pending tasks and the live release (``repo.metrics_snapshot()``, one cheap
+    statement); the caller decides how often (and catches)."""
+    row = await repo.metrics_snapshot()
+    if not row:
         return
     PENDING.set(row["pending"])
     LIVE_RELEASE.info(

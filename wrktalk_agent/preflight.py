@@ -14,7 +14,6 @@ from pathlib import Path
 
 from wrktalk_agent.config import AgentSettings
 from wrktalk_agent.db import DatabaseUnavailable, Repository
-from wrktalk_agent.db import queries as q
 from wrktalk_agent.db.repository import pooler_mode
 from wrktalk_agent.interfaces import CheckResult, PluginContext, Recipient, SmtpConfig
 from wrktalk_agent.plugins import Kind, PluginError, PluginRegistry, SettingsError
@@ -150,20 +149,16 @@ async def _privileges_check(repo: Repository) -> CheckResult:
     """Ask PostgreSQL what the role may do (has_table_privilege and friends) instead of
     finding out mid-deploy. LISTEN needs no privilege."""
     try:
-        rows = await repo.pool.fetch(
-            q.TABLE_PRIVILEGES,
-            [table for table, _, _ in AGENT_PRIVILEGES],
-            [privilege for _, privilege, _ in AGENT_PRIVILEGES],
+        granted, other = await repo.table_privileges(
+            [(table, privilege) for table, privilege, _ in AGENT_PRIVILEGES]
         )
-        other = await repo.pool.fetchrow(q.OTHER_PRIVILEGES)
     except Exception as exc:
         return CheckResult("privileges", False, f"could not ask for privileges: {exc}")
-    assert other is not None
     role = other["role_name"]
     missing: list[str] = []
     grants: dict[str, list[str]] = {}
-    for row, (table, privilege, why) in zip(rows, AGENT_PRIVILEGES, strict=True):
-        if row["granted"] is False:  # None: the table is missing (the schema check says so)
+    for allowed, (table, privilege, why) in zip(granted, AGENT_PRIVILEGES, strict=True):
+        if allowed is False:  # None: the table is missing (the schema check says so)
             missing.append(f"{privilege} on {table} ({why})")
             grants.setdefault(table, []).append(privilege)
     if other["schema_usage"] is False:

@@ -30,7 +30,13 @@ from wrktalk_agent import __version__, maintenance, metrics, process
 from wrktalk_agent.artifacts import secure_delete
 from wrktalk_agent.bootstrap import StartupError
 from wrktalk_agent.db.models import PollResult, Task
-from wrktalk_agent.db.repository import Repository, connect_listener, listen_dsn, pooler_mode
+from wrktalk_agent.db.repository import (
+    Repository,
+    connect_listener,
+    keepalive,
+    listen_dsn,
+    pooler_mode,
+)
 from wrktalk_agent.db.schema import NOTIFY_CHANNEL
 from wrktalk_agent.guard import describe
 from wrktalk_agent.log import get_logger
@@ -208,7 +214,7 @@ class Agent:
             return
         self._metrics_refreshed = time.monotonic()
         with contextlib.suppress(*POLL_ERRORS):
-            await asyncio.wait_for(metrics.refresh_from_database(self.repo.pool), 5)
+            await asyncio.wait_for(metrics.refresh_from_database(self.repo), 5)
 
     async def _sleep(self, timeout: float) -> None:
         """Wait for a NOTIFY, a stop request or the timeout."""
@@ -415,12 +421,12 @@ class Agent:
                 self.log.info("listener.connected")
                 self.wake.set()  # anything inserted while we were away
                 # a half-open TCP connection sends no FIN: ask the server now and then
-                keepalive = max(self.settings.poll_interval, 30.0)
+                every = max(self.settings.poll_interval, 30.0)
                 while not lost.is_set() and not conn.is_closed():
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(lost.wait(), timeout=keepalive)
+                        await asyncio.wait_for(lost.wait(), timeout=every)
                     if not lost.is_set():
-                        await asyncio.wait_for(conn.execute("SELECT 1"), timeout=10)
+                        await keepalive(conn, 10)
                 self.log.warning("listener.lost")
             except asyncio.CancelledError:
                 raise

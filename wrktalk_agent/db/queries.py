@@ -592,9 +592,12 @@ VALUES ($1, 'pending', $2, $3)
 RETURNING {TASK_COLUMNS}
 """
 
+# A cancelled task is stored as failed (the backend's status set has no "cancelled"), with
+# an error starting "cancelled by" and the result {"cancelled": true, "by": ...}.
+# $1 task, $2 error message, $3 result.
 CANCEL_TASK = f"""
 UPDATE agent_task t
-SET status = 'failed', completed_at = now(), error_message = $2
+SET status = 'failed', completed_at = now(), error_message = $2, result = $3
 WHERE t.id = $1 AND t.status = 'pending'
 RETURNING {TASK_COLUMNS}
 """
@@ -627,6 +630,21 @@ ARTIFACT_SLICE = (
     "SELECT substring(artifact_data FROM $2::int FOR $3::int) FROM release_artifact WHERE id = $1"
 )
 ARTIFACT_WHOLE = "SELECT artifact_data FROM release_artifact WHERE id = $1"
+
+# -- small questions of the CLI, metrics and health endpoints ---------------------------
+#: task ids in a range of the primary key (a prefix an operator typed): the index answers
+TASK_IDS_BETWEEN = "SELECT id FROM agent_task WHERE id BETWEEN $1 AND $2 ORDER BY id LIMIT $3"
+#: the oldest pending rollback, if any (one is enough)
+PENDING_ROLLBACK = """SELECT id FROM agent_task WHERE type = 'rollback' AND status = 'pending'
+ORDER BY created_at LIMIT 1"""
+#: one cheap statement: pending tasks (the partial index on pending rows) and the live release
+METRICS_REFRESH = """
+SELECT (SELECT count(*) FROM agent_task WHERE status = 'pending') AS pending,
+       (SELECT release_version FROM release_artifact WHERE is_current LIMIT 1) AS version,
+       (SELECT chart_type FROM release_artifact WHERE is_current LIMIT 1) AS chart_type
+"""
+#: the database answers at all (readiness, a listening connection's keepalive)
+PING = "SELECT 1"
 
 SMTP_CONFIG = """
 SELECT smtp_host, smtp_port, smtp_user, smtp_password, smtp_from

@@ -1,9 +1,10 @@
 """The agent's door to PostgreSQL: a pool and one method per question or change.
 
-SQL lives in :mod:`wrktalk_agent.db.queries`. Two readers borrow a connection from here and
-run their own statements from that module: the artifact download
-(:func:`wrktalk_agent.artifacts.fetch_artifact`, prepared slices in one snapshot) and
-maintenance's row-locked decisions (:mod:`wrktalk_agent.maintenance`)."""
+SQL lives in :mod:`wrktalk_agent.db.queries` (and the schema in :mod:`~wrktalk_agent.db.schema`);
+no module outside :mod:`wrktalk_agent.db` issues a statement (a test enforces it). Two
+callers need more than one call: the artifact download reads slices from one snapshot
+(:meth:`Repository.artifact_chunks`), and maintenance's decisions call a handler while
+holding the ``deployment_config`` row lock (:meth:`Repository.locked_maintenance`)."""
 
 from __future__ import annotations
 
@@ -436,6 +437,48 @@ class Repository:
         async with self.pool.acquire() as conn:
             return await check_schema(conn)
 
+    async def ping(self, timeout: float) -> None:
+        """Raise unless the database answers within ``timeout`` seconds (readiness)."""
+        async with self.pool.acquire(timeout=timeout) as conn:
+            await asyncio.wait_for(conn.fetchval(q.PING), timeout)
+
+    async def metrics_snapshot(self) -> dict[str, Any]:
+        """Pending tasks and the live release (version, chart type), one cheap statement."""
+        row = await self.pool.fetchrow(q.METRICS_REFRESH)
+        return dict(row) if row is not None else {}
+
+    async def table_privileges(
+        self, wanted: Sequence[tuple[str, str]]
+    ) -> tuple[list[bool | None], dict[str, Any]]:
+        """Whether the role has each (table, privilege), ``None`` for a missing table; and
+        the other privileges the agent uses (schema, sequence, advisory locks, role)."""
+        rows = await self.pool.fetch(
+            q.TABLE_PRIVILEGES, [table for table, _ in wanted], [priv for _, priv in wanted]
+        )
+        other = await self.pool.fetchrow(q.OTHER_PRIVILEGES)
+        assert other is not None
+        return [r["granted"] for r in rows], dict(other)
+
+    async def artifact_chunks(
+        self, artifact_id: UUID, size: int, chunk_bytes: int
+    ) -> AsyncIterator[bytes]:
+        """A release's bytes in slices of ``chunk_bytes``, all read from one snapshot (a
+        row replaced meanwhile cannot be mixed in); one round trip when it fits in one.
+        Close the iterator (``contextlib.aclosing``) when stopping early."""
+        async with self.pool.acquire() as conn:
+            if size <= chunk_bytes:  # no transaction needed
+                data = await conn.fetchval(q.ARTIFACT_WHOLE, artifact_id)
+                if data:
+                    yield data
+                return
+            async with conn.transaction(isolation="repeatable_read", readonly=True):
+                statement = await conn.prepare(q.ARTIFACT_SLICE)
+                for offset in range(1, size + 1, chunk_bytes):
+                    chunk = await statement.fetchval(artifact_id, offset, chunk_bytes)
+                    if not chunk:
+                        return
+                    yield chunk
+
     async def init_schema(self) -> list[str]:
         async with self.pool.acquire() as conn:
             return await init_schema(conn)
@@ -837,9 +880,24 @@ class Repository:
         rows = await self.pool.fetch(q.LIST_TASKS, status, task_type, limit)
         return [Task.model_validate(dict(r)) for r in rows]
 
-    async def cancel_task(self, task_id: UUID, reason: str) -> Task | None:
-        row = await self.pool.fetchrow(q.CANCEL_TASK, task_id, reason)
+    async def cancel_task(self, task_id: UUID, *, by: str, via: str) -> Task | None:
+        """Cancel a pending task (``None``: it was not pending): stored as failed with
+        the error "cancelled by BY (VIA)" and the result ``{"cancelled": true, "by": BY}``,
+        whoever cancels it (the CLI, the dashboard)."""
+        row = await self.pool.fetchrow(
+            q.CANCEL_TASK, task_id, f"cancelled by {by} ({via})", {"cancelled": True, "by": by}
+        )
         return Task.model_validate(dict(row)) if row else None
+
+    async def task_ids_with_prefix(self, low: UUID, high: UUID, limit: int) -> list[UUID]:
+        """Task ids between ``low`` and ``high`` (a typed prefix), at most ``limit``."""
+        rows = await self.pool.fetch(q.TASK_IDS_BETWEEN, low, high, limit)
+        return [UUID(str(r["id"])) for r in rows]
+
+    async def pending_rollback(self) -> UUID | None:
+        """The oldest pending rollback task, if any."""
+        found = await self.pool.fetchval(q.PENDING_ROLLBACK)
+        return None if found is None else UUID(str(found))
 
     async def task_events(self, task_id: UUID) -> list[TaskEvent]:
         rows = await self.pool.fetch(q.TASK_EVENTS, task_id)
@@ -901,6 +959,15 @@ class Repository:
         return ArtifactInfo.model_validate(dict(row)) if row else None
 
     # -- deployment_config / admins ----------------------------------------------------
+    @asynccontextmanager
+    async def locked_maintenance(self) -> AsyncIterator[MaintenanceRecord]:
+        """The maintenance record under the ``deployment_config`` row lock, in one
+        transaction: polls take the lock too, so no claim switches maintenance on while
+        the caller decides (and calls its handler) and writes."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute(q.LOCK_DEPLOYMENT_CONFIG)
+            yield MaintenanceRecord(conn)
+
     @_bounded
     async def maintenance_state(self) -> MaintenanceState:
         row = await self.pool.fetchrow(q.MAINTENANCE_STATE)
@@ -1046,3 +1113,34 @@ async def promote_release(conn: asyncpg.Connection, release_id: UUID) -> None:
     await conn.execute(q.CLEAR_PREVIOUS, release_id)
     await conn.execute(q.DEMOTE_CURRENT, release_id)
     await conn.execute(q.PROMOTE, release_id)
+
+
+class MaintenanceRecord:
+    """The maintenance columns of ``deployment_config`` while
+    :meth:`Repository.locked_maintenance` holds its row lock."""
+
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self._conn = conn
+
+    async def state(self) -> MaintenanceState:
+        row = await self._conn.fetchrow(q.MAINTENANCE_STATE)
+        return MaintenanceState.model_validate(dict(row)) if row else MaintenanceState()
+
+    async def task_status(self, task_id: UUID) -> str | None:
+        """The status of the task owning maintenance (``None``: it was deleted)."""
+        status = await self._conn.fetchval(q.TASK_STATUS, task_id)
+        return None if status is None else str(status)
+
+    async def clear(self, owner: str) -> None:
+        """Clear the record, only where ``owner`` still holds it."""
+        await self._conn.execute(q.MAINTENANCE_OFF_FOR, owner)
+
+    async def record_operator(self, enabled: bool, owner: str, reason: str | None) -> None:
+        """An operator's switch: on (owner, reason, since) or off (all cleared)."""
+        await self._conn.execute(q.OPERATOR_MAINTENANCE, enabled, owner, reason)
+
+
+async def keepalive(conn: asyncpg.Connection, timeout: float) -> None:
+    """Ask a listening connection's server for an answer: a half-open TCP connection
+    sends no FIN, so silence is the only sign it is gone."""
+    await conn.execute(q.PING, timeout=timeout)
