@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import shutil
 import signal
@@ -10,11 +11,14 @@ import subprocess
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 from agent_helpers import agent_env, blocking_release, wait_until
 from prometheus_client.parser import text_string_to_metric_families
+
+from wrktalk_agent.testing import add_release
 
 ROOT = Path(__file__).resolve().parent.parent
 RULES = ROOT / "deploy" / "prometheus" / "wrktalk-agent.rules.yml"
@@ -188,3 +192,167 @@ async def test_a_live_agent_during_a_deploy_feeds_every_rule(
     assert _value(after, "wrktalk_agent_tasks_total", type="deploy", outcome="completed") == 1
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(20) == 0
+
+
+def _series(name: str, labels: str, values: str) -> dict[str, str]:
+    return {"series": f"{name}{{{labels}}}", "values": values}
+
+
+@needs_promtool
+async def test_a_live_agent_after_a_recovery_with_an_operators_window_feeds_the_rules(
+    recording_settings, recording, repo, spawn_agent, tmp_path
+):
+    """What a real agent exports when the database holds an operator's window, a task
+    whose agent died, and a task scheduled two hours ahead — replayed through promtool:
+    the window wakes someone after two hours, the recovered failure and the abandonment
+    at once, and the scheduled task never counts as not picked up."""
+    await repo.hold_maintenance("operator:alice", "db migration")
+    await repo.pool.execute(
+        "UPDATE agent_maintenance_hold SET since = now() - interval '30 minutes'"
+    )
+    recording.flag.write_text("alice's window")
+    dead = await repo.create_task("deploy", (await add_release(repo, "1.0.0")).id)
+    await repo.pool.execute(
+        "UPDATE agent_task SET status='inProgress', claimed_by='gone', picked_up_at=now(),"
+        " last_heartbeat=now() - interval '1 minute', lease_seconds=2 WHERE id=$1",
+        dead.id,
+    )
+    await repo.pool.execute(
+        "INSERT INTO agent_task (type, status, release_artifact_id, execute_after)"
+        " SELECT 'deploy', 'pending', id, now() + interval '2 hours' FROM release_artifact"
+    )
+    port = _free_port()
+    env = agent_env(
+        recording_settings,
+        recording,
+        WRKTALK_AGENT_HTTP_PORT=str(port),
+        WRKTALK_AGENT_HTTP_HOST="127.0.0.1",
+    )
+    proc = spawn_agent(env)
+    try:
+        scraped = _samples(
+            wait_until(
+                lambda: (
+                    (t := _scrape(port))
+                    and 'wrktalk_agent_tasks_total{outcome="failed",type="deploy"} 1.0' in t
+                    and "wrktalk_agent_pending_tasks 1.0" in t
+                    and t
+                ),
+                30,
+            )
+        )
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(proc.wait, 20) == 0
+    assert (await repo.get_task(dead.id)).status == "failed"
+    now = time.time()
+    assert _value(scraped, "wrktalk_agent_maintenance_mode") == 1  # the database's truth
+    assert _value(scraped, "wrktalk_agent_maintenance_holds", kind="operator") == 1
+    assert _value(scraped, "wrktalk_agent_maintenance_holds", kind="task") == 0
+    since = _value(
+        scraped, "wrktalk_agent_maintenance_hold_since_timestamp_seconds", kind="operator"
+    )
+    assert 1700 < now - since < 1900
+    assert _value(scraped, "wrktalk_agent_due_tasks") == 0
+    assert _value(scraped, "wrktalk_agent_abandoned_tasks_total") == 1
+
+    # Replay: promtool's clock starts at 0. The scrape lands at t=`scraped_at` (the
+    # window is `age` old then), every value stays as scraped; the counters were 0 before.
+    age = round((now - since) / 60) * 60  # rules are evaluated each minute
+    scraped_at = (age // 300 + 2) * 300
+    labels = 'job="wrktalk-agent",instance="live"'
+    steps = 40
+    before = scraped_at // 300
+
+    def scraped_series(name: str, extra: str = "", **match: str) -> dict[str, str]:
+        value = _value(scraped, name, **match)
+        return _series(name, labels + extra, f"{value:g}x{steps}")
+
+    def counter(name: str, extra: str = "", **match: str) -> dict[str, str]:
+        value = _value(scraped, name, **match)
+        return _series(name, labels + extra, f"0x{before - 1} {value:g}x{steps - before}")
+
+    window_opened = scraped_at - age
+    quiet_at = window_opened + 7200 - 300  # the window is 1h55m old
+    fires_at = window_opened + 7200 + 300  # 2h05m
+    annotations = {
+        "WrkTalkTaskFailed": {
+            "summary": "a deploy task failed on live in the last hour",
+            "description": "wrktalk-agent task list -o wide --status failed",
+        },
+        "WrkTalkTaskAbandoned": {
+            "summary": "live recovered a task whose agent stopped heartbeating",
+            "description": "wrktalk-agent task list --status failed; `task show` names the "
+            "agent that ran it and what was found live.",
+        },
+        "WrkTalkMaintenanceWindowOpen": {
+            "summary": "an operator's maintenance window has been open for 2h 5m 0s",
+            "description": "wrktalk-agent maintenance status names who; "
+            "`maintenance off --by <name>` ends it.",
+        },
+    }
+    job = {"severity": "warning", "job": "wrktalk-agent"}
+
+    def fires(name: str, at: int, **labels_: str) -> dict[str, Any]:
+        alert = {"exp_labels": {**job, **labels_}, "exp_annotations": annotations[name]}
+        return {"eval_time": f"{at}s", "alertname": name, "exp_alerts": [alert]}
+
+    def quiet(name: str, at: int) -> dict[str, Any]:
+        return {"eval_time": f"{at}s", "alertname": name, "exp_alerts": []}
+
+    replay = {
+        "rule_files": [str(RULES)],
+        "evaluation_interval": "1m",
+        "tests": [
+            {
+                "interval": "5m",
+                "input_series": [
+                    scraped_series("wrktalk_agent_maintenance_mode"),
+                    scraped_series(
+                        "wrktalk_agent_maintenance_holds", ',kind="operator"', kind="operator"
+                    ),
+                    scraped_series("wrktalk_agent_maintenance_holds", ',kind="task"', kind="task"),
+                    _series(
+                        "wrktalk_agent_maintenance_hold_since_timestamp_seconds",
+                        labels + ',kind="operator"',
+                        f"{window_opened}x{steps}",
+                    ),
+                    scraped_series("wrktalk_agent_maintenance_off_pending_since_timestamp_seconds"),
+                    scraped_series("wrktalk_agent_pending_tasks"),
+                    scraped_series("wrktalk_agent_due_tasks"),
+                    scraped_series("wrktalk_agent_running_tasks"),
+                    counter(
+                        "wrktalk_agent_tasks_total",
+                        ',type="deploy",outcome="failed"',
+                        type="deploy",
+                        outcome="failed",
+                    ),
+                    counter("wrktalk_agent_abandoned_tasks_total"),
+                ],
+                "alert_rule_test": [
+                    fires(
+                        "WrkTalkTaskFailed",
+                        scraped_at + 600,
+                        instance="live",
+                        type="deploy",
+                        outcome="failed",
+                    ),
+                    fires("WrkTalkTaskAbandoned", scraped_at + 600, instance="live"),
+                    quiet("WrkTalkMaintenanceWindowOpen", quiet_at),
+                    fires("WrkTalkMaintenanceWindowOpen", fires_at),
+                    *[
+                        quiet(name, fires_at)
+                        for name in (
+                            "WrkTalkMaintenanceLeftOn",
+                            "WrkTalkMaintenanceSwitchOffFailing",
+                            "WrkTalkTasksNotPickedUp",
+                        )
+                    ],
+                ],
+            }
+        ],
+    }
+    replay_file = tmp_path / "replay.test.yml"
+    replay_file.write_text(yaml.safe_dump(replay))
+    replayed = promtool("test", "rules", str(replay_file))
+    assert replayed.returncode == 0, replayed.stdout + replayed.stderr

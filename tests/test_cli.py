@@ -227,7 +227,25 @@ def test_bad_plugin_setting_is_one_readable_line(cli) -> None:
         env={"WRKTALK_AGENT_DEPLOYER": "helm", "WRKTALK_AGENT_HELM_TIMEOUT": "ten minutes"},
     )
     assert result.exit_code == 2
-    assert result.output.startswith("error: WRKTALK_AGENT_HELM_TIMEOUT: ")
+    # `run` logs JSON here (WRKTALK_AGENT_LOG_FORMAT=json): its error is one JSON line too
+    [line] = result.output.splitlines()
+    record = json.loads(line)
+    assert (record["event"], record["level"], record["exit_code"]) == (
+        "agent.start_failed",
+        "error",
+        2,
+    )
+    assert record["error"].startswith("WRKTALK_AGENT_HELM_TIMEOUT: ")
+    console = cli(
+        "run",
+        "--once",
+        env={
+            "WRKTALK_AGENT_DEPLOYER": "helm",
+            "WRKTALK_AGENT_HELM_TIMEOUT": "ten minutes",
+            "WRKTALK_AGENT_LOG_FORMAT": "console",
+        },
+    )
+    assert console.output.startswith("error: WRKTALK_AGENT_HELM_TIMEOUT: ")
 
 
 def test_run_once_with_script_deployer_end_to_end(cli, tmp_path: Path) -> None:
@@ -268,16 +286,51 @@ def test_maintenance_command_with_nginx_flag(cli, tmp_path: Path) -> None:
     }
     on = cli("maintenance", "on", "--reason", "db migration", "--by", "alice", env=env)
     assert on.exit_code == 0, on.output
-    assert "maintenance mode is ON — owner: operator alice (db migration), since " in on.output
+    assert "maintenance mode is ON — held by: operator alice (db migration), since " in on.output
     assert on.output.rstrip().endswith("(nginx: ON)")
     assert flag.exists() and "db migration" in flag.read_text()
-    assert "owner: operator alice" in cli("maintenance", "status", env=env).output
+    assert "held by: operator alice" in cli("maintenance", "status", env=env).output
     # with no handler configured, status still tells what the database records
-    assert "owner: operator alice" in cli("maintenance", "status").output
-    off = cli("maintenance", "off", env=env)
-    assert "maintenance mode is off (nginx: off)" in off.output and not flag.exists()
+    assert "held by: operator alice" in cli("maintenance", "status").output
+    off = cli("maintenance", "off", "--by", "alice", env=env)
+    assert off.output == "maintenance mode is off (nginx: off)\n" and not flag.exists()
     none = cli("maintenance", "on")
     assert none.exit_code == 2 and "is 'none'" in none.output
+
+
+def test_a_second_operators_window_is_a_hold_of_its_own(cli, tmp_path: Path) -> None:
+    """bob's `on` while alice's window is open takes nothing over: bob's `off` leaves
+    alice's window on, alice's ends it; `off --force` ends everyone's and says whose."""
+    flag = tmp_path / "flags" / "maintenance"
+    env = {
+        "WRKTALK_AGENT_MAINTENANCE_MODE_HANDLER": "nginx",
+        "WRKTALK_AGENT_NGINX_FLAG_FILE": str(flag),
+    }
+    alice = cli("maintenance", "on", "--reason", "db migration", "--by", "alice", env=env)
+    assert alice.exit_code == 0, alice.output
+    bob = cli("maintenance", "on", "--reason", "disk swap", "--by", "bob", env=env)
+    assert "held by: operator alice (db migration), operator bob (disk swap)" in bob.output
+    status = json.loads(cli("maintenance", "status", "-o", "json", env=env).output)
+    assert status["enabled"] is True and status["proxy"] == {"handler": "nginx", "on": True}
+    assert [(h["holder"], h["reason"]) for h in status["holds"]] == [
+        ("operator:alice", "db migration"),
+        ("operator:bob", "disk swap"),
+    ]
+    bob_off = cli("maintenance", "off", "--by", "bob", env=env)
+    assert bob_off.exit_code == 0, bob_off.output
+    assert "maintenance mode is ON — held by: operator alice (db migration)" in bob_off.output
+    assert flag.exists()
+    carol = cli("maintenance", "off", "--by", "carol", env=env)
+    assert carol.exit_code == 1
+    assert carol.output == (
+        "error: nginx: carol holds no maintenance window; held by operator alice "
+        "(db migration) (--force switches it off for everyone)\n"
+    )
+    assert cli("maintenance", "on", "--by", "bob", env=env).exit_code == 0
+    forced = cli("maintenance", "off", "--force", "--by", "carol", "-o", "json", env=env)
+    data = json.loads(forced.output)
+    assert data["enabled"] is False and data["holds"] == [] and not flag.exists()
+    assert sorted(data["action"]["released"]) == ["operator:alice", "operator:bob"]
 
 
 def test_check_json_reports_each_line_and_fails_on_any(cli, tmp_path: Path) -> None:

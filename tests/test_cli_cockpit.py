@@ -126,10 +126,17 @@ def test_cancel_is_shown_as_cancelled_with_a_result(cli, release, database_url) 
     cancelled = cli("task", "cancel", task_id[:8], "--by", "alice")
     assert cancelled.exit_code == 0 and task_id in cancelled.output
     [row] = json.loads(cli("task", "list", "-o", "json").output)
-    assert row["status"] == "failed"
+    # one vocabulary: cancelled in JSON and tables, filters, `task show`; the column says
+    # failed (the backend's status set has no "cancelled")
+    assert (row["status"], row["stored_status"]) == ("cancelled", "failed")
     assert row["error_message"].startswith("cancelled by alice")
     assert row["result"] == {"cancelled": True, "by": "alice"}
     assert cli("task", "list").output.splitlines()[1].split()[3] == "cancelled"
+    [only] = json.loads(cli("task", "list", "--status", "cancelled", "-o", "json").output)
+    assert only["id"] == task_id
+    assert json.loads(cli("task", "list", "--status", "failed", "-o", "json").output) == []
+    shown = json.loads(cli("task", "show", task_id[:8], "-o", "json").output)
+    assert shown["task"]["status"] == "cancelled"
     again = cli("task", "cancel", task_id)
     assert again.exit_code == 2 and "is cancelled; only pending tasks" in again.output
 
@@ -185,6 +192,12 @@ def test_wait_follows_a_task_to_its_end(cli, database_url, tmp_path: Path) -> No
         failed = cli("task", "deploy", "3.0.0", "--wait", "--timeout", "120")
         assert failed.exit_code == 1, failed.output
         assert "error: task " in failed.output and " failed: " in failed.output
+        # -o json: the task once it ended, with its timeline; nothing else on stdout
+        as_json = cli("task", "deploy", "2.0.0", "--wait", "--timeout", "120", "-o", "json")
+        assert as_json.exit_code == 0, as_json.output
+        data = json.loads(as_json.output)
+        assert data["task"]["type"] == "deploy" and data["task"]["status"] == "completed"
+        assert data["events"][0]["step"] == "claimed"
     finally:
         agent.terminate()
         agent.wait(30)
@@ -193,6 +206,8 @@ def test_wait_follows_a_task_to_its_end(cli, database_url, tmp_path: Path) -> No
     assert "waiting for an agent to claim it" in waiting.output
     assert "is still pending after 0.5s; it goes on" in waiting.output
     assert cli("task", "deploy", "9.9.9", "--wait").exit_code == 2
+    queued = json.loads(cli("task", "deploy", "1.0.0", "-o", "json").output)
+    assert queued["task"]["status"] == "pending" and queued["task"]["release_version"] is None
 
 
 def test_rejected_role_is_one_line_from_every_command(cli, database_url) -> None:
@@ -207,8 +222,11 @@ def test_rejected_role_is_one_line_from_every_command(cli, database_url) -> None
         assert result.exit_code == 1, (args, result.output)
         lines = result.output.strip().splitlines()
         assert len(lines) == 1, result.output
-        assert lines[0].startswith(f"error: PostgreSQL at {label} refused the connection: ")
-        assert "no_such_role_x" in lines[0]
+        line = lines[0]
+        if args[0] == "run":  # its logs are JSON here, and so is its error
+            line = "error: " + json.loads(line)["error"]
+        assert line.startswith(f"error: PostgreSQL at {label} refused the connection: ")
+        assert "no_such_role_x" in line
 
 
 def test_http_port_in_use_is_one_line(cli) -> None:
@@ -226,9 +244,11 @@ def test_http_port_in_use_is_one_line(cli) -> None:
             },
         )
     assert result.exit_code == 2
-    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    # every line is one JSON log record, the error the last one
+    records = [json.loads(line) for line in result.output.splitlines()]
+    errors = [r["error"] for r in records if r["event"] == "agent.start_failed"]
     assert errors == [
-        f"error: cannot serve HTTP on 127.0.0.1:{port}: Address already in use "
+        f"cannot serve HTTP on 127.0.0.1:{port}: Address already in use "
         "(WRKTALK_AGENT_HTTP_PORT / WRKTALK_AGENT_HTTP_HOST)"
     ]
     assert "Traceback" not in result.output
@@ -341,3 +361,71 @@ def test_a_failing_notifier_only_warns(cli) -> None:
     rows = json.loads(cli("check", "-o", "json", env=env).output)
     smtp = [r for r in rows if r["name"].startswith("notifier smtp")]
     assert smtp and all(r["status"] == "warn" and not r["blocking"] for r in smtp if not r["ok"])
+
+
+def test_a_pooler_the_agent_was_not_told_about_is_named_with_its_setting(database_url) -> None:
+    """What a transaction pooler does to asyncpg's named statements (a name prepared twice
+    in one server session), from a real server: the error names the setting."""
+    import asyncpg
+
+    from wrktalk_agent.cli import Failure, run_async
+
+    async def collide() -> None:
+        conn = await asyncpg.connect(database_url)
+        try:
+            await conn.execute("PREPARE wrktalk_twice AS SELECT 1")
+            await conn.execute("PREPARE wrktalk_twice AS SELECT 1")
+        finally:
+            await conn.close()
+
+    with pytest.raises(Failure) as caught:
+        run_async(collide())
+    assert ": prepared statements collide: a transaction pooler (PgBouncer)" in caught.value.message
+    assert "set WRKTALK_AGENT_DB_POOLER=pgbouncer" in caught.value.message
+
+
+def _in_a_terminal(args: list[str], env: dict[str, str]) -> str:
+    """Run a command with its stdout and stderr on a real pseudo-terminal; what it wrote."""
+    import pty
+
+    main_fd, child_fd = pty.openpty()
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "wrktalk_agent.cli", *args],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=child_fd,
+            stderr=child_fd,
+        )
+        os.close(child_fd)
+        chunks = []
+        while True:
+            try:
+                chunk = os.read(main_fd, 65536)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        proc.wait(60)
+    finally:
+        os.close(main_fd)
+    return b"".join(chunks).decode(errors="replace")
+
+
+def test_no_color_is_honoured_by_the_console_log_lines_too(database_url, tmp_path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WRKTALK_AGENT_")}
+    env.pop("NO_COLOR", None)
+    env.update(
+        WRKTALK_AGENT_DATABASE_URL=database_url,
+        WRKTALK_AGENT_WORK_DIR=str(tmp_path / "work"),
+        WRKTALK_AGENT_DEPLOYER="script",
+        WRKTALK_AGENT_NOTIFIERS="",
+        TERM="xterm-256color",
+    )
+    coloured = _in_a_terminal(["run", "--once"], env)
+    assert "agent.stopped" in coloured and "\x1b[" in coloured  # a terminal gets colours
+    plain = _in_a_terminal(["run", "--once"], {**env, "NO_COLOR": "1"})
+    assert "agent.stopped" in plain and "\x1b[" not in plain, plain
+    listed = _in_a_terminal(["plugins"], {**env, "NO_COLOR": "1"})
+    assert "helm" in listed and not re.search(r"\x1b\[[0-9;]*3[0-9]", listed), listed

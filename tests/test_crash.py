@@ -128,7 +128,7 @@ async def test_outage_longer_than_the_lease_owner_fences_itself_no_overlap(
         await repo.close()
     for proc in (owner, standby):
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(30) == 0
+        assert proc.wait(30) == 0, Path(proc.log_path).read_text()[-3000:]  # type: ignore[attr-defined]
 
 
 # -- identity and settings ----------------------------------------------------------------------

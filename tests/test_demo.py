@@ -7,6 +7,7 @@ are available) has its own e2e test.
 
 from __future__ import annotations
 
+import contextlib
 import email
 import email.policy
 import os
@@ -194,3 +195,54 @@ def test_demo_with_the_compose_deployer(directory: Path) -> None:
         ["docker", "ps", "-aq", "--filter", label], capture_output=True, text=True, check=True
     )
     assert left.stdout.strip() == "", "the demo's containers were not removed"
+
+
+def test_closing_the_terminal_of_a_keep_running_demo_stops_everything(directory: Path) -> None:
+    """`demo --keep-running` in a real terminal (a pty it controls), closed: the kernel
+    sends SIGHUP, writing to the terminal fails with EIO from then on, and the demo still
+    stops the agent, the site server, the mail sink and PostgreSQL, and removes its data."""
+    import pty
+    import select
+    import time
+
+    pid, terminal = pty.fork()
+    if pid == 0:  # the child: a session leader whose controlling terminal is the pty
+        os.execvpe(sys.executable, demo_command(directory, "--deployer", "script",
+                                                "--keep-running"), demo_env())  # fmt: skip
+    seen = b""
+    try:
+        deadline = time.monotonic() + 90
+        while b"Ctrl-C stops everything" not in seen:
+            assert time.monotonic() < deadline, seen.decode(errors="replace")
+            ready, _, _ = select.select([terminal], [], [], 1.0)
+            if ready:
+                try:
+                    seen += os.read(terminal, 65536)
+                except OSError:
+                    break
+        assert b"Ctrl-C stops everything" in seen, seen.decode(errors="replace")
+        pg_pid = first_pid(directory / "pg" / "postmaster.pid")
+        pg_data = (directory / "pg").resolve()
+        site_pid = first_pid(directory / "site.pid")
+        os.close(terminal)  # the terminal window closes
+        terminal = -1
+        deadline = time.monotonic() + 60
+        status = None
+        while status is None and time.monotonic() < deadline:
+            done, raw = os.waitpid(pid, os.WNOHANG)
+            if done:
+                status = raw
+            else:
+                time.sleep(0.1)
+        assert status is not None, "the demo did not stop when its terminal closed"
+        assert os.waitstatus_to_exitcode(status) in (0, 130)
+    finally:
+        if terminal != -1:
+            os.close(terminal)
+        with contextlib.suppress(ProcessLookupError, ChildProcessError):
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+    assert gone(site_pid), f"the site server (pid {site_pid}) is still running"
+    assert gone(pg_pid), f"PostgreSQL (pid {pg_pid}) is still running"
+    assert not pg_data.exists(), "the embedded PostgreSQL's files were left behind"
+    assert not (directory / "maintenance.flag").exists()

@@ -322,8 +322,12 @@ def test_readme_and_plugin_guide_list_the_same_public_modules() -> None:
     readme = (ROOT / "README.md").read_text().split("\n\n")
     [readme_says] = [p for p in readme if "import only the core's public API" in p]
     [guide_says] = [p for p in PLUGINS.split("\n\n") if "The public API is" in p]
+    [checklist] = [
+        line for line in PLUGINS.split("\n- ") if line.startswith("Imports from the core")
+    ]
     assert _modules_named(readme_says) == PUBLIC_MODULES, readme_says
     assert _modules_named(guide_says) == PUBLIC_MODULES, guide_says
+    assert _modules_named(checklist) == PUBLIC_MODULES, checklist
 
 
 def test_the_core_package_is_marked_typed() -> None:
@@ -333,3 +337,32 @@ def test_the_core_package_is_marked_typed() -> None:
         ["git", "check-ignore", "-q", "wrktalk_agent/py.typed"], cwd=ROOT, check=False
     )
     assert ignored.returncode == 1
+
+
+def test_documented_setting_errors_are_what_the_cli_prints() -> None:
+    """Each "`WRKTALK_AGENT_X=value` gives `error: …`" in operator.md, run for real."""
+    examples = re.findall(r"`(WRKTALK_AGENT_\w+)=([^`]*)` gives\s+`(error: [^`]+)`", OPERATOR)
+    assert examples, "operator.md documents no setting error example"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WRKTALK_AGENT_")}
+    for name, value, expected in examples:
+        shown = subprocess.run(
+            [sys.executable, "-m", "wrktalk_agent.cli", "task", "list"],
+            env={**env, name: value},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert shown.returncode == 2
+        assert shown.stderr.strip() == " ".join(expected.split()), shown.stderr
+
+
+def test_no_phrase_of_the_guides_is_said_twice_in_a_row() -> None:
+    """A sentence repeated where two edits met ("… one-time configuration;The proxy needs
+    a one-time configuration; …") reads as a mistake; code blocks and tables aside."""
+    for path in (ROOT / "README.md", DOCS / "operator.md", DOCS / "maintenance.md"):
+        prose = re.sub(r"```.*?```", " ", path.read_text(), flags=re.S)
+        prose = "\n".join(line for line in prose.splitlines() if not line.startswith("|"))
+        words = " ".join(re.findall(r"[\w'`-]+", prose))
+        repeated = re.search(r"\b((?:[\w'`-]+ ){5,})\1", words + " ")
+        assert repeated is None, f"{path.name} says twice: {repeated.group(1) if repeated else ''}"

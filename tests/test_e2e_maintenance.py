@@ -11,8 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import signal
-from collections.abc import Callable
+import subprocess
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +26,8 @@ import pytest
 from agent_helpers import agent_env
 from e2e_support import agent_log, eventually, message, running, steps
 
+from wrktalk_agent import maintenance as maint
+from wrktalk_agent import metrics
 from wrktalk_agent.interfaces import MaintenanceHandler
 from wrktalk_agent.testing import add_release
 from wrktalk_agent_haproxy import HaproxyMaintenance
@@ -45,6 +52,9 @@ class Site:
     page: str  # the maintenance page it serves with the 503
     fetch: Callable[[], Any]  # GET / through the proxy
     backend: Callable[[], MaintenanceHandler]  # the handler, built by hand
+    #: while this is entered, switching maintenance off fails the way a proxy being
+    #: restarted makes it fail (None: not possible with this transport)
+    switch_off_broken: Callable[[], Any] | None = None
 
     async def get(self) -> Any:
         return await asyncio.to_thread(self.fetch)
@@ -63,6 +73,10 @@ class Site:
 
 @pytest.fixture(params=["nginx", "haproxy-unix", "haproxy-tcp"])
 def site(request: pytest.FixtureRequest, tmp_path: Path) -> Site:
+    return _make_site(request, tmp_path)
+
+
+def _make_site(request: pytest.FixtureRequest, tmp_path: Path) -> Site:
     context = plugin_context(tmp_path)
     if request.param == "nginx":
         nginx = request.getfixturevalue("nginx_proxy")
@@ -72,6 +86,7 @@ def site(request: pytest.FixtureRequest, tmp_path: Path) -> Site:
             nginx_page(),
             nginx.get,
             lambda: NginxMaintenance(nginx.settings, context),
+            lambda: _immutable(nginx.flag_file.parent),
         )
     haproxy = request.getfixturevalue("haproxy_proxy")
     tcp = request.param == "haproxy-tcp"
@@ -82,7 +97,41 @@ def site(request: pytest.FixtureRequest, tmp_path: Path) -> Site:
         haproxy_page(),
         haproxy.get,
         lambda: HaproxyMaintenance(settings, context),
+        None if tcp else lambda: _moved_away(haproxy.admin_socket),
     )
+
+
+@contextmanager
+def _immutable(directory: Path) -> Iterator[None]:
+    """The nginx flag's directory cannot change (chattr +i): the flag cannot be removed,
+    not even by root, and nginx goes on answering 503."""
+    if shutil.which("chattr") is None:
+        pytest.skip("chattr is not installed")
+    made = subprocess.run(["chattr", "+i", str(directory)], capture_output=True, check=False)
+    if made.returncode != 0:
+        pytest.skip(f"chattr +i is not possible here: {made.stderr.decode().strip()}")
+    try:
+        yield
+    finally:
+        subprocess.run(["chattr", "-i", str(directory)], check=True)
+
+
+@contextmanager
+def _moved_away(admin_socket: Path) -> Iterator[None]:
+    """HAProxy's Runtime API socket is gone, as while HAProxy restarts; its servers stay
+    in maintenance."""
+    away = admin_socket.with_name(admin_socket.name + ".away")
+    admin_socket.rename(away)
+    try:
+        yield
+    finally:
+        away.rename(admin_socket)
+
+
+@pytest.fixture(params=["nginx", "haproxy-unix"])
+def breakable_site(request: pytest.FixtureRequest, tmp_path: Path) -> Site:
+    """A site whose switch-off can be made to fail."""
+    return _make_site(request, tmp_path)
 
 
 @pytest.fixture(autouse=True)
@@ -196,9 +245,18 @@ async def test_sigterm_twice_during_a_deploy_interrupts_it_and_ends_maintenance(
     assert await asyncio.to_thread(agent.wait, 30) == 0
 
     interrupted = await repo.get_task(task.id)
-    assert (interrupted.status, interrupted.error_message) == ("failed", "interrupted by shutdown")
+    # what is live was asked before maintenance went off: nothing (the deploy never applied)
+    assert interrupted.status == "failed"
+    assert interrupted.error_message == (
+        "interrupted by shutdown; found nothing deployed (recording: nothing deployed yet); "
+        "next: check the site, then deploy 1.0.0 again or roll back"
+    )
     events = await repo.task_events(task.id)
     assert message(events, "deploy", "failed") == "interrupted by shutdown"
+    timeline = steps(events)
+    assert timeline.index(("interrupted", "info")) < timeline.index(
+        ("maintenance-off", "succeeded")
+    )
     assert_maintenance_around_deployer(events)
     await site.assert_up()
     assert await repo.maintenance_flag() is False
@@ -245,7 +303,7 @@ async def test_maintenance_left_by_an_ended_task_is_cleared_when_the_agent_start
     release = await add_release(repo, "1.0.0")
     task = await repo.create_task("deploy", release.id)
     await repo.pool.execute("UPDATE agent_task SET status = 'failed' WHERE id = $1", task.id)
-    await repo.task_maintenance_on(f"task:{task.id}", "deploy 1.0.0")
+    await repo.hold_maintenance(f"task:{task.id}", "deploy 1.0.0")
     await site.backend().enable("deploy 1.0.0")
     await site.assert_maintenance()
 
@@ -265,15 +323,12 @@ async def test_an_operators_window_survives_an_agent_start(
     site, recording_settings, recording, repo, spawn_agent
 ):
     await site.backend().enable("db migration")
-    await repo.pool.execute(
-        "UPDATE deployment_config SET maintenance_mode_enabled = true,"
-        " maintenance_owner = 'operator:alice', maintenance_reason = 'db migration'"
-    )
+    await repo.hold_maintenance("operator:alice", "db migration")
     env = agent_env(recording_settings, recording, **site.env, WRKTALK_AGENT_NOTIFIERS="")
     agent = spawn_agent(env, "--once")
     assert await asyncio.to_thread(agent.wait, 30) == 0
     await site.assert_maintenance()
-    assert (await repo.maintenance_state()).owner == "operator:alice"
+    assert [h.holder for h in (await repo.maintenance_state()).holds] == ["operator:alice"]
 
 
 async def test_a_release_the_deployer_refuses_never_takes_the_site_down(
@@ -307,3 +362,199 @@ async def test_a_release_the_deployer_refuses_never_takes_the_site_down(
     assert (await repo.current_release()).release_version == "1.0.0"
     [mail] = recording.records("notify")
     assert mail["error"].startswith("rejected before deploy: ")
+
+
+@pytest.fixture
+def in_process_breakable(recording_settings, breakable_site, monkeypatch) -> Any:
+    for name, value in breakable_site.env.items():
+        monkeypatch.setenv(name, value)
+    return recording_settings.model_copy(
+        update={"maintenance_mode_handler": breakable_site.handler}
+    )
+
+
+def _switch_off_failures() -> float:
+    return (
+        metrics.REGISTRY.get_sample_value("wrktalk_agent_maintenance_switch_off_failures_total")
+        or 0.0
+    )
+
+
+async def test_a_switch_off_that_fails_once_is_retried_and_the_outcome_says_so(
+    breakable_site, in_process_breakable, make_agent, recording, repo, tmp_path
+):
+    """The proxy refuses the switch-off once (nginx: the flag cannot be removed; HAProxy:
+    its Runtime API is away, as during a restart). The agent retries until the site is
+    back; the task, its timeline and the admins' mail say for how long it stayed on."""
+    site = breakable_site
+    files, started, go = held_release(tmp_path)
+    task = await repo.create_task("deploy", (await add_release(repo, "1.0.0", files)).id)
+    failures_before = _switch_off_failures()
+    agent = await make_agent(in_process_breakable)
+    async with running(agent) as runner:
+        await deploy_started(started, runner)
+        with site.switch_off_broken():
+            go.touch()
+
+            async def refused() -> bool:
+                return ("maintenance-off", "failed") in steps(await repo.task_events(task.id))
+
+            await eventually(refused, timeout=TASK_TIMEOUT, what="the switch-off failed")
+            await site.assert_maintenance()  # really still on
+            assert (await repo.get_task(task.id)).status == "inProgress"  # not told done yet
+            await asyncio.sleep(0.5)
+        assert await asyncio.wait_for(runner, TASK_TIMEOUT) == 0
+    done = await repo.get_task(task.id)
+    assert done.status == "completed" and done.error_message is None
+    note = done.result["maintenance"]
+    assert (
+        note.startswith("stayed on ") and " longer than needed: switching it off failed (" in note
+    )
+    events = await repo.task_events(task.id)
+    timeline = steps(events)
+    assert timeline.index(("maintenance-off", "failed")) < timeline.index(
+        ("maintenance-off", "succeeded")
+    )
+    assert message(events, "maintenance-off", "succeeded").startswith("switched off after ")
+    [mail] = recording.records("notify")
+    assert mail["outcome"] == "completed" and mail["maintenance"] == note
+    assert _switch_off_failures() >= failures_before + 1
+    await site.assert_up()
+    assert await repo.maintenance_flag() is False
+    assert await site.backend().status() is False
+
+
+async def test_a_switch_off_failing_past_the_task_is_retried_by_the_agent(
+    breakable_site, in_process_breakable, make_agent, recording, repo, tmp_path, monkeypatch
+):
+    """Still failing when the task's own retries end: the task fails saying maintenance is
+    still on, the database and the metrics say a switch-off is pending, and the agent
+    (not the next task) switches it off as soon as the proxy lets it."""
+    site = breakable_site
+    monkeypatch.setattr(maint, "TASK_RETRY_SECONDS", 1.5)
+    monkeypatch.setattr(maint, "RETRY_MAX", 1.0)  # the backoff's ceiling, for the test
+    files, started, go = held_release(tmp_path)
+    task = await repo.create_task("deploy", (await add_release(repo, "1.0.0", files)).id)
+    agent = await make_agent(in_process_breakable)
+    runner = asyncio.create_task(agent.run())  # the daemon: its maintenance loop retries
+    try:
+        await deploy_started(started, runner)
+        with site.switch_off_broken():
+            go.touch()
+
+            async def ended() -> bool:
+                return (await repo.get_task(task.id)).status != "inProgress"
+
+            await eventually(ended, timeout=TASK_TIMEOUT, what="the task ended")
+            failed = await repo.get_task(task.id)
+            assert failed.status == "failed"
+            assert failed.error_message.startswith("maintenance mode still on ")
+            assert "the agent keeps retrying" in failed.error_message
+            assert (await repo.current_release()).release_version == "1.0.0"  # it is live
+            state = await repo.maintenance_state()
+            assert state.enabled and state.holds == [] and state.off_pending_since is not None
+            await metrics.refresh_from_database(repo.pool)
+            pending = metrics.REGISTRY.get_sample_value(
+                "wrktalk_agent_maintenance_off_pending_since_timestamp_seconds"
+            )
+            assert pending is not None and 0 < pending <= time.time()
+            await site.assert_maintenance()
+        # the proxy is back: the agent's loop switches maintenance off
+
+        async def off() -> bool:
+            return not await repo.maintenance_flag()
+
+        await eventually(off, timeout=TASK_TIMEOUT, what="maintenance off")
+        await site.assert_up()
+        assert (await repo.maintenance_state()).off_pending_since is None
+        [mail] = recording.records("notify")
+        assert mail["maintenance"].startswith("still on ")
+    finally:
+        agent.request_stop("test over")
+        agent.request_stop("test over")
+        await asyncio.wait_for(runner, 30)
+
+
+async def test_an_operators_window_during_a_task_is_a_hold_of_its_own(
+    site, in_process, make_agent, recording, repo, tmp_path
+):
+    """bob opens and closes a window while a deploy runs: the site stays in maintenance
+    for the deploy. alice's window, opened during the deploy, keeps it on after the task;
+    the task says so; alice's `off` ends it."""
+    files, started, go = held_release(tmp_path)
+    task = await repo.create_task("deploy", (await add_release(repo, "1.0.0", files)).id)
+    agent = await make_agent(in_process)
+    handler = site.backend()
+    async with running(agent) as runner:
+        await deploy_started(started, runner)
+        # /metrics says what the database says, at once (not only at the next refresh)
+        assert _gauge("wrktalk_agent_maintenance_mode") == 1
+        assert _gauge("wrktalk_agent_maintenance_holds", kind="task") == 1
+        await maint.operator_on(repo, handler, who="bob", reason="look", timeout=10)
+        bob_off = await maint.operator_off(repo, handler, who="bob", timeout=10)
+        assert bob_off.released is not None and not bob_off.released.switched_off
+        assert [h.holder for h in bob_off.state.holds] == [f"task:{task.id}"]
+        await site.assert_maintenance()  # the deploy still holds it
+        await maint.operator_on(repo, handler, who="alice", reason="db migration", timeout=10)
+        go.touch()
+        assert await asyncio.wait_for(runner, TASK_TIMEOUT) == 0
+    done = await repo.get_task(task.id)
+    assert done.status == "completed"
+    events = await repo.task_events(task.id)
+    assert message(events, "maintenance-off", "info") == (
+        "stays on: held by operator alice (db migration)"
+    )
+    await site.assert_maintenance()
+    state = await repo.maintenance_state()
+    assert [h.holder for h in state.holds] == ["operator:alice"]
+    assert _gauge("wrktalk_agent_maintenance_holds", kind="operator") == 1
+    assert _gauge("wrktalk_agent_maintenance_holds", kind="task") == 0
+    await maint.operator_off(repo, handler, who="alice", timeout=10)
+    await site.assert_up()
+    assert await repo.maintenance_flag() is False
+    assert _gauge("wrktalk_agent_maintenance_mode") == 0
+
+
+def _gauge(name: str, **labels: str) -> float | None:
+    return metrics.REGISTRY.get_sample_value(name, labels)
+
+
+async def test_off_force_ends_a_tasks_hold_and_says_so_in_its_timeline(nginx_proxy, repo, tmp_path):
+    """The override: carol's `off --force` ends every hold, a running task's included,
+    switches nginx off, and the task's timeline records who did it."""
+    handler = NginxMaintenance(nginx_proxy.settings, plugin_context(tmp_path))
+    task = await repo.create_task("deploy", (await add_release(repo, "1.0.0")).id)
+    await repo.hold_maintenance(f"task:{task.id}", "deploy 1.0.0")
+    await handler.enable("deploy 1.0.0")
+    refused = maint.operator_off(repo, handler, who="carol", timeout=10)
+    with pytest.raises(maint.BackendError, match="carol holds no maintenance window"):
+        await refused
+    assert nginx_proxy.get().status == 503
+    forced = await maint.operator_off(repo, handler, who="carol", timeout=10, force=True)
+    assert forced.released is not None and forced.released.switched_off
+    assert [h.holder for h in forced.released.holds] == [f"task:{task.id}"]
+    assert nginx_proxy.get().status == 200
+    assert await repo.maintenance_flag() is False
+    events = await repo.task_events(task.id)
+    assert message(events, "maintenance-off", "info") == (
+        "maintenance switched off by operator carol with --force"
+    )
+
+
+async def test_a_slow_proxy_never_delays_a_claim(nginx_proxy, repo, tmp_path):
+    """An operator's `on` whose proxy takes 3 s (a reload command that sleeps) holds no
+    lock a claim needs: a task is claimed meanwhile in well under a second."""
+    settings = nginx_proxy.settings.model_copy(update={"reload_command": ["sleep", "3"]})
+    handler = NginxMaintenance(settings, plugin_context(tmp_path))
+    task = await repo.create_task("deploy", (await add_release(repo, "1.0.0")).id)
+    switching = asyncio.create_task(
+        maint.operator_on(repo, handler, who="alice", reason="slow proxy", timeout=10)
+    )
+    await eventually(nginx_proxy.flag_file.exists, timeout=5, what="the enable started")
+    began = time.monotonic()
+    polled = await repo.poll("claimer", 30, claim_token=uuid.uuid4(), instance_id=uuid.uuid4())
+    claimed_in = time.monotonic() - began
+    assert polled.claimed is not None and polled.claimed.id == task.id
+    assert not switching.done()  # the proxy call was still running
+    assert claimed_in < 1.0, claimed_in
+    await switching

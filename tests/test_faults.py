@@ -207,20 +207,27 @@ async def test_backend_fault_is_contained(purpose, method, kind, faulty_agent, r
         first_line = done.error_message.splitlines()[0]
         assert "health of 2.0.0 is bad" in first_line and cause in first_line, first_line
         assert "automatic rollback to 1.0.0 failed too" in first_line
-    elif method == "disable":
-        assert "maintenance-off failed could not disable" in timeline
+    elif method == "disable":  # fails once, retried by the task: off, and it says so
+        assert "maintenance-off failed could not switch off" in timeline
+        assert "maintenance-off succeeded switched off after 1 failed attempt" in timeline
         assert cause in timeline, timeline
+        assert "stayed on" in done.result["maintenance"] and cause in done.result["maintenance"]
     assert _unclosed_steps(events) == [], timeline
     if method in ("validate", "prepare"):  # refused before maintenance: no downtime
         assert not any(r.get("on") for r in recording.records("maintenance"))
-    # admins are told (a failed delivery is retried: the fault fires only once)
+    # admins are told (a failed delivery is retried: the fault fires only once), and the
+    # failed attempt is in the task's timeline
     if method == "notify":
+        assert "notify info recording: 0/1 delivered; retrying: " in timeline, timeline
+        assert "retrying (attempt 1)" in timeline
         await repo.pool.execute("UPDATE agent_notification SET next_attempt_at = now()")
         await agent.deliverer.deliver_due()
     mails = [r for r in recording.records("notify") if r["task"] == str(task.id)]
     assert len(mails) == 1, recording.records("notify")
     if method == "auto-rollback":
         assert cause in mails[0]["rollback_error"]
+    if method == "disable":
+        assert mails[0]["maintenance"].startswith("stayed on ")
     # and the agent serves the next task; maintenance ends off
     follow_up = await repo.create_task("deploy", (await add_release(repo, "3.0.0")).id)
     assert await asyncio.wait_for(agent.run(once=True), 60) == 0

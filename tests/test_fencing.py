@@ -54,6 +54,21 @@ async def escaping_release(repo: Any, version: str, seconds: float, **kwargs: An
     return await add_release(repo, version, {"behaviour.json": json.dumps(behaviour)}, **kwargs)
 
 
+async def doomed_then_next(repo: Any, secret: str) -> tuple[Any, Any]:
+    """A long deploy with escapes and a secret (the one a fault hits), and a short one
+    queued behind it."""
+    first = await escaping_release(repo, "1.0.0", 30, env_data=f"SECRET_TOKEN={secret}\n")
+    second = await add_release(repo, "2.0.0", {"behaviour.json": json.dumps({"child": 1})})
+    return await repo.create_task("deploy", first.id), await repo.create_task("deploy", second.id)
+
+
+async def stop_agents(*procs: Any) -> None:
+    for proc in procs:
+        proc.send_signal(signal.SIGTERM)
+    for proc in procs:
+        assert proc.wait(30) == 0, log_text(proc)[-3000:]
+
+
 def log_text(proc: Any) -> str:
     return Path(proc.log_path).read_text()
 
@@ -103,10 +118,7 @@ async def assert_fenced_cleanly(
 async def test_a_frozen_owner_is_fenced_by_its_watchdog_before_the_takeover(
     freeze, recording_settings, recording, repo, spawn_agent
 ):
-    first = await escaping_release(repo, "1.0.0", 30, env_data="SECRET_TOKEN=s3cr3t-value\n")
-    second = await add_release(repo, "2.0.0", {"behaviour.json": json.dumps({"child": 1})})
-    t1 = await repo.create_task("deploy", first.id)
-    t2 = await repo.create_task("deploy", second.id)
+    t1, t2 = await doomed_then_next(repo, "s3cr3t-value")
     env = agent_env(recording_settings, recording, **FAST)
     owner = spawn_agent({**env, "WRKTALK_AGENT_AGENT_ID": "owner"}, own_group=True)
     wait_until(lambda: child_starts(recording, str(t1.id)), 30)
@@ -129,10 +141,7 @@ async def test_a_frozen_owner_is_fenced_by_its_watchdog_before_the_takeover(
     wait_until(lambda: "lease.lost" in log_text(owner), 20)
     await asyncio.sleep(1.0)
     await assert_fenced_cleanly(repo, recording, recording_settings, t1, "owner")
-    for proc in (owner, standby):
-        proc.send_signal(signal.SIGTERM)
-    for proc in (owner, standby):
-        assert proc.wait(30) == 0
+    await stop_agents(owner, standby)
 
 
 # -- a link that drops every packet --------------------------------------------------------
@@ -141,10 +150,7 @@ async def test_an_owner_whose_link_drops_packets_fences_itself_within_its_lease(
 ):
     proxy = BlackholeProxy(recording_settings.dsn())
     try:
-        first = await escaping_release(repo, "1.0.0", 30, env_data="API_TOKEN=p4ss\n")
-        second = await add_release(repo, "2.0.0", {"behaviour.json": json.dumps({"child": 1})})
-        t1 = await repo.create_task("deploy", first.id)
-        t2 = await repo.create_task("deploy", second.id)
+        t1, t2 = await doomed_then_next(repo, "p4ss")
         env = agent_env(recording_settings, recording, **FAST)
         cut_off = {
             **env,
@@ -174,10 +180,7 @@ async def test_an_owner_whose_link_drops_packets_fences_itself_within_its_lease(
         proxy.heal()
         await asyncio.sleep(2.0)  # the owner is back: it must still write nothing
         await assert_fenced_cleanly(repo, recording, recording_settings, t1, "owner")
-        for proc in (owner, standby):
-            proc.send_signal(signal.SIGTERM)
-        for proc in (owner, standby):
-            assert proc.wait(30) == 0
+        await stop_agents(owner, standby)
     finally:
         proxy.close()
 
@@ -186,10 +189,7 @@ async def test_an_owner_whose_link_drops_packets_fences_itself_within_its_lease(
 async def test_a_killed_owner_leaves_no_daemon_and_its_restart_deletes_the_secrets(
     recording_settings, recording, repo, spawn_agent, tmp_path
 ):
-    first = await escaping_release(repo, "1.0.0", 30, env_data="SECRET_TOKEN=s3cr3t-value\n")
-    second = await add_release(repo, "2.0.0", {"behaviour.json": json.dumps({"child": 1})})
-    t1 = await repo.create_task("deploy", first.id)
-    t2 = await repo.create_task("deploy", second.id)
+    t1, t2 = await doomed_then_next(repo, "s3cr3t-value")
     env = agent_env(recording_settings, recording, **FAST)
     victim = spawn_agent({**env, "WRKTALK_AGENT_AGENT_ID": "victim"})
     wait_until(lambda: last_record(recording, str(t1.id), ("daemon-sample",)), 30)
@@ -214,10 +214,7 @@ async def test_a_killed_owner_leaves_no_daemon_and_its_restart_deletes_the_secre
     wait_until(lambda: not work_dirs_of(recording_settings, t1.id), 15)
     assert_no_overlap(recording)
     assert samples_without_maintenance(recording) == []
-    for proc in (restarted, rescuer):
-        proc.send_signal(signal.SIGTERM)
-    for proc in (restarted, rescuer):
-        assert proc.wait(30) == 0
+    await stop_agents(restarted, rescuer)
 
 
 # -- chaos -----------------------------------------------------------------------------------

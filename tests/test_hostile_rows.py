@@ -427,3 +427,38 @@ async def test_without_insert_on_the_timeline_tasks_still_end_and_the_queue_flow
         assert "permission denied for table agent_task_event" in log
     finally:
         await _drop_role(database_url, role)
+
+
+async def test_check_of_a_role_with_no_grants_names_every_grant_and_no_missing_table(
+    agent_settings: AgentSettings, database_url: str, repo
+) -> None:
+    """A new role (`CREATE ROLE … LOGIN`, nothing granted): the tables are there (not
+    "missing, run db init"), and the GRANTs printed are complete — running them, and
+    nothing else, makes the check pass."""
+    role, url = await _limited_role(
+        database_url,
+        "REVOKE ALL ON ALL TABLES IN SCHEMA public FROM {role};"
+        " REVOKE ALL ON ALL SEQUENCES IN SCHEMA public FROM {role};"
+        " REVOKE USAGE ON SCHEMA public FROM {role}",
+    )
+    try:
+        settings = agent_settings.model_copy(
+            update={"database_url": SecretStr(url), "notifiers": [], "deployer": "script"}
+        )
+        results = {r.name: r for r in await run_checks(settings, make_registry(settings))}
+        assert results["schema"].ok, results["schema"].detail
+        detail = results["privileges"].detail
+        assert not results["privileges"].ok
+        assert "USAGE on the sequence of agent_task_event.id" in detail
+        grants = detail.rsplit(" (", 1)[1].rstrip(")").split("; ")
+        assert f"GRANT USAGE ON SEQUENCE public.agent_task_event_id_seq TO {role}" in grants
+        conn = await asyncpg.connect(database_url)
+        try:
+            for grant in grants:
+                await conn.execute(grant)
+        finally:
+            await conn.close()
+        again = {r.name: r for r in await run_checks(settings, make_registry(settings))}
+        assert again["privileges"].ok, again["privileges"].detail
+    finally:
+        await _drop_role(database_url, role)

@@ -214,3 +214,54 @@ async def test_task_show_follow_on_a_failed_task_exits_1(repo, database_url: str
     output, _ = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode == 1, output
     assert "error: cancelled by a test" in output.decode()
+
+
+async def test_a_timeline_is_one_order_by_id_and_time_and_show_and_follow_agree(
+    repo, task_harness: TaskHarness, tmp_path: Path, database_url: str
+) -> None:
+    """A deploy prints and fails, the automatic rollback prints too. Every output line is
+    stored inside its own step (before the entry that closes it), times never go back in
+    id order, and `task show` and `task show --follow` print the same entries in the same
+    order."""
+    task_harness.use(script, name="script").select(
+        deployer="script", settings={"script": {"working_dir": str(tmp_path / "site")}}
+    )
+    good = '#!/bin/sh\necho "installing $WRKTALK_RELEASE_VERSION"\necho ok\n'
+    bad = (
+        "#!/bin/sh\n"
+        'for i in 1 2 3 4 5 6; do echo "step $i"; done\n'
+        "echo 'the last words' >&2\nexit 3\n"
+    )
+    first = await task_harness.add_release("1.0.0", {"deploy": good})
+    assert (await task_harness.run("deploy", first.id)).status == "completed"
+    broken = await task_harness.add_release("2.0.0", {"deploy": bad})
+    report = await task_harness.run("deploy", broken.id)
+    assert report.status == "failed"
+    [task] = [t for t in await repo.list_tasks() if t.release_artifact_id == broken.id]
+    events = await repo.task_events(task.id)
+    assert [e.created_at for e in events] == sorted(e.created_at for e in events)
+    steps = [(e.step, e.status, output_text(e.message)) for e in events]
+    deploy_closed = steps.index(("deploy", "failed", next(
+        e.message for e in events if (e.step, e.status) == ("deploy", "failed")
+    )))  # fmt: skip
+    deploy_lines = [i for i, (step, _, _) in enumerate(steps) if step == "deploy"]
+    assert max(deploy_lines) == deploy_closed  # nothing of the deploy after it closed
+    assert steps[deploy_closed - 1] == ("deploy", "info", "the last words")
+    rollback = [m for step, status, m in steps if step == "auto-rollback" and status == "info"]
+    assert "installing 1.0.0" in rollback
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WRKTALK_AGENT_")}
+    env["WRKTALK_AGENT_DATABASE_URL"] = database_url
+
+    async def cli(*args: str) -> list[str]:
+        proc = await asyncio.create_subprocess_exec(
+            *_cli(*args), env=env, stdout=asyncio.subprocess.PIPE
+        )
+        out, _ = await asyncio.wait_for(proc.communicate(), 60)
+        return [" ".join(line.split()) for line in out.decode().splitlines()]
+
+    shown = await cli("task", "show", str(task.id))
+    followed = await cli("task", "show", str(task.id), "--follow")
+    table = shown[shown.index(next(line for line in shown if line.startswith("TIME"))) + 1 :]
+    entries = [line for line in followed if line[:4].isdigit()]
+    assert entries == table and len(entries) == len(events)

@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import os
 import signal
+import subprocess
+import sys
 import time
 from datetime import UTC, datetime, timedelta
 
@@ -88,6 +91,25 @@ async def test_kill_9_mid_task_is_abandoned_by_another_agent(
     assert len(recording.records("start")) == 1
     rescuer.send_signal(signal.SIGTERM)
     assert rescuer.wait(20) == 0
+    # `task show` names both agents, what was found live, the next step, dated times
+    shown = subprocess.run(
+        [sys.executable, "-m", "wrktalk_agent.cli", "task", "show", str(task.id)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert shown.returncode == 0 and shown.stderr == "", shown.stderr
+    lines = shown.stdout.splitlines()
+    assert lines[0] == (
+        f"deploy 1.0.0 failed (task {task.id}, ran on agent victim, recovered by rescuer)"
+    )
+    assert "live: absent (recording: nothing deployed yet)" in lines
+    assert "next: deploy 1.0.0 again" in lines
+    today = datetime.now(UTC).strftime("%Y-%m-%d")
+    claimed = next(line for line in lines if " claimed " in line)
+    assert claimed.startswith(today), claimed
 
 
 async def test_restart_with_same_id_recovers_own_leftover_once_its_lease_ran_out(
@@ -100,7 +122,7 @@ async def test_restart_with_same_id_recovers_own_leftover_once_its_lease_ran_out
         " last_heartbeat=now(), lease_seconds=2 WHERE id=$1",
         task.id,
     )
-    await repo.task_maintenance_on(f"task:{task.id}", "deploy 1.0.0")
+    await repo.hold_maintenance(f"task:{task.id}", "deploy 1.0.0")
     recording.flag.write_text("left on")
     agent = await make_agent(recording_settings)
     # within the dead run's lease: nothing is touched (its deploy may still be stopping)
@@ -152,7 +174,7 @@ async def test_maintenance_left_by_an_ended_task_is_cleared_at_startup_others_ke
     task = await repo.create_task("deploy", release.id)
     await repo.pool.execute("UPDATE agent_task SET status='failed' WHERE id=$1", task.id)
     # 1: owned by a task that has ended (its switch-off failed): cleared
-    await repo.task_maintenance_on(f"task:{task.id}", "deploy 1.0.0")
+    await repo.hold_maintenance(f"task:{task.id}", "deploy 1.0.0")
     recording.flag.write_text("on")
     agent = await make_agent(recording_settings)
     assert await agent.run(once=True) == 0
@@ -163,14 +185,12 @@ async def test_maintenance_left_by_an_ended_task_is_cleared_at_startup_others_ke
     assert await agent.run(once=True) == 0
     assert recording.flag.exists()
     # 3: an operator's window survives agent starts and deploys
-    await repo.pool.execute(
-        "UPDATE deployment_config SET maintenance_mode_enabled = true,"
-        " maintenance_owner = 'operator:alice', maintenance_reason = 'db migration'"
-    )
+    await repo.hold_maintenance("operator:alice", "db migration")
     await repo.create_task("deploy", release.id)
     assert await agent.run(once=True) == 0
     state = await repo.maintenance_state()
-    assert state.enabled and state.owner == "operator:alice" and state.reason == "db migration"
+    assert state.enabled
+    assert [(h.holder, h.reason) for h in state.holds] == [("operator:alice", "db migration")]
     assert recording.flag.exists()
 
 
@@ -203,7 +223,9 @@ async def test_sigterm_drains_then_second_sigterm_aborts(
     assert proc.wait(20) == 0
     failed = await repo.get_task(second.id)
     assert failed.status == "failed"
-    assert failed.error_message == "interrupted by shutdown"
+    # what is live was asked before maintenance went off (1.0.0, from the first task)
+    assert failed.error_message == "interrupted by shutdown; found 1.0.0 live (recording live file)"
+    assert failed.result["live"]["version"] == "1.0.0"
     assert not recording.flag.exists()
     assert await repo.maintenance_flag() is False
 
@@ -217,7 +239,12 @@ async def test_grace_period_over_interrupts(
     wait_until(started.exists, 30)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(20) == 0
-    assert (await repo.get_task(task.id)).error_message == "interrupted by shutdown"
+    interrupted = await repo.get_task(task.id)
+    assert interrupted.error_message == (
+        "interrupted by shutdown; found nothing deployed (recording: nothing deployed yet); "
+        "next: check the site, then deploy 1.0.0 again or roll back"
+    )
+    assert interrupted.result["next_step"] == "check the site, then deploy 1.0.0 again or roll back"
 
 
 async def test_execute_after_is_honoured_and_early_notify_ignored(
@@ -369,3 +396,48 @@ async def test_outcome_write_refused_by_the_database_still_ends_the_task(
     assert not recording.flag.exists() and await repo.maintenance_flag() is False
     assert await agent.run(once=True) == 1  # the queue keeps flowing
     assert (await repo.get_task(follow_up.id)).status == "failed"
+
+
+async def test_task_show_follow_waits_out_a_database_restart_in_one_line(
+    pg_server, recording_settings, repo, tmp_path
+):
+    """`task show --follow` (a real process) through a PostgreSQL restart: one line on
+    stderr saying it still follows, no traceback, then the outcome and exit 0."""
+    if not pg_server.can_restart:
+        pytest.skip("needs the embedded PostgreSQL (the test stops and starts the server)")
+    task = await repo.create_task("deploy", (await add_release(repo, "1.0.0")).id)
+    await repo.pool.execute(
+        "UPDATE agent_task SET status = 'inProgress', claimed_by = 'a-1' WHERE id = $1", task.id
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WRKTALK_AGENT_")}
+    env.update(WRKTALK_AGENT_DATABASE_URL=recording_settings.dsn(), WRKTALK_AGENT_LOG_FORMAT="json")
+    follower = subprocess.Popen(
+        [sys.executable, "-m", "wrktalk_agent.cli", "task", "show", "--follow", str(task.id)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        await asyncio.sleep(2.0)
+        assert follower.poll() is None
+        await asyncio.to_thread(pg_server.stop)
+        await asyncio.sleep(3.0)
+        await asyncio.to_thread(pg_server.start)
+        conn = await asyncpg.connect(recording_settings.dsn())
+        try:
+            await conn.execute(
+                "UPDATE agent_task SET status = 'completed', completed_at = now() WHERE id = $1",
+                task.id,
+            )
+        finally:
+            await conn.close()
+        out, err = await asyncio.to_thread(follower.communicate, timeout=60)
+    finally:
+        if follower.poll() is None:
+            follower.kill()
+    assert follower.returncode == 0, out + err
+    assert "Traceback" not in err and "Traceback" not in out
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("database unreachable, still following: "), err
+    assert out.splitlines()[-1].startswith("deploy 1.0.0 completed")

@@ -109,3 +109,30 @@ async def test_live_release_follows_the_current_link(
     os.rename(target, target.with_name("gone"))
     live = await deployer.live_release()
     assert live == LiveState(None, "unknown", f"{current} points to {target}, which is missing")
+
+
+async def test_a_failed_deploy_keeps_the_previous_release_and_drops_the_failed_one(
+    repo, task_harness, tmp_path: Path
+) -> None:
+    """0.9.0 then 1.0.0 deployed; 2.0.0 fails and the agent rolls back to 1.0.0. The
+    directory of 0.9.0 — still the database's previous release, what a rollback returns
+    to — stays; the failed 2.0.0 goes. A rollback then really finds 0.9.0."""
+    from wrktalk_agent.builtins import script
+
+    site = tmp_path / "site"
+    task_harness.use(script, name="script").select(
+        deployer="script", settings={"script": {"working_dir": str(site)}}
+    )
+    good = {"deploy": DEPLOY}
+    for version in ("0.9.0", "1.0.0"):
+        release = await task_harness.add_release(version, good)
+        assert (await task_harness.run("deploy", release.id)).status == "completed"
+    broken = await task_harness.add_release("2.0.0", {"deploy": "#!/bin/sh\nexit 3\n"})
+    failed = await task_harness.run("deploy", broken.id)
+    assert failed.status == "failed"
+    assert sorted(p.name for p in (site / "releases").iterdir()) == ["0.9.0", "1.0.0"]
+    assert os.readlink(site / "current").endswith("1.0.0")
+    assert (await repo.previous_release()).release_version == "0.9.0"
+    back = await task_harness.run("rollback", None)
+    assert back.status == "completed", back.error
+    assert os.readlink(site / "current").endswith("0.9.0")

@@ -46,17 +46,44 @@ class Failure(click.ClickException):
 
     def show(self, file: Any = None) -> None:
         # messages quote database values and tool output: shown, never interpreted
-        for line in visible(self.format_message(), newlines=True).splitlines():
+        lines = visible(self.format_message(), newlines=True).splitlines()
+        if _json_errors:  # `run` with JSON logs: the error is one more line of that stream
+            import json
+            from datetime import UTC
+
+            record = {
+                "event": "agent.start_failed",
+                "level": "error",
+                "error": "; ".join(line.strip() for line in lines),
+                "exit_code": self.exit_code,
+                "timestamp": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+            }
+            click.echo(json.dumps(record), err=True)
+            return
+        for line in lines:
             click.echo(line if line.startswith("  ") else f"error: {line}", err=True)
+
+
+#: `run` logs JSON (WRKTALK_AGENT_LOG_FORMAT=json, or auto off a terminal): its errors too
+_json_errors = False
+
+
+def _logs_are_json() -> bool:
+    fmt = os.environ.get("WRKTALK_AGENT_LOG_FORMAT", "auto").strip().lower()
+    return fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
 
 
 #: the settings of this invocation, for naming the server in connection errors
 _loaded: AgentSettings | None = None
 
 
-def load_settings(*, warn_unknown: bool = False, **overrides: Any) -> AgentSettings:
+def load_settings(
+    *, warn_unknown: bool = False, command_logs: bool = True, **overrides: Any
+) -> AgentSettings:
     """Settings from the environment; bad ones are one line each (exit 2).
-    ``warn_unknown``: name misspelled ``WRKTALK_AGENT_*`` variables (on stderr)."""
+    ``warn_unknown``: name misspelled ``WRKTALK_AGENT_*`` variables (on stderr).
+    ``command_logs``: a command that prints its own result (all but ``run``): log lines
+    (its plugins', its libraries') appear only for errors, the result says the rest."""
     global _loaded
     from pydantic import ValidationError
 
@@ -70,7 +97,10 @@ def load_settings(*, warn_unknown: bool = False, **overrides: Any) -> AgentSetti
         raise Failure(str(exc), exit_code=2) from None
     except ValidationError as exc:
         raise Failure("\n".join(format_validation_error(exc, AgentSettings)), exit_code=2) from None
-    configure_logging(settings.log_level, settings.log_format)
+    level = settings.log_level
+    if command_logs and level.lower() in ("debug", "info", "warning"):
+        level = "error"
+    configure_logging(level, settings.log_format)
     _loaded = settings
     if warn_unknown:
         _warn_unknown_variables(settings)
@@ -107,7 +137,7 @@ def run_async(coro: Coroutine[Any, Any, T]) -> T:
     import asyncpg
 
     from wrktalk_agent.bootstrap import StartupError
-    from wrktalk_agent.db.repository import DatabaseUnavailable
+    from wrktalk_agent.db.repository import DatabaseUnavailable, pooler_hint
     from wrktalk_agent.plugins import PluginError, SettingsError
 
     try:
@@ -120,6 +150,8 @@ def run_async(coro: Coroutine[Any, Any, T]) -> T:
         raise Failure("\n".join(exc.lines), exit_code=2) from None
     except PluginError as exc:
         raise Failure(str(exc), exit_code=2) from None
+    except (asyncpg.DuplicatePreparedStatementError, asyncpg.InvalidSQLStatementNameError) as exc:
+        raise Failure(f"PostgreSQL{_server()}: {pooler_hint(exc)} ({visible(exc)})") from None
     except asyncpg.UndefinedTableError as exc:
         raise Failure(f"{exc}; run `wrktalk-agent db init`") from None
     except asyncpg.InsufficientPrivilegeError as exc:
@@ -178,9 +210,13 @@ def print_table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
     """A header row and aligned columns (rich). Cells are data: shown through
     :func:`visible` as plain Text, never parsed as markup. Not on a terminal, lines are
     never cut or wrapped, so ``grep`` and ``awk`` see whole rows."""
+    import shutil
+
     from rich.console import Console
     from rich.table import Table
     from rich.text import Text
+
+    from wrktalk_agent.log import no_color
 
     tty = sys.stdout.isatty()
     table = Table(
@@ -195,11 +231,12 @@ def print_table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
         table.add_column(Text(column), no_wrap=True, overflow="ellipsis")
     for row in rows:
         table.add_row(*(Text(visible("" if cell is None else str(cell))) for cell in row))
-    width = os.get_terminal_size().columns if tty else 100_000
+    # a terminal that reports no size (a fresh pty) gets a wide one, not an empty table
+    width = shutil.get_terminal_size((200, 24)).columns if tty else 100_000
     console = Console(
         width=width,
         force_terminal=tty,
-        no_color=not tty,
+        no_color=not tty or no_color(),
         markup=False,
         emoji=False,
         highlight=False,
@@ -219,9 +256,7 @@ def _time(value: datetime | None, *, seconds: bool = True) -> str:
 def shown_status(task: Task) -> str:
     """The stored status, except that a cancelled task (stored as ``failed``: the backend's
     status set has no "cancelled") is shown as ``cancelled``."""
-    if task.status == "failed" and (task.error_message or "").startswith("cancelled"):
-        return "cancelled"
-    return str(task.status)
+    return task.shown_status
 
 
 _BOTH_CAUSES = re.compile(r"; automatic rollback to \S+ failed too: ")
@@ -258,6 +293,8 @@ def main() -> None:
 
     Settings come from WRKTALK_AGENT_* environment variables (see docs/operator.md).
     """
+    global _json_errors
+    _json_errors = False  # `run` sets it (one process may invoke several commands: tests)
 
 
 # -- plugins ---------------------------------------------------------------------------
@@ -796,11 +833,37 @@ def _wait_options(func: Callable[..., Any]) -> Callable[..., Any]:
     )(func)
 
 
+async def _created(
+    repo: Repository, created: Task, line: str, output: str, wait: bool, timeout: float | None
+) -> int:
+    """What `task deploy|rollback` print: a line (then the steps with --wait), or with
+    ``-o json`` the task (with --wait: once it ended, with its timeline)."""
+    if output != "json":
+        click.echo(line)
+        return await follow(repo, created.id, timeout) if wait else 0
+    code = await follow(repo, created.id, timeout, quiet=True) if wait else 0
+    found = await repo.get_task(created.id) if wait else created
+    assert found is not None
+    data: dict[str, Any] = {"task": found.shown_json()}
+    if wait:
+        data["events"] = [e.model_dump(mode="json") for e in await repo.task_events(created.id)]
+    print_json(data)
+    return code
+
+
+_json_output = click.option(
+    "-o", "--output", type=click.Choice(["text", "json"]), default="text", show_default=True
+)
+
+
 @task.command("deploy")
 @click.argument("version", callback=_version)
 @click.option("--after", callback=_when, help="Not before this ISO time (default: now).")
 @_wait_options
-def task_deploy(version: str, after: datetime | None, wait: bool, timeout: float | None) -> None:
+@_json_output
+def task_deploy(
+    version: str, after: datetime | None, wait: bool, timeout: float | None, output: str
+) -> None:
     """Ask the agent to deploy release VERSION."""
     settings = load_settings()
 
@@ -811,10 +874,8 @@ def task_deploy(version: str, after: datetime | None, wait: bool, timeout: float
                 f"no release {version}; store it first with `wrktalk-agent release add`", 2
             )
         created = await repo.create_task("deploy", artifact.id, after)
-        click.echo(f"deploy task {created.id} for {version} is pending")
-        if wait:
-            return await follow(repo, created.id, timeout)
-        return 0
+        line = f"deploy task {created.id} for {version} is pending"
+        return await _created(repo, created, line, output, wait, timeout)
 
     sys.exit(run_async(with_repo(settings, create)))
 
@@ -822,7 +883,8 @@ def task_deploy(version: str, after: datetime | None, wait: bool, timeout: float
 @task.command("rollback")
 @click.option("--after", callback=_when, help="Not before this ISO time (default: now).")
 @_wait_options
-def task_rollback(after: datetime | None, wait: bool, timeout: float | None) -> None:
+@_json_output
+def task_rollback(after: datetime | None, wait: bool, timeout: float | None, output: str) -> None:
     """Ask the agent to roll back to the previous release."""
     settings = load_settings()
 
@@ -839,16 +901,17 @@ def task_rollback(after: datetime | None, wait: bool, timeout: float | None) -> 
             raise Failure("no previous release to roll back to", exit_code=2)
         # naming the target lets the agent refuse if "previous" changes before it runs
         created = await repo.create_task("rollback", previous.id, after)
-        click.echo(f"rollback task {created.id} to {previous.release_version} is pending")
-        if wait:
-            return await follow(repo, created.id, timeout)
-        return 0
+        line = f"rollback task {created.id} to {previous.release_version} is pending"
+        return await _created(repo, created, line, output, wait, timeout)
 
     sys.exit(run_async(with_repo(settings, create)))
 
 
-async def follow(repo: Repository, task_id: UUID, timeout: float | None) -> int:
-    """Print the task's timeline as it grows until the task ends: 0 completed, 1 failed."""
+async def follow(
+    repo: Repository, task_id: UUID, timeout: float | None, *, quiet: bool = False
+) -> int:
+    """Print the task's timeline as it grows until the task ends: 0 completed, 1 failed.
+    ``quiet``: print nothing, only wait (the caller prints the outcome)."""
     import asyncio
     import math
 
@@ -861,10 +924,12 @@ async def follow(repo: Repository, task_id: UUID, timeout: float | None) -> int:
         if found is None:
             raise Failure(f"task {task_id} disappeared from the database")
         events = await repo.task_events(task_id)
-        for e in events[seen:]:
+        for e in events[seen:] if not quiet else ():
             click.echo(_event_line(e))
         seen = len(events)
         if found.status in ("completed", "failed"):
+            if quiet:
+                return 0 if found.status == "completed" else 1
             if found.status == "completed":
                 click.echo(f"task {str(task_id)[:SHORT_ID]} completed")
                 return 0
@@ -872,7 +937,7 @@ async def follow(repo: Repository, task_id: UUID, timeout: float | None) -> int:
                 f"task {str(task_id)[:SHORT_ID]} {shown_status(found)}: "
                 f"{found.error_message or 'no error message'}"
             )
-        if found.status == "pending" and not said_waiting:
+        if found.status == "pending" and not said_waiting and not quiet:
             click.echo("waiting for an agent to claim it …")
             said_waiting = True
         if loop.time() >= deadline:
@@ -884,14 +949,17 @@ async def follow(repo: Repository, task_id: UUID, timeout: float | None) -> int:
 
 
 def _event_line(e: Any) -> str:
+    """One timeline entry as `task show`, `--wait` and `--follow` print it: dated times."""
     return (
-        f"{e.created_at:%H:%M:%S}  {visible(e.step):22} {visible(e.status):9} {visible(e.message)}"
+        f"{_time(e.created_at)}  {visible(e.step):22} {visible(e.status):9} {visible(e.message)}"
     ).rstrip()
 
 
 @task.command("list")
 @output_options
-@click.option("--status", type=click.Choice(["pending", "inProgress", "completed", "failed"]))
+@click.option(
+    "--status", type=click.Choice(["pending", "inProgress", "completed", "failed", "cancelled"])
+)
 @click.option("--type", "task_type", type=click.Choice(["deploy", "rollback"]))
 @click.option("--limit", type=click.IntRange(1, 10_000), default=50, show_default=True)
 def task_list(
@@ -904,7 +972,7 @@ def task_list(
     )
     fmt = _format(output, as_json)
     if fmt == "json":
-        print_json([t.model_dump(mode="json") for t in tasks])
+        print_json([t.shown_json() for t in tasks])
         return
     wide = fmt == "wide"
     columns = ["ID", "TYPE", "VERSION", "STATUS", "CREATED"]
@@ -959,32 +1027,60 @@ def task_show(task_id: str, output: str, as_json: bool, follow: bool) -> None:
     if found is None:
         raise Failure(f"no task {task_id}", exit_code=2)
     fmt = _format(output, as_json)
+    ran_by, recovered_by = _agents_of(found, events)
     if fmt == "json":
         print_json(
             {
-                "task": found.model_dump(mode="json"),
+                "task": found.shown_json(),
+                "ran_by": ran_by,
+                "recovered_by": recovered_by,
                 "events": [e.model_dump(mode="json") for e in events],
             }
         )
         return
     wide = fmt == "wide"
+    agents = f"agent {visible(ran_by or '-')}"
+    if recovered_by:
+        agents = f"ran on agent {visible(ran_by or '-')}, recovered by {visible(recovered_by)}"
     click.echo(
         f"{visible(found.type)} {visible(found.release_version or '-')} "
-        f"{visible(shown_status(found))} (task {found.id}, agent "
-        f"{visible(found.claimed_by or '-')})"
+        f"{visible(shown_status(found))} (task {found.id}, {agents})"
     )
     if found.error_message:
         click.echo(f"error: {visible(found.error_message, newlines=True)}")
+    result = found.result or {}
+    live = result.get("live")
+    if isinstance(live, dict):
+        state = " ".join(str(live.get(k) or "") for k in ("version", "state")).strip()
+        detail = f" ({live['detail']})" if live.get("detail") else ""
+        click.echo(f"live: {visible(state or 'unknown')}{visible(detail)}")
+    if result.get("next_step"):
+        click.echo(f"next: {visible(str(result['next_step']))}")
+    if result.get("maintenance"):
+        click.echo(f"maintenance: {visible(str(result['maintenance']))}")
     columns = ["TIME", "STEP", "STATUS", "MESSAGE"] + (["AGENT"] if wide else [])
     rows = []
     for e in events:
-        when = f"{e.created_at:%Y-%m-%d %H:%M:%S.%f}"[:-3] if wide else f"{e.created_at:%H:%M:%S}"
+        when = f"{e.created_at:%Y-%m-%d %H:%M:%S.%f}"[:-3] if wide else _time(e.created_at)
         row = [when, e.step, e.status, " ".join(e.message.split())]
         if wide:
             row.append(e.agent_id or "-")
         rows.append(row)
     if rows:
         print_table(columns, rows)
+
+
+def _agents_of(task: Task, events: Sequence[Any]) -> tuple[str | None, str | None]:
+    """The agent that ran the task (its ``claimed`` entry) and the one that recovered it
+    after that agent died (its ``recovery`` entry), from the timeline; the task row names
+    only the last."""
+    ran_by = next((e.agent_id for e in events if e.step == "claimed"), None)
+    recovered_by = next(
+        (e.agent_id for e in events if e.step == "recovery" and e.status == "started"), None
+    )
+    if ran_by is None and recovered_by is None:
+        ran_by = task.claimed_by
+    return ran_by, recovered_by
 
 
 async def follow_task(repo: Repository, task_id: UUID, interval: float = 1.0) -> int:
@@ -1013,14 +1109,12 @@ async def follow_task(repo: Repository, task_id: UUID, interval: float = 1.0) ->
         if found.status != said_status:
             said_status = found.status
             click.echo(
-                f"{visible(found.type)} {visible(found.release_version)} {visible(found.status)} "
+                f"{visible(found.type)} {visible(found.release_version)} "
+                f"{visible(shown_status(found))} "
                 f"(agent {visible(found.claimed_by or '-')})"
             )
         for e in events[shown:]:
-            click.echo(
-                f"  {e.created_at:%H:%M:%S.%f}"[:-3]
-                + f"  {visible(e.step):22} {visible(e.status):9} {visible(e.message)}"
-            )
+            click.echo(f"  {_event_line(e)}")
         shown = max(shown, len(events))
         if found.status in ("completed", "failed"):
             if found.error_message:
@@ -1064,7 +1158,9 @@ def task_cancel(task_id: str, who: str | None) -> None:
 @click.option("--once", is_flag=True, help="Run at most one due task, then exit.")
 def run(once: bool) -> None:
     """Run the agent: claim tasks and deploy them until stopped (SIGTERM/SIGINT)."""
-    settings = load_settings(warn_unknown=True)
+    global _json_errors
+    _json_errors = _logs_are_json()
+    settings = load_settings(warn_unknown=True, command_logs=False)
     sys.exit(run_async(_run(settings, once=once)))
 
 
@@ -1127,53 +1223,89 @@ async def _start_http(agent: Any, settings: AgentSettings) -> Any:
 @main.command()
 @click.argument("action", type=click.Choice(["on", "off", "status"]))
 @click.option("--reason", default="operator request", show_default=True)
-@click.option("--by", "who", default=None, help="Who opens the window (default: $USER).")
-@click.option("--force", is_flag=True, help="Switch off even while a task owns it.")
-def maintenance(action: str, reason: str, who: str | None, force: bool) -> None:
-    """Turn maintenance mode on or off by hand, or show it and who switched it on.
+@click.option("--by", "who", default=None, help="Whose window (default: $USER).")
+@click.option("--force", is_flag=True, help="Switch off now, releasing every hold (tasks' too).")
+@click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table")
+def maintenance(action: str, reason: str, who: str | None, force: bool, output: str) -> None:
+    """Open or close your maintenance window, or show who holds maintenance mode.
 
-    An operator's window stays on through deploys and agent restarts until switched off."""
+    Each operator's window is a hold of its own, as is a running task's: maintenance goes
+    off when the last hold is released. `off` closes your window only; `off --force`
+    switches maintenance off for everyone (recorded in the tasks' timelines)."""
     from wrktalk_agent import maintenance as maint
     from wrktalk_agent.bootstrap import make_registry, plugin_context
     from wrktalk_agent.interfaces import BackendError
-    from wrktalk_agent.log import get_logger
 
     settings = load_settings()
     if settings.maintenance_name is None and action != "status":
         raise Failure("WRKTALK_AGENT_MAINTENANCE_MODE_HANDLER is 'none': nothing to switch", 2)
-    log = get_logger(agent_id=settings.agent_id)
     operator = who or os.environ.get("USER") or _login_name()
 
-    async def act(repo: Repository) -> tuple[bool | None, MaintenanceState]:
+    async def act(
+        repo: Repository,
+    ) -> tuple[bool | None, MaintenanceState, maint.OperatorResult | None]:
         handler = None
         if settings.maintenance_name is not None:
             registry = make_registry(settings)
             handler = registry.instantiate(
                 "maintenance handler", settings.maintenance_name, plugin_context(settings, repo)
             )
+        done = None
         try:
-            if action != "status":
-                await maint.operator_switch(
-                    repo,
-                    handler,
-                    enabled=action == "on",
-                    who=operator,
-                    reason=reason,
-                    timeout=settings.backend_timeout,
-                    force=force,
+            if action == "on":
+                done = await maint.operator_on(
+                    repo, handler, who=operator, reason=reason, timeout=settings.backend_timeout
                 )
-                log.info(f"maintenance.operator_{action}", reason=reason, by=operator)
+            elif action == "off":
+                done = await maint.operator_off(
+                    repo, handler, who=operator, timeout=settings.backend_timeout, force=force
+                )
             live = bool(await handler.status()) if handler is not None else None
         except BackendError as exc:
             raise Failure(f"{settings.maintenance_name}: {visible(exc)}") from None
-        return live, await repo.maintenance_state()
+        return live, await repo.maintenance_state(), done
 
-    live, state = run_async(with_repo(settings, act))
+    live, state, done = run_async(with_repo(settings, act))
+    if output == "json":
+        data: dict[str, Any] = {
+            "enabled": state.enabled,
+            "proxy": None if live is None else {"handler": settings.maintenance_name, "on": live},
+            "holds": [
+                {
+                    "holder": h.holder,
+                    "reason": h.reason,
+                    "since": h.since.isoformat() if h.since else None,
+                }
+                for h in state.holds
+            ],
+            "off_pending_since": (
+                state.off_pending_since.isoformat() if state.off_pending_since else None
+            ),
+            "off_error": state.off_error,
+        }
+        if done is not None:
+            data["action"] = {"action": action, "holder": done.holder, "force": force}
+            if done.released is not None:
+                data["action"]["released"] = [h.holder for h in done.released.holds]
+                data["action"]["switch_off_error"] = done.released.error
+        print_json(data)
+        return
+    if done is not None and done.action == "on" and done.existed:
+        click.echo(f"{operator}'s window was open already: reason now {reason!r}")
+    if done is not None and done.released is not None:
+        gone = done.released.holds
+        if force and gone:
+            click.echo(f"released by --force: {', '.join(h.holder for h in gone)}")
+        if done.released.error:
+            click.echo(
+                f"switching maintenance off failed: {visible(done.released.error)} "
+                "(a running agent retries until it is off)"
+            )
     proxy = f"{settings.maintenance_name}: {'ON' if live else 'off'}" if live is not None else ""
     line = f"maintenance mode is {'ON' if state.enabled else 'off'}"
     if state.enabled:
         since = state.since.strftime("%Y-%m-%d %H:%M:%S %Z") if state.since else "unknown"
-        line += f" — owner: {visible(maint.describe_owner(state))}, since {since}"
+        line += f" — held by: {visible(maint.describe_owner(state))}, since {since}"
     click.echo(f"{line}{f' ({proxy})' if proxy else ''}")
 
 

@@ -281,6 +281,9 @@ class NotificationEvent:
     #: what the task changes (or changed): services, resources, images, ports, from the
     #: deployer's comparison of the live release with the target (may be empty)
     changes: tuple[str, ...] = ()
+    #: maintenance mode stayed on after the task (a switch-off failed): for how long and
+    #: why, or that it is still on and retried
+    maintenance: str | None = None
 
 
 #: What became of one recipient of a notification:

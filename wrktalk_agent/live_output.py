@@ -8,9 +8,13 @@ compose, a release's deploy script) arrives here line by line. Lines are
   kept (and the timeline masks every message again);
 * bounded: at most :data:`LINE_CHARS` characters a line, :data:`MAX_LINES` lines and
   :data:`MAX_BYTES` bytes a task (the end of the output is in the task result anyway);
-* throttled: buffered, and written at most once per :data:`FLUSH_INTERVAL` as timeline
-  entries of the running step with status ``info`` and the message prefixed with
-  :data:`OUTPUT_MARK`, each with the time it was printed, in one statement.
+* in order: each line enters the task's timeline the moment it is printed, as an entry
+  of the running step (status ``info``, the message prefixed with :data:`OUTPUT_MARK`),
+  so it is stored before the entry that closes its step and a timeline is one total
+  order — by id and by time;
+* throttled: the timeline is written at most once per :data:`FLUSH_INTERVAL` while
+  lines come, in one statement (and whatever is left with the step's close or the
+  outcome).
 """
 
 from __future__ import annotations
@@ -68,7 +72,9 @@ class LiveOutput:
         self.log = log
         self.step = step
         self.interval = interval
-        self.pending: list[tuple[datetime, str, str]] = []
+        #: lines in the timeline since its last write started (for the throttled write)
+        self.unwritten = 0
+        self.last = ""
         self.lines = 0
         self.bytes = 0
         self.dropped = 0
@@ -78,12 +84,15 @@ class LiveOutput:
         """The sink: keep one line (called while a command runs; never blocks)."""
         if self.lines >= MAX_LINES or self.bytes >= MAX_BYTES:
             self.dropped += 1
+            self._note_cut()
             return
         # masked before it is cut: a cut could leave half a secret that no longer matches
         text = storable(self.secrets.redact(text), limit=LINE_CHARS)
         self.lines += 1
         self.bytes += len(text.encode())
-        self.pending.append((datetime.now(UTC), self.step(), text))
+        self.unwritten += 1
+        self.last = text
+        self.timeline.append(self.step(), "info", OUTPUT_MARK + text, at=datetime.now(UTC))
 
     @contextlib.asynccontextmanager
     async def streaming(self) -> AsyncIterator[None]:
@@ -112,19 +121,19 @@ class LiveOutput:
                 await self.timeline.flush(timeout=max(self.interval * 5, 5.0))
 
     def _hand_over(self) -> int:
-        """Move the buffered lines into the timeline; returns how many."""
-        batch, self.pending = self.pending, []
-        for at, step, text in batch:
-            self.timeline.append(step, "info", OUTPUT_MARK + text, at=at)
-        if self.dropped and not self._cut_noted:
-            self._cut_noted = True
-            step = batch[-1][1] if batch else self.step()
-            self.timeline.append(
-                step,
-                "info",
-                f"output cut after {self.lines} lines: the rest is not recorded live "
-                "(the task result keeps the end of it)",
-            )
-        if batch:
-            self.log.info("deploy.output", lines=len(batch), last=batch[-1][2])
-        return len(batch)
+        """How many lines came since the last write (they are in the timeline already)."""
+        count, self.unwritten = self.unwritten, 0
+        if count:
+            self.log.info("deploy.output", lines=count, last=self.last)
+        return count
+
+    def _note_cut(self) -> None:
+        if self._cut_noted:
+            return
+        self._cut_noted = True
+        self.timeline.append(
+            self.step(),
+            "info",
+            f"output cut after {self.lines} lines: the rest is not recorded live "
+            "(the task result keeps the end of it)",
+        )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import threading
 from collections.abc import Iterator, MutableMapping
@@ -99,10 +100,15 @@ class _CurrentStderr:
         sys.stderr.flush()
 
 
+def no_color() -> bool:
+    """NO_COLOR (https://no-color.org): set and not empty means no colours, anywhere."""
+    return bool(os.environ.get("NO_COLOR"))
+
+
 def configure_logging(level: str = "info", fmt: str = "auto") -> None:
     use_console = fmt == "console" or (fmt == "auto" and sys.stderr.isatty())
     renderer: Any = (
-        structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+        structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty() and not no_color())
         if use_console
         else structlog.processors.JSONRenderer()
     )

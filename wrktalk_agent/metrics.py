@@ -8,6 +8,7 @@ outcome), so ``increase()`` sees the first failure; the ``_created`` series are 
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
@@ -31,6 +32,7 @@ PROCESS = ProcessCollector(registry=REGISTRY)
 #: Task types and the outcomes a finished run can have (see ``pipeline.TaskOutcome``).
 TASK_TYPES = ("deploy", "rollback")
 OUTCOMES = ("completed", "failed", "taken away", "fenced")
+HOLD_KINDS = ("task", "operator")
 
 TASKS = Counter(
     "wrktalk_agent_tasks",
@@ -84,7 +86,35 @@ PENDING = Gauge(
 )
 MAINTENANCE = Gauge(
     "wrktalk_agent_maintenance_mode",
-    "1 while this agent holds maintenance mode on.",
+    "1 while maintenance mode is on, as recorded in the database (every agent agrees).",
+    registry=REGISTRY,
+)
+MAINTENANCE_HOLDS = Gauge(
+    "wrktalk_agent_maintenance_holds",
+    "Holds keeping maintenance on, by kind: task (a running deploy) or operator (a window).",
+    ["kind"],
+    registry=REGISTRY,
+)
+MAINTENANCE_HOLD_SINCE = Gauge(
+    "wrktalk_agent_maintenance_hold_since_timestamp_seconds",
+    "Unix time the oldest hold of this kind was taken; 0 while there is none.",
+    ["kind"],
+    registry=REGISTRY,
+)
+MAINTENANCE_OFF_PENDING_SINCE = Gauge(
+    "wrktalk_agent_maintenance_off_pending_since_timestamp_seconds",
+    "Unix time since which maintenance should be off but switching it off keeps failing "
+    "(the agent retries); 0 while nothing is pending.",
+    registry=REGISTRY,
+)
+MAINTENANCE_OFF_FAILURES = Counter(
+    "wrktalk_agent_maintenance_switch_off_failures",
+    "Attempts of this agent to switch maintenance off that failed (each is retried).",
+    registry=REGISTRY,
+)
+DUE = Gauge(
+    "wrktalk_agent_due_tasks",
+    "Pending tasks due now (execute_after empty or past), as of the last refresh.",
     registry=REGISTRY,
 )
 ABANDONED = Counter(
@@ -117,6 +147,9 @@ NOTIFICATIONS_FAILED = Counter(
     registry=REGISTRY,
 )
 
+for _kind in HOLD_KINDS:
+    MAINTENANCE_HOLDS.labels(kind=_kind)
+    MAINTENANCE_HOLD_SINCE.labels(kind=_kind)
 for _type in TASK_TYPES:
     TASK_SECONDS.labels(type=_type)
     for _outcome in OUTCOMES:
@@ -138,12 +171,23 @@ def heartbeat_renewed() -> None:
 
 
 async def refresh_from_database(repo: Any) -> None:
-    """Pending tasks and the live release (``repo.metrics_snapshot()``, one cheap
-    statement); the caller decides how often (and catches)."""
+    """Pending tasks, the live release and maintenance as the database records them
+    (``repo.metrics_snapshot()``, one cheap statement); the caller decides how often (and
+    catches)."""
     row = await repo.metrics_snapshot()
     if not row:
         return
     PENDING.set(row["pending"])
+    DUE.set(row["due"])
     LIVE_RELEASE.info(
         {"version": str(row["version"] or ""), "chart_type": str(row["chart_type"] or "")}
     )
+    MAINTENANCE.set(1 if row["maintenance"] else 0)
+    MAINTENANCE_OFF_PENDING_SINCE.set(row["off_pending_since"] or 0)
+    holds = row["holds"]
+    if isinstance(holds, str):
+        holds = json.loads(holds)
+    for kind in HOLD_KINDS:
+        count, since = holds.get(kind, (0, 0))
+        MAINTENANCE_HOLDS.labels(kind=kind).set(count)
+        MAINTENANCE_HOLD_SINCE.labels(kind=kind).set(since or 0)

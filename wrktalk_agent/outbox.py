@@ -77,6 +77,7 @@ def build_event(
     rollback_error: str | None = None,
     live: str | None = None,
     changes: Sequence[str] = (),
+    maintenance: str | None = None,
 ) -> NotificationEvent:
     """The one builder of what notifiers are told about a task."""
     version = target.release_version if target else task.release_version
@@ -97,6 +98,7 @@ def build_event(
         rollback_error=rollback_error,
         live=live,
         changes=tuple(changes),
+        maintenance=maintenance,
     )
 
 
@@ -136,6 +138,7 @@ def event_from_json(data: Mapping[str, Any], notification_id: UUID) -> Notificat
         notification_id=notification_id,
         live=data.get("live"),
         changes=tuple(str(line) for line in data.get("changes") or ()),
+        maintenance=data.get("maintenance"),
     )
 
 

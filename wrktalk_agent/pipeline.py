@@ -54,6 +54,7 @@ from wrktalk_agent.interfaces import (
     DeployError,
     DeployOutcome,
     DeployRequest,
+    LiveState,
     NotificationEvent,
     NotificationKind,
     StepTiming,
@@ -225,6 +226,7 @@ class Timeline:
         self.log = log
         self.secrets = secrets or Secrets()
         self.unsaved: list[PendingEvent] = []
+        self._last_at: datetime | None = None
         # the live output writes from a task of its own: one write at a time, or two
         # could send the same entries
         self._writing = asyncio.Lock()
@@ -241,7 +243,13 @@ class Timeline:
     ) -> None:
         # masked before it is made storable: storable() may cut a long message
         message = storable(self.secrets.redact(storable(message, limit=1 << 24)))
-        self.unsaved.append(PendingEvent(at or datetime.now(UTC), storable(step), status, message))
+        # one order: entries are kept as they come, and their times never go backwards
+        # (a wall clock may step back; the timeline's order stays the order of events)
+        at = at or datetime.now(UTC)
+        if self._last_at is not None and at < self._last_at:
+            at = self._last_at
+        self._last_at = at
+        self.unsaved.append(PendingEvent(at, storable(step), status, message))
 
     async def flush(self, timeout: float | None = None) -> None:
         async with self._writing:
@@ -330,9 +338,15 @@ class TaskRun(LeasedRun):
         self.started_at = datetime.now(UTC)
         #: the proxy was (or may have been) switched on: always try to switch it off
         self.maintenance_switched = False
-        #: the owner recorded for this task's window (None: an operator's window held it)
-        self.maintenance_owner: str | None = None
         self.enable_failed = False
+        #: maintenance stayed on after this task (a failed switch-off): for the outcome
+        self.maintenance_note: str | None = None
+        self.maintenance_still_on = False
+        #: the steps were interrupted by a shutdown (what the deployer found live, then)
+        self.interrupted = False
+        self.interrupted_live: str | None = None
+        #: the deployer was called (the target may have changed)
+        self.deploy_started = False
         #: the lease is lost and the steps are being stopped
         self.fencing = False
 
@@ -425,8 +439,10 @@ class TaskRun(LeasedRun):
         verdict = work.result()
         if self.target is not None:  # the steps ran in a context of their own
             structlog.contextvars.bind_contextvars(version=self.target.release_version)
-        clear_owner = await self._maintenance_off(lease)
-        written = await self._finish(verdict, clear_owner)
+        if self.interrupted and self.deploy_started:
+            await self._site_after_interruption()
+        await self._maintenance_off(lease)
+        written = await self._finish(verdict)
         elapsed = time.monotonic() - self.started
         if written is None:
             self.log.warning("task.taken_away", during="finish", outcome=verdict.status)
@@ -481,6 +497,7 @@ class TaskRun(LeasedRun):
             if not cancel_requested():  # raised by a backend on its own: a failure
                 self.log.error("task.crashed", error="CancelledError raised by a backend")
                 return Verdict("failed", error="unexpected error: cancelled from within")
+            self.interrupted = True
             return Verdict("failed", error="interrupted by shutdown")
         except Exception as exc:  # a bug in the core or a plugin: never a stuck task
             self.log.exception("task.crashed")
@@ -500,6 +517,7 @@ class TaskRun(LeasedRun):
         async with self.step(
             purpose, f"{purpose} {version} with {self.s.deployer.name}", slow=True
         ):
+            self.deploy_started = True
             outcome = await self._call_deployer(purpose, self.target, workdir)
             self.result.deployer = ToolOutput(
                 self._tail(outcome.output), self.secrets.redact_value(outcome.details)
@@ -686,9 +704,9 @@ class TaskRun(LeasedRun):
             self.result.changes = self.changes
             for line in self.changes:
                 await self.event("changes", "info", line)
-            await self.event(
-                "changes", "succeeded", f"{len(self.changes)} change(s)" if lines else "no change"
-            )
+            count = len(self.changes)
+            said = "no change" if not count else f"{count} change{'s' if count != 1 else ''}"
+            await self.event("changes", "succeeded", said)
 
     async def _before_maintenance(self, workdir: Path) -> None:
         """The deployer's optional ``validate`` and ``prepare``: a release they refuse
@@ -792,17 +810,21 @@ class TaskRun(LeasedRun):
         handler = self.s.maintenance
         if handler is None:
             return
+        assert self.task.claim_token is not None
         async with self.step("maintenance-on", f"{handler.name}"):
-            owner = maint.task_owner(self.task.id)
+            own = maint.task_owner(self.task.id)
             reason = f"{self.task.type} {version} (task {self.task.id})"
             try:
-                recorded = await self.repo.task_maintenance_on(owner, reason)
+                state = await maint.hold_for_task(
+                    self.s, self.task.id, self.task.claim_token, reason
+                )
             except DB_ERRORS as exc:
                 raise StepFailed(
                     f"maintenance mode could not be recorded: {describe(exc)}"
                 ) from None
-            self.maintenance_owner = owner if recorded == owner else None
-            # From here on, always switch it off again: an enable that failed half-way (a
+            if state is None:
+                raise StepFailed("maintenance mode not held: this claim no longer owns the task")
+            # From here on, always release the hold: an enable that failed half-way (a
             # flag written, then a failed reload) must not leave the site in maintenance.
             self.maintenance_switched = True
             try:
@@ -810,43 +832,110 @@ class TaskRun(LeasedRun):
             except BackendError as exc:
                 self.enable_failed = True
                 raise StepFailed(f"maintenance mode could not be enabled: {exc}") from None
-            metrics.MAINTENANCE.set(1)
-            if self.maintenance_owner is None:
-                await self.event(
-                    "maintenance-on", "succeeded", "already on (an operator's window): stays on"
-                )
+            others = [h for h in state.holds if h.holder != own]
+            if others:
+                held = ", ".join(maint.describe_hold(h) for h in others)
+                await self.event("maintenance-on", "succeeded", f"on; also held by {held}")
             else:
-                await self.event("maintenance-on", "succeeded", "site answers 503")
+                await self.event("maintenance-on", "succeeded", f"{handler.name} switched on")
 
-    async def _maintenance_off(self, lease: Lease) -> str | None:
-        """Switch the proxy back while the lease is held. Returns the owner whose record
-        the outcome's transaction clears (None: leave the record as it is)."""
+    async def _maintenance_off(self, lease: Lease) -> None:
+        """Release this task's hold while the lease is held; the proxy goes off when it
+        was the last hold. A failed switch-off is retried with backoff for a while here
+        (the agent's maintenance loop goes on after that); what it cost is recorded."""
         if not self.maintenance_switched:
-            return None
-        if self.maintenance_owner is None:
-            await self.event("maintenance-off", "info", "left on: an operator's window")
-            return None
+            return
         if not lease.valid:
             self.log.warning("maintenance.left_for_recovery", reason=lease.reason)
-            return None
+            return
+        assert self.task.claim_token is not None
         try:
-            await maint.switch_off(self.s)
-        except BackendError as exc:  # must never mask the task's outcome
-            if self.enable_failed:  # the same misconfiguration again: not a second failure
-                self.log.warning("maintenance.cleanup_failed", error=str(exc))
-                await self.event("maintenance-off", "info", "maintenance was not switched on")
-                return self.maintenance_owner
-            self.log.error("maintenance.disable_failed", error=str(exc))
-            await self.event("maintenance-off", "failed", f"could not disable: {exc}")
-            return None
-        metrics.MAINTENANCE.set(0)
-        await self.event("maintenance-off", "succeeded", "site back to normal")
-        return self.maintenance_owner
+            done = await maint.release_for_task(self.s, self.task.id, self.task.claim_token)
+        except (*_FLUSH_ERRORS, asyncpg.PostgresError) as exc:
+            self.log.error("maintenance.release_failed", error=describe(exc))
+            await self.event(
+                "maintenance-off",
+                "failed",
+                f"could not release this task's hold: {describe(exc)} (released by the "
+                "agents once the task has ended)",
+            )
+            self.maintenance_note = f"still on: this task's hold could not be released ({exc})"
+            return
+        if not done.released:
+            return  # the claim is lost: the recovering agent releases it
+        if done.others:
+            held = ", ".join(maint.describe_hold(h) for h in done.others)
+            await self.event("maintenance-off", "info", f"stays on: held by {held}")
+            return
+        if done.error is None:
+            await self.event("maintenance-off", "succeeded", "switched off")
+            return
+        if self.enable_failed:  # the same misconfiguration again: not a second failure
+            self.log.warning("maintenance.cleanup_failed", error=done.error)
+            await maint.forget_failed_switch(self.s)
+            await self.event("maintenance-off", "info", "maintenance was not switched on")
+            return
+        await self._retry_switch_off(done.error)
+
+    async def _retry_switch_off(self, error: str) -> None:
+        began = time.monotonic()
+        self.log.error("maintenance.disable_failed", error=error, retrying=True)
+        await self.event(
+            "maintenance-off", "failed", f"could not switch off: {error}; retrying", flush=True
+        )
+        try:
+            done, failures = await maint.retry_until_off(
+                self.s, time.monotonic() + maint.TASK_RETRY_SECONDS
+            )
+        except (*_FLUSH_ERRORS, asyncpg.PostgresError) as exc:
+            done, failures = maint.Released(error=describe(exc)), 1
+        seconds = maint.seconds_text(time.monotonic() - began)
+        attempts = f"{failures} failed attempt{'s' if failures != 1 else ''}"
+        if done.error is None:
+            self.maintenance_note = (
+                f"stayed on {seconds} longer than needed: switching it off failed "
+                f"({attempts}; first: {error})"
+            )
+            self.log.warning("maintenance.off_after_retries", failures=failures, seconds=seconds)
+            await self.event(
+                "maintenance-off", "succeeded", f"switched off after {attempts} ({seconds})"
+            )
+        else:
+            self.maintenance_still_on = True
+            self.maintenance_note = (
+                f"still on {seconds} after the task ended: switching it off keeps failing "
+                f"({attempts}; last: {done.error}); the agent keeps retrying"
+            )
+            await self.event(
+                "maintenance-off",
+                "failed",
+                f"still on after {attempts} over {seconds}: {done.error}; the agent keeps retrying",
+            )
+
+    async def _site_after_interruption(self) -> None:
+        """The deploy was interrupted (a second SIGTERM): ask the deployer what is live
+        before maintenance goes off, and say so."""
+        live = await ask_live(self.s)
+        text = live_text(live)
+        self.result.live = {"version": live.version, "state": live.state, "detail": live.detail}
+        target = self.target.release_version if self.target else None
+        current = self.current.release_version if self.current else None
+        if live.state == "deployed" and live.version in (target, current):
+            self.interrupted_live = f"found {text}"
+            await self.event("interrupted", "info", f"live: {text}")
+            return
+        nxt = (
+            f"check the site, then deploy {target} again or roll back"
+            if target
+            else "check what the target runs, then deploy the release you want"
+        )
+        self.result.next_step = nxt
+        self.interrupted_live = f"found {text}; next: {nxt}"
+        self.log.warning("task.interrupted_live", live=text, next_step=nxt)
+        await self.event("interrupted", "info", f"live: {text}: maintenance goes off anyway; {nxt}")
 
     # -- outcome -------------------------------------------------------------------------
-    async def _finish(
-        self, verdict: Verdict, clear_owner: str | None
-    ) -> Literal["completed", "failed"] | None:
+    async def _finish(self, verdict: Verdict) -> Literal["completed", "failed"] | None:
         """Write the outcome, flags, maintenance record and the notifications promised in
         one transaction (retrying through outages). None: the task was taken away."""
         status = verdict.status
@@ -856,11 +945,18 @@ class TaskRun(LeasedRun):
         )
         # free text a tool or a backend wrote (outputs, errors, details) was masked where
         # it entered the result; the agent's own fields (versions, timings) are as they are
-        self.result.outcome = status
-        self.result.error = error
         flags = None
         if status == "completed" and self.target is not None:
             flags = FlagChange(promote=self.target.id)
+        if self.interrupted_live and error:
+            error = f"{error}; {self.interrupted_live}"
+        if self.maintenance_note:
+            self.result.maintenance = self.maintenance_note
+            if self.maintenance_still_on:  # the release is live, the site is not back
+                status = "failed"
+                error = f"{error + '; ' if error else ''}maintenance mode {self.maintenance_note}"
+        self.result.outcome = status
+        self.result.error = error
         event = outbox.build_event(
             kind=verdict.kind or _kind_for(self.task.type, status),
             settings_installation=self.settings.installation_name,
@@ -874,6 +970,7 @@ class TaskRun(LeasedRun):
             steps=self.steps,
             rollback_error=rollback_error,
             changes=self.changes,
+            maintenance=self.maintenance_note,
         )
         try:
             return await write_outcome(
@@ -884,7 +981,6 @@ class TaskRun(LeasedRun):
                 result=self.result.to_json(),
                 error=error,
                 flags=flags,
-                maintenance_owner=clear_owner,
                 event=event,
             )
         except asyncio.CancelledError:
@@ -903,7 +999,6 @@ async def write_outcome(
     result: dict[str, Any],
     error: str | None,
     flags: FlagChange | None,
-    maintenance_owner: str | None,
     event: NotificationEvent,
 ) -> Literal["completed", "failed"] | None:
     """The one transaction that ends a task, retried through outages; only while
@@ -939,7 +1034,6 @@ async def write_outcome(
                         flags=flags_now,
                         events=list(timeline.unsaved),
                         agent_id=services.settings.agent_id,
-                        maintenance_owner=maintenance_owner,
                         notifications=(names, event_now) if notify else None,
                     )
         except _REFUSED as exc:
@@ -1033,3 +1127,33 @@ def _http_status(url: str, timeout: float) -> tuple[int | None, str]:
     except (urllib.error.URLError, OSError, TimeoutError) as exc:
         reason = getattr(exc, "reason", exc)
         return None, f"unreachable ({reason})"
+
+
+async def ask_live(services: Services) -> LiveState:
+    """What the deployer says the target runs (its optional ``live_release()``)."""
+    query = getattr(services.deployer, "live_release", None)
+    if query is None:
+        return LiveState(
+            None, "unknown", f"deployer {services.deployer.name!r} cannot tell what is live"
+        )
+    try:
+        live = await bounded(
+            query(), services.settings.backend_timeout, f"{services.deployer.name} live_release"
+        )
+    except BackendError as exc:
+        return LiveState(None, "unknown", str(exc))
+    if not isinstance(live, LiveState):
+        return LiveState(None, "unknown", f"live_release returned {type(live).__name__}")
+    return live
+
+
+def live_text(live: LiveState) -> str:
+    if live.state == "deployed":
+        text = f"{live.version} live"
+    elif live.state == "half-applied":
+        text = f"{live.version or 'a release'} half-applied"
+    elif live.state == "absent":
+        text = "nothing deployed"
+    else:
+        text = "live release unknown"
+    return f"{text} ({live.detail})" if live.detail else text

@@ -500,8 +500,11 @@ def format_validation_error(exc: ValidationError, model: type[BaseSettings] | No
         if not err["loc"]:  # a check across fields: its message names the variables
             lines.append(message)
             continue
-        field_name = ".".join(str(p) for p in err["loc"])
+        field_name = ".".join(str(p) for p in err["loc"] if not isinstance(p, int))
+        entries = [p for p in err["loc"] if isinstance(p, int)]
         env_name = _env_name(model, field_name, prefix)
+        if entries:  # one entry of a list setting (e.g. the second port of DB_PORT)
+            env_name += f" (entry {entries[0] + 1})"
         value = err.get("input")
         shown = (
             ""

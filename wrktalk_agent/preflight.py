@@ -45,6 +45,10 @@ AGENT_PRIVILEGES: tuple[tuple[str, str, str], ...] = (
     ("agent_notification_recipient", "SELECT", "who still waits for a notification"),
     ("agent_notification_recipient", "INSERT", "recording each recipient's delivery"),
     ("agent_notification_recipient", "UPDATE", "recording each recipient's delivery"),
+    ("agent_maintenance_hold", "SELECT", "who holds maintenance mode"),
+    ("agent_maintenance_hold", "INSERT", "holding maintenance mode for a task or an operator"),
+    ("agent_maintenance_hold", "UPDATE", "an operator's new reason for a window"),
+    ("agent_maintenance_hold", "DELETE", "releasing a hold"),
 )
 
 
@@ -165,6 +169,7 @@ async def _privileges_check(repo: Repository) -> CheckResult:
         missing.append("USAGE on the schema (every table)")
     if other["event_sequence_usage"] is False:
         missing.append("USAGE on the sequence of agent_task_event.id (recording each step)")
+        grants.setdefault(f"SEQUENCE {other['event_sequence']}", []).append("USAGE")
     for column, function in (
         ("advisory_lock", "pg_try_advisory_lock"),
         ("advisory_unlock", "pg_advisory_unlock"),
@@ -175,6 +180,8 @@ async def _privileges_check(repo: Repository) -> CheckResult:
         return CheckResult(
             "privileges", True, f"role {role} may do everything the agent does (LISTEN included)"
         )
+    if other["schema_usage"] is False:
+        grants.setdefault(f"SCHEMA {other['schema_name']}", []).append("USAGE")
     hint = "; ".join(
         f"GRANT {', '.join(privileges)} ON {table} TO {role}"
         for table, privileges in grants.items()

@@ -74,7 +74,7 @@ class RecoveryRun(LeasedRun):
             target, current = await self._releases()
         live = await self._live()
         await self.timeline.add("recovery", "info", f"live: {_live_text(live)}")
-        clear_owner = await self._clear_maintenance(lease)
+        await self._clear_maintenance(lease)
         try:
             status, error, flags, next_step = await self._decide(live, target, current)
         except DB_ERRORS:
@@ -119,12 +119,13 @@ class RecoveryRun(LeasedRun):
             result=result,
             error=error,
             flags=flags,
-            maintenance_owner=clear_owner,
             event=event,
         )
         if written is None:
             self.log.warning("task.taken_away", during="recovery")
             return TaskOutcome.TAKEN_AWAY
+        # the outcome this agent wrote counts here: the agent that ran the task is gone
+        metrics.TASKS.labels(type=self.task.type, outcome=written).inc()
         self.log.warning("task.recovered", outcome=written, live=_live_text(live), error=error)
         return TaskOutcome(written)
 
@@ -154,23 +155,29 @@ class RecoveryRun(LeasedRun):
             return LiveState(None, "unknown", f"live_release returned {type(live).__name__}")
         return live
 
-    async def _clear_maintenance(self, lease: Lease) -> str | None:
-        """Switch off the maintenance the dead task owned; returns the owner to clear."""
-        state = await self.repo.maintenance_state()
-        owner = maint.task_owner(self.task.id)
-        if not state.enabled or state.owner != owner:
-            return None
+    async def _clear_maintenance(self, lease: Lease) -> None:
+        """Release the dead task's hold under this run's claim; the proxy goes off when it
+        was the last (a failed switch-off is retried by the agents' maintenance loop)."""
         if not lease.valid:
-            return None
-        try:
-            await maint.switch_off(self.s)
-        except BackendError as exc:
-            self.log.error("maintenance.disable_failed", error=str(exc))
-            await self.timeline.add("maintenance-off", "failed", f"could not disable: {exc}")
-            return None
-        metrics.MAINTENANCE.set(0)
-        await self.timeline.add("maintenance-off", "succeeded", "left on by the dead task; off")
-        return owner
+            return
+        assert self.task.claim_token is not None
+        done = await maint.release_for_task(self.s, self.task.id, self.task.claim_token)
+        if not done.released:
+            return
+        if done.others:
+            held = ", ".join(maint.describe_hold(h) for h in done.others)
+            await self.timeline.add("maintenance-off", "info", f"stays on: held by {held}")
+        elif done.error is not None:
+            self.log.error("maintenance.disable_failed", error=done.error, retried=True)
+            await self.timeline.add(
+                "maintenance-off",
+                "failed",
+                f"could not switch off: {done.error}; the agents retry until it is off",
+            )
+        else:
+            await self.timeline.add(
+                "maintenance-off", "succeeded", "left on by the dead task; switched off"
+            )
 
     async def _decide(
         self, live: LiveState, target: ArtifactInfo | None, current: ArtifactInfo | None

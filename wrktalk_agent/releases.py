@@ -9,7 +9,9 @@ its static assets). A deployer copies the release here:
   release directory is either complete or absent, also after a crash mid-copy;
 * :func:`point_current` switches a ``current`` symlink atomically;
 * :func:`prune` removes the oldest directories beyond a count, never the protected ones
-  (the release just applied and the one it replaced).
+  (the release just applied and the one it replaced);
+* :func:`remove` deletes one release directory (after an automatic rollback: the release
+  that failed, keeping the one before it for a later rollback).
 
 ``version`` must be validated first (it becomes a path component): see
 :func:`wrktalk_agent.interfaces.validate_version`.
@@ -27,7 +29,7 @@ from pathlib import Path
 
 from wrktalk_agent.interfaces import VERSION_PATTERN
 
-__all__ = ["RELEASES_DIR", "Installed", "install", "point_current", "prune"]
+__all__ = ["RELEASES_DIR", "Installed", "install", "point_current", "prune", "remove"]
 
 RELEASES_DIR = "releases"
 #: prefixes of scratch directories inside releases/; never valid versions
@@ -103,6 +105,19 @@ def prune(working_dir: Path, keep: int, protected: Iterable[str]) -> list[str]:
     for path in removed:
         shutil.rmtree(path)
     return sorted(p.name for p in removed)
+
+
+def remove(working_dir: Path, version: str) -> bool:
+    """Delete one release directory (never the one ``current`` points to). Returns
+    whether it existed."""
+    path = working_dir / RELEASES_DIR / version
+    if not VERSION_PATTERN.fullmatch(version) or not path.is_dir() or path.is_symlink():
+        return False
+    current = working_dir / "current"
+    if current.is_symlink() and current.resolve() == path.resolve():
+        return False
+    shutil.rmtree(path)
+    return True
 
 
 def _move_into_place(staging: Path, target: Path) -> None:

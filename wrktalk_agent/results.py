@@ -69,6 +69,11 @@ class TaskResult:
     auto_rollback: AutoRollbackRecord | None = None
     outcome: Literal["completed", "failed"] | None = None
     error: str | None = None
+    #: what the deployer found live (after an interrupted deploy) and what to do next
+    live: dict[str, Any] | None = None
+    next_step: str | None = None
+    #: maintenance stayed on after the task: for how long, or still on
+    maintenance: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -103,6 +108,12 @@ class TaskResult:
             data["outcome"] = self.outcome
         if self.error:
             data["error"] = self.error
+        if self.live is not None:
+            data["live"] = self.live
+        if self.next_step:
+            data["next_step"] = self.next_step
+        if self.maintenance:
+            data["maintenance"] = self.maintenance
         return data
 
 

@@ -35,6 +35,7 @@ from wrktalk_agent.db.repository import (
     connect_listener,
     keepalive,
     listen_dsn,
+    pooler_hint,
     pooler_mode,
 )
 from wrktalk_agent.db.schema import NOTIFY_CHANNEL
@@ -109,6 +110,14 @@ class Agent:
                 side.append(asyncio.create_task(self._listen(), name="listener"))
         if not once:
             side.append(asyncio.create_task(self.deliverer.run(self.stop_event), name="outbox"))
+            if self.services.maintenance is not None:
+                # failed switch-offs are retried here, with backoff, until maintenance is off
+                side.append(
+                    asyncio.create_task(
+                        maintenance.loop(self.services, self.stop_event, self.log),
+                        name="maintenance",
+                    )
+                )
         for task in side:
             task.add_done_callback(self._side_task_done)
         try:
@@ -156,7 +165,11 @@ class Agent:
                 failures += 1
                 delay = min(self.settings.poll_interval, 0.5 * 2 ** min(failures, 6))
                 delay *= random.uniform(0.8, 1.2)
-                self.log.warning("poll.failed", error=describe(exc), retry_in=round(delay, 2))
+                hint = pooler_hint(exc)
+                self.log.warning(
+                    "poll.failed", error=describe(exc), retry_in=round(delay, 2),
+                    **({"fix": hint} if hint else {}),
+                )  # fmt: skip
                 if once and failures >= 5:
                     return EXIT_TASK_FAILED
                 await self._sleep(delay)

@@ -11,6 +11,7 @@ import re
 import shutil
 import signal
 import socket
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -32,8 +33,25 @@ class DemoError(Exception):
     """The demo cannot start here; the message says why."""
 
 
+#: the terminal is gone (closed: writes fail with EIO; a pipe's reader left: EPIPE)
+_terminal_gone = False
+
+
 def say(line: str = "") -> None:
-    print(line, flush=True)
+    """Print a line; once the terminal is gone, print nothing more (never raise: the
+    demo must still stop what it started)."""
+    global _terminal_gone
+    if _terminal_gone:
+        return
+    try:
+        print(line, flush=True)
+    except OSError:  # EIO, EPIPE
+        _terminal_gone = True
+        with contextlib.suppress(OSError):  # nothing buffered may be written at exit either
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os.dup2(devnull, sys.stderr.fileno())
+            os.close(devnull)
 
 
 class Layout:

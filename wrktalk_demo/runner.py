@@ -99,16 +99,18 @@ class Demo:
     # -- Ctrl-C ------------------------------------------------------------------------
     def on_signal(self) -> None:
         """First signal: stop cleanly (the agent interrupts and records a running task);
-        later ones only say that we are on it, so the cleanup itself is not cut short."""
+        later ones only say that we are on it, so the cleanup itself is not cut short.
+        The stop comes first, the words after: with the terminal closed (SIGHUP) nobody
+        reads them and writing them fails."""
         if self.stopping:
             say("(already stopping; cleaning up)")
             return
         self.stopping = True
-        say("\nstopping: interrupting the agent, the site server, the mail sink, PostgreSQL")
         if self.agent is not None and self.agent_running:
             self.agent.request_stop("Ctrl-C")
         elif self.main_task is not None:
             self.main_task.cancel()
+        say("\nstopping: interrupting the agent, the site server, the mail sink, PostgreSQL")
 
     async def main(self) -> int:
         loop = asyncio.get_running_loop()
@@ -374,10 +376,13 @@ class Demo:
                 if event.status in ("succeeded", "failed") and event.step in began:
                     took = f"  [{(event.created_at - began[event.step]).total_seconds():.3f} s]"
                 say(f"  {offset:>8}  {event.step:16} {event.status:9} {event.message}{took}")
+                # what the demo itself sees: the flag file (no nginx runs here)
                 if (event.step, event.status) == ("maintenance-on", "succeeded"):
-                    say(f"{'':12}maintenance ON: {flag} written (a configured nginx answers 503)")
+                    there = "present" if flag.exists() else "not there (already removed)"
+                    say(f"{'':12}maintenance ON: flag file {flag} {there}")
                 elif (event.step, event.status) == ("maintenance-off", "succeeded"):
-                    say(f"{'':12}maintenance OFF: {flag} removed (nginx would pass requests on)")
+                    there = "still there" if flag.exists() else "gone"
+                    say(f"{'':12}maintenance OFF: flag file {flag} {there}")
             seen = len(events)
             if last_round:
                 return

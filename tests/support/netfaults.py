@@ -107,4 +107,16 @@ class BlackholeProxy:
         return urlunsplit(parts._replace(netloc=f"{auth}127.0.0.1:{self.port}", query=query))
 
     def close(self) -> None:
+        async def shut() -> None:
+            self.server.close()
+            for writer in self._open:
+                writer.close()
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+        with contextlib.suppress(Exception):
+            asyncio.run_coroutine_threadsafe(shut(), self.loop).result(5)
         self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)

@@ -200,6 +200,7 @@ class RecordingNotifier:
                 "notification_id": str(event.notification_id),
                 "live": event.live,
                 "changes": list(event.changes),
+                "maintenance": event.maintenance,
                 "agent": self.context.agent_id,
             },
         )

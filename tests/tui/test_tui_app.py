@@ -206,6 +206,8 @@ async def test_filters_cycle_through_statuses_and_types(
         assert await shown_after("s") == [("failed", "deploy"), ("failed", "rollback")]
         assert await shown_after("t") == [("failed", "deploy")]
         assert await shown_after("t") == [("failed", "rollback")]
+        assert await shown_after("s") == []  # cancelled rollbacks: none
+        assert "status cancelled" in text_of(app.screen.query_one(FilterBar))
         assert await shown_after("s") == [("pending", "rollback"), ("failed", "rollback")]
         assert await shown_after("t") == [
             ("pending", "rollback"),
@@ -375,7 +377,15 @@ async def test_cancel_confirmed_fails_the_pending_task_with_a_cancelled_message(
         table = app.screen.query_one(TasksTable)
         await open_cancel(pilot, app, seeded.pending_rollback)
         await pilot.press("enter")
-        await wait_for(pilot, lambda: rows(table)[0][0] == "failed", "the task shown failed")
+        await wait_for(pilot, lambda: rows(table)[0][0] == "cancelled", "the task shown cancelled")
+        # the status filter knows the word too
+        while app.screen.filters.status != "cancelled":  # type: ignore[attr-defined]
+            await pilot.press("s")
+        await wait_for(
+            pilot,
+            lambda: [r[0] for r in rows(table)] == ["cancelled"],
+            "only the cancelled task listed",
+        )
     task = await fetch_task(database_url, seeded.pending_rollback)
     assert task["status"] == "failed"
     assert task["error_message"].startswith("cancelled by ")
@@ -524,3 +534,31 @@ async def test_credentials_quoted_in_errors_and_events_are_masked(
         timeline = rows(screen.query_one("#timeline", KeyedTable))
         assert SECRET not in error and "postgres://wrktalk:***@db" in error
         assert timeline[-1][4] == "smtp token=***"
+
+
+async def test_an_agent_is_stale_by_its_own_recorded_lease_or_once_its_task_was_taken_over(
+    seeded: Seed, started: Started, repo: Repository
+) -> None:
+    """The dashboard's own setting says 180 s; agent-a recorded a 12 s lease and has been
+    silent for 60 s: STALE. An agent whose task another agent took over is gone, however
+    recently it was seen."""
+    await repo.pool.execute(
+        "UPDATE agent_instance SET lease_seconds = 12, last_poll = $1 WHERE agent_id = 'agent-a'",
+        NOW - timedelta(seconds=60),
+    )
+    await repo.pool.execute(
+        "UPDATE agent_task SET last_heartbeat = $2, lease_seconds = 12 WHERE id = $1",
+        seeded.running_140,
+        NOW - timedelta(seconds=60),
+    )
+    await repo.pool.execute(
+        "INSERT INTO agent_instance (agent_id, hostname, pid, version, started_at, last_poll,"
+        " current_task_id, lease_seconds) SELECT 'agent-c', 'wrk-node-3', 1, '0.1.0', $1, $1,"
+        " id, 195 FROM agent_task WHERE status = 'completed' LIMIT 1",
+        NOW - timedelta(seconds=5),
+    )
+    async with started() as (app, pilot):
+        await pilot.press("2")
+        agents = {r[0]: r[1] for r in rows(app.screen.query_one(AgentsTable))}
+        assert agents == {"agent-a": "STALE", "agent-b": "STALE", "agent-c": "STALE"}
+        assert "0 alive, 3 stale" in text_of(app.screen.query_one(Overview))

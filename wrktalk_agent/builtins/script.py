@@ -157,7 +157,15 @@ class ScriptDeployer:
                 output=result.output,
             )
         self._point_current(target)
-        self._prune(keep={version, request.current.version if request.current else ""})
+        if request.purpose == "auto-rollback":
+            # Back on the release that was live: the failed one (request.current here)
+            # goes, and the release before it stays — the database still calls it previous
+            # (what a rollback would return to), and this deployer cannot see that flag.
+            failed = request.current.version if request.current else None
+            if failed and failed != version:
+                releases.remove(self.settings.working_dir, failed)
+        else:
+            self._prune(keep={version, request.current.version if request.current else ""})
         return DeployOutcome(output=result.output, details={"release_dir": str(target)})
 
     def _install(self, source: Path, version: str) -> Path:

@@ -12,6 +12,7 @@ comparisons work.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -35,6 +36,11 @@ TaskStatus = Literal["pending", "inProgress", "completed", "failed"]
 
 TASK_TYPES: tuple[str, ...] = get_args(TaskType)
 TASK_STATUSES: tuple[str, ...] = get_args(TaskStatus)
+#: The statuses operators see: the stored ones plus ``cancelled`` — a pending task that an
+#: operator cancelled, stored as ``failed`` (the backend's status set has no "cancelled")
+#: with an error starting ``cancelled by ``. Tables, JSON, the dashboard and filters use it.
+SHOWN_STATUSES: tuple[str, ...] = (*TASK_STATUSES, "cancelled")
+CANCELLED_PREFIX = "cancelled by "
 
 
 class _Row(BaseModel):
@@ -93,6 +99,21 @@ class Task(_Row):
     release_version: str | None = None
 
     _tolerant = field_validator("type", "status", mode="wrap")(_keep_unknown)
+
+    @property
+    def shown_status(self) -> str:
+        """The status as operators see it (see :data:`SHOWN_STATUSES`)."""
+        if self.status == "failed" and (self.error_message or "").startswith(CANCELLED_PREFIX):
+            return "cancelled"
+        return str(self.status)
+
+    def shown_json(self) -> dict[str, Any]:
+        """The row as JSON with the shown status (``stored_status``: the column's value)."""
+        return {
+            **self.model_dump(mode="json"),
+            "status": self.shown_status,
+            "stored_status": self.status,
+        }
 
     @field_validator("result", mode="before")
     @classmethod
@@ -180,23 +201,49 @@ class AgentInstance(_Row):
     last_heartbeat: datetime | None = None
 
 
-class MaintenanceState(_Row):
-    """Maintenance as recorded in ``deployment_config``: on or off, and who switched it
-    on (``task:<id>`` or ``operator:<name>``), why and since when."""
+class MaintenanceHold(_Row):
+    """One reason maintenance is on: ``task:<id>`` (a running task's claim) or
+    ``operator:<name>`` (a window an operator opened), why and since when."""
 
-    enabled: bool = False
-    owner: str | None = None
+    holder: str
     reason: str | None = None
     since: datetime | None = None
 
     @property
-    def owner_task(self) -> UUID | None:
-        if self.owner and self.owner.startswith("task:"):
+    def task_id(self) -> UUID | None:
+        if self.holder.startswith("task:"):
             try:
-                return UUID(self.owner[5:])
+                return UUID(self.holder[5:])
             except ValueError:
                 return None
         return None
+
+    @property
+    def kind(self) -> str:
+        return self.holder.partition(":")[0]
+
+
+class MaintenanceState(_Row):
+    """Maintenance as recorded: the flag in ``deployment_config``, the holds that keep it
+    on, and since when a switch-off has been failing (the agent retries it)."""
+
+    enabled: bool = False
+    holds: list[MaintenanceHold] = []
+    off_pending_since: datetime | None = None
+    off_error: str | None = None
+
+    @field_validator("holds", mode="before")
+    @classmethod
+    def _json(cls, value: Any) -> Any:
+        return json.loads(value) if isinstance(value, str) else value
+
+    @property
+    def since(self) -> datetime | None:
+        times = [h.since for h in self.holds if h.since is not None]
+        return min(times) if times else self.off_pending_since
+
+    def held_by(self, holder: str) -> MaintenanceHold | None:
+        return next((h for h in self.holds if h.holder == holder), None)
 
 
 class PollResult(_Row):

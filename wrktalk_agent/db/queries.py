@@ -214,13 +214,15 @@ WITH quiet AS (
     RETURNING {CLAIM_COLUMNS}
 ), seen AS (
     INSERT INTO agent_instance
-        (agent_id, hostname, pid, version, last_poll, last_seen, instance_id, current_task_id)
+        (agent_id, hostname, pid, version, last_poll, last_seen, instance_id, current_task_id,
+         lease_seconds)
     VALUES ($1, $2, $3, $4, now(), now(), $7,
-            coalesce((SELECT id FROM claimed), (SELECT id FROM taken_over)))
+            coalesce((SELECT id FROM claimed), (SELECT id FROM taken_over)), $5)
     ON CONFLICT (agent_id) DO UPDATE
         SET last_poll = now(), last_seen = now(), hostname = EXCLUDED.hostname,
             pid = EXCLUDED.pid, version = EXCLUDED.version, instance_id = EXCLUDED.instance_id,
-            stopped_at = NULL, current_task_id = EXCLUDED.current_task_id
+            stopped_at = NULL, current_task_id = EXCLUDED.current_task_id,
+            lease_seconds = EXCLUDED.lease_seconds
 )
 SELECT
     (SELECT coalesce(jsonb_agg(jsonb_build_object('id', r.id, 'error', r.error_message)),
@@ -338,40 +340,94 @@ SELECT t.id, t.claimed_by,
 FROM agent_task t WHERE t.id = ANY($1::uuid[])
 """
 
-# -- maintenance: who switched it on ---------------------------------------------------
+# -- maintenance: who holds it -----------------------------------------------------------
+# Maintenance is on while a hold exists (agent_maintenance_hold: task:<id>, operator:<name>).
+# Every change of the holds and every switch of the proxy runs under one advisory lock,
+# never under a row lock a poll needs: a slow proxy never delays a claim.
+MAINTENANCE_LOCK_KEY = 0x5752_4B54_4D41_494E & 0x7FFF_FFFF_FFFF_FFFF  # "WRKTMAIN"
+MAINTENANCE_LOCK = "SELECT pg_advisory_xact_lock($1::bigint)"
+MAINTENANCE_TRY_LOCK = "SELECT pg_try_advisory_xact_lock($1::bigint)"
 MAINTENANCE_STATE = """
-SELECT coalesce(bool_or(maintenance_mode_enabled), false) AS enabled,
-    max(maintenance_owner) AS owner, max(maintenance_reason) AS reason,
-    max(maintenance_since) AS since
-FROM deployment_config
+SELECT coalesce(bool_or(d.maintenance_mode_enabled), false) AS enabled,
+    max(d.maintenance_off_pending_since) AS off_pending_since,
+    max(d.maintenance_off_error) AS off_error,
+    (SELECT coalesce(jsonb_agg(jsonb_build_object(
+                'holder', h.holder, 'reason', h.reason, 'since', h.since)
+            ORDER BY h.since, h.holder), '[]'::jsonb)
+       FROM agent_maintenance_hold h) AS holds
+FROM deployment_config d
 """
-# A task switches maintenance on; an operator's window stays the operator's.
-# $1 owner (task:<id>), $2 reason. Returns the owner now recorded.
-TASK_MAINTENANCE_ON = """
-UPDATE deployment_config SET
-    maintenance_owner = CASE WHEN maintenance_mode_enabled
-        AND maintenance_owner LIKE 'operator:%' THEN maintenance_owner ELSE $1 END,
-    maintenance_reason = CASE WHEN maintenance_mode_enabled
-        AND maintenance_owner LIKE 'operator:%' THEN maintenance_reason ELSE $2 END,
-    maintenance_since = CASE WHEN maintenance_mode_enabled
-        THEN coalesce(maintenance_since, now()) ELSE now() END,
-    maintenance_mode_enabled = true
-RETURNING maintenance_owner
+# A task's hold, written only while its claim still owns the task. $1 task, $2 claim
+# token, $3 reason. Returns the holder (none: the claim is lost).
+TASK_HOLD = """
+INSERT INTO agent_maintenance_hold (holder, reason)
+SELECT 'task:' || $1::uuid::text, $3
+WHERE EXISTS (SELECT 1 FROM agent_task
+              WHERE id = $1 AND claim_token = $2 AND status = 'inProgress')
+ON CONFLICT (holder) DO UPDATE SET reason = EXCLUDED.reason
+RETURNING holder
 """
-# Cleared only where the given owner still holds it. $1 owner.
-MAINTENANCE_OFF_FOR = """
+# An operator's window: a second `on` by the same operator updates the reason. $1 holder,
+# $2 reason. `created` is false when the operator already held one.
+OPERATOR_HOLD = """
+INSERT INTO agent_maintenance_hold (holder, reason) VALUES ($1, $2)
+ON CONFLICT (holder) DO UPDATE SET reason = EXCLUDED.reason
+RETURNING holder, (xmax = 0) AS created
+"""
+# Releasing a task's hold, fenced like TASK_HOLD. $1 task, $2 claim token.
+RELEASE_TASK_HOLD = """
+DELETE FROM agent_maintenance_hold
+WHERE holder = 'task:' || $1::uuid::text
+  AND EXISTS (SELECT 1 FROM agent_task
+              WHERE id = $1 AND claim_token = $2 AND status = 'inProgress')
+RETURNING holder, reason, since
+"""
+RELEASE_HOLD = """
+DELETE FROM agent_maintenance_hold WHERE holder = $1 RETURNING holder, reason, since
+"""
+RELEASE_ALL_HOLDS = "DELETE FROM agent_maintenance_hold RETURNING holder, reason, since"
+# Holds of tasks that have ended (or vanished): their owner is gone, proved by this very
+# statement. A task still inProgress keeps its hold, also while it waits to be recovered.
+RELEASE_ENDED_TASK_HOLDS = """
+DELETE FROM agent_maintenance_hold h
+WHERE h.holder LIKE 'task:%'
+  AND NOT EXISTS (SELECT 1 FROM agent_task t
+                  WHERE t.status = 'inProgress' AND 'task:' || t.id::text = h.holder)
+RETURNING h.holder, h.reason, h.since
+"""
+_HOLDS_SUMMARY = """maintenance_owner = (SELECT string_agg(holder, ', ' ORDER BY since, holder)
+        FROM agent_maintenance_hold),
+    maintenance_reason = (SELECT reason FROM agent_maintenance_hold ORDER BY since, holder
+        LIMIT 1),
+    maintenance_since = (SELECT min(since) FROM agent_maintenance_hold)"""
+# The flag the backend reads, and the summary of the holds beside it.
+RECORD_MAINTENANCE_ON = f"""
+UPDATE deployment_config SET maintenance_mode_enabled = true,
+    maintenance_off_pending_since = NULL, maintenance_off_error = NULL,
+    {_HOLDS_SUMMARY}
+"""
+RECORD_HOLDS = f"UPDATE deployment_config SET {_HOLDS_SUMMARY}"
+# The proxy is off: recorded only while no hold has appeared meanwhile.
+RECORD_MAINTENANCE_OFF = """
 UPDATE deployment_config SET maintenance_mode_enabled = false, maintenance_owner = NULL,
-    maintenance_reason = NULL, maintenance_since = NULL
-WHERE maintenance_owner = $1
+    maintenance_reason = NULL, maintenance_since = NULL,
+    maintenance_off_pending_since = NULL, maintenance_off_error = NULL
+WHERE NOT EXISTS (SELECT 1 FROM agent_maintenance_hold)
 """
-OPERATOR_MAINTENANCE = """
-UPDATE deployment_config SET maintenance_mode_enabled = $1,
-    maintenance_owner = CASE WHEN $1 THEN $2 END,
-    maintenance_reason = CASE WHEN $1 THEN $3 END,
-    maintenance_since = CASE WHEN $1 THEN coalesce(
-        CASE WHEN maintenance_mode_enabled THEN maintenance_since END, now()) END
+# The last hold is gone but the proxy could not be switched off: still on, retried. $1 error.
+RECORD_OFF_PENDING = f"""
+UPDATE deployment_config SET maintenance_mode_enabled = true,
+    maintenance_off_pending_since = coalesce(maintenance_off_pending_since, now()),
+    maintenance_off_error = $1, {_HOLDS_SUMMARY}
+WHERE NOT EXISTS (SELECT 1 FROM agent_maintenance_hold)
 """
-LOCK_DEPLOYMENT_CONFIG = "SELECT id FROM deployment_config FOR UPDATE"
+# An operator's `off --force` (or a recovered task's hold) in the timeline of the tasks
+# whose holds it ended. $1 task ids, $2 message.
+MAINTENANCE_NOTE = """
+INSERT INTO agent_task_event (task_id, step, status, message, agent_id)
+SELECT t.id, 'maintenance-off', 'info', $2, NULL
+FROM agent_task t WHERE t.id = ANY($1::uuid[])
+"""
 TASK_STATUS = "SELECT status FROM agent_task WHERE id = $1"
 
 # -- the notification outbox -------------------------------------------------------------
@@ -578,10 +634,16 @@ FROM agent_task t LEFT JOIN release_artifact a ON a.id = t.release_artifact_id
 WHERE t.id = $1
 """
 
+# A cancelled task is stored as failed with an error starting "cancelled by " (see
+# models.SHOWN_STATUSES): the filters `failed` and `cancelled` tell them apart.
+_CANCELLED = "(t.status = 'failed' AND starts_with(coalesce(t.error_message, ''), 'cancelled by '))"
+_SHOWN_STATUS_IS = f"""(t.status = CASE WHEN $1 = 'cancelled' THEN 'failed' ELSE $1 END
+    AND (CASE WHEN $1 = 'cancelled' THEN {_CANCELLED}
+              WHEN $1 = 'failed' THEN NOT {_CANCELLED} ELSE true END))"""
 LIST_TASKS = f"""
 SELECT {TASK_COLUMNS}, a.release_version
 FROM agent_task t LEFT JOIN release_artifact a ON a.id = t.release_artifact_id
-WHERE ($1::text IS NULL OR t.status = $1) AND ($2::text IS NULL OR t.type = $2)
+WHERE ($1::text IS NULL OR {_SHOWN_STATUS_IS}) AND ($2::text IS NULL OR t.type = $2)
 ORDER BY t.created_at DESC, t.id DESC
 LIMIT $3
 """
@@ -637,11 +699,23 @@ TASK_IDS_BETWEEN = "SELECT id FROM agent_task WHERE id BETWEEN $1 AND $2 ORDER B
 #: the oldest pending rollback, if any (one is enough)
 PENDING_ROLLBACK = """SELECT id FROM agent_task WHERE type = 'rollback' AND status = 'pending'
 ORDER BY created_at LIMIT 1"""
-#: one cheap statement: pending tasks (the partial index on pending rows) and the live release
+#: one cheap statement: pending and due tasks (the partial index on pending rows), the live
+#: release and maintenance as recorded (the flag, the holds, a failing switch-off)
 METRICS_REFRESH = """
 SELECT (SELECT count(*) FROM agent_task WHERE status = 'pending') AS pending,
+       (SELECT count(*) FROM agent_task WHERE status = 'pending'
+          AND (execute_after IS NULL OR (isfinite(execute_after) AND execute_after <= now())))
+          AS due,
        (SELECT release_version FROM release_artifact WHERE is_current LIMIT 1) AS version,
-       (SELECT chart_type FROM release_artifact WHERE is_current LIMIT 1) AS chart_type
+       (SELECT chart_type FROM release_artifact WHERE is_current LIMIT 1) AS chart_type,
+       (SELECT coalesce(bool_or(maintenance_mode_enabled), false) FROM deployment_config)
+          AS maintenance,
+       (SELECT extract(epoch FROM max(maintenance_off_pending_since))::float8
+          FROM deployment_config) AS off_pending_since,
+       (SELECT coalesce(jsonb_object_agg(k.kind, jsonb_build_array(k.n, k.since)), '{}')
+          FROM (SELECT split_part(holder, ':', 1) AS kind, count(*) AS n,
+                       extract(epoch FROM min(since))::float8 AS since
+                  FROM agent_maintenance_hold GROUP BY 1) k) AS holds
 """
 #: the database answers at all (readiness, a listening connection's keepalive)
 PING = "SELECT 1"
@@ -678,7 +752,7 @@ SELECT now() AS now,
 # it) and cuts error messages.
 _DASHBOARD_TASK_COLUMNS = """t.id, t.type, t.status, t.release_artifact_id, t.execute_after,
     t.picked_up_at, t.completed_at, t.last_heartbeat, left(t.error_message, 300) AS error_message,
-    t.created_at, t.claimed_by, a.release_version"""
+    t.created_at, t.claimed_by, t.lease_seconds, a.release_version"""
 
 DASHBOARD_TASKS = f"""
 SELECT {_DASHBOARD_TASK_COLUMNS}
@@ -692,15 +766,22 @@ LIMIT $2
 # and PostgreSQL may switch to a generic plan after five runs; with `status = $1` that plan
 # walked agent_task_recent and filtered (60-100 ms for 'pending' at 100k tasks). With the
 # value known, every plan picks agent_task_pending / agent_task_status_recent.
+_STATUS_CONDITION = {
+    "pending": "t.status = 'pending'",
+    "inProgress": "t.status = 'inProgress'",
+    "completed": "t.status = 'completed'",
+    "failed": f"t.status = 'failed' AND NOT {_CANCELLED}",
+    "cancelled": f"t.status = 'failed' AND {_CANCELLED}",
+}
 DASHBOARD_TASKS_BY_STATUS = {
     status: f"""
 SELECT {_DASHBOARD_TASK_COLUMNS}
 FROM agent_task t LEFT JOIN release_artifact a ON a.id = t.release_artifact_id
-WHERE t.status = '{status}' AND ($1::text IS NULL OR t.type = $1)
+WHERE {condition} AND ($1::text IS NULL OR t.type = $1)
 ORDER BY t.created_at DESC, t.id DESC
 LIMIT $2
 """
-    for status in ("pending", "inProgress", "completed", "failed")
+    for status, condition in _STATUS_CONDITION.items()
 }
 
 # Running tasks with their latest event (the step they are in): only inProgress rows are
@@ -770,7 +851,9 @@ SELECT has_schema_privilege(current_schema(), 'USAGE') AS schema_usage,
         AS event_sequence_usage,
     has_function_privilege('pg_try_advisory_lock(bigint)', 'EXECUTE') AS advisory_lock,
     has_function_privilege('pg_advisory_unlock(bigint)', 'EXECUTE') AS advisory_unlock,
-    current_user AS role_name
+    current_user AS role_name, current_schema() AS schema_name,
+    CASE WHEN to_regclass('agent_task_event') IS NOT NULL
+         THEN pg_get_serial_sequence('agent_task_event', 'id') END AS event_sequence
 """
 
 # What the dashboard adds for an honest picture: tasks due now (a new task runs after
@@ -798,11 +881,15 @@ LEFT JOIN LATERAL (
 
 # DASHBOARD_AGENTS with the liveness an agent records itself: last_seen (polls and lease
 # heartbeats) and stopped_at (set on a clean stop).
+# lease_seconds: the agent's own lease (no sign of life for that long: stale, whatever the
+# dashboard's settings); task_taken_over: the task it was running is now another agent's.
 DASHBOARD_AGENT_STATES = """
 SELECT i.agent_id, i.hostname, i.pid, i.version, i.started_at, i.last_poll,
-       i.current_task_id, t.last_heartbeat, i.last_seen, i.stopped_at
+       i.current_task_id, t.last_heartbeat, i.last_seen, i.stopped_at, i.lease_seconds,
+       coalesce(c.claimed_by IS DISTINCT FROM i.agent_id, false) AS task_taken_over
 FROM agent_instance i
 LEFT JOIN agent_task t ON t.id = i.current_task_id AND t.status = 'inProgress'
+LEFT JOIN agent_task c ON c.id = i.current_task_id
 WHERE coalesce(i.last_seen, i.last_poll) > $1 OR t.id IS NOT NULL
 ORDER BY coalesce(i.last_seen, i.last_poll) DESC
 LIMIT 100

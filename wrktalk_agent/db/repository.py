@@ -4,7 +4,7 @@ SQL lives in :mod:`wrktalk_agent.db.queries` (and the schema in :mod:`~wrktalk_a
 no module outside :mod:`wrktalk_agent.db` issues a statement (a test enforces it). Two
 callers need more than one call: the artifact download reads slices from one snapshot
 (:meth:`Repository.artifact_chunks`), and maintenance's decisions call a handler while
-holding the ``deployment_config`` row lock (:meth:`Repository.locked_maintenance`)."""
+holding the maintenance lock (:meth:`Repository.locked_maintenance`)."""
 
 from __future__ import annotations
 
@@ -32,6 +32,7 @@ from wrktalk_agent.db import queries as q
 from wrktalk_agent.db.models import (
     AgentInstance,
     ArtifactInfo,
+    MaintenanceHold,
     MaintenanceState,
     PollResult,
     Task,
@@ -282,6 +283,19 @@ async def connect_listener(settings: AgentSettings, *, timeout: float = 10.0) ->
             connection_class=AgentConnection,
         )
     return conn
+
+
+def pooler_hint(exc: BaseException) -> str | None:
+    """The fix for an error that means "a transaction pooler sits in between and the agent
+    was not told" (asyncpg's named prepared statements collide across server sessions)."""
+    if isinstance(
+        exc, asyncpg.DuplicatePreparedStatementError | asyncpg.InvalidSQLStatementNameError
+    ):
+        return (
+            "prepared statements collide: a transaction pooler (PgBouncer) sits between the "
+            "agent and PostgreSQL; set WRKTALK_AGENT_DB_POOLER=pgbouncer"
+        )
+    return None
 
 
 def pooler_mode(settings: AgentSettings) -> str:
@@ -622,6 +636,7 @@ class Repository:
             return None
         return Task.model_validate(dict(row)) if row else None
 
+    @_bounded
     async def finish_task(
         self,
         task_id: UUID,
@@ -633,44 +648,12 @@ class Repository:
         flags: FlagChange | None = None,
         events: Sequence[PendingEventLike] | None = None,
         agent_id: str | None = None,
-        maintenance_owner: str | None = None,
         notifications: tuple[Sequence[str], dict[str, Any]] | None = None,
     ) -> Task | None:
-        return await self.within(
-            self.call_timeout,
-            lambda: self._finish_task(
-                task_id,
-                claim_token,
-                status=status,
-                result=result,
-                error=error,
-                flags=flags,
-                events=events,
-                agent_id=agent_id,
-                maintenance_owner=maintenance_owner,
-                notifications=notifications,
-            ),
-        )
-
-    async def _finish_task(
-        self,
-        task_id: UUID,
-        claim_token: UUID,
-        *,
-        status: Literal["completed", "failed"],
-        result: dict[str, Any],
-        error: str | None,
-        flags: FlagChange | None,
-        events: Sequence[PendingEventLike] | None,
-        agent_id: str | None,
-        maintenance_owner: str | None,
-        notifications: tuple[Sequence[str], dict[str, Any]] | None,
-    ) -> Task | None:
         """Write the outcome in one transaction, only if this claim still owns the task:
-        status, result, release flags, timeline entries not written yet, maintenance
-        cleared where ``maintenance_owner`` still holds it, and the notifications promised
-        (notifier names, event JSON) into the outbox. ``None``: the task was taken away
-        and nothing was written."""
+        status, result, release flags, timeline entries not written yet, and the
+        notifications promised (notifier names, event JSON) into the outbox. ``None``: the
+        task was taken away and nothing was written."""
         # the door every outcome goes through: nothing in it can be refused for its text
         result = storable_value(result)
         error = storable(error) if error is not None else None
@@ -687,8 +670,6 @@ class Repository:
                 await conn.execute(
                     q.INSERT_EVENTS_UNFENCED, task_id, *_event_columns(events), agent_id
                 )
-            if maintenance_owner is not None:
-                await conn.execute(q.MAINTENANCE_OFF_FOR, maintenance_owner)
             if notifications is not None and notifications[0]:
                 names, event = notifications
                 await conn.execute(q.INSERT_NOTIFICATIONS, task_id, list(names), event)
@@ -960,12 +941,18 @@ class Repository:
 
     # -- deployment_config / admins ----------------------------------------------------
     @asynccontextmanager
-    async def locked_maintenance(self) -> AsyncIterator[MaintenanceRecord]:
-        """The maintenance record under the ``deployment_config`` row lock, in one
-        transaction: polls take the lock too, so no claim switches maintenance on while
-        the caller decides (and calls its handler) and writes."""
+    async def locked_maintenance(
+        self, *, wait: bool = True
+    ) -> AsyncIterator[MaintenanceRecord | None]:
+        """The maintenance record in one transaction holding the maintenance lock (an
+        advisory lock polls never take: a slow proxy called meanwhile delays no claim).
+        ``None`` when ``wait`` is off and another agent holds the lock."""
         async with self.pool.acquire() as conn, conn.transaction():
-            await conn.execute(q.LOCK_DEPLOYMENT_CONFIG)
+            if wait:
+                await conn.execute(q.MAINTENANCE_LOCK, q.MAINTENANCE_LOCK_KEY)
+            elif not await conn.fetchval(q.MAINTENANCE_TRY_LOCK, q.MAINTENANCE_LOCK_KEY):
+                yield None
+                return
             yield MaintenanceRecord(conn)
 
     @_bounded
@@ -978,10 +965,12 @@ class Repository:
         return (await self.maintenance_state()).enabled
 
     @_bounded
-    async def task_maintenance_on(self, owner: str, reason: str) -> str | None:
-        """Record that task ``owner`` switches maintenance on; returns the owner now
-        recorded (an operator's window stays the operator's)."""
-        return await self.pool.fetchval(q.TASK_MAINTENANCE_ON, owner, reason)
+    async def hold_maintenance(self, holder: str, reason: str | None = None) -> None:
+        """Record a hold and the flag, without switching anything (tests, the demo)."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute(q.MAINTENANCE_LOCK, q.MAINTENANCE_LOCK_KEY)
+            await conn.fetchrow(q.OPERATOR_HOLD, holder, reason)
+            await conn.execute(q.RECORD_MAINTENANCE_ON)
 
     @_bounded
     async def smtp_config(self) -> SmtpConfig:
@@ -1116,8 +1105,9 @@ async def promote_release(conn: asyncpg.Connection, release_id: UUID) -> None:
 
 
 class MaintenanceRecord:
-    """The maintenance columns of ``deployment_config`` while
-    :meth:`Repository.locked_maintenance` holds its row lock."""
+    """Maintenance as recorded (the flag, the holds, a failing switch-off) while
+    :meth:`Repository.locked_maintenance` holds the maintenance lock: one method per
+    statement, the decisions and the proxy calls stay with :mod:`wrktalk_agent.maintenance`."""
 
     def __init__(self, conn: asyncpg.Connection) -> None:
         self._conn = conn
@@ -1126,18 +1116,52 @@ class MaintenanceRecord:
         row = await self._conn.fetchrow(q.MAINTENANCE_STATE)
         return MaintenanceState.model_validate(dict(row)) if row else MaintenanceState()
 
-    async def task_status(self, task_id: UUID) -> str | None:
-        """The status of the task owning maintenance (``None``: it was deleted)."""
-        status = await self._conn.fetchval(q.TASK_STATUS, task_id)
-        return None if status is None else str(status)
+    async def hold_for_task(self, task_id: UUID, claim_token: UUID, reason: str) -> bool:
+        """The task's hold, only while its claim owns the task (False: it does not)."""
+        return await self._conn.fetchval(q.TASK_HOLD, task_id, claim_token, reason) is not None
 
-    async def clear(self, owner: str) -> None:
-        """Clear the record, only where ``owner`` still holds it."""
-        await self._conn.execute(q.MAINTENANCE_OFF_FOR, owner)
+    async def hold_for_operator(self, holder: str, reason: str) -> bool:
+        """An operator's window (a second one updates the reason); True when new."""
+        row = await self._conn.fetchrow(q.OPERATOR_HOLD, holder, reason)
+        assert row is not None
+        return bool(row["created"])
 
-    async def record_operator(self, enabled: bool, owner: str, reason: str | None) -> None:
-        """An operator's switch: on (owner, reason, since) or off (all cleared)."""
-        await self._conn.execute(q.OPERATOR_MAINTENANCE, enabled, owner, reason)
+    async def release_task_hold(self, task_id: UUID, claim_token: UUID) -> list[MaintenanceHold]:
+        """The task's hold goes, fenced by its claim; returns what went."""
+        return _holds(await self._conn.fetch(q.RELEASE_TASK_HOLD, task_id, claim_token))
+
+    async def release_hold(self, holder: str) -> list[MaintenanceHold]:
+        return _holds(await self._conn.fetch(q.RELEASE_HOLD, holder))
+
+    async def release_all_holds(self) -> list[MaintenanceHold]:
+        return _holds(await self._conn.fetch(q.RELEASE_ALL_HOLDS))
+
+    async def release_ended_task_holds(self) -> list[MaintenanceHold]:
+        """Holds of tasks that have ended or vanished (this statement proves it)."""
+        return _holds(await self._conn.fetch(q.RELEASE_ENDED_TASK_HOLDS))
+
+    async def record_on(self) -> None:
+        """The flag on, and the summary of the holds beside it."""
+        await self._conn.execute(q.RECORD_MAINTENANCE_ON)
+
+    async def record_holds(self) -> None:
+        await self._conn.execute(q.RECORD_HOLDS)
+
+    async def record_off(self) -> None:
+        """The proxy is off: recorded only while no hold has appeared meanwhile."""
+        await self._conn.execute(q.RECORD_MAINTENANCE_OFF)
+
+    async def record_off_pending(self, error: str) -> None:
+        """The last hold went but the switch-off failed: still on, to be retried."""
+        await self._conn.execute(q.RECORD_OFF_PENDING, error)
+
+    async def note_in_timelines(self, task_ids: Sequence[UUID], message: str) -> None:
+        """A line in the timelines of the tasks whose holds an operator ended."""
+        await self._conn.execute(q.MAINTENANCE_NOTE, list(task_ids), message)
+
+
+def _holds(rows: Sequence[asyncpg.Record]) -> list[MaintenanceHold]:
+    return [MaintenanceHold.model_validate(dict(r)) for r in rows]
 
 
 async def keepalive(conn: asyncpg.Connection, timeout: float) -> None:

@@ -12,7 +12,9 @@ EXPECTED_COLUMNS: dict[str, tuple[str, ...]] = {
         "id", "deployment_type", "smtp_host", "smtp_port", "smtp_user", "smtp_password",
         "smtp_from", "maintenance_mode_enabled", "last_agent_poll", "created_at",
         "maintenance_owner", "maintenance_reason", "maintenance_since",
+        "maintenance_off_pending_since", "maintenance_off_error",
     ),
+    "agent_maintenance_hold": ("holder", "reason", "since"),
     "admin": ("id", "name", "email", "is_active", "role", "created_at"),
     "release_artifact": (
         "id", "release_version", "chart_type", "artifact_data", "env_data", "values_data",
@@ -26,7 +28,7 @@ EXPECTED_COLUMNS: dict[str, tuple[str, ...]] = {
     "agent_task_event": ("id", "task_id", "created_at", "step", "status", "message", "agent_id"),
     "agent_instance": (
         "agent_id", "hostname", "pid", "version", "started_at", "last_poll", "current_task_id",
-        "instance_id", "last_seen", "stopped_at",
+        "instance_id", "last_seen", "stopped_at", "lease_seconds",
     ),
     "agent_failover": ("id", "timeline", "changed_at", "quiet_until"),
     "agent_notification": (
@@ -112,8 +114,12 @@ async def check_schema(conn: asyncpg.Connection) -> list[str]:
     """Plain-words list of what the database lacks; empty when complete."""
     problems: list[str] = []
     rows = await conn.fetch(
-        """SELECT table_name, column_name FROM information_schema.columns
-           WHERE table_schema = current_schema() AND table_name = ANY($1::text[])""",
+        # pg_attribute, not information_schema.columns: the latter hides the columns of a
+        # table the role has no privilege on, and a missing GRANT is not a missing table
+        """SELECT c.relname AS table_name, a.attname AS column_name
+           FROM pg_class c JOIN pg_attribute a ON a.attrelid = c.oid
+           WHERE c.relnamespace = current_schema()::regnamespace
+             AND c.relname = ANY($1::text[]) AND a.attnum > 0 AND NOT a.attisdropped""",
         list(EXPECTED_COLUMNS),
     )
     present: dict[str, set[str]] = {}
@@ -133,8 +139,10 @@ async def check_schema(conn: asyncpg.Connection) -> list[str]:
     for name, purpose in EXPECTED_INDEXES.items():
         if name not in indexes:
             problems.append(f"index {name} ({purpose}) is missing")
-    if "deployment_config" in present and not await conn.fetchval(
-        "SELECT EXISTS (SELECT 1 FROM deployment_config)"
+    if (
+        "deployment_config" in present
+        and await conn.fetchval("SELECT has_table_privilege('deployment_config', 'SELECT')")
+        and not await conn.fetchval("SELECT EXISTS (SELECT 1 FROM deployment_config)")
     ):
         problems.append(
             "table deployment_config has no row (maintenance state and agent polls "

@@ -69,6 +69,28 @@ ALTER TABLE deployment_config ADD COLUMN IF NOT EXISTS maintenance_owner text;
 ALTER TABLE deployment_config ADD COLUMN IF NOT EXISTS maintenance_reason text;
 ALTER TABLE deployment_config ADD COLUMN IF NOT EXISTS maintenance_since timestamptz;
 
+-- Maintenance holds: a running task's claim and each operator's window are separate holds;
+-- maintenance stays on while any hold exists and goes off when the last one is released.
+-- deployment_config keeps the flag the backend reads (and a summary of the holds), and
+-- when a switch-off failed: the agent retries it until it succeeds.
+CREATE TABLE IF NOT EXISTS agent_maintenance_hold (
+    holder text PRIMARY KEY,
+    reason text,
+    since timestamptz NOT NULL DEFAULT now()
+);
+ALTER TABLE deployment_config ADD COLUMN IF NOT EXISTS maintenance_off_pending_since timestamptz;
+ALTER TABLE deployment_config ADD COLUMN IF NOT EXISTS maintenance_off_error text;
+-- A window recorded before holds existed (one owner in deployment_config) becomes a hold.
+INSERT INTO agent_maintenance_hold (holder, reason, since)
+SELECT d.maintenance_owner, d.maintenance_reason, coalesce(d.maintenance_since, now())
+FROM deployment_config d
+WHERE d.maintenance_mode_enabled AND d.maintenance_owner IS NOT NULL
+  AND d.maintenance_owner NOT LIKE '%,%'
+  AND NOT EXISTS (SELECT 1 FROM agent_maintenance_hold)
+ORDER BY d.created_at
+LIMIT 1
+ON CONFLICT (holder) DO NOTHING;
+
 -- Every step of a task, in order: the timeline operators read.
 CREATE TABLE IF NOT EXISTS agent_task_event (
     id bigserial PRIMARY KEY,
@@ -96,6 +118,9 @@ CREATE TABLE IF NOT EXISTS agent_instance (
 ALTER TABLE agent_instance ADD COLUMN IF NOT EXISTS instance_id uuid;
 ALTER TABLE agent_instance ADD COLUMN IF NOT EXISTS last_seen timestamptz;
 ALTER TABLE agent_instance ADD COLUMN IF NOT EXISTS stopped_at timestamptz;
+-- The agent's lease (STALE_AFTER + STALE_MARGIN), written by each poll: no sign of life for
+-- that long and the agent is stale, as the dashboard tells it.
+ALTER TABLE agent_instance ADD COLUMN IF NOT EXISTS lease_seconds double precision;
 
 -- The outbox: notifications promised in the same transaction as a task's outcome, one row
 -- per notifier; any agent delivers what is due.

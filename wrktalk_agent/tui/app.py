@@ -22,7 +22,7 @@ from textual.timer import Timer
 from textual.widgets import DataTable, Footer, Input, Static, TabbedContent, TabPane
 
 from wrktalk_agent.config import AgentSettings
-from wrktalk_agent.db.models import Task, TaskStatus
+from wrktalk_agent.db.models import SHOWN_STATUSES, Task
 from wrktalk_agent.safe_text import visible
 from wrktalk_agent.tui import format as fmt
 from wrktalk_agent.tui.data import (
@@ -61,7 +61,7 @@ from wrktalk_agent.tui.widgets import (
     empty_text,
 )
 
-STATUS_CYCLE: tuple[TaskStatus | None, ...] = (None, *get_args(TaskStatus))
+STATUS_CYCLE: tuple[str | None, ...] = (None, *SHOWN_STATUSES)
 TYPE_CYCLE: tuple[TaskTypeFilter | None, ...] = (None, *get_args(TaskTypeFilter))
 #: Longest wait between attempts while the database is unreachable.
 MAX_RETRY_DELAY = 15.0

@@ -26,7 +26,6 @@ from wrktalk_agent.db.models import (
     ArtifactInfo,
     Task,
     TaskEvent,
-    TaskStatus,
     tolerant_rows,
 )
 from wrktalk_agent.db.repository import (
@@ -76,7 +75,8 @@ class ActionRefused(Exception):
 
 @dataclass(frozen=True)
 class Filters:
-    status: TaskStatus | None = None
+    #: one of models.SHOWN_STATUSES (``cancelled`` included)
+    status: str | None = None
     task_type: TaskTypeFilter | None = None
 
 
@@ -121,6 +121,10 @@ class AgentState(AgentInstance):
 
     last_seen: datetime | None = None
     stopped_at: datetime | None = None
+    #: the agent's own lease as it recorded it (None: an agent too old to record one)
+    lease_seconds: float | None = None
+    #: the task it was running has been taken over by another agent: it is gone
+    task_taken_over: bool = False
 
 
 @dataclass(frozen=True)
@@ -171,9 +175,16 @@ class Snapshot:
         stopped_at = getattr(agent, "stopped_at", None)
         if stopped_at is not None and agent.current_task_id is None:
             return "stopped"
-        if fmt_is_stale(self.agent_last_seen(agent), self.now, self.stale_after):
+        if getattr(agent, "task_taken_over", False):
+            return "stale"
+        if fmt_is_stale(self.agent_last_seen(agent), self.now, self.agent_stale_after(agent)):
             return "stale"
         return "alive"
+
+    def agent_stale_after(self, agent: AgentInstance) -> float:
+        """The agent's own lease, as it recorded it; the dashboard's setting otherwise."""
+        recorded = getattr(agent, "lease_seconds", None)
+        return float(recorded) if recorded else self.stale_after
 
 
 @dataclass(frozen=True)

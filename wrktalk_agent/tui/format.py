@@ -16,6 +16,7 @@ STATUS_STYLES: dict[str, str] = {
     "inProgress": "bold cyan",
     "completed": "green",
     "failed": "bold red",
+    "cancelled": "magenta",
 }
 
 EVENT_STYLES: dict[str, str] = {

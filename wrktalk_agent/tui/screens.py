@@ -156,7 +156,7 @@ def header_text(task: Task, now: datetime) -> Text:
     text = Text.assemble(
         (visible(f"{task.type} {task.release_version or ''}".rstrip()), "bold"),
         "  ",
-        fmt.status_text(task.status),
+        fmt.status_text(task.shown_status),
         ("  task ", "dim"),
         str(task.id),
         "\n",

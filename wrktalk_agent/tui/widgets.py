@@ -58,7 +58,7 @@ class KeyedTable(DataTable[Text]):
 SORTS: tuple[tuple[str, Callable[[Task], Any], bool], ...] = (
     ("newest", lambda t: (t.created_at, str(t.id)), True),
     ("oldest", lambda t: (t.created_at, str(t.id)), False),
-    ("status", lambda t: (t.status, t.created_at), False),
+    ("status", lambda t: (t.shown_status, t.created_at), False),
     ("version", lambda t: (t.release_version or "", t.created_at), True),
     ("type", lambda t: (t.type, t.created_at), False),
 )
@@ -74,7 +74,7 @@ def task_matches(task: Task, search: str) -> bool:
         str(task.id),
         task.release_version or "",
         task.type,
-        task.status,
+        task.shown_status,
         task.claimed_by or "",
         task.error_message or "",
     )
@@ -127,7 +127,7 @@ def task_cells(task: Task, snapshot: Snapshot) -> Cells:
         info = Text(fmt.first_line(fmt.mask_secrets(task.error_message), 200), style="red")
     return (
         Text(fmt.short_id(task.id), style="dim"),
-        fmt.status_text(task.status),
+        fmt.status_text(task.shown_status),
         fmt.plain(task.type),
         fmt.plain(task.release_version or "—"),
         when,
@@ -145,7 +145,10 @@ def running_info(task: Task, step: TaskEvent | None, snapshot: Snapshot) -> Text
     else:
         text.append(visible(step.step), style="bold")
         text.append(f" {fmt.span((snapshot.now - step.created_at).total_seconds())}")
-    stale = fmt.is_stale(task.last_heartbeat, snapshot.now, snapshot.stale_after)
+    # the lease the task's owner recorded, not this dashboard's settings
+    stale = fmt.is_stale(
+        task.last_heartbeat, snapshot.now, task.lease_seconds or snapshot.stale_after
+    )
     text.append(
         " · ♥ " + fmt.age(task.last_heartbeat, snapshot.now), style="bold red" if stale else ""
     )

@@ -32,7 +32,7 @@ def summarize_changes(old_root: Path | None, new_root: Path) -> list[str]:
         ports_before, ports_after = _ports(old[name]), _ports(new[name])
         if ports_before != ports_after:
             lines.append(f"published ports changed: {name} {ports_before} → {ports_after}")
-    return lines or ["no service, image or published port changes"]
+    return lines  # none: the agent's timeline says "no change"
 
 
 def _services(root: Path) -> dict[str, dict[str, Any]]:
