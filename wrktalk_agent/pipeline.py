@@ -1131,7 +1131,7 @@ def _http_status(url: str, timeout: float) -> tuple[int | None, str]:
 
 async def ask_live(services: Services) -> LiveState:
     """What the deployer says the target runs (its optional ``live_release()``)."""
-    query = getattr(services.deployer, "live_release", None)
+    query = DEPLOYER.optional_method(services.deployer, "live_release")
     if query is None:
         return LiveState(
             None, "unknown", f"deployer {services.deployer.name!r} cannot tell what is live"
