@@ -170,31 +170,12 @@ def heartbeat_renewed() -> None:
     LAST_HEARTBEAT.set(time.time())
 
 
-#: one cheap statement: pending and due tasks (the partial index on pending rows), the live
-#: release and maintenance as recorded (the flag, the holds, a failing switch-off)
-_REFRESH = """
-SELECT (SELECT count(*) FROM agent_task WHERE status = 'pending') AS pending,
-       (SELECT count(*) FROM agent_task WHERE status = 'pending'
-          AND (execute_after IS NULL OR (isfinite(execute_after) AND execute_after <= now())))
-          AS due,
-       (SELECT release_version FROM release_artifact WHERE is_current LIMIT 1) AS version,
-       (SELECT chart_type FROM release_artifact WHERE is_current LIMIT 1) AS chart_type,
-       (SELECT coalesce(bool_or(maintenance_mode_enabled), false) FROM deployment_config)
-          AS maintenance,
-       (SELECT extract(epoch FROM max(maintenance_off_pending_since))::float8
-          FROM deployment_config) AS off_pending_since,
-       (SELECT coalesce(jsonb_object_agg(k.kind, jsonb_build_array(k.n, k.since)), '{}')
-          FROM (SELECT split_part(holder, ':', 1) AS kind, count(*) AS n,
-                       extract(epoch FROM min(since))::float8 AS since
-                  FROM agent_maintenance_hold GROUP BY 1) k) AS holds
-"""
-
-
-async def refresh_from_database(pool: Any) -> None:
-    """Pending tasks, the live release and maintenance as the database records them; the
-    caller decides how often (and catches)."""
-    row = await pool.fetchrow(_REFRESH)
-    if row is None:
+async def refresh_from_database(repo: Any) -> None:
+    """Pending tasks, the live release and maintenance as the database records them
+    (``repo.metrics_snapshot()``, one cheap statement); the caller decides how often (and
+    catches)."""
+    row = await repo.metrics_snapshot()
+    if not row:
         return
     PENDING.set(row["pending"])
     DUE.set(row["due"])
