@@ -123,6 +123,15 @@ ABANDONED = Counter(
     registry=REGISTRY,
 )
 AGENT_INFO = Info("wrktalk_agent", "Agent identity and version.", registry=REGISTRY)
+TASKS_ENDED = Gauge(
+    "wrktalk_agent_tasks_ended_last_day",
+    "Tasks created in the last 24 hours that have ended, by status as every surface shows it "
+    "(completed, failed, cancelled), as the database records them.",
+    ["status"],
+    registry=REGISTRY,
+)
+#: the statuses of an ended task, as the CLI, the dashboard and the metrics name them
+ENDED_STATUSES = ("completed", "failed", "cancelled")
 LIVE_RELEASE = Info(
     "wrktalk_agent_live_release",
     "The release marked current in the database (version, chart type).",
@@ -184,6 +193,11 @@ async def refresh_from_database(repo: Any) -> None:
     )
     MAINTENANCE.set(1 if row["maintenance"] else 0)
     MAINTENANCE_OFF_PENDING_SINCE.set(row["off_pending_since"] or 0)
+    ended = row.get("ended") or {}
+    if isinstance(ended, str):
+        ended = json.loads(ended)
+    for status in ENDED_STATUSES:
+        TASKS_ENDED.labels(status=status).set(ended.get(status, 0))
     holds = row["holds"]
     if isinstance(holds, str):
         holds = json.loads(holds)

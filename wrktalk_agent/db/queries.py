@@ -701,7 +701,7 @@ PENDING_ROLLBACK = """SELECT id FROM agent_task WHERE type = 'rollback' AND stat
 ORDER BY created_at LIMIT 1"""
 #: one cheap statement: pending and due tasks (the partial index on pending rows), the live
 #: release and maintenance as recorded (the flag, the holds, a failing switch-off)
-METRICS_REFRESH = """
+METRICS_REFRESH = f"""
 SELECT (SELECT count(*) FROM agent_task WHERE status = 'pending') AS pending,
        (SELECT count(*) FROM agent_task WHERE status = 'pending'
           AND (execute_after IS NULL OR (isfinite(execute_after) AND execute_after <= now())))
@@ -712,10 +712,17 @@ SELECT (SELECT count(*) FROM agent_task WHERE status = 'pending') AS pending,
           AS maintenance,
        (SELECT extract(epoch FROM max(maintenance_off_pending_since))::float8
           FROM deployment_config) AS off_pending_since,
-       (SELECT coalesce(jsonb_object_agg(k.kind, jsonb_build_array(k.n, k.since)), '{}')
+       (SELECT coalesce(jsonb_object_agg(k.kind, jsonb_build_array(k.n, k.since)), '{{}}')
           FROM (SELECT split_part(holder, ':', 1) AS kind, count(*) AS n,
                        extract(epoch FROM min(since))::float8 AS since
-                  FROM agent_maintenance_hold GROUP BY 1) k) AS holds
+                  FROM agent_maintenance_hold GROUP BY 1) k) AS holds,
+       (SELECT jsonb_build_object(
+            'completed', count(*) FILTER (WHERE t.status = 'completed'),
+            'failed', count(*) FILTER (WHERE t.status = 'failed' AND NOT {_CANCELLED}),
+            'cancelled', count(*) FILTER (WHERE {_CANCELLED}))
+          FROM agent_task t
+         WHERE t.status IN ('completed', 'failed') AND t.created_at > now() - interval '1 day')
+          AS ended
 """
 #: the database answers at all (readiness, a listening connection's keepalive)
 PING = "SELECT 1"
