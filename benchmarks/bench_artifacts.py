@@ -31,17 +31,32 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _support import drop_database, fresh_database, server_url, table
 
 CHILD = r"""
-import asyncio, json, sys, tempfile, time
+import asyncio, contextlib, json, sys, tempfile, time
 from pathlib import Path
 from uuid import UUID
 import asyncpg
 from wrktalk_agent.artifacts import fetch_artifact
+from wrktalk_agent.db.repository import Repository
 from wrktalk_agent.db.models import ArtifactInfo
 
 def vm(field):
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith(field + ":"):
             return int(line.split()[1])
+
+class _OneConnection:
+    # the repository's artifact reader over this one connection (no pool, no settings)
+
+    def __init__(self, conn):
+        self.pool = self
+        self._conn = conn
+
+    def acquire(self):
+        return contextlib.nullcontext(self._conn)
+
+    def artifact_chunks(self, *args):
+        return Repository.artifact_chunks(self, *args)
+
 
 async def main(dsn, artifact_id, chunk):
     conn = await asyncpg.connect(dsn)
@@ -53,7 +68,9 @@ async def main(dsn, artifact_id, chunk):
     before = vm("VmHWM")
     with tempfile.TemporaryDirectory() as out:
         started = time.perf_counter()
-        fetched = await fetch_artifact(conn, info, Path(out), max_bytes=2**31, chunk_bytes=chunk)
+        fetched = await fetch_artifact(
+            _OneConnection(conn), info, Path(out), max_bytes=2**31, chunk_bytes=chunk
+        )
         seconds = time.perf_counter() - started
     peak = vm("VmHWM")
     await conn.close()

@@ -413,7 +413,7 @@ async def memory_run(settings: AgentSettings, repo: Repository, duration: float)
         while (elapsed := time.perf_counter() - began) < duration:
             if elapsed >= next_insert:  # exercise NOTIFY too; cancelled, the queue stays short
                 task = await repo.create_task("deploy", release)
-                await repo.cancel_task(task.id, "cancelled by benchmark")
+                await repo.cancel_task(task.id, by="benchmark", via="bench_tui")
                 next_insert += 1.0
             if elapsed >= next_sample:
                 samples.append([f"{elapsed:.0f}", refreshes, f"{rss_mb():.1f}"])

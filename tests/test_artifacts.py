@@ -172,8 +172,7 @@ def test_property_nothing_is_written_outside(entries, tmp_path_factory) -> None:
 async def test_fetch_streams_and_hashes(repo, tmp_path: Path) -> None:
     data = os.urandom(3 * 1024 * 1024 + 17)
     info = await add_release(repo, "1.0.0", data=data)
-    async with repo.connection() as conn:
-        fetched = await fetch_artifact(conn, info, tmp_path, max_bytes=10**8, chunk_bytes=1 << 20)
+    fetched = await fetch_artifact(repo, info, tmp_path, max_bytes=10**8, chunk_bytes=1 << 20)
     assert fetched.size == len(data)
     assert fetched.sha256 == hashlib.sha256(data).hexdigest()
     assert fetched.path.read_bytes() == data
@@ -183,17 +182,16 @@ async def test_fetch_streams_and_hashes(repo, tmp_path: Path) -> None:
 async def test_fetch_refuses_oversized_and_mismatched(repo, tmp_path: Path) -> None:
     data = os.urandom(1000)
     big = await add_release(repo, "1.0.0", data=data)
-    async with repo.connection() as conn:
-        with pytest.raises(ArtifactError, match="over the limit of 999"):
-            await fetch_artifact(conn, big, tmp_path, max_bytes=999)
-        wrong = await add_release(repo, "1.0.1", data=data, sha256="0" * 64)
-        with pytest.raises(ArtifactError, match=r"sha256 mismatch: expected 0{64}, got "):
-            await fetch_artifact(conn, wrong, _fresh(tmp_path), max_bytes=10**6)
-        upper = await add_release(
-            repo, "1.0.2", data=data, sha256=hashlib.sha256(data).hexdigest().upper()
-        )
-        fetched = await fetch_artifact(conn, upper, _fresh(tmp_path), max_bytes=10**6)
-        assert fetched.size == 1000
+    with pytest.raises(ArtifactError, match="over the limit of 999"):
+        await fetch_artifact(repo, big, tmp_path, max_bytes=999)
+    wrong = await add_release(repo, "1.0.1", data=data, sha256="0" * 64)
+    with pytest.raises(ArtifactError, match=r"sha256 mismatch: expected 0{64}, got "):
+        await fetch_artifact(repo, wrong, _fresh(tmp_path), max_bytes=10**6)
+    upper = await add_release(
+        repo, "1.0.2", data=data, sha256=hashlib.sha256(data).hexdigest().upper()
+    )
+    fetched = await fetch_artifact(repo, upper, _fresh(tmp_path), max_bytes=10**6)
+    assert fetched.size == 1000
 
 
 def _fresh(base: Path) -> Path:

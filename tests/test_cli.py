@@ -106,7 +106,7 @@ def test_release_task_lifecycle(cli, tarball: Path, tmp_path: Path) -> None:
         (["--version", "1.0.0;rm", "--chart-type", "compose"], "invalid release version"),
         (["--version", "-x", "--chart-type", "compose"], "invalid release version"),
         (["--version", "a" * 65, "--chart-type", "compose"], "invalid release version"),
-        (["--version", "1.0.0", "--chart-type", "nomad"], "'nomad' is not one of"),
+        (["--version", "1.0.0", "--chart-type", "no;mad"], "not a release type name"),
     ],
 )
 def test_release_add_bad_arguments(cli, tarball: Path, args, message) -> None:

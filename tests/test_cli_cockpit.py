@@ -179,15 +179,16 @@ def test_wait_follows_a_task_to_its_end(cli, database_url, tmp_path: Path) -> No
         WRKTALK_AGENT_LOG_FORMAT="json",
         **env,
     )
+    agent_log = tmp_path / "agent.log"
     agent = subprocess.Popen(
         [sys.executable, "-m", "wrktalk_agent.cli", "run"],
         env=agent_env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stdout=agent_log.open("wb"),
+        stderr=subprocess.STDOUT,
     )
     try:
         ok = cli("task", "deploy", "2.0.0", "--wait", "--timeout", "120")
-        assert ok.exit_code == 0, ok.output
+        assert ok.exit_code == 0, f"{ok.output}\nagent: {agent_log.read_text()[-3000:]}"
         assert "deploy" in ok.output and ok.output.rstrip().endswith("completed")
         failed = cli("task", "deploy", "3.0.0", "--wait", "--timeout", "120")
         assert failed.exit_code == 1, failed.output

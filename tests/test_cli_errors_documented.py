@@ -23,9 +23,13 @@ def _fixed_text(node: ast.expr) -> str:
 
 
 def cli_messages() -> list[str]:
-    tree = ast.parse((ROOT / "wrktalk_agent" / "cli.py").read_text())
     found = []
-    for node in ast.walk(tree):
+    nodes = [
+        node
+        for path in sorted((ROOT / "wrktalk_agent" / "cli").glob("*.py"))
+        for node in ast.walk(ast.parse(path.read_text()))
+    ]
+    for node in nodes:
         if not isinstance(node, ast.Call) or not node.args:
             continue
         name = (

@@ -121,22 +121,37 @@ def test_every_hook_is_documented() -> None:
 
 
 def test_every_backend_method_is_documented() -> None:
-    from wrktalk_agent import interfaces
-    from wrktalk_agent.plugins import _OPTIONAL_METHODS
+    from wrktalk_agent.contract import CONTRACTS, DEPLOYER
 
-    methods = set()
-    for protocol in (interfaces.Deployer, interfaces.MaintenanceHandler, interfaces.Notifier):
-        methods |= {
-            name for name, member in vars(protocol).items() if inspect.iscoroutinefunction(member)
-        }
-    for optional in _OPTIONAL_METHODS.values():
-        methods |= set(optional)
+    methods = {m for c in CONTRACTS.values() for m in c.names}
     assert {"deploy", "rollback", "enable", "notify", "validate", "live_release"} <= methods
+    assert {"describe_changes", "deliver"} <= methods
     for method in sorted(methods):
         assert re.search(rf"`async {method}\(", PLUGINS), f"docs/plugins.md: no `async {method}(`"
     # and the optional methods the docs name are the ones the core knows
     documented = set(re.findall(r"^- `async (\w+)\(", PLUGINS.split("#### Optional", 1)[1], re.M))
-    assert documented == set(_OPTIONAL_METHODS["deployer"])
+    assert documented == set(DEPLOYER.optional)
+
+
+def test_the_contract_tables_match_the_declared_contract() -> None:
+    """Each kind's table in docs/plugins.md is the declaration, cell for cell
+    (regenerate with ``Contract.markdown_table()``)."""
+    from wrktalk_agent.contract import CONTRACTS
+
+    tables = dict(
+        re.findall(
+            r"<!-- contract: ([a-z ]+) \(.*?-->\n(.*?)\n<!-- end contract -->", PLUGINS, re.S
+        )
+    )
+    assert set(tables) == set(CONTRACTS), "docs/plugins.md: one contract table per kind"
+    for kind, contract in CONTRACTS.items():
+        assert tables[kind] == contract.markdown_table(), (
+            f"docs/plugins.md: the {kind} table differs from wrktalk_agent/contract.py"
+        )
+        rows = [line for line in tables[kind].splitlines()[2:]]
+        assert len(rows) == len(contract.methods)
+        for row, method in zip(rows, contract.methods, strict=True):
+            assert row.startswith(f"| `async {method.name}(")
 
 
 def test_the_failure_contract_names_every_kind_of_failure() -> None:

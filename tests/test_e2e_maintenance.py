@@ -453,7 +453,7 @@ async def test_a_switch_off_failing_past_the_task_is_retried_by_the_agent(
             assert (await repo.current_release()).release_version == "1.0.0"  # it is live
             state = await repo.maintenance_state()
             assert state.enabled and state.holds == [] and state.off_pending_since is not None
-            await metrics.refresh_from_database(repo.pool)
+            await metrics.refresh_from_database(repo)
             pending = metrics.REGISTRY.get_sample_value(
                 "wrktalk_agent_maintenance_off_pending_since_timestamp_seconds"
             )

@@ -181,3 +181,29 @@ async def test_unknown_path_is_404(serve, client) -> None:
     server = await serve()
     async with client.get(server.url + "/admin") as response:
         assert response.status == 404
+
+
+async def test_ended_tasks_by_status_come_from_the_database_cancelled_included(repo) -> None:
+    """The same three words as the CLI and the dashboard: a cancelled task is not counted
+    as failed, and every agent reports what the database holds."""
+    from wrktalk_agent.testing import add_release
+
+    release = await add_release(repo, "1.0.0")
+    done, broken, dropped, _waiting = [
+        await repo.create_task("deploy", release.id) for _ in range(4)
+    ]
+    await repo.pool.execute("UPDATE agent_task SET status = 'completed' WHERE id = $1", done.id)
+    await repo.pool.execute(
+        "UPDATE agent_task SET status = 'failed', error_message = 'boom' WHERE id = $1",
+        broken.id,
+    )
+    assert await repo.cancel_task(dropped.id, by="alice", via="cli") is not None
+    await metrics.refresh_from_database(repo)
+
+    def ended(status: str) -> float | None:
+        return metrics.REGISTRY.get_sample_value(
+            "wrktalk_agent_tasks_ended_last_day", {"status": status}
+        )
+
+    assert (ended("completed"), ended("failed"), ended("cancelled")) == (1, 1, 1)
+    assert metrics.REGISTRY.get_sample_value("wrktalk_agent_pending_tasks") == 1

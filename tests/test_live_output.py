@@ -209,7 +209,7 @@ async def test_task_show_follow_prints_output_as_it_comes_and_exits_with_the_out
 async def test_task_show_follow_on_a_failed_task_exits_1(repo, database_url: str) -> None:
     release = await add_release(repo, "4.0.0", {"a": "a"})
     task = await repo.create_task("deploy", release.id)
-    await repo.cancel_task(task.id, "cancelled by a test")
+    await repo.cancel_task(task.id, by="a test", via="test")
     env = {k: v for k, v in os.environ.items() if not k.startswith("WRKTALK_AGENT_")}
     env["WRKTALK_AGENT_DATABASE_URL"] = database_url
     proc = await asyncio.create_subprocess_exec(

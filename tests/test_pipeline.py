@@ -195,10 +195,12 @@ async def test_notifier_crash_never_fails_the_task(make_agent, recording_setting
 
 async def test_cancelled_task_is_never_claimed(make_agent, recording_settings, recording, repo):
     task = await repo.create_task("deploy", (await add_release(repo, "1.0.0")).id)
-    assert await repo.cancel_task(task.id, "cancelled by test") is not None
+    assert await repo.cancel_task(task.id, by="test", via="test") is not None
     agent = await make_agent(recording_settings)
     assert await agent.run(once=True) == 0
-    assert (await repo.get_task(task.id)).error_message == "cancelled by test"
+    cancelled = await repo.get_task(task.id)
+    assert cancelled.error_message == "cancelled by test (test)"
+    assert cancelled.result == {"cancelled": True, "by": "test"}
     assert recording.records("start") == []
 
 

@@ -233,7 +233,9 @@ def test_run_and_check_ignore_broken_plugins_that_are_not_selected(cli, tmp_path
     ],
 )
 def test_selecting_a_broken_plugin_is_one_line_naming_plugin_and_problem(cli, env, message) -> None:
-    result = cli("run", "--once", env={"WRKTALK_AGENT_DEPLOYER": "helm", **env})
+    # console logs: the error is the plain line (JSON logs carry it as a JSON line)
+    console = {"WRKTALK_AGENT_LOG_FORMAT": "console"}
+    result = cli("run", "--once", env={"WRKTALK_AGENT_DEPLOYER": "helm", **console, **env})
     assert result.exit_code == 2
     assert message in result.output
     assert "Traceback" not in result.output
@@ -241,7 +243,11 @@ def test_selecting_a_broken_plugin_is_one_line_naming_plugin_and_problem(cli, en
 
 
 def test_listing_the_same_notifier_twice_is_refused(cli) -> None:
-    result = cli("run", "--once", env={"WRKTALK_AGENT_NOTIFIERS": "pathy,smtp,pathy"})
+    result = cli(
+        "run",
+        "--once",
+        env={"WRKTALK_AGENT_NOTIFIERS": "pathy,smtp,pathy", "WRKTALK_AGENT_LOG_FORMAT": "console"},
+    )
     assert result.exit_code == 2
     assert result.output.strip() == (
         "error: WRKTALK_AGENT_NOTIFIERS: lists 'pathy' more than once; name each once "

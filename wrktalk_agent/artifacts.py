@@ -17,14 +17,10 @@ import stat
 import tarfile
 import tempfile
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import asyncpg
-
-from wrktalk_agent.db import queries as q
 from wrktalk_agent.db.models import ArtifactInfo
 from wrktalk_agent.signing import Manifest, SignatureError, verify_release
 
@@ -57,14 +53,16 @@ def make_private_dir(parent: Path, prefix: str) -> Path:
 
 
 async def fetch_artifact(
-    conn: asyncpg.Connection,
+    repo: Any,
     artifact: ArtifactInfo,
     dest_dir: Path,
     *,
     max_bytes: int,
     chunk_bytes: int = CHUNK_BYTES,
 ) -> FetchedArtifact:
-    """Stream the artifact's bytes into ``dest_dir/artifact.tar`` and check its sha256."""
+    """Stream the artifact's bytes (``repo.artifact_chunks``, a
+    :class:`~wrktalk_agent.db.Repository`) into ``dest_dir/artifact.tar`` and check its
+    sha256."""
     if artifact.size > max_bytes:
         raise ArtifactError(
             f"artifact {artifact.release_version} is {artifact.size} bytes, over the limit of "
@@ -79,8 +77,10 @@ async def fetch_artifact(
     queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=READ_AHEAD)
 
     async def produce() -> None:
-        async for chunk in _chunks(conn, artifact, chunk_bytes):
-            await queue.put(chunk)
+        chunks = repo.artifact_chunks(artifact.id, artifact.size, chunk_bytes)
+        async with contextlib.aclosing(chunks):  # stopped early: the connection goes back
+            async for chunk in chunks:
+                await queue.put(chunk)
         await queue.put(None)
 
     def absorb(chunk: bytes) -> None:
@@ -124,24 +124,6 @@ async def _next(queue: asyncio.Queue[bytes | None], producer: asyncio.Task[None]
     getter.cancel()
     producer.result()  # raises what the reader raised
     return await queue.get()  # the reader finished normally: its None is queued
-
-
-async def _chunks(
-    conn: asyncpg.Connection, artifact: ArtifactInfo, chunk_bytes: int
-) -> AsyncIterator[bytes]:
-    if artifact.size <= chunk_bytes:  # one round trip; no transaction needed
-        data = await conn.fetchval(q.ARTIFACT_WHOLE, artifact.id)
-        if data:
-            yield data
-        return
-    # one snapshot for all slices: a row replaced meanwhile cannot be mixed in
-    async with conn.transaction(isolation="repeatable_read", readonly=True):
-        statement = await conn.prepare(q.ARTIFACT_SLICE)
-        for offset in range(1, artifact.size + 1, chunk_bytes):
-            chunk = await statement.fetchval(artifact.id, offset, chunk_bytes)
-            if not chunk:
-                return
-            yield chunk
 
 
 def check_signature(
@@ -393,8 +375,7 @@ async def materialize(
     check its sha256 and its signature over all it consists of, extract it safely and
     write its ``.env`` and ``values.yaml``. Raises :class:`ArtifactError`. The caller
     deletes ``workdir``."""
-    async with repo.connection() as conn:
-        fetched = await fetch_artifact(conn, artifact, workdir, max_bytes=max_artifact_bytes)
+    fetched = await fetch_artifact(repo, artifact, workdir, max_bytes=max_artifact_bytes)
     # what is verified is what is used: these very texts are written below
     env_data, values_data = await repo.release_secrets(artifact.id)
     signature = check_signature(artifact, fetched.sha256, env_data, values_data, trusted_keys)

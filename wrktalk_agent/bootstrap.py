@@ -102,4 +102,5 @@ async def open_services(
         maintenance=maintenance,  # type: ignore[arg-type]
         notifiers=notifiers,  # type: ignore[arg-type]
         trusted_keys=keys,
+        release_types=registry.release_types(),
     )

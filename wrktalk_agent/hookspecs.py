@@ -13,7 +13,9 @@ A backend class has:
   validated at startup, only when the backend is selected;
 * ``__init__(self, settings, context)``: ``settings`` is that model's instance (``None``
   without a model), ``context`` a :class:`wrktalk_agent.interfaces.PluginContext`;
-* the async methods of its protocol in :mod:`wrktalk_agent.interfaces`.
+* the async methods of its protocol in :mod:`wrktalk_agent.interfaces`, required and
+  optional, declared once per kind in :mod:`wrktalk_agent.contract` (signatures and what
+  the core does with each result or failure; docs/plugins.md shows the same tables).
 
 Inheriting from ``BaseDeployer``, ``BaseMaintenanceHandler`` or ``BaseNotifier``
 (:mod:`wrktalk_agent.interfaces`) is optional: they store ``settings`` and ``context`` and
@@ -53,7 +55,9 @@ def wrktalk_register_deployers(register: Register) -> None:
     Called once, when the agent (or ``wrktalk-agent plugins``) collects backends.
     ``register`` takes a class implementing :class:`wrktalk_agent.interfaces.Deployer`:
     ``check()``, ``deploy(request)`` and ``rollback(request)``, and optionally
-    ``validate(request)``, ``prepare(request)`` and ``live_release()``. The class attribute
+    ``describe_changes(current_workdir, target_workdir)``, ``validate(request)``,
+    ``prepare(request)`` and ``live_release()`` (declared, with what the core does with
+    each, in :mod:`wrktalk_agent.contract`). The class attribute
     ``chart_types`` lists the ``release_artifact.chart_type`` values it can apply; an empty
     tuple accepts any.
     Selected with ``WRKTALK_AGENT_DEPLOYER``. Return value: ignored.
@@ -79,7 +83,8 @@ def wrktalk_register_notifiers(register: Register) -> None:
 
     Called once, when backends are collected. ``register`` takes a class implementing
     :class:`wrktalk_agent.interfaces.Notifier`: ``check()`` and ``notify(event)``, which
-    returns one :class:`~wrktalk_agent.interfaces.Delivery` per recipient. A notifier never
+    returns one :class:`~wrktalk_agent.interfaces.Delivery` per recipient, and optionally
+    ``deliver(event, attempt)``, called instead for per-recipient retries. A notifier never
     fails a task: exceptions are caught and recorded. Selected (several at once) with
     ``WRKTALK_AGENT_NOTIFIERS``. Return value: ignored.
     """

@@ -20,6 +20,7 @@ from uuid import UUID
 from pydantic import BaseModel, SecretStr
 
 __all__ = [
+    "RELEASE_TYPE_PATTERN",
     "VERSION_PATTERN",
     "BackendError",
     "BaseDeployer",
@@ -52,6 +53,9 @@ __all__ = [
 #: Release versions reach command lines (helm, docker compose) and file names, so they are
 #: restricted to a conservative, semver-like alphabet. A leading dash would read as a flag.
 VERSION_PATTERN = re.compile(r"^[0-9A-Za-z][0-9A-Za-z.+_-]{0,63}$")
+#: What a release type (``release_artifact.chart_type``, a deployer's ``chart_types``)
+#: may be: the core pins no names, only their shape.
+RELEASE_TYPE_PATTERN = re.compile(r"^[0-9A-Za-z][0-9A-Za-z.+_-]{0,39}$")
 
 
 def validate_version(version: str) -> str:
@@ -184,7 +188,15 @@ class Deployer(Protocol):
         artifact is extracted in ``request.workdir``); raise :class:`DeployError`."""
         ...
 
-    # Optional methods: the core calls them when the class defines them.
+    # Optional methods: the core calls them when the class defines them (the list, with
+    # what the core does with each, is declared in wrktalk_agent.contract).
+    #
+    # async def describe_changes(
+    #     self, current_workdir: Path | None, target_workdir: Path
+    # ) -> Sequence[str]:
+    #     What the task changes (services, resources, images, ports), comparing the
+    #     extracted live release (None on a first deploy) with the target. Shown in the
+    #     timeline, the result and the notification; a failure is only a note.
     #
     # async def validate(self, request: DeployRequest) -> Sequence[str]:
     #     Check the release before anything changes (before maintenance goes on): render

@@ -36,9 +36,8 @@ import asyncpg
 import structlog
 
 from wrktalk_agent import metrics
-from wrktalk_agent.db import queries as q
 from wrktalk_agent.db.models import MaintenanceHold, MaintenanceState
-from wrktalk_agent.db.repository import Repository
+from wrktalk_agent.db.repository import MaintenanceRecord, Repository
 from wrktalk_agent.guard import bounded, describe
 from wrktalk_agent.interfaces import BackendError, MaintenanceHandler
 from wrktalk_agent.services import Services
@@ -115,22 +114,16 @@ async def _bounded(repo: Repository, backend_timeout: float, call: Any) -> Any:
 
 
 @asynccontextmanager
-async def _serialized(repo: Repository, *, wait: bool = True) -> AsyncIterator[Any]:
-    """A transaction holding the maintenance lock (None when ``wait`` is off and another
-    agent holds it). Polls never take this lock."""
-    async with repo.connection() as conn, conn.transaction():
-        if wait:
-            await conn.execute(q.MAINTENANCE_LOCK, q.MAINTENANCE_LOCK_KEY)
-        elif not await conn.fetchval(q.MAINTENANCE_TRY_LOCK, q.MAINTENANCE_LOCK_KEY):
-            yield None
-            return
-        yield conn
+async def _serialized(repo: Repository) -> AsyncIterator[MaintenanceRecord]:
+    """The record in a transaction holding the maintenance lock. Polls never take it."""
+    async with repo.locked_maintenance() as record:
+        assert record is not None  # waited for the lock
+        yield record
 
 
-async def _state(conn: Any) -> MaintenanceState:
+async def _state(record: MaintenanceRecord) -> MaintenanceState:
     """Maintenance as recorded; /metrics shows what was read (between two refreshes)."""
-    row = await conn.fetchrow(q.MAINTENANCE_STATE)
-    state = MaintenanceState.model_validate(dict(row)) if row else MaintenanceState()
+    state = await record.state()
     _observe(state)
     return state
 
@@ -144,10 +137,6 @@ def _observe(state: MaintenanceState) -> None:
         times = [h.since.timestamp() for h in holds if h.since is not None]
         metrics.MAINTENANCE_HOLDS.labels(kind=kind).set(len(holds))
         metrics.MAINTENANCE_HOLD_SINCE.labels(kind=kind).set(min(times) if times else 0)
-
-
-def _holds(rows: list[asyncpg.Record]) -> list[MaintenanceHold]:
-    return [MaintenanceHold.model_validate(dict(r)) for r in rows]
 
 
 async def _call(handler: MaintenanceHandler, call: Any, timeout: float, what: str) -> None:
@@ -164,9 +153,9 @@ async def switch_on(services: Services, reason: str) -> None:
     timeout = services.settings.backend_timeout
 
     async def switch() -> None:
-        async with _serialized(services.repo) as conn:
+        async with _serialized(services.repo) as record:
             await _call(handler, handler.enable(reason), timeout, "enable")
-            await conn.execute(q.RECORD_MAINTENANCE_ON)
+            await record.record_on()
 
     await _bounded(services.repo, timeout, switch)
 
@@ -174,9 +163,9 @@ async def switch_on(services: Services, reason: str) -> None:
 async def forget_failed_switch(services: Services) -> None:
     """The proxy could be neither switched on nor off (a misconfigured handler): nothing
     was switched on, so nothing is pending."""
-    async with _serialized(services.repo) as conn:
-        await conn.execute(q.RECORD_MAINTENANCE_OFF)
-        await _state(conn)
+    async with _serialized(services.repo) as record:
+        await record.record_off()
+        await _state(record)
 
 
 async def hold_for_task(
@@ -185,12 +174,11 @@ async def hold_for_task(
     """Record the task's hold, fenced by its claim. None: the claim no longer owns it."""
 
     async def hold() -> MaintenanceState | None:
-        async with _serialized(services.repo) as conn:
-            held = await conn.fetchval(q.TASK_HOLD, task_id, claim_token, reason)
-            if held is None:
+        async with _serialized(services.repo) as record:
+            if not await record.hold_for_task(task_id, claim_token, reason):
                 return None
-            await conn.execute(q.RECORD_MAINTENANCE_ON)
-            return await _state(conn)
+            await record.record_on()
+            return await _state(record)
 
     result: MaintenanceState | None = await _bounded(services.repo, 0.0, hold)
     return result
@@ -202,8 +190,8 @@ async def _release(
     timeout: float,
     release: Any,
 ) -> Released:
-    """Release holds (``release(conn)`` returns the rows it deleted); switch the proxy off
-    if none is left. All under the lock; the flag's row is written after the proxy call."""
+    """Release holds (``release(record)`` returns the holds it released); switch the proxy
+    off if none is left. All under the lock; the flag's row is written after the proxy call."""
     done: Released = await _bounded(
         repo, timeout, lambda: _release_now(repo, handler, timeout, release)
     )
@@ -216,14 +204,14 @@ async def _release_now(
     timeout: float,
     release: Any,
 ) -> Released:
-    async with _serialized(repo) as conn:
-        gone = _holds(await release(conn))
-        state = await _state(conn)
+    async with _serialized(repo) as record:
+        gone: list[MaintenanceHold] = await release(record)
+        state = await _state(record)
         done = Released(released=bool(gone), others=list(state.holds), holds=gone)
         if not gone and not state.off_pending_since:
             return done
         if state.holds:
-            await conn.execute(q.RECORD_HOLDS)
+            await record.record_holds()
             return done
         if not state.enabled and not state.off_pending_since:
             return done  # nothing was switched on (e.g. the hold was recorded, then refused)
@@ -233,12 +221,12 @@ async def _release_now(
         except BackendError as exc:
             done.error = describe(exc)
             metrics.MAINTENANCE_OFF_FAILURES.inc()
-            await conn.execute(q.RECORD_OFF_PENDING, done.error)
-            await _state(conn)
+            await record.record_off_pending(done.error)
+            await _state(record)
             _wake_loops()
             return done
-        await conn.execute(q.RECORD_MAINTENANCE_OFF)
-        await _state(conn)
+        await record.record_off()
+        await _state(record)
         done.switched_off = True
         return done
 
@@ -246,8 +234,8 @@ async def _release_now(
 async def release_for_task(services: Services, task_id: UUID, claim_token: UUID) -> Released:
     """The task's hold goes, fenced by its claim; the proxy goes off if it was the last."""
 
-    async def release(conn: Any) -> list[asyncpg.Record]:
-        return list(await conn.fetch(q.RELEASE_TASK_HOLD, task_id, claim_token))
+    async def release(record: MaintenanceRecord) -> list[MaintenanceHold]:
+        return await record.release_task_hold(task_id, claim_token)
 
     return await _release(
         services.repo, services.maintenance, services.settings.backend_timeout, release
@@ -260,11 +248,11 @@ async def retry_switch_off(services: Services) -> Released:
         services.repo,
         services.maintenance,
         services.settings.backend_timeout,
-        lambda conn: _no_rows(),
+        lambda record: _no_holds(),
     )
 
 
-async def _no_rows() -> list[asyncpg.Record]:
+async def _no_holds() -> list[MaintenanceHold]:
     return []
 
 
@@ -297,16 +285,16 @@ async def _settle(services: Services, log: Any, *, quiet: bool) -> MaintenanceSt
     tasks that have ended, and switch the proxy off when no hold is left and a switch-off
     is due. Skipped (None) while another agent does the same."""
     handler = services.maintenance
-    async with _serialized(services.repo, wait=False) as conn:
-        if conn is None:
+    async with services.repo.locked_maintenance(wait=False) as record:
+        if record is None:
             return None
-        stale = _holds(await conn.fetch(q.RELEASE_ENDED_TASK_HOLDS))
+        stale = await record.release_ended_task_holds()
         for hold in stale:
             log.info("maintenance.hold_released", holder=hold.holder, why="its task has ended")
-        state = await _state(conn)
+        state = await _state(record)
         if state.holds:
             if stale:
-                await conn.execute(q.RECORD_HOLDS)
+                await record.record_holds()
             return state
         if not state.enabled:
             if quiet or stale or handler is None:
@@ -328,9 +316,9 @@ async def _settle(services: Services, log: Any, *, quiet: bool) -> MaintenanceSt
         except BackendError as exc:
             metrics.MAINTENANCE_OFF_FAILURES.inc()
             log.error("maintenance.disable_failed", error=describe(exc), retried=True)
-            await conn.execute(q.RECORD_OFF_PENDING, describe(exc))
-            return await _state(conn)
-        await conn.execute(q.RECORD_MAINTENANCE_OFF)
+            await record.record_off_pending(describe(exc))
+            return await _state(record)
+        await record.record_off()
         since = state.off_pending_since
         why = (
             f"left on by {', '.join(h.holder.replace(':', ' ', 1) for h in stale)}, which has ended"
@@ -338,7 +326,7 @@ async def _settle(services: Services, log: Any, *, quiet: bool) -> MaintenanceSt
             else "the switch-off had failed"
         )
         log.info("maintenance.cleared", why=why, left_on_since=since.isoformat() if since else None)
-        return await _state(conn)
+        return await _state(record)
 
 
 async def loop(services: Services, stop: asyncio.Event, log: Any, idle: float = 30.0) -> None:
@@ -412,16 +400,16 @@ async def operator_on(
 ) -> OperatorResult:
     """Open (or re-reason) ``who``'s window and switch the proxy on. Other holds stay."""
     holder = operator_owner(who)
-    async with _serialized(repo) as conn:
-        row = await conn.fetchrow(q.OPERATOR_HOLD, holder, reason)
-        await conn.execute(q.RECORD_MAINTENANCE_ON)
+    async with _serialized(repo) as record:
+        created = await record.hold_for_operator(holder, reason)
+        await record.record_on()
     # the hold is recorded before the proxy switches (like a task's)
-    async with _serialized(repo) as conn:
+    async with _serialized(repo) as record:
         if handler is not None:
             await _call(handler, handler.enable(reason), timeout, "enable")
-        await conn.execute(q.RECORD_MAINTENANCE_ON)
-        state = await _state(conn)
-    return OperatorResult("on", holder, existed=not row["created"], state=state)
+        await record.record_on()
+        state = await _state(record)
+    return OperatorResult("on", holder, existed=not created, state=state)
 
 
 async def operator_off(
@@ -436,33 +424,31 @@ async def operator_off(
     releases every hold (tasks' included) and notes it in their timelines."""
     holder = operator_owner(who)
 
-    async def release(conn: Any) -> list[asyncpg.Record]:
+    async def release(record: MaintenanceRecord) -> list[MaintenanceHold]:
         if not force:
-            state = await _state(conn)
+            state = await _state(record)
             if state.held_by(holder) is None and state.holds:
                 raise BackendError(
                     f"{who} holds no maintenance window; held by "
                     f"{describe_owner(state)} (--force switches it off for everyone)"
                 )
-            return list(await conn.fetch(q.RELEASE_HOLD, holder))
-        rows = list(await conn.fetch(q.RELEASE_ALL_HOLDS))
-        tasks = [h.task_id for h in _holds(rows) if h.task_id is not None]
+            return await record.release_hold(holder)
+        holds = await record.release_all_holds()
+        tasks = [h.task_id for h in holds if h.task_id is not None]
         if tasks:
-            await conn.execute(
-                q.MAINTENANCE_NOTE,
-                tasks,
-                f"maintenance switched off by operator {who} with --force",
+            await record.note_in_timelines(
+                tasks, f"maintenance switched off by operator {who} with --force"
             )
-        return rows
+        return holds
 
     released = await _release(repo, handler, timeout, release)
     if not released.holds and not released.others and released.error is None:
         # no hold recorded (a flag set by hand, an unrecorded proxy): the operator asked
         # for the proxy to be off
-        async with _serialized(repo) as conn:
+        async with _serialized(repo) as record:
             if handler is not None:
                 await _call(handler, handler.disable(), timeout, "disable")
-            await conn.execute(q.RECORD_MAINTENANCE_OFF)
+            await record.record_off()
             released.switched_off = True
     state = await repo.maintenance_state()
     return OperatorResult("off", holder, released=released, state=state)

@@ -123,6 +123,15 @@ ABANDONED = Counter(
     registry=REGISTRY,
 )
 AGENT_INFO = Info("wrktalk_agent", "Agent identity and version.", registry=REGISTRY)
+TASKS_ENDED = Gauge(
+    "wrktalk_agent_tasks_ended_last_day",
+    "Tasks created in the last 24 hours that have ended, by status as every surface shows it "
+    "(completed, failed, cancelled), as the database records them.",
+    ["status"],
+    registry=REGISTRY,
+)
+#: the statuses of an ended task, as the CLI, the dashboard and the metrics name them
+ENDED_STATUSES = ("completed", "failed", "cancelled")
 LIVE_RELEASE = Info(
     "wrktalk_agent_live_release",
     "The release marked current in the database (version, chart type).",
@@ -170,31 +179,12 @@ def heartbeat_renewed() -> None:
     LAST_HEARTBEAT.set(time.time())
 
 
-#: one cheap statement: pending and due tasks (the partial index on pending rows), the live
-#: release and maintenance as recorded (the flag, the holds, a failing switch-off)
-_REFRESH = """
-SELECT (SELECT count(*) FROM agent_task WHERE status = 'pending') AS pending,
-       (SELECT count(*) FROM agent_task WHERE status = 'pending'
-          AND (execute_after IS NULL OR (isfinite(execute_after) AND execute_after <= now())))
-          AS due,
-       (SELECT release_version FROM release_artifact WHERE is_current LIMIT 1) AS version,
-       (SELECT chart_type FROM release_artifact WHERE is_current LIMIT 1) AS chart_type,
-       (SELECT coalesce(bool_or(maintenance_mode_enabled), false) FROM deployment_config)
-          AS maintenance,
-       (SELECT extract(epoch FROM max(maintenance_off_pending_since))::float8
-          FROM deployment_config) AS off_pending_since,
-       (SELECT coalesce(jsonb_object_agg(k.kind, jsonb_build_array(k.n, k.since)), '{}')
-          FROM (SELECT split_part(holder, ':', 1) AS kind, count(*) AS n,
-                       extract(epoch FROM min(since))::float8 AS since
-                  FROM agent_maintenance_hold GROUP BY 1) k) AS holds
-"""
-
-
-async def refresh_from_database(pool: Any) -> None:
-    """Pending tasks, the live release and maintenance as the database records them; the
-    caller decides how often (and catches)."""
-    row = await pool.fetchrow(_REFRESH)
-    if row is None:
+async def refresh_from_database(repo: Any) -> None:
+    """Pending tasks, the live release and maintenance as the database records them
+    (``repo.metrics_snapshot()``, one cheap statement); the caller decides how often (and
+    catches)."""
+    row = await repo.metrics_snapshot()
+    if not row:
         return
     PENDING.set(row["pending"])
     DUE.set(row["due"])
@@ -203,6 +193,11 @@ async def refresh_from_database(pool: Any) -> None:
     )
     MAINTENANCE.set(1 if row["maintenance"] else 0)
     MAINTENANCE_OFF_PENDING_SINCE.set(row["off_pending_since"] or 0)
+    ended = row.get("ended") or {}
+    if isinstance(ended, str):
+        ended = json.loads(ended)
+    for status in ENDED_STATUSES:
+        TASKS_ENDED.labels(status=status).set(ended.get(status, 0))
     holds = row["holds"]
     if isinstance(holds, str):
         holds = json.loads(holds)

@@ -35,6 +35,7 @@ import asyncpg
 import structlog
 
 from wrktalk_agent import metrics
+from wrktalk_agent.contract import NOTIFIER
 from wrktalk_agent.db.models import ArtifactInfo, Task
 from wrktalk_agent.db.repository import CONNECTION_ERRORS, EventStatus
 from wrktalk_agent.guard import bounded, cancel_requested, describe
@@ -147,7 +148,7 @@ def notifier_names(notifiers: Sequence[Notifier]) -> list[str]:
 
 def per_recipient(notifier: Notifier) -> bool:
     """Whether the notifier reports per recipient (has the optional ``deliver``)."""
-    return inspect.iscoroutinefunction(getattr(notifier, "deliver", None))
+    return inspect.iscoroutinefunction(NOTIFIER.optional_method(notifier, "deliver"))
 
 
 def summarize(name: str, deliveries: Sequence[Mapping[str, Any]]) -> str:

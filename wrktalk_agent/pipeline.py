@@ -45,6 +45,7 @@ from wrktalk_agent.artifacts import (
     secure_delete,
 )
 from wrktalk_agent.config import AgentSettings
+from wrktalk_agent.contract import DEPLOYER
 from wrktalk_agent.db.models import ArtifactInfo, Task
 from wrktalk_agent.db.repository import CONNECTION_ERRORS, EventStatus, FlagChange, Repository
 from wrktalk_agent.guard import bounded, cancel_requested, describe
@@ -681,7 +682,7 @@ class TaskRun(LeasedRun):
         """What the task will change, from the deployer's comparison of the live release
         with the target, before anything changes (optional ``describe_changes``). A
         summary that cannot be made is a note, never a failure."""
-        describe_changes = getattr(self.s.deployer, "describe_changes", None)
+        describe_changes = DEPLOYER.optional_method(self.s.deployer, "describe_changes")
         if describe_changes is None or self.target is None:
             return
         if self.current is not None and self.current.id == self.target.id:
@@ -713,8 +714,8 @@ class TaskRun(LeasedRun):
         assert self.target is not None
         deployer = self.s.deployer
         await self._summarize_changes(workdir)
-        validate = getattr(deployer, "validate", None)
-        prepare = getattr(deployer, "prepare", None)
+        validate = DEPLOYER.optional_method(deployer, "validate")
+        prepare = DEPLOYER.optional_method(deployer, "prepare")
         if validate is None and prepare is None:
             return
         request = self._request(self.task.type, self.target, workdir, self.current)
@@ -1130,7 +1131,7 @@ def _http_status(url: str, timeout: float) -> tuple[int | None, str]:
 
 async def ask_live(services: Services) -> LiveState:
     """What the deployer says the target runs (its optional ``live_release()``)."""
-    query = getattr(services.deployer, "live_release", None)
+    query = DEPLOYER.optional_method(services.deployer, "live_release")
     if query is None:
         return LiveState(
             None, "unknown", f"deployer {services.deployer.name!r} cannot tell what is live"

@@ -32,9 +32,10 @@ from pydantic import ValidationError
 from pydantic_settings import BaseSettings
 
 from wrktalk_agent import hookspecs
+from wrktalk_agent.contract import CONTRACTS, Kind
 from wrktalk_agent.errors import PluginError, SettingsError
 from wrktalk_agent.guard import describe
-from wrktalk_agent.interfaces import PluginContext
+from wrktalk_agent.interfaces import RELEASE_TYPE_PATTERN, PluginContext
 from wrktalk_agent.secrets import mask_text, may_hold_secret
 
 __all__ = [
@@ -49,24 +50,7 @@ __all__ = [
     "load_backend_settings",
 ]
 
-Kind = Literal["deployer", "maintenance handler", "notifier"]
-
-_HOOK_BY_KIND: dict[Kind, str] = {
-    "deployer": "wrktalk_register_deployers",
-    "maintenance handler": "wrktalk_register_maintenance_handlers",
-    "notifier": "wrktalk_register_notifiers",
-}
-_REQUIRED_METHODS: dict[Kind, tuple[str, ...]] = {
-    "deployer": ("check", "deploy", "rollback"),
-    "maintenance handler": ("check", "enable", "disable", "status"),
-    "notifier": ("check", "notify"),
-}
-#: Methods the core calls only when a backend defines them (see interfaces.Deployer).
-_OPTIONAL_METHODS: dict[Kind, tuple[str, ...]] = {
-    "deployer": ("validate", "prepare", "live_release"),
-    "maintenance handler": (),
-    "notifier": ("deliver",),
-}
+_HOOK_BY_KIND: dict[Kind, str] = {kind: c.hook for kind, c in CONTRACTS.items()}
 #: Backend names become parts of environment variables and of the CLI's messages.
 _NAME = re.compile(r"[a-z][a-z0-9_-]{0,39}")
 
@@ -273,6 +257,33 @@ class PluginRegistry:
     def names(self, kind: Kind) -> list[str]:
         return sorted(self.backends[kind])
 
+    def release_types(self) -> tuple[str, ...] | None:
+        """The release types (``chart_type``) the usable deployers declare, sorted;
+        ``None`` when one of them takes any type (``chart_types = ()``)."""
+        declared: set[str] = set()
+        for backend in self.backends["deployer"].values():
+            types_ = tuple(getattr(backend.cls, "chart_types", ()))
+            if not types_:
+                return None
+            declared.update(types_)
+        return tuple(sorted(declared))
+
+    def declared_release_types(self) -> dict[str, list[str]]:
+        """Each release type a usable deployer names → the deployers naming it."""
+        named: dict[str, list[str]] = {}
+        for name, backend in sorted(self.backends["deployer"].items()):
+            for chart_type in getattr(backend.cls, "chart_types", ()):
+                named.setdefault(chart_type, []).append(name)
+        return dict(sorted(named.items()))
+
+    def any_type_deployers(self) -> list[str]:
+        """The usable deployers that take a release of any type."""
+        return sorted(
+            name
+            for name, backend in self.backends["deployer"].items()
+            if not getattr(backend.cls, "chart_types", ())
+        )
+
     def broken(self) -> list[PluginInfo]:
         return [info for info in self.infos() if info.error is not None]
 
@@ -360,11 +371,13 @@ def _check_backend(kind: Kind, cls: object, plugin: str) -> tuple[Backend | None
             "use a lowercase name of letters, digits, '-' and '_')"
         )
     backend = Backend(kind=kind, name=name, cls=cls, plugin=plugin)
+    contract = CONTRACTS[kind]
     problems = []
-    missing = [m for m in _REQUIRED_METHODS[kind] if not _implemented(cls, m)]
+    missing = [m for m in contract.required if not _implemented(cls, m)]
     if missing:
         problems.append(f"{kind} {name!r} lacks method(s): {', '.join(missing)}")
-    present = [m for m in _REQUIRED_METHODS[kind] + _OPTIONAL_METHODS[kind] if m not in missing]
+    problems += [f"{kind} {name!r}: {p}" for p in contract.near_misses(cls)]
+    present = [m for m in contract.names if m not in missing]
     not_async = [
         m
         for m in present
@@ -378,6 +391,13 @@ def _check_backend(kind: Kind, cls: object, plugin: str) -> tuple[Backend | None
             problems.append(
                 f"deployer {name!r}: chart_types must be a tuple of strings (got {chart_types!r})"
             )
+        else:
+            odd = [c for c in chart_types if not RELEASE_TYPE_PATTERN.fullmatch(c)]
+            if odd:
+                problems.append(
+                    f"deployer {name!r}: chart_types {odd!r} are not release type names "
+                    "(1-40 characters from [0-9A-Za-z.+_-], starting with a letter or digit)"
+                )
     model = getattr(cls, "settings_model", None)
     if model is not None:
         problem = _check_settings_model(kind, name, plugin, model)

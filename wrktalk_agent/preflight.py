@@ -14,7 +14,6 @@ from pathlib import Path
 
 from wrktalk_agent.config import AgentSettings
 from wrktalk_agent.db import DatabaseUnavailable, Repository
-from wrktalk_agent.db import queries as q
 from wrktalk_agent.db.repository import pooler_mode
 from wrktalk_agent.interfaces import CheckResult, PluginContext, Recipient, SmtpConfig
 from wrktalk_agent.plugins import Kind, PluginError, PluginRegistry, SettingsError
@@ -103,6 +102,7 @@ async def run_checks(
             )
             results.append(CheckResult("database", True, detail))
             results.append(await _schema_check(repo))
+            results.extend(await _release_type_rules(repo))
             results.append(await _privileges_check(repo))
 
         if context is None:
@@ -132,24 +132,37 @@ async def _schema_check(repo: Repository) -> CheckResult:
     return CheckResult("schema", True, "all tables, columns, indexes and the trigger present")
 
 
+async def _release_type_rules(repo: Repository) -> list[CheckResult]:
+    """A backend's own CHECK on release types: reported (a warning), never changed."""
+    try:
+        rules = await repo.release_type_constraints()
+    except Exception as exc:
+        return [CheckResult("release types", False, f"could not inspect constraints: {exc}")]
+    return [
+        CheckResult(
+            "release types",
+            False,
+            f"limited by constraint {name} CHECK {expression} (not the agent's; "
+            "`db init` leaves it): a release of another type cannot be stored",
+        )
+        for name, expression in rules
+    ]
+
+
 async def _privileges_check(repo: Repository) -> CheckResult:
     """Ask PostgreSQL what the role may do (has_table_privilege and friends) instead of
     finding out mid-deploy. LISTEN needs no privilege."""
     try:
-        rows = await repo.pool.fetch(
-            q.TABLE_PRIVILEGES,
-            [table for table, _, _ in AGENT_PRIVILEGES],
-            [privilege for _, privilege, _ in AGENT_PRIVILEGES],
+        granted, other = await repo.table_privileges(
+            [(table, privilege) for table, privilege, _ in AGENT_PRIVILEGES]
         )
-        other = await repo.pool.fetchrow(q.OTHER_PRIVILEGES)
     except Exception as exc:
         return CheckResult("privileges", False, f"could not ask for privileges: {exc}")
-    assert other is not None
     role = other["role_name"]
     missing: list[str] = []
     grants: dict[str, list[str]] = {}
-    for row, (table, privilege, why) in zip(rows, AGENT_PRIVILEGES, strict=True):
-        if row["granted"] is False:  # None: the table is missing (the schema check says so)
+    for allowed, (table, privilege, why) in zip(granted, AGENT_PRIVILEGES, strict=True):
+        if allowed is False:  # None: the table is missing (the schema check says so)
             missing.append(f"{privilege} on {table} ({why})")
             grants.setdefault(table, []).append(privilege)
     if other["schema_usage"] is False:
@@ -249,7 +262,7 @@ def blocks_deploys(result: CheckResult) -> bool:
     """Whether a failure of this check keeps deploys from working. A notifier only
     degrades them: the outcome is recorded, the mail waits in the outbox and is retried,
     so a mail server outage must not keep the agent (and its rollbacks) from starting."""
-    return not result.name.startswith("notifier ")
+    return not result.name.startswith("notifier ") and result.name != "release types"
 
 
 def format_checks(results: Sequence[CheckResult]) -> str:

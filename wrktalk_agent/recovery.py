@@ -24,6 +24,7 @@ from uuid import UUID
 from wrktalk_agent import maintenance as maint
 from wrktalk_agent import metrics, outbox, process
 from wrktalk_agent.artifacts import secure_delete
+from wrktalk_agent.contract import DEPLOYER
 from wrktalk_agent.db.models import ArtifactInfo, Task, tolerant_rows
 from wrktalk_agent.db.repository import FlagChange
 from wrktalk_agent.guard import bounded, describe
@@ -139,7 +140,7 @@ class RecoveryRun(LeasedRun):
         return target, current
 
     async def _live(self) -> LiveState:
-        query = getattr(self.s.deployer, "live_release", None)
+        query = DEPLOYER.optional_method(self.s.deployer, "live_release")
         if query is None:
             return LiveState(
                 None, "unknown", f"deployer {self.s.deployer.name!r} cannot tell what is live"

@@ -34,6 +34,7 @@ from wrktalk_agent.db.models import PollResult, Task
 from wrktalk_agent.db.repository import (
     Repository,
     connect_listener,
+    keepalive,
     listen_dsn,
     pooler_hint,
     pooler_mode,
@@ -161,6 +162,7 @@ class Agent:
                     instance_id=self.instance_id,
                     notifiers=notifier_names(self.services.notifiers),
                     installation=self.settings.installation_name,
+                    release_types=self.services.release_types,
                     # every timer poll renews liveness; a burst of NOTIFY wake-ups does not
                     seen_every=min(self.settings.poll_interval, self.settings.heartbeat_interval)
                     / 2,
@@ -243,7 +245,7 @@ class Agent:
 
     async def _refresh_metrics_now(self) -> None:
         with contextlib.suppress(*POLL_ERRORS):
-            await asyncio.wait_for(metrics.refresh_from_database(self.repo.pool), 5)
+            await asyncio.wait_for(metrics.refresh_from_database(self.repo), 5)
 
     async def _sleep(self, timeout: float) -> None:
         """Wait for a NOTIFY, a stop request or the timeout."""
@@ -451,12 +453,12 @@ class Agent:
                 self.log.info("listener.connected")
                 self.wake.set()  # anything inserted while we were away
                 # a half-open TCP connection sends no FIN: ask the server now and then
-                keepalive = max(self.settings.poll_interval, 30.0)
+                every = max(self.settings.poll_interval, 30.0)
                 while not lost.is_set() and not conn.is_closed():
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(lost.wait(), timeout=keepalive)
+                        await asyncio.wait_for(lost.wait(), timeout=every)
                     if not lost.is_set():
-                        await asyncio.wait_for(conn.execute("SELECT 1"), timeout=10)
+                        await keepalive(conn, 10)
                 self.log.warning("listener.lost")
             except asyncio.CancelledError:
                 raise

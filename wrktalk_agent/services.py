@@ -21,3 +21,6 @@ class Services:
     maintenance: MaintenanceHandler | None
     notifiers: Sequence[Notifier]
     trusted_keys: list[Any] = field(default_factory=list)
+    #: the release types the installed deployers declare (``None``: one takes any type);
+    #: the poll rejects a task whose release has another type
+    release_types: tuple[str, ...] | None = None

@@ -208,6 +208,18 @@ def _start_server() -> Iterator[PgServer]:
         shutil.rmtree(data_dir, ignore_errors=True)
 
 
+@pytest.fixture(autouse=True)
+def _logging_as_it_was() -> Iterator[None]:
+    """Each test starts with the logging configuration the one before it found: a CLI
+    command run in-process configures structlog for its own output (e.g. errors only),
+    which would otherwise hide the warnings a later test captures."""
+    import structlog
+
+    saved = structlog.get_config()
+    yield
+    structlog.configure(**saved)
+
+
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[PgServer]:
     """The session's PostgreSQL server, with a migrated template database."""

@@ -1,8 +1,8 @@
 """Typed rows of the tables the agent reads.
 
 Rows come from a database that a backend (or a person with psql) writes, possibly on a
-schema without the agent's CHECK constraints. By default a task type, task status or
-chart type outside the known values is a validation error, so the agent can never act on
+schema without the agent's CHECK constraints. By default a task type or task status
+outside the known values is a validation error, so the agent can never act on
 one by mistake. Readers that only show rows (the CLI, the dashboard) parse inside
 :func:`tolerant_rows`: there an unknown value is kept as it is, so one bad row does not
 hide all the others, and :meth:`Task.problems` names it. Infinite timestamps arrive from
@@ -41,7 +41,6 @@ TASK_STATUSES: tuple[str, ...] = get_args(TaskStatus)
 #: with an error starting ``cancelled by ``. Tables, JSON, the dashboard and filters use it.
 SHOWN_STATUSES: tuple[str, ...] = (*TASK_STATUSES, "cancelled")
 CANCELLED_PREFIX = "cancelled by "
-CHART_TYPES: tuple[str, ...] = ("helm", "compose")
 
 
 class _Row(BaseModel):
@@ -148,7 +147,8 @@ class ArtifactInfo(_Row):
 
     id: UUID
     release_version: str
-    chart_type: Literal["helm", "compose"]
+    #: a release type: whatever text the row holds (installed deployers say which they take)
+    chart_type: str
     sha256: str
     size: int = 0
     is_current: bool = False
@@ -159,9 +159,7 @@ class ArtifactInfo(_Row):
     has_env: bool = False
     has_values: bool = False
 
-    _tolerant = field_validator("chart_type", mode="wrap")(_keep_unknown)
-
-    @field_validator("release_version", "sha256", mode="before")
+    @field_validator("release_version", "sha256", "chart_type", mode="before")
     @classmethod
     def _text(cls, value: Any) -> Any:
         return "" if value is None else value  # NOT NULL on our schema, maybe not on theirs

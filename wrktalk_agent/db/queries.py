@@ -71,10 +71,12 @@ def _abandoned(task: str, default: str) -> str:
 _VERSION_RE = "^[0-9A-Za-z][0-9A-Za-z.+_-]{0,63}$"
 
 
-def task_problems(task: str, release: str) -> str:
+def task_problems(task: str, release: str, release_types: str) -> str:
     """Why the agent cannot run a pending task (``task`` joined to the release it names as
-    ``release``), every column and value named; NULL when it can. Values are quoted with
-    quote_literal and cut: they are shown, never run."""
+    ``release``), every column and value named; NULL when it can. ``release_types`` is the
+    parameter holding the release types the installed deployers declare (a text array;
+    NULL when one of them takes any type). Values are quoted with quote_literal and cut:
+    they are shown, never run."""
 
     def value(column: str) -> str:
         return f"coalesce(quote_literal(left({column}::text, 80)), 'NULL')"
@@ -101,9 +103,15 @@ def task_problems(task: str, release: str) -> str:
                   || ' is not a release version (1-64 characters from [0-9A-Za-z.+_-], '
                   || 'starting with a letter or digit)' END,
         CASE WHEN {named} AND ({release}.chart_type IS NULL
-                               OR {release}.chart_type NOT IN ('helm', 'compose'))
+                               OR btrim({release}.chart_type) = '')
              THEN 'chart_type ' || {value(f"{release}.chart_type")} || {which}
-                  || ' is neither helm nor compose' END,
+                  || ' names no release type' END,
+        CASE WHEN {named} AND btrim({release}.chart_type) <> ''
+                          AND {release_types} IS NOT NULL
+                          AND NOT {release}.chart_type = ANY ({release_types})
+             THEN 'chart_type ' || {value(f"{release}.chart_type")} || {which}
+                  || ' is a release type no installed deployer declares ('
+                  || array_to_string({release_types}, ', ') || ')' END,
         CASE WHEN {named} AND coalesce(octet_length({release}.artifact_data), 0) = 0
              THEN 'artifact_data' || {which} || ' is empty (0 bytes)' END,
         CASE WHEN {named} AND ({release}.sha256 IS NULL OR lower(btrim({release}.sha256,
@@ -164,12 +172,13 @@ _HEAD = """head AS (
 # agent_task_one_in_progress and the whole statement fails with unique_violation.
 # $1 agent id, $2 hostname, $3 pid, $4 version, $5 lease seconds of our claims (STALE_AFTER
 # + STALE_MARGIN, also used for rows that recorded none), $6 claim token, $7 instance id,
-# $8 seconds after which last_seen is renewed by a poll that changes nothing else.
+# $8 seconds after which last_seen is renewed by a poll that changes nothing else, $9 the
+# release types the installed deployers declare (NULL: one of them takes any type).
 POLL = f"""
 WITH {_QUIET}, {_HEAD}, bad_waiting AS (
     SELECT 1 FROM agent_task r LEFT JOIN release_artifact a ON a.id = r.release_artifact_id
     WHERE r.id IN (SELECT id FROM head) AND r.status = 'pending'
-      AND {task_problems("r", "a")} IS NOT NULL
+      AND {task_problems("r", "a", "$9::text[]")} IS NOT NULL
     LIMIT 1
 ), expired AS (
     SELECT 1 FROM agent_task t
@@ -181,7 +190,7 @@ WITH {_QUIET}, {_HEAD}, bad_waiting AS (
     WHERE c.status = 'pending'
       AND c.type IN ('deploy', 'rollback')
       AND (c.execute_after IS NULL OR (isfinite(c.execute_after) AND c.execute_after <= now()))
-      AND {task_problems("c", "a")} IS NULL
+      AND {task_problems("c", "a", "$9::text[]")} IS NULL
       AND NOT EXISTS (SELECT 1 FROM agent_task r WHERE r.status = 'inProgress')
       AND NOT EXISTS (SELECT 1 FROM quiet)
     ORDER BY c.created_at, c.id
@@ -239,14 +248,14 @@ SELECT
 # those: failed with each column and value named, the admins' notification promised in the
 # outbox ('infinity' means "never": such a row stays pending and is never due). Rows another
 # agent is rejecting right now are skipped (SKIP LOCKED).
-# $1 agent id, $2 notifier names, $3 installation name.
+# $1 agent id, $2 notifier names, $3 installation name, $4 release types (as POLL's $9).
 SWEEP_BAD = f"""
 WITH {_HEAD}, bad AS (
     -- those of them no agent can run, each with every column and value that is wrong
-    SELECT r.id, {task_problems("r", "a")} AS reason
+    SELECT r.id, {task_problems("r", "a", "$4::text[]")} AS reason
     FROM agent_task r LEFT JOIN release_artifact a ON a.id = r.release_artifact_id
     WHERE r.id IN (SELECT id FROM head) AND r.status = 'pending'
-      AND {task_problems("r", "a")} IS NOT NULL
+      AND {task_problems("r", "a", "$4::text[]")} IS NOT NULL
     FOR UPDATE OF r SKIP LOCKED
 ), rejected AS (
     UPDATE agent_task t
@@ -705,9 +714,12 @@ VALUES ($1, 'pending', $2, $3)
 RETURNING {TASK_COLUMNS}
 """
 
+# A cancelled task is stored as failed (the backend's status set has no "cancelled"), with
+# an error starting "cancelled by" and the result {"cancelled": true, "by": ...}.
+# $1 task, $2 error message, $3 result.
 CANCEL_TASK = f"""
 UPDATE agent_task t
-SET status = 'failed', completed_at = now(), error_message = $2
+SET status = 'failed', completed_at = now(), error_message = $2, result = $3
 WHERE t.id = $1 AND t.status = 'pending'
 RETURNING {TASK_COLUMNS}
 """
@@ -740,6 +752,40 @@ ARTIFACT_SLICE = (
     "SELECT substring(artifact_data FROM $2::int FOR $3::int) FROM release_artifact WHERE id = $1"
 )
 ARTIFACT_WHOLE = "SELECT artifact_data FROM release_artifact WHERE id = $1"
+
+# -- small questions of the CLI, metrics and health endpoints ---------------------------
+#: task ids in a range of the primary key (a prefix an operator typed): the index answers
+TASK_IDS_BETWEEN = "SELECT id FROM agent_task WHERE id BETWEEN $1 AND $2 ORDER BY id LIMIT $3"
+#: the oldest pending rollback, if any (one is enough)
+PENDING_ROLLBACK = """SELECT id FROM agent_task WHERE type = 'rollback' AND status = 'pending'
+ORDER BY created_at LIMIT 1"""
+#: one cheap statement: pending and due tasks (the partial index on pending rows), the live
+#: release and maintenance as recorded (the flag, the holds, a failing switch-off)
+METRICS_REFRESH = f"""
+SELECT (SELECT count(*) FROM agent_task WHERE status = 'pending') AS pending,
+       (SELECT count(*) FROM agent_task WHERE status = 'pending'
+          AND (execute_after IS NULL OR (isfinite(execute_after) AND execute_after <= now())))
+          AS due,
+       (SELECT release_version FROM release_artifact WHERE is_current LIMIT 1) AS version,
+       (SELECT chart_type FROM release_artifact WHERE is_current LIMIT 1) AS chart_type,
+       (SELECT coalesce(bool_or(maintenance_mode_enabled), false) FROM deployment_config)
+          AS maintenance,
+       (SELECT extract(epoch FROM max(maintenance_off_pending_since))::float8
+          FROM deployment_config) AS off_pending_since,
+       (SELECT coalesce(jsonb_object_agg(k.kind, jsonb_build_array(k.n, k.since)), '{{}}')
+          FROM (SELECT split_part(holder, ':', 1) AS kind, count(*) AS n,
+                       extract(epoch FROM min(since))::float8 AS since
+                  FROM agent_maintenance_hold GROUP BY 1) k) AS holds,
+       (SELECT jsonb_build_object(
+            'completed', count(*) FILTER (WHERE t.status = 'completed'),
+            'failed', count(*) FILTER (WHERE t.status = 'failed' AND NOT {_CANCELLED}),
+            'cancelled', count(*) FILTER (WHERE {_CANCELLED}))
+          FROM agent_task t
+         WHERE t.status IN ('completed', 'failed') AND t.created_at > now() - interval '1 day')
+          AS ended
+"""
+#: the database answers at all (readiness, a listening connection's keepalive)
+PING = "SELECT 1"
 
 SMTP_CONFIG = """
 SELECT smtp_host, smtp_port, smtp_user, smtp_password, smtp_from

@@ -1,9 +1,10 @@
 """The agent's door to PostgreSQL: a pool and one method per question or change.
 
-SQL lives in :mod:`wrktalk_agent.db.queries`. Two readers borrow a connection from here and
-run their own statements from that module: the artifact download
-(:func:`wrktalk_agent.artifacts.fetch_artifact`, prepared slices in one snapshot) and
-maintenance's row-locked decisions (:mod:`wrktalk_agent.maintenance`)."""
+SQL lives in :mod:`wrktalk_agent.db.queries` (and the schema in :mod:`~wrktalk_agent.db.schema`);
+no module outside :mod:`wrktalk_agent.db` issues a statement (a test enforces it). Two
+callers need more than one call: the artifact download reads slices from one snapshot
+(:meth:`Repository.artifact_chunks`), and maintenance's decisions call a handler while
+holding the maintenance lock (:meth:`Repository.locked_maintenance`)."""
 
 from __future__ import annotations
 
@@ -31,13 +32,20 @@ from wrktalk_agent.db import queries as q
 from wrktalk_agent.db.models import (
     AgentInstance,
     ArtifactInfo,
+    MaintenanceHold,
     MaintenanceState,
     PollResult,
     Task,
     TaskEvent,
     tolerant_rows,
 )
-from wrktalk_agent.db.schema import check_schema, init_schema
+from wrktalk_agent.db.schema import (
+    check_schema,
+    init_schema,
+    missing_constraints,
+    release_type_constraints,
+    stale_constraints,
+)
 from wrktalk_agent.interfaces import Recipient, SmtpConfig
 from wrktalk_agent.safe_text import storable, storable_value
 
@@ -443,9 +451,66 @@ class Repository:
         async with self.pool.acquire() as conn:
             return await check_schema(conn)
 
+    async def ping(self, timeout: float) -> None:
+        """Raise unless the database answers within ``timeout`` seconds (readiness)."""
+        async with self.pool.acquire(timeout=timeout) as conn:
+            await asyncio.wait_for(conn.fetchval(q.PING), timeout)
+
+    async def metrics_snapshot(self) -> dict[str, Any]:
+        """Pending tasks and the live release (version, chart type), one cheap statement."""
+        row = await self.pool.fetchrow(q.METRICS_REFRESH)
+        return dict(row) if row is not None else {}
+
+    async def table_privileges(
+        self, wanted: Sequence[tuple[str, str]]
+    ) -> tuple[list[bool | None], dict[str, Any]]:
+        """Whether the role has each (table, privilege), ``None`` for a missing table; and
+        the other privileges the agent uses (schema, sequence, advisory locks, role)."""
+        rows = await self.pool.fetch(
+            q.TABLE_PRIVILEGES, [table for table, _ in wanted], [priv for _, priv in wanted]
+        )
+        other = await self.pool.fetchrow(q.OTHER_PRIVILEGES)
+        assert other is not None
+        return [r["granted"] for r in rows], dict(other)
+
+    async def artifact_chunks(
+        self, artifact_id: UUID, size: int, chunk_bytes: int
+    ) -> AsyncIterator[bytes]:
+        """A release's bytes in slices of ``chunk_bytes``, all read from one snapshot (a
+        row replaced meanwhile cannot be mixed in); one round trip when it fits in one.
+        Close the iterator (``contextlib.aclosing``) when stopping early."""
+        async with self.pool.acquire() as conn:
+            if size <= chunk_bytes:  # no transaction needed
+                data = await conn.fetchval(q.ARTIFACT_WHOLE, artifact_id)
+                if data:
+                    yield data
+                return
+            async with conn.transaction(isolation="repeatable_read", readonly=True):
+                statement = await conn.prepare(q.ARTIFACT_SLICE)
+                for offset in range(1, size + 1, chunk_bytes):
+                    chunk = await statement.fetchval(artifact_id, offset, chunk_bytes)
+                    if not chunk:
+                        return
+                    yield chunk
+
     async def init_schema(self) -> list[str]:
         async with self.pool.acquire() as conn:
             return await init_schema(conn)
+
+    async def schema_problems(self) -> list[str]:
+        """What `db init` would add or drop: :meth:`check_schema`, the CHECK constraints
+        the agent relies on, and stale ones of an earlier `db init`."""
+        async with self.pool.acquire() as conn:
+            return (
+                await check_schema(conn)
+                + await missing_constraints(conn)
+                + await stale_constraints(conn)
+            )
+
+    async def release_type_constraints(self) -> list[tuple[str, str]]:
+        """(name, expression) of a backend's own CHECK constraints on release types."""
+        async with self.pool.acquire() as conn:
+            return await release_type_constraints(conn)
 
     # -- the agent loop --------------------------------------------------------------
     @_bounded
@@ -458,13 +523,17 @@ class Repository:
         instance_id: UUID,
         notifiers: Sequence[str] = (),
         installation: str = "",
+        release_types: Sequence[str] | None = None,
         seen_every: float = 0.0,
     ) -> PollResult:
         """Claim the oldest task that can run (one statement, :data:`queries.POLL`, that
         writes nothing when there is nothing to claim); reject the rows at the head of the
         queue that no agent can run and take over a task whose lease ran out, each with a
-        statement of its own, only when the poll saw one. ``seen_every``: renew this
-        process's last_seen when it is older than that, even when nothing else changes."""
+        statement of its own, only when the poll saw one. ``release_types``: the types the
+        installed deployers declare; a pending task whose release has another type is
+        rejected (``None``: any type but a blank one). ``seen_every``: renew this process's
+        last_seen when it is older than that, even when nothing else changes."""
+        types = None if release_types is None else list(release_types)
         row = await self.pool.fetchrow(
             q.POLL,
             agent_id,
@@ -475,11 +544,14 @@ class Repository:
             claim_token,
             instance_id,
             seen_every,
+            types,
         )
         assert row is not None
         rejected: list[tuple[UUID, str]] = []
         if row["bad_waiting"]:
-            swept = await self.pool.fetchval(q.SWEEP_BAD, agent_id, list(notifiers), installation)
+            swept = await self.pool.fetchval(
+                q.SWEEP_BAD, agent_id, list(notifiers), installation, types
+            )
             rejected = [(UUID(r["id"]), r["error"]) for r in swept]
         claimed = await self._claimed_task(
             row["claimed"], claim_token, agent_id, notifiers, installation, rejected
@@ -812,9 +884,24 @@ class Repository:
         rows = await self.pool.fetch(q.LIST_TASKS, status, task_type, limit)
         return [Task.model_validate(dict(r)) for r in rows]
 
-    async def cancel_task(self, task_id: UUID, reason: str) -> Task | None:
-        row = await self.pool.fetchrow(q.CANCEL_TASK, task_id, reason)
+    async def cancel_task(self, task_id: UUID, *, by: str, via: str) -> Task | None:
+        """Cancel a pending task (``None``: it was not pending): stored as failed with
+        the error "cancelled by BY (VIA)" and the result ``{"cancelled": true, "by": BY}``,
+        whoever cancels it (the CLI, the dashboard)."""
+        row = await self.pool.fetchrow(
+            q.CANCEL_TASK, task_id, f"cancelled by {by} ({via})", {"cancelled": True, "by": by}
+        )
         return Task.model_validate(dict(row)) if row else None
+
+    async def task_ids_with_prefix(self, low: UUID, high: UUID, limit: int) -> list[UUID]:
+        """Task ids between ``low`` and ``high`` (a typed prefix), at most ``limit``."""
+        rows = await self.pool.fetch(q.TASK_IDS_BETWEEN, low, high, limit)
+        return [UUID(str(r["id"])) for r in rows]
+
+    async def pending_rollback(self) -> UUID | None:
+        """The oldest pending rollback task, if any."""
+        found = await self.pool.fetchval(q.PENDING_ROLLBACK)
+        return None if found is None else UUID(str(found))
 
     async def task_events(self, task_id: UUID) -> list[TaskEvent]:
         rows = await self.pool.fetch(q.TASK_EVENTS, task_id)
@@ -876,6 +963,21 @@ class Repository:
         return ArtifactInfo.model_validate(dict(row)) if row else None
 
     # -- deployment_config / admins ----------------------------------------------------
+    @asynccontextmanager
+    async def locked_maintenance(
+        self, *, wait: bool = True
+    ) -> AsyncIterator[MaintenanceRecord | None]:
+        """The maintenance record in one transaction holding the maintenance lock (an
+        advisory lock polls never take: a slow proxy called meanwhile delays no claim).
+        ``None`` when ``wait`` is off and another agent holds the lock."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            if wait:
+                await conn.execute(q.MAINTENANCE_LOCK, q.MAINTENANCE_LOCK_KEY)
+            elif not await conn.fetchval(q.MAINTENANCE_TRY_LOCK, q.MAINTENANCE_LOCK_KEY):
+                yield None
+                return
+            yield MaintenanceRecord(conn)
+
     @_bounded
     async def maintenance_state(self) -> MaintenanceState:
         row = await self.pool.fetchrow(q.MAINTENANCE_STATE)
@@ -1023,3 +1125,69 @@ async def promote_release(conn: asyncpg.Connection, release_id: UUID) -> None:
     await conn.execute(q.CLEAR_PREVIOUS, release_id)
     await conn.execute(q.DEMOTE_CURRENT, release_id)
     await conn.execute(q.PROMOTE, release_id)
+
+
+class MaintenanceRecord:
+    """Maintenance as recorded (the flag, the holds, a failing switch-off) while
+    :meth:`Repository.locked_maintenance` holds the maintenance lock: one method per
+    statement, the decisions and the proxy calls stay with :mod:`wrktalk_agent.maintenance`."""
+
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self._conn = conn
+
+    async def state(self) -> MaintenanceState:
+        row = await self._conn.fetchrow(q.MAINTENANCE_STATE)
+        return MaintenanceState.model_validate(dict(row)) if row else MaintenanceState()
+
+    async def hold_for_task(self, task_id: UUID, claim_token: UUID, reason: str) -> bool:
+        """The task's hold, only while its claim owns the task (False: it does not)."""
+        return await self._conn.fetchval(q.TASK_HOLD, task_id, claim_token, reason) is not None
+
+    async def hold_for_operator(self, holder: str, reason: str) -> bool:
+        """An operator's window (a second one updates the reason); True when new."""
+        row = await self._conn.fetchrow(q.OPERATOR_HOLD, holder, reason)
+        assert row is not None
+        return bool(row["created"])
+
+    async def release_task_hold(self, task_id: UUID, claim_token: UUID) -> list[MaintenanceHold]:
+        """The task's hold goes, fenced by its claim; returns what went."""
+        return _holds(await self._conn.fetch(q.RELEASE_TASK_HOLD, task_id, claim_token))
+
+    async def release_hold(self, holder: str) -> list[MaintenanceHold]:
+        return _holds(await self._conn.fetch(q.RELEASE_HOLD, holder))
+
+    async def release_all_holds(self) -> list[MaintenanceHold]:
+        return _holds(await self._conn.fetch(q.RELEASE_ALL_HOLDS))
+
+    async def release_ended_task_holds(self) -> list[MaintenanceHold]:
+        """Holds of tasks that have ended or vanished (this statement proves it)."""
+        return _holds(await self._conn.fetch(q.RELEASE_ENDED_TASK_HOLDS))
+
+    async def record_on(self) -> None:
+        """The flag on, and the summary of the holds beside it."""
+        await self._conn.execute(q.RECORD_MAINTENANCE_ON)
+
+    async def record_holds(self) -> None:
+        await self._conn.execute(q.RECORD_HOLDS)
+
+    async def record_off(self) -> None:
+        """The proxy is off: recorded only while no hold has appeared meanwhile."""
+        await self._conn.execute(q.RECORD_MAINTENANCE_OFF)
+
+    async def record_off_pending(self, error: str) -> None:
+        """The last hold went but the switch-off failed: still on, to be retried."""
+        await self._conn.execute(q.RECORD_OFF_PENDING, error)
+
+    async def note_in_timelines(self, task_ids: Sequence[UUID], message: str) -> None:
+        """A line in the timelines of the tasks whose holds an operator ended."""
+        await self._conn.execute(q.MAINTENANCE_NOTE, list(task_ids), message)
+
+
+def _holds(rows: Sequence[asyncpg.Record]) -> list[MaintenanceHold]:
+    return [MaintenanceHold.model_validate(dict(r)) for r in rows]
+
+
+async def keepalive(conn: asyncpg.Connection, timeout: float) -> None:
+    """Ask a listening connection's server for an answer: a half-open TCP connection
+    sends no FIN, so silence is the only sign it is gone."""
+    await conn.execute(q.PING, timeout=timeout)

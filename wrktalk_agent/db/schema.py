@@ -64,10 +64,6 @@ EXPECTED_CHECKS: dict[tuple[str, str], tuple[str, str]] = {
         "status IN ('pending', 'inProgress', 'completed', 'failed')",
         "known task statuses",
     ),
-    ("release_artifact", "chart_type"): (
-        "chart_type IN ('helm', 'compose')",
-        "known chart types",
-    ),
     ("agent_task_event", "status"): (
         "status IN ('started', 'succeeded', 'failed', 'skipped', 'info')",
         "known step statuses",
@@ -80,6 +76,27 @@ FROM pg_constraint k
 JOIN pg_class c ON c.oid = k.conrelid
 JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = ANY (k.conkey)
 WHERE k.contype = 'c' AND c.relnamespace = current_schema()::regnamespace
+"""
+
+#: CHECK constraints an earlier `db init` created and the agent no longer wants, by
+#: (table, name): the expression as PostgreSQL shows it, and why it goes. Dropped by
+#: `db init` only when name and expression both match (a backend's own constraint, even on
+#: the same column, is reported and left alone).
+STALE_CHECKS: dict[tuple[str, str], tuple[str, str]] = {
+    ("release_artifact", "release_artifact_chart_type_check"): (
+        "(chart_type = ANY (ARRAY['helm'::text, 'compose'::text]))",
+        "it pins release types to helm and compose; the installed deployers declare them now",
+    ),
+}
+
+_CHECKS_ON = """
+SELECT k.conname AS name, pg_get_expr(k.conbin, k.conrelid) AS expression
+FROM pg_constraint k
+JOIN pg_class c ON c.oid = k.conrelid
+JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = ANY (k.conkey)
+WHERE k.contype = 'c' AND c.relnamespace = current_schema()::regnamespace
+  AND c.relname = $1 AND a.attname = $2
+ORDER BY k.conname
 """
 
 EXPECTED_TRIGGERS: dict[str, tuple[str, str]] = {
@@ -156,6 +173,43 @@ async def missing_constraints(conn: asyncpg.Connection) -> list[str]:
     ]
 
 
+async def stale_constraints(conn: asyncpg.Connection) -> list[str]:
+    """The constraints of :data:`STALE_CHECKS` present, in plain words (`db init` drops
+    them)."""
+    return [
+        f"check constraint {name} on {table} ({expression}) is from an earlier `db init`: {why}"
+        for table, name, expression, why in await _stale_checks(conn)
+    ]
+
+
+async def _stale_checks(conn: asyncpg.Connection) -> list[tuple[str, str, str, str]]:
+    found = []
+    for (table, name), (expression, why) in STALE_CHECKS.items():
+        row = await conn.fetchrow(
+            """SELECT pg_get_expr(k.conbin, k.conrelid) AS expression FROM pg_constraint k
+               JOIN pg_class c ON c.oid = k.conrelid
+               WHERE k.contype = 'c' AND k.conname = $2 AND c.relname = $1
+                 AND c.relnamespace = current_schema()::regnamespace""",
+            table,
+            name,
+        )
+        if row is not None and row["expression"] == expression:
+            found.append((table, name, expression, why))
+    return found
+
+
+async def release_type_constraints(conn: asyncpg.Connection) -> list[tuple[str, str]]:
+    """(name, expression) of each CHECK constraint on ``release_artifact.chart_type`` that
+    is not a stale one of the agent's: a backend's own rule on release types, which the
+    agent reports (`check`, `db check`) and never changes."""
+    stale = {name for _, name, _, _ in await _stale_checks(conn)}
+    return [
+        (r["name"], r["expression"])
+        for r in await conn.fetch(_CHECKS_ON, "release_artifact", "chart_type")
+        if r["name"] not in stale
+    ]
+
+
 async def _present_columns(conn: asyncpg.Connection) -> dict[str, set[str]]:
     present: dict[str, set[str]] = {}
     for row in await conn.fetch(
@@ -183,11 +237,22 @@ async def init_schema(conn: asyncpg.Connection) -> list[str]:
     """Apply the schema; return what was missing before (empty: nothing was changed)."""
     async with conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock($1)", _INIT_LOCK)
-        missing = await check_schema(conn) + await missing_constraints(conn)
+        missing = (
+            await check_schema(conn)
+            + await missing_constraints(conn)
+            + await stale_constraints(conn)
+        )
         if missing:
             await conn.execute(schema_sql())
             await _add_checks(conn)
+            await _drop_stale_checks(conn)
     return missing
+
+
+async def _drop_stale_checks(conn: asyncpg.Connection) -> None:
+    for table, name, _, _ in await _stale_checks(conn):
+        # identifiers come from STALE_CHECKS above, never from input
+        await conn.execute(f'ALTER TABLE {table} DROP CONSTRAINT IF EXISTS "{name}"')
 
 
 async def _add_checks(conn: asyncpg.Connection) -> None:

@@ -25,7 +25,8 @@ CREATE TABLE IF NOT EXISTS admin (
 CREATE TABLE IF NOT EXISTS release_artifact (
     id uuid PRIMARY KEY DEFAULT gen_random_uuid(),
     release_version text NOT NULL UNIQUE,
-    chart_type text NOT NULL CHECK (chart_type IN ('helm', 'compose')),
+    -- the release type: any text; the installed deployers declare which they take
+    chart_type text NOT NULL,
     artifact_data bytea NOT NULL,
     env_data text,
     values_data text,

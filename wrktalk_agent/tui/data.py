@@ -33,6 +33,7 @@ from wrktalk_agent.db.repository import (
     DatabaseUnavailable,
     Repository,
     connect_listener,
+    keepalive,
 )
 from wrktalk_agent.db.schema import NOTIFY_CHANNEL
 from wrktalk_agent.live_output import OUTPUT_MARK, is_output, output_text
@@ -339,7 +340,7 @@ class DashboardSource:
 
     async def cancel(self, task_id: UUID) -> Task:
         async with self._repository() as repo:
-            task = await repo.cancel_task(task_id, f"cancelled by {_operator()} (dashboard)")
+            task = await repo.cancel_task(task_id, by=_operator(), via="dashboard")
         if task is None:
             raise ActionRefused("the task is no longer pending; nothing was cancelled")
         return task
@@ -391,7 +392,7 @@ class DashboardSource:
             try:
                 await asyncio.wait_for(lost.wait(), timeout=LISTENER_KEEPALIVE)
             except TimeoutError:
-                await conn.execute("SELECT 1", timeout=QUERY_TIMEOUT)
+                await keepalive(conn, QUERY_TIMEOUT)
 
     # -- plumbing ------------------------------------------------------------------------
     @asynccontextmanager

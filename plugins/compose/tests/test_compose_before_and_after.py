@@ -263,3 +263,46 @@ async def test_live_release_is_unknown_when_docker_fails(
     live = await deployer.live_release()
     assert (live.version, live.state) == (None, "unknown")
     assert live.detail == f"docker ps failed: {tmp_path}/no-docker: No such file or directory"
+
+
+def _time_wait_on(port: int) -> int:
+    """TCP sockets of this host in TIME-WAIT whose local port is ``port``."""
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            local, state = fields[1], fields[3]
+            if state == "06" and int(local.rsplit(":", 1)[1], 16) == port:
+                count += 1
+    return count
+
+
+async def test_a_stack_stopped_right_after_serving_deploys_again_at_once(
+    deployer: ComposeDeployer,
+    builder: ReleaseBuilder,
+    app_image: AppImage,
+    compose_project: ComposeProject,
+) -> None:
+    """Connections the stack served leave TIME-WAIT sockets on its published port for up
+    to a minute; Docker binds the port anyway, so the port check must too."""
+    port = free_loopback_port()
+    first = builder.request(
+        "1.0.0", app_files(app_image, "1.0.0"), env_data=env_data(port, "1.0.0")
+    )
+    assert await deployer.validate(first) == []
+    await deployer.deploy(first)
+    for _ in range(5):
+        assert http_get(port) == "1.0.0\n"
+    compose_project.remove()  # the stack stops while those connections wind down
+    # the server side closed first: its sockets wait on the published port
+    assert _time_wait_on(port) > 0, "no TIME-WAIT socket: the test would prove nothing"
+    again = builder.request(
+        "1.1.0", app_files(app_image, "1.1.0"), env_data=env_data(port, "1.1.0")
+    )
+    assert await deployer.validate(again) == []
+    await deployer.deploy(again)
+    assert http_get(port) == "1.1.0\n"

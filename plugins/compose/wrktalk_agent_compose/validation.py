@@ -147,12 +147,20 @@ def _expand(host_ip: str, published: str, protocol: str) -> list[PublishedPort]:
 
 
 def port_in_use(port: PublishedPort) -> bool:
-    """Whether binding ``port`` fails because something holds it."""
+    """Whether binding ``port`` fails because something holds it.
+
+    A TCP port is bound the way Docker binds it (SO_REUSEADDR, as every Go listener
+    does): connections a stopped stack served moments ago leave TIME-WAIT sockets on the
+    port for up to a minute, which Docker ignores, so only a socket bound or listening
+    there counts as taken. UDP has no TIME-WAIT; there SO_REUSEADDR would let two
+    sockets share the port and hide a real holder, so it is not set."""
     family = socket.AF_INET6 if ":" in port.host_ip else socket.AF_INET
     kind = socket.SOCK_DGRAM if port.protocol == "udp" else socket.SOCK_STREAM
     address = port.host_ip or ("::" if family == socket.AF_INET6 else "0.0.0.0")  # noqa: S104
     try:
         with socket.socket(family, kind) as sock:
+            if kind == socket.SOCK_STREAM:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind((address, port.port))
     except OSError as exc:
         return exc.errno == errno.EADDRINUSE

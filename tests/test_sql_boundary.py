@@ -1,0 +1,101 @@
+"""All SQL lives behind ``wrktalk_agent/db/``: no other module of the core (nor a shipped
+plugin) holds a statement, imports the statement modules, or calls asyncpg's query
+methods. The CLI, metrics, maintenance, preflight, artifacts and the dashboard ask the
+repository (procrastinate's and PgQueuer's one door)."""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CORE = ROOT / "wrktalk_agent"
+DB = CORE / "db"
+
+#: modules outside db/ allowed to issue SQL, and why
+ALLOWED = {
+    # the test harness (public, for plugins' tests): creates, templates and drops test
+    # databases and stores test admins, things no agent does
+    CORE / "testing.py": "test harness",
+}
+
+#: a string that starts like a statement: a verb and something after it
+_STATEMENT = re.compile(
+    r"^\s*(SELECT|INSERT\s+INTO|UPDATE\s+\w+\s+SET|DELETE\s+FROM|WITH\s+\w+\s+AS|CREATE|ALTER|"
+    r"DROP|TRUNCATE|LOCK\s+TABLE|GRANT|REVOKE)\s+\S"
+)
+#: asyncpg methods that send a statement (``execute`` is checked by its argument: the name
+#: is common, as in ``run.execute()``)
+_QUERY_METHODS = {"fetch", "fetchrow", "fetchval", "executemany", "prepare", "cursor",
+                  "copy_from_query", "copy_to_table", "copy_records_to_table"}  # fmt: skip
+
+
+def _modules() -> list[Path]:
+    plugins = sorted((ROOT / "plugins").glob("*/wrktalk_agent_*/**/*.py"))
+    core = [p for p in sorted(CORE.rglob("*.py")) if DB not in p.parents]
+    return [p for p in core + plugins if p not in ALLOWED]
+
+
+def sql_outside_db(path: Path) -> list[str]:
+    """Where ``path`` holds or issues SQL: line and what."""
+    found = []
+    tree = ast.parse(path.read_text(), str(path))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            names = {a.name for a in node.names}
+            if node.module == "wrktalk_agent.db.queries" or (
+                node.module == "wrktalk_agent.db" and "queries" in names
+            ):
+                found.append(f"{node.lineno}: imports the statements (db.queries)")
+            if node.module == "wrktalk_agent.db.schema" and "schema_sql" in names:
+                found.append(f"{node.lineno}: imports the schema's SQL")
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name == "wrktalk_agent.db.queries":
+                    found.append(f"{node.lineno}: imports the statements (db.queries)")
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+            if _STATEMENT.match(node.value):
+                found.append(f"{node.lineno}: SQL text {node.value.strip()[:40]!r}")
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            if node.func.attr in _QUERY_METHODS:
+                found.append(f"{node.lineno}: calls .{node.func.attr}()")
+    return found
+
+
+def test_no_module_outside_db_issues_sql() -> None:
+    offenders = {
+        str(path.relative_to(ROOT)): found for path in _modules() if (found := sql_outside_db(path))
+    }
+    assert offenders == {}, "SQL outside wrktalk_agent/db/ (add a Repository method instead)"
+
+
+@pytest.mark.parametrize(
+    ("source", "caught"),
+    [
+        ('rows = await repo.pool.fetch("SELECT id FROM agent_task")', True),
+        ("await conn.execute('UPDATE agent_task SET status = $1')", True),
+        ("from wrktalk_agent.db import queries as q", True),
+        ("import wrktalk_agent.db.queries", True),
+        ("row = await pool.fetchrow(Q)", True),
+        ('QUERY = """\n  WITH head AS (SELECT 1) SELECT * FROM head"""', True),
+        ("await run.execute()", False),
+        ('PRIVILEGES = [("agent_task", "SELECT", "finding due tasks")]', False),
+        ('help = "each one small UPDATE of the row"', False),
+        ("tasks = await repo.pending_rollback()", False),
+        ('"""LISTEN for task changes on a connection of its own."""', False),
+    ],
+)
+def test_the_check_tells_sql_from_prose(source: str, caught: bool, tmp_path: Path) -> None:
+    module = tmp_path / "module.py"
+    module.write_text(source + "\n")
+    assert bool(sql_outside_db(module)) is caught
+
+
+def test_the_shipped_modules_that_used_to_issue_sql_are_checked() -> None:
+    checked = {p.relative_to(CORE).as_posix() for p in _modules() if CORE in p.parents}
+    for name in ("cli/task.py", "cli/release.py", "cli/run.py", "metrics.py", "maintenance.py",
+                 "preflight.py", "artifacts.py", "runtime.py", "tui/data.py"):  # fmt: skip
+        assert name in checked
