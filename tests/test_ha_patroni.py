@@ -214,7 +214,9 @@ async def test_a_patroni_switchover_during_a_deploy_loses_nothing(spawn_agent, t
             WRKTALK_AGENT_DB_USER="postgres",
             WRKTALK_AGENT_DB_SSL_MODE="disable",
             WRKTALK_AGENT_HEARTBEAT_INTERVAL="1",
-            WRKTALK_AGENT_STALE_AFTER="120",
+            # above the switchover's few seconds; the new leader's timeline then holds new
+            # claims for this lease and its margin (35 s, docs/operator.md: failover)
+            WRKTALK_AGENT_STALE_AFTER="30",
         )
         proc = spawn_agent(env)
         await asyncio.to_thread(_wait, started.exists, 60, "deploy start")
