@@ -24,13 +24,19 @@ from uuid import UUID
 from wrktalk_agent import maintenance as maint
 from wrktalk_agent import metrics, outbox, process
 from wrktalk_agent.artifacts import secure_delete
-from wrktalk_agent.contract import DEPLOYER
 from wrktalk_agent.db.models import ArtifactInfo, Task, tolerant_rows
 from wrktalk_agent.db.repository import FlagChange
-from wrktalk_agent.guard import bounded, describe
-from wrktalk_agent.interfaces import BackendError, LiveState, NotificationKind
+from wrktalk_agent.guard import describe
+from wrktalk_agent.interfaces import LiveState, NotificationKind
 from wrktalk_agent.lease import Lease, held
-from wrktalk_agent.pipeline import DB_ERRORS, LeasedRun, TaskOutcome, write_outcome
+from wrktalk_agent.pipeline import (
+    DB_ERRORS,
+    LeasedRun,
+    TaskOutcome,
+    ask_live,
+    live_text,
+    write_outcome,
+)
 from wrktalk_agent.services import Services
 
 
@@ -72,8 +78,8 @@ class RecoveryRun(LeasedRun):
     async def _recover(self, lease: Lease) -> TaskOutcome:
         with tolerant_rows():  # only versions and ids are read: any release row will do
             target, current = await self._releases()
-        live = await self._live()
-        await self.timeline.add("recovery", "info", f"live: {_live_text(live)}")
+        live = await ask_live(self.s)
+        await self.timeline.add("recovery", "info", f"live: {live_text(live)}")
         await self._clear_maintenance(lease)
         try:
             status, error, flags, next_step = await self._decide(live, target, current)
@@ -97,7 +103,7 @@ class RecoveryRun(LeasedRun):
         await self.timeline.add(
             "recovery",
             "succeeded" if status == "completed" else "failed",
-            error or f"{_live_text(live)}: the {self.task.type} had finished",
+            error or f"{live_text(live)}: the {self.task.type} had finished",
         )
         event = outbox.build_event(
             kind=NotificationKind.TASK_ABANDONED,
@@ -109,7 +115,7 @@ class RecoveryRun(LeasedRun):
             current=current,
             error=error or self.abandoned,
             started_at=self.task.picked_up_at,
-            live=_live_text(live) + (f". Next: {next_step}" if next_step else ""),
+            live=live_text(live) + (f". Next: {next_step}" if next_step else ""),
         )
         written = await write_outcome(
             self.s,
@@ -126,7 +132,7 @@ class RecoveryRun(LeasedRun):
             return TaskOutcome.TAKEN_AWAY
         # the outcome this agent wrote counts here: the agent that ran the task is gone
         metrics.TASKS.labels(type=self.task.type, outcome=written).inc()
-        self.log.warning("task.recovered", outcome=written, live=_live_text(live), error=error)
+        self.log.warning("task.recovered", outcome=written, live=live_text(live), error=error)
         return TaskOutcome(written)
 
     async def _releases(self) -> tuple[ArtifactInfo | None, ArtifactInfo | None]:
@@ -138,22 +144,6 @@ class RecoveryRun(LeasedRun):
         elif self.task.type == "rollback":
             target = await self.repo.previous_release()
         return target, current
-
-    async def _live(self) -> LiveState:
-        query = DEPLOYER.optional_method(self.s.deployer, "live_release")
-        if query is None:
-            return LiveState(
-                None, "unknown", f"deployer {self.s.deployer.name!r} cannot tell what is live"
-            )
-        try:
-            live = await bounded(
-                query(), self.settings.backend_timeout, f"{self.s.deployer.name} live_release"
-            )
-        except BackendError as exc:
-            return LiveState(None, "unknown", str(exc))
-        if not isinstance(live, LiveState):
-            return LiveState(None, "unknown", f"live_release returned {type(live).__name__}")
-        return live
 
     async def _clear_maintenance(self, lease: Lease) -> None:
         """Release the dead task's hold under this run's claim; the proxy goes off when it
@@ -183,7 +173,7 @@ class RecoveryRun(LeasedRun):
         self, live: LiveState, target: ArtifactInfo | None, current: ArtifactInfo | None
     ) -> tuple[Literal["completed", "failed"], str | None, FlagChange | None, str | None]:
         """The task's status, its error, how the flags move, and the operator's next step."""
-        found = f"{self.abandoned}; found {_live_text(live)}"
+        found = f"{self.abandoned}; found {live_text(live)}"
         cur = current.release_version if current else None
         tgt = target.release_version if target else None
         retry = f"deploy {tgt} again" if self.task.type == "deploy" and tgt else "retry the task"
@@ -218,15 +208,3 @@ class RecoveryRun(LeasedRun):
         for path in base.glob(f"task-{self.task.id}-*"):
             for problem in secure_delete(Path(path)):
                 self.log.warning("workdir.delete_failed", problem=problem)
-
-
-def _live_text(live: LiveState) -> str:
-    if live.state == "deployed":
-        text = f"{live.version} live"
-    elif live.state == "half-applied":
-        text = f"{live.version or 'a release'} half-applied"
-    elif live.state == "absent":
-        text = "nothing deployed"
-    else:
-        text = "live release unknown"
-    return f"{text} ({live.detail})" if live.detail else text
