@@ -55,13 +55,22 @@ class Site:
     #: while this is entered, switching maintenance off fails the way a proxy being
     #: restarted makes it fail (None: not possible with this transport)
     switch_off_broken: Callable[[], Any] | None = None
+    #: the proxy's own log, shown when the site does not answer as expected
+    proxy_log: Path | None = None
 
     async def get(self) -> Any:
         return await asyncio.to_thread(self.fetch)
 
+    def _log_tail(self) -> str:
+        if self.proxy_log is None or not self.proxy_log.exists():
+            return "(no proxy log)"
+        return "\n".join(self.proxy_log.read_text(errors="replace").splitlines()[-20:])
+
     async def assert_up(self) -> None:
         response = await self.get()
-        assert (response.status, response.body) == (200, UPSTREAM_BODY)
+        assert (response.status, response.body) == (200, UPSTREAM_BODY), (
+            f"the site answered {response.status}; the proxy's log:\n{self._log_tail()}"
+        )
 
     async def assert_maintenance(self) -> None:
         response = await self.get()
@@ -87,6 +96,7 @@ def _make_site(request: pytest.FixtureRequest, tmp_path: Path) -> Site:
             nginx.get,
             lambda: NginxMaintenance(nginx.settings, context),
             lambda: _immutable(nginx.flag_file.parent),
+            nginx.prefix / "error.log",
         )
     haproxy = request.getfixturevalue("haproxy_proxy")
     tcp = request.param == "haproxy-tcp"
@@ -98,6 +108,7 @@ def _make_site(request: pytest.FixtureRequest, tmp_path: Path) -> Site:
         haproxy.get,
         lambda: HaproxyMaintenance(settings, context),
         None if tcp else lambda: _moved_away(haproxy.admin_socket),
+        haproxy.directory / "haproxy.log",
     )
 
 
