@@ -125,6 +125,14 @@ class Watch:
         self.seen: dict[int, int] = {}
         self.deadline: float | None = None
         self.next_scan = 0.0
+        #: groups never signalled as a whole: ours, and the agent's own (its shell
+        #: pipeline, e.g. ``wrktalk-agent run | tee``, or a test runner hosting it); a
+        #: descendant in one of them is stopped on its own
+        self.spared = {0, 1, os.getpgid(0)}
+        try:
+            self.spared.add(os.getpgid(agent))
+        except OSError:
+            pass
 
     def line(self, line: str) -> None:
         if line == "F":
@@ -171,13 +179,13 @@ class Watch:
             stat = _stat(pid)
             if stat is not None and stat[3] == start and stat[0] not in ("Z", "X"):
                 pids.add(pid)
-                if stat[2] not in (0, 1, os.getpgid(0)):
+                if stat[2] not in self.spared:
                     groups.add(stat[2])
         if _stat(self.agent) is not None:  # descendants that appeared since the last scan
             for pid, (pgid, start) in _descendants(self.agent).items():
                 if (pid, start) not in self.baseline:
                     pids.add(pid)
-                    if pgid not in (0, 1, os.getpgid(0)):
+                    if pgid not in self.spared:
                         groups.add(pgid)
         return groups, pids
 
