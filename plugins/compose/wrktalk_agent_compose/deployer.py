@@ -29,22 +29,15 @@ from .commands import (
     Variant,
     detect_variant,
     probe,
-    project_containers,
     resolve_variant,
 )
 from .health import ProjectContainers
+from .host_checks import check_images, check_ports, unavailable
 from .layout import ReleaseLayout, read_layout
 from .live import live_state
 from .releases import RELEASES_DIR, InstalledRelease, install_release, prune_releases
 from .settings import ComposeSettings
-from .validation import (
-    bundled_images,
-    normalize_image,
-    port_in_use,
-    ports_from_docker_ps,
-    published_ports,
-    resolved_services,
-)
+from .validation import resolved_services
 
 
 @dataclass
@@ -123,7 +116,7 @@ class ComposeDeployer:
         try:
             variant = await self._compose_variant()
         except DeployError as exc:
-            return self._unavailable(f"the release could not be validated: {exc}")
+            return unavailable(self.settings, f"the release could not be validated: {exc}")
         command = self._command(variant, layout.compose_file, request.env_file)
         # The one `config` call of a task: its model serves the image and the port checks
         # below; its warnings come back as the step's warnings (not streamed: the model
@@ -136,7 +129,7 @@ class ComposeDeployer:
             stream=False,
         )
         if config.returncode in (NOT_FOUND, TIMED_OUT):
-            return self._unavailable(f"compose config could not run: {config.summary()}")
+            return unavailable(self.settings, f"compose config could not run: {config.summary()}")
         if not config.ok:  # stderr only: stdout would be the interpolated model
             raise ValidationError(
                 f"compose config rejects the release: {config.summary()}", output=config.output
@@ -149,65 +142,9 @@ class ComposeDeployer:
         for name, service in services.items():
             if not service.get("image"):
                 warnings.append(f"service {name} has no image: compose will build it")
-        warnings += await self._check_images(layout, services)
-        await self._check_ports(services)
+        warnings += await check_images(self.settings, layout, services)
+        await check_ports(self.settings, services)
         return warnings
-
-    def _unavailable(self, message: str) -> list[str]:
-        """Validation that cannot run: a failure, or (on_validation_unavailable=warn) a
-        warning the core writes into the timeline before deploying anyway."""
-        if self.settings.on_validation_unavailable == "fail":
-            raise ValidationError(
-                f"{message} (WRKTALK_AGENT_COMPOSE_ON_VALIDATION_UNAVAILABLE=warn deploys anyway)"
-            )
-        return [message]
-
-    async def _check_images(
-        self, layout: ReleaseLayout, services: dict[str, dict[str, Any]]
-    ) -> list[str]:
-        wanted = sorted({str(s["image"]) for s in services.values() if s.get("image")})
-        bundled = await asyncio.to_thread(bundled_images, layout.images)
-        elsewhere = [image for image in wanted if normalize_image(image) not in bundled]
-        if not elsewhere:
-            return []
-        present = await run(
-            [self.settings.docker_binary, "image", "inspect", "--format", "{{.Id}}", *elsewhere],
-            timeout=QUERY_TIMEOUT_SECONDS,
-            stream=False,
-        )
-        if present.ok:
-            return []
-        missing = [i for i in elsewhere if f"no such image: {i}".lower() in present.output.lower()]
-        if not missing:  # not an answer about the images: docker itself failed
-            return self._unavailable(f"could not check the images: {present.summary()}")
-        raise ValidationError(
-            f"image(s) neither in the release's images/ nor present on this host: "
-            f"{', '.join(missing)}",
-            output=present.output,
-        )
-
-    async def _check_ports(self, services: dict[str, dict[str, Any]]) -> None:
-        ports = sorted({p for s in services.values() for p in published_ports(s)})
-        taken = [p for p in ports if await asyncio.to_thread(port_in_use, p)]
-        if not taken:
-            return
-        listed = await run(
-            project_containers(
-                self.settings.docker_binary, self.settings.project_name, "--format", "{{.Ports}}"
-            ),
-            timeout=QUERY_TIMEOUT_SECONDS,
-            capture_stdout=True,
-            stream=False,
-        )
-        if not listed.ok:
-            raise ValidationError(f"could not check the published ports: {listed.summary()}")
-        ours = ports_from_docker_ps(listed.stdout.splitlines())
-        others = [p for p in taken if (p.port, p.protocol) not in ours]
-        if others:
-            raise ValidationError(
-                f"published port(s) {', '.join(map(str, others))} already in use by another "
-                f"process (not by compose project {self.settings.project_name})"
-            )
 
     async def prepare(self, request: DeployRequest) -> None:
         """Load the bundled images and install the release directory, before maintenance

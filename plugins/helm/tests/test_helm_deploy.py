@@ -12,7 +12,7 @@ import pytest
 from wrktalk_agent.interfaces import DeployError
 from wrktalk_agent.process import TAIL_BYTES
 from wrktalk_agent_helm import HelmDeployer
-from wrktalk_agent_helm.deployer import MAX_OUTPUT_LINES
+from wrktalk_agent_helm.output import MAX_OUTPUT_LINES
 
 from .conftest import CONFIGMAP, FakeHelm, RequestFactory
 
@@ -531,7 +531,7 @@ async def test_uninstall_whose_history_cannot_be_read_afterwards(
     # helm uninstall fails, and the cluster is gone by the time the agent re-reads the
     # history: the task fails with both, rather than guess what Helm did
     deployer = make_deployer()
-    real_action = deployer._action
+    real_action = deployer.helm.action
 
     async def uninstall_then_unreachable(args: list[str], **kwargs: object) -> object:
         try:
@@ -540,7 +540,7 @@ async def test_uninstall_whose_history_cannot_be_read_afterwards(
             fake_helm.configure(cluster="unreachable")
 
     fake_helm.configure(inject={"uninstall": "before-purge"})
-    deployer._action = uninstall_then_unreachable  # type: ignore[method-assign]
+    deployer.helm.action = uninstall_then_unreachable  # type: ignore[method-assign]
     with pytest.raises(DeployError) as caught:
         await deployer.deploy(make_request("1.0.0"))
     assert "failed to delete release: wrktalk; the release's history could not be read" in (

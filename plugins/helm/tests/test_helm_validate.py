@@ -101,14 +101,14 @@ async def test_cluster_gone_at_the_dry_run(
     """The history answered, the dry run finds the cluster gone: still "cannot run"."""
     await make_deployer().deploy(make_request("1.0.0"))
     deployer = make_deployer(on_validation_unavailable=setting)
-    real_latest = deployer._latest
+    real_latest = deployer.helm.latest
 
     async def latest_then_unreachable() -> object:
         found = await real_latest()
         fake_helm.configure(cluster="unreachable")
         return found
 
-    monkeypatch.setattr(deployer, "_latest", latest_then_unreachable)
+    monkeypatch.setattr(deployer.helm, "latest", latest_then_unreachable)
     if setting == "fail":
         with pytest.raises(ValidationError, match=r"(?i)server-side dry run not run: .*cluster"):
             await deployer.validate(make_request("1.1.0"))

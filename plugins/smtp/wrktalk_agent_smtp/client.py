@@ -8,7 +8,7 @@ import aiosmtplib
 from aiosmtplib.response import SMTPResponse
 from aiosmtplib.typing import Default
 
-from wrktalk_agent_smtp.notifier import _Gate, _Withheld
+from wrktalk_agent_smtp.outcomes import Gate, Withheld
 
 
 class GatedSMTP(aiosmtplib.SMTP):
@@ -16,7 +16,7 @@ class GatedSMTP(aiosmtplib.SMTP):
     TLS, AUTH, ``MAIL``, ``RCPT``) can fail and be retried without anyone getting the
     message; from ``DATA`` on, a failure without a reply leaves the outcome unknown."""
 
-    def __init__(self, gate: _Gate, **kwargs: Any) -> None:
+    def __init__(self, gate: Gate, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.gate = gate
 
@@ -28,7 +28,7 @@ class GatedSMTP(aiosmtplib.SMTP):
         timeout: float | Literal[Default.token] | None = Default.token,
     ) -> SMTPResponse:
         if self.gate.ask is not None and not await self.gate.ask():
-            raise _Withheld()
+            raise Withheld()
         self.gate.sent = True
         response = await super().data(message, timeout=timeout)
         self.gate.accepted = True

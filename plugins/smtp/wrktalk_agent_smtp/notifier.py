@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import ssl
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from email.message import EmailMessage
-from email.utils import format_datetime, formataddr, make_msgid, parseaddr
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import SecretStr
@@ -34,11 +31,22 @@ from wrktalk_agent.interfaces import (
     SmtpConfig,
 )
 from wrktalk_agent.log import get_logger
+from wrktalk_agent_smtp.message import build_message
+from wrktalk_agent_smtp.outcomes import (
+    Gate,
+    Unanswered,
+    Withheld,
+    aiosmtplib_module,
+    delivery_outcome,
+    worth_retrying_now,
+)
 from wrktalk_agent_smtp.render import Rendered, Templates
 from wrktalk_agent_smtp.settings import SmtpSettings, TlsMode
 
 if TYPE_CHECKING:
     import aiosmtplib
+
+__all__ = ["Server", "SmtpNotifier", "build_message"]
 
 _DEFAULT_PORTS: dict[TlsMode, int] = {"starttls": 587, "tls": 465, "none": 25}
 
@@ -211,12 +219,12 @@ class SmtpNotifier:
         context.check_hostname = self.settings.verify_hostname
         return context
 
-    def _client(self, server: Server, gate: _Gate | None = None) -> aiosmtplib.SMTP:
+    def _client(self, server: Server, gate: Gate | None = None) -> aiosmtplib.SMTP:
         from wrktalk_agent_smtp.client import GatedSMTP
 
         tls = self.settings.tls
         return GatedSMTP(
-            gate or _Gate(),
+            gate or Gate(),
             hostname=server.host,
             port=server.port,
             username=server.user,
@@ -260,7 +268,7 @@ class SmtpNotifier:
             # this recipient only.
             message = build_message(rendered, server.sender or "", recipient, key=key)
             async for retrying in AsyncRetrying(
-                retry=retry_if_exception(_worth_retrying_now),
+                retry=retry_if_exception(worth_retrying_now),
                 stop=stop_after_attempt(self.settings.retries + 1),
                 wait=wait_exponential(multiplier=self.settings.retry_backoff),
                 before_sleep=before_sleep,
@@ -270,7 +278,7 @@ class SmtpNotifier:
                     attempts = retrying.retry_state.attempt_number
                     await self._send_once(server, message, recipient.email, attempt)
         except Exception as exc:
-            outcome = _outcome(exc)
+            outcome = delivery_outcome(exc)
             detail = self._failure_detail(exc, outcome, attempts, server)
             log.error("smtp.failed", attempts=attempts, outcome=outcome, detail=detail)
             return Delivery.of(recipient.email, outcome, detail, attempts)
@@ -281,42 +289,42 @@ class SmtpNotifier:
     async def _send_once(
         self, server: Server, message: EmailMessage, address: str, attempt: DeliveryAttempt
     ) -> None:
-        """One SMTP session for one recipient. Raises :class:`_Withheld` when the outbox
-        says not to send, :class:`_Unanswered` when the message went out and no reply
+        """One SMTP session for one recipient. Raises :class:`Withheld` when the outbox
+        says not to send, :class:`Unanswered` when the message went out and no reply
         came; a reply after the message (``4xx``/``5xx``) is reported to the outbox at
         once, so that a retry here counts as a new send, not as a repeat."""
-        gate = _Gate(lambda: attempt.sending(address))
+        gate = Gate(lambda: attempt.sending(address))
         try:
             async with self._client(server, gate) as smtp:
                 await smtp.send_message(message, recipients=[address])
-        except _Withheld:
+        except Withheld:
             raise
         except Exception as exc:
             if gate.accepted:
                 return  # 250 came; only the goodbye (QUIT) failed
             if not gate.sent:
                 raise
-            if isinstance(exc, _smtp().SMTPResponseException):
+            if isinstance(exc, aiosmtplib_module().SMTPResponseException):
                 # the server answered: it has not taken the message
-                outcome = _outcome(exc)
+                outcome = delivery_outcome(exc)
                 await attempt.report(Delivery.of(address, outcome, self._describe(exc, server), 1))
                 raise
-            raise _Unanswered(exc) from exc
+            raise Unanswered(exc) from exc
 
     def _failure_detail(
         self, exc: BaseException, outcome: DeliveryOutcome, attempts: int, server: Server
     ) -> str:
-        if isinstance(exc, _Withheld):
+        if isinstance(exc, Withheld):
             return "not sent: the outbox withheld it (lease lost or repeat used up)"
-        if isinstance(exc, _Unanswered):
+        if isinstance(exc, Unanswered):
             cause = self._describe(exc.cause, server)
             return f"outcome unknown: no reply after the message was sent: {cause}"
         return f"{outcome} failure after {attempts} attempt(s): {self._describe(exc, server)}"
 
     def _describe(self, exc: BaseException, server: Server) -> str:
-        if isinstance(exc, _smtp().SMTPRecipientsRefused):
+        if isinstance(exc, aiosmtplib_module().SMTPRecipientsRefused):
             text = "; ".join(f"{r.code} {r.message}" for r in exc.recipients)
-        elif isinstance(exc, _smtp().SMTPResponseException):
+        elif isinstance(exc, aiosmtplib_module().SMTPResponseException):
             text = f"{exc.code} {exc.message}"
         else:
             text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
@@ -325,105 +333,6 @@ class SmtpNotifier:
         for secret in secrets:
             text = text.replace(secret, "***")
         return text
-
-
-def is_temporary(exc: BaseException) -> bool:
-    """Worth retrying: 4xx replies, lost or refused connections, timeouts.
-
-    5xx replies, certificate problems and missing server features are permanent.
-    """
-    if isinstance(exc, _Unanswered | _Withheld):
-        return True
-    if isinstance(exc, _smtp().SMTPRecipientsRefused):
-        return all(is_temporary(r) for r in exc.recipients)
-    if isinstance(exc, _smtp().SMTPResponseException):
-        return 400 <= exc.code < 500
-    if _caused_by(exc, ssl.SSLCertVerificationError):
-        return False
-    # OSError covers refused connections, aiosmtplib's disconnect/connect errors and
-    # (since Python 3.11, where asyncio.TimeoutError is TimeoutError) its timeouts.
-    return isinstance(exc, OSError)
-
-
-def _worth_retrying_now(exc: BaseException) -> bool:
-    """Retried within this attempt: temporary failures before the message went out, and
-    replies refusing it. Never an unanswered send (only the outbox may repeat it) nor a
-    send the outbox withheld."""
-    return not isinstance(exc, _Unanswered | _Withheld) and is_temporary(exc)
-
-
-def _outcome(exc: BaseException) -> DeliveryOutcome:
-    if isinstance(exc, _Unanswered):
-        return "unknown"
-    return "temporary" if is_temporary(exc) else "permanent"
-
-
-class _Withheld(Exception):
-    """The outbox said not to send to this recipient now."""
-
-
-class _Unanswered(Exception):
-    """The message went out (SMTP ``DATA``) and no reply came: it may have arrived."""
-
-    def __init__(self, cause: BaseException) -> None:
-        super().__init__(str(cause))
-        self.cause = cause
-
-
-class _Gate:
-    """Where one SMTP session stands: asks before ``DATA`` (the point of no return) and
-    remembers whether the message went out and whether the server took it."""
-
-    def __init__(self, ask: Callable[[], Awaitable[bool]] | None = None) -> None:
-        self.ask = ask
-        self.sent = False
-        self.accepted = False
-
-
-def _smtp() -> Any:
-    """aiosmtplib, imported on first use: loading the plugin (``wrktalk-agent plugins``,
-    an agent that sends no mail) does not pay for it."""
-    import aiosmtplib
-
-    return aiosmtplib
-
-
-def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
-    """Whether ``exc`` or an exception it was raised from is a ``kind``
-    (aiosmtplib wraps TLS failures in its own connection errors)."""
-    current: BaseException | None = exc
-    seen: set[int] = set()
-    while current is not None and id(current) not in seen:  # chains can loop
-        if isinstance(current, kind):
-            return True
-        seen.add(id(current))
-        current = current.__cause__ or current.__context__
-    return False
-
-
-def build_message(
-    rendered: Rendered, sender: str, recipient: Recipient, *, key: str | None = None
-) -> EmailMessage:
-    """The mail to one recipient. With ``key`` (the notification's id) the Message-ID is
-    derived from it and the recipient, so a repeated delivery carries the same one and
-    mail systems can tell it is a repeat."""
-    message = EmailMessage()
-    message["Subject"] = rendered.subject
-    message["From"] = sender
-    message["To"] = formataddr((recipient.name, recipient.email))
-    message["Date"] = format_datetime(datetime.now(UTC))
-    domain = parseaddr(sender)[1].rpartition("@")[2] or "wrktalk-agent.invalid"
-    if key is not None:
-        who = hashlib.sha256(recipient.email.lower().encode()).hexdigest()[:16]
-        message["Message-ID"] = f"<{key}.{who}@{domain}>"
-    else:
-        # make_msgid's default domain is socket.getfqdn(), which can block on DNS.
-        message["Message-ID"] = make_msgid(domain=domain)
-    # RFC 3834: keeps vacation responders from answering the agent.
-    message["Auto-Submitted"] = "auto-generated"
-    message.set_content(rendered.text)
-    message.add_alternative(rendered.html, subtype="html")
-    return message
 
 
 def _nonempty(secret: SecretStr | None) -> SecretStr | None:
