@@ -1,35 +1,71 @@
-"""The agent's own settings (``WRKTALK_AGENT_*``). Plugins declare theirs separately."""
+"""The agent's own settings (``WRKTALK_AGENT_*``). Plugins declare theirs separately.
+
+:class:`AgentSettings` is one pydantic-settings model; its database fields come first,
+from :class:`~wrktalk_agent.config_db.DatabaseSettings`. Secrets in files and libpq's
+variables are read by :mod:`~wrktalk_agent.config_env`.
+"""
 
 from __future__ import annotations
 
-import difflib
 import os
-import re
 import socket
-import typing
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import parse_qsl, quote, urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import NoDecode, SettingsConfigDict
 
+from wrktalk_agent.config_db import (
+    SESSION_ATTRS,
+    DatabaseSettings,
+    SessionAttrs,
+    SslMode,
+    WritableSessionAttrs,
+    dsn_query,
+    dsn_server_label,
+    mask_dsn,
+    split_commas,
+)
+from wrktalk_agent.config_env import (
+    LIBPQ_VARIABLES,
+    OTHER_VARIABLES,
+    PLUGIN_SECRET_FILES,
+    SECRET_FILES,
+    SecretFileError,
+    apply_libpq_environment,
+    apply_secret_files,
+    plugin_secret_overrides,
+    read_secret_file,
+    unknown_variable_warnings,
+)
 from wrktalk_agent.workdir import default_work_dir
 
-SslMode = Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"]
+__all__ = [
+    "LIBPQ_VARIABLES",
+    "OTHER_VARIABLES",
+    "PLUGIN_SECRET_FILES",
+    "SECRET_FILES",
+    "SESSION_ATTRS",
+    "AgentSettings",
+    "CommaList",
+    "SecretFileError",
+    "SessionAttrs",
+    "SslMode",
+    "WritableSessionAttrs",
+    "apply_libpq_environment",
+    "apply_secret_files",
+    "default_agent_id",
+    "dsn_server_label",
+    "known_variables",
+    "mask_dsn",
+    "plugin_secret_overrides",
+    "read_secret_file",
+    "unknown_variable_warnings",
+]
+
 CommaList = Annotated[list[str], NoDecode]
-#: libpq's ``target_session_attrs`` values (asyncpg implements them all).
-SessionAttrs = Literal["read-write", "primary", "any", "standby", "prefer-standby", "read-only"]
-SESSION_ATTRS: tuple[str, ...] = typing.get_args(SessionAttrs)
-#: What the agent itself must land on: it writes.
-WritableSessionAttrs = Literal["read-write", "primary"]
-
-
-def _split_commas(value: Any) -> Any:
-    if isinstance(value, str):
-        return [part.strip() for part in value.split(",") if part.strip()]
-    return value
 
 
 def default_agent_id() -> str:
@@ -37,53 +73,10 @@ def default_agent_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 
 
-class AgentSettings(BaseSettings):
+class AgentSettings(DatabaseSettings):
     """Settings of the agent core, read from ``WRKTALK_AGENT_*`` environment variables."""
 
     model_config = SettingsConfigDict(env_prefix="WRKTALK_AGENT_", extra="ignore")
-
-    database_url: SecretStr | None = Field(
-        None, description="Full PostgreSQL DSN; when set, the DB_* parts are ignored."
-    )
-    db_host: str = Field(
-        "localhost",
-        description="PostgreSQL host (or unix socket directory), or a comma list of hosts "
-        "tried in order, each optionally `host:port` (e.g. `pg1:5432,pg2:5433`).",
-    )
-    db_port: Annotated[list[int], NoDecode] = Field(
-        default_factory=lambda: [5432],
-        description="PostgreSQL port, or a comma list with one port per host in DB_HOST "
-        "(a `host:port` entry there wins).",
-    )
-    db_name: str = Field("wrktalk", description="Database name.")
-    db_user: str = Field("wrktalk", description="Database user.")
-    db_password: SecretStr | None = Field(None, description="Database password.")
-    db_ssl_mode: SslMode = Field("prefer", description="libpq-style TLS mode.")
-    db_pool_min_size: int = Field(2, ge=1, description="Connections kept open in the pool.")
-    db_pool_max_size: int = Field(10, ge=1, description="Upper bound of the pool.")
-    db_target_session_attrs: WritableSessionAttrs = Field(
-        "read-write",
-        description="Which server of a host list the agent and CLI use (libpq's "
-        "target_session_attrs): `read-write` or `primary`. A `target_session_attrs` in "
-        "DATABASE_URL wins.",
-    )
-    tui_target_session_attrs: SessionAttrs | None = Field(
-        None,
-        description="The dashboard's choice among the hosts, e.g. `prefer-standby` to read "
-        "from a replica (actions then fail on a standby: use `tui --read-only`); default: "
-        "as the agent. Its live updates always LISTEN on the primary.",
-    )
-    db_pooler: Literal["none", "pgbouncer"] = Field(
-        "none",
-        description="`pgbouncer` when the DSN goes through PgBouncer in transaction (or "
-        "statement) pooling mode: no statement cache, no prepared statement outside a "
-        "transaction, and LISTEN only over LISTEN_DATABASE_URL.",
-    )
-    listen_database_url: SecretStr | None = Field(
-        None,
-        description="Direct PostgreSQL DSN (hosts may be a list) for LISTEN when DB_POOLER "
-        "is set; without it the agent only polls.",
-    )
 
     deployment_type: Literal["kubernetes", "docker"] = Field(
         "docker", description="Where WrkTalk runs; picks the default deployer."
@@ -218,7 +211,7 @@ class AgentSettings(BaseSettings):
     @field_validator("notifiers", "extra_plugins", "trusted_keys", mode="before")
     @classmethod
     def _commas(cls, value: Any) -> Any:
-        return _split_commas(value)
+        return split_commas(value)
 
     @field_validator("notifiers", mode="after")
     @classmethod
@@ -237,42 +230,10 @@ class AgentSettings(BaseSettings):
             raise ValueError("is empty; give a path, or unset it to use the default")
         return value
 
-    @field_validator("db_port", mode="before")
-    @classmethod
-    def _ports(cls, value: Any) -> Any:
-        if isinstance(value, int):
-            return [value]
-        return _split_commas(value)
-
-    @field_validator("db_port")
-    @classmethod
-    def _port_range(cls, value: list[int]) -> list[int]:
-        if not value:
-            raise ValueError("give at least one port")
-        for port in value:
-            if not 1 <= port <= 65535:
-                raise ValueError(f"port {port} is not between 1 and 65535")
-        return value
-
-    @field_validator("db_host")
-    @classmethod
-    def _host_list(cls, value: str) -> str:
-        for entry in _split_commas(value) or [""]:
-            _split_host_port(entry)  # raises ValueError with the entry named
-        return value
-
     @field_validator("log_level", mode="before")
     @classmethod
     def _lower(cls, value: Any) -> Any:
         return value.lower() if isinstance(value, str) else value
-
-    @model_validator(mode="before")
-    @classmethod
-    def _secret_files_and_libpq(cls, data: Any) -> Any:
-        if isinstance(data, dict):
-            data = apply_secret_files(data)
-            data = apply_libpq_environment(data)
-        return data
 
     @model_validator(mode="after")
     def _consistent(self) -> AgentSettings:
@@ -287,7 +248,7 @@ class AgentSettings(BaseSettings):
                 f"twice WRKTALK_AGENT_HEARTBEAT_INTERVAL ({self.heartbeat_interval:g}s): the "
                 "lease must survive one late heartbeat"
             )
-        hosts = _split_commas(self.db_host)
+        hosts = split_commas(self.db_host)
         if len(self.db_port) not in (1, len(hosts)):
             raise ValueError(
                 f"WRKTALK_AGENT_DB_PORT lists {len(self.db_port)} ports for {len(hosts)} "
@@ -310,7 +271,7 @@ class AgentSettings(BaseSettings):
             scheme = urlsplit(url.get_secret_value()).scheme
             if scheme not in ("postgres", "postgresql"):
                 raise ValueError(wrong_scheme)
-            attrs = _query(url.get_secret_value()).get("target_session_attrs")
+            attrs = dsn_query(url.get_secret_value()).get("target_session_attrs")
             if attrs is not None and attrs not in SESSION_ATTRS:
                 raise ValueError(
                     f"{variable}: target_session_attrs={attrs!r} is not one of "
@@ -345,193 +306,6 @@ class AgentSettings(BaseSettings):
         """SIGTERM-to-SIGKILL grace when an agent stops its own deploy (fits the margin)."""
         return min(5.0, self.stale_margin / 3)
 
-    def dsn(self) -> str:
-        """The connection string, password included. Never log it: use :meth:`masked_dsn`.
-        Several hosts become libpq's multi-host form, ``postgresql://u@h1:p1,h2:p2/db``."""
-        if self.database_url is not None:
-            return self.database_url.get_secret_value()
-        password = self.db_password.get_secret_value() if self.db_password else ""
-        auth = quote(self.db_user, safe="")
-        if password:
-            auth += ":" + quote(password, safe="")
-        database = quote(self.db_name, safe="")
-        hosts = self.hosts()
-        if len(hosts) == 1 and hosts[0][0].startswith("/"):  # unix socket directory
-            host, port = hosts[0]
-            return f"postgresql://{auth}@/{database}?host={quote(host)}&port={port}"
-        netloc = ",".join(f"{_bracket(host)}:{port}" for host, port in hosts)
-        return f"postgresql://{auth}@{netloc}/{database}"
-
-    def hosts(self) -> list[tuple[str, int]]:
-        """(host, port) of every server in DB_HOST/DB_PORT, in the order they are tried."""
-        entries = _split_commas(self.db_host) or ["localhost"]
-        ports = self.db_port * len(entries) if len(self.db_port) == 1 else self.db_port
-        pairs = []
-        for entry, default_port in zip(entries, ports, strict=True):
-            host, port = _split_host_port(entry)
-            pairs.append((host, port if port is not None else default_port))
-        return pairs
-
-    def target_session_attrs(self, *, tui: bool = False) -> str | None:
-        """What to pass to asyncpg; ``None`` when the DSN names it itself."""
-        if tui and self.tui_target_session_attrs is not None:
-            return self.tui_target_session_attrs
-        if "target_session_attrs" in _query(self.dsn()):
-            return None
-        return self.db_target_session_attrs
-
-    def masked_dsn(self) -> str:
-        return mask_dsn(self.dsn())
-
-    def server_label(self) -> str:
-        """host:port (comma-separated for several hosts) for messages about reachability
-        (no credentials)."""
-        return dsn_server_label(self.dsn())
-
-
-def dsn_server_label(dsn: str) -> str:
-    """host:port of every server a DSN names, comma-separated; never credentials."""
-    parts = urlsplit(dsn)
-    query = _query(dsn)
-    netloc = parts.netloc.rpartition("@")[2]
-    hosts: list[tuple[str, int | None]] = []
-    if netloc:
-        try:
-            hosts = [_split_host_port(entry) for entry in netloc.split(",")]
-        except ValueError:
-            return netloc
-    elif "host" in query:
-        hosts = [(host, None) for host in query["host"].split(",")]
-    else:
-        hosts = [("localhost", None)]
-    ports = query.get("port", "5432").split(",")
-    if len(ports) == 1:
-        ports = ports * len(hosts)
-    labels = []
-    for (host, port), fallback in zip(hosts, ports + ["5432"] * len(hosts), strict=False):
-        labels.append(f"{_bracket(host or 'localhost')}:{port or fallback}")
-    return ",".join(labels)
-
-
-def _query(dsn: str) -> dict[str, str]:
-    return dict(parse_qsl(urlsplit(dsn).query))
-
-
-def _bracket(host: str) -> str:
-    return f"[{host}]" if ":" in host else host
-
-
-def _split_host_port(entry: str) -> tuple[str, int | None]:
-    """``host``, ``host:port``, ``[v6]`` or ``[v6]:port``; ValueError names a bad entry."""
-    entry = entry.strip()
-    host, port = entry, ""
-    if entry.startswith("["):
-        host, bracket, rest = entry[1:].partition("]")
-        if not bracket or (rest and not rest.startswith(":")):
-            raise ValueError(f"{entry!r} is not host, host:port or [IPv6]:port")
-        port = rest[1:]
-    elif entry.count(":") == 1:
-        host, port = entry.split(":")
-    if not host:
-        raise ValueError(f"{entry!r} names no host")
-    if not port:
-        return host, None
-    if not port.isdigit() or not 1 <= int(port) <= 65535:
-        raise ValueError(f"{entry!r}: the port must be a number between 1 and 65535")
-    return host, int(port)
-
-
-def mask_dsn(dsn: str) -> str:
-    """Replace the password of a DSN (if any) with ``***``."""
-    parts = urlsplit(dsn)
-    if parts.password is None:
-        masked = dsn
-    else:
-        netloc = parts.netloc.rsplit("@", 1)
-        user = netloc[0].split(":", 1)[0]
-        masked = urlunsplit(parts._replace(netloc=f"{user}:***@{netloc[1]}"))
-    # a password may also hide in the query string
-    if "password=" in masked:
-        masked = re.sub(r"(password=)[^&]*", r"\1***", masked)
-    return masked
-
-
-# -- secrets in files, libpq's variables, misspelled names --------------------------------
-class SecretFileError(ValueError):
-    """A ``*_FILE`` variable names a file that cannot be read (one line, no traceback)."""
-
-
-#: ``VARIABLE_FILE`` → the core field it fills (Kubernetes/Docker secrets mounted as files)
-SECRET_FILES: dict[str, str] = {
-    "WRKTALK_AGENT_DB_PASSWORD_FILE": "db_password",
-    "WRKTALK_AGENT_DATABASE_URL_FILE": "database_url",
-}
-#: the same for plugin settings: ``VARIABLE_FILE`` → (backend name, field)
-PLUGIN_SECRET_FILES: dict[str, tuple[str, str]] = {
-    "WRKTALK_AGENT_SMTP_PASSWORD_FILE": ("smtp", "password"),
-}
-#: libpq's variables, used when the WRKTALK_AGENT_DB_* one is not set
-LIBPQ_VARIABLES: dict[str, str] = {
-    "PGHOST": "db_host",
-    "PGPORT": "db_port",
-    "PGDATABASE": "db_name",
-    "PGUSER": "db_user",
-    "PGPASSWORD": "db_password",
-    "PGSSLMODE": "db_ssl_mode",
-}
-#: read by the image's entrypoint, not by the settings models
-OTHER_VARIABLES = frozenset({"WRKTALK_AGENT_SKIP_CHECK"})
-
-
-def read_secret_file(variable: str, environ: Mapping[str, str] | None = None) -> str | None:
-    """The content of the file ``variable`` names (one trailing newline stripped), or
-    ``None`` when the variable is unset. The direct variable and its ``_FILE`` variant
-    together are refused: which one wins would be a guess."""
-    environ = os.environ if environ is None else environ
-    path = environ.get(variable)
-    if path is None:
-        return None
-    direct = variable.removesuffix("_FILE")
-    if environ.get(direct) is not None:
-        raise SecretFileError(f"{direct} and {variable} are both set; keep one")
-    try:
-        text = Path(path).read_text("utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = getattr(exc, "strerror", None) or str(exc)
-        raise SecretFileError(f"{variable}: cannot read {path}: {reason}") from None
-    return text[:-1] if text.endswith("\n") else text
-
-
-def apply_secret_files(data: dict[str, Any]) -> dict[str, Any]:
-    for variable, field_name in SECRET_FILES.items():
-        value = read_secret_file(variable)
-        if value is not None:
-            data = {**data, field_name: value}
-    return data
-
-
-def apply_libpq_environment(data: dict[str, Any]) -> dict[str, Any]:
-    """PGHOST, PGPORT, ... as libpq reads them, below the WRKTALK_AGENT_DB_* variables
-    (and ignored when WRKTALK_AGENT_DATABASE_URL is set)."""
-    if data.get("database_url") is not None:
-        return data
-    filled = dict(data)
-    for variable, field_name in LIBPQ_VARIABLES.items():
-        value = os.environ.get(variable)
-        if value and filled.get(field_name) is None:
-            filled[field_name] = value
-    return filled
-
-
-def plugin_secret_overrides() -> dict[str, dict[str, Any]]:
-    """Plugin settings read from ``*_FILE`` variables, as registry settings overrides."""
-    overrides: dict[str, dict[str, Any]] = {}
-    for variable, (backend, field_name) in PLUGIN_SECRET_FILES.items():
-        value = read_secret_file(variable)
-        if value is not None:
-            overrides.setdefault(backend, {})[field_name] = value
-    return overrides
-
 
 def known_variables(models: Iterable[Any] = ()) -> set[str]:
     """Every ``WRKTALK_AGENT_*`` variable some settings model (the core's, ``models``:
@@ -550,24 +324,3 @@ def known_variables(models: Iterable[Any] = ()) -> set[str]:
             else:
                 known.add(f"{prefix}{name}".upper())
     return known
-
-
-def unknown_variable_warnings(environ: Mapping[str, str], known: set[str]) -> list[str]:
-    """One line per ``WRKTALK_AGENT_*`` variable nothing reads, with the closest known
-    name when there is one (a typo is otherwise silently ignored)."""
-    lines = []
-    for variable in sorted(environ):
-        upper = variable.upper()
-        if not upper.startswith("WRKTALK_AGENT_") or upper in known:
-            continue
-        close = difflib.get_close_matches(upper, sorted(known), n=1, cutoff=0.75)
-        if close:
-            lines.append(
-                f"{variable} is not a setting of the agent or an installed plugin; "
-                f"did you mean {close[0]}?"
-            )
-        else:
-            lines.append(
-                f"{variable} is not a setting of the agent or an installed plugin (ignored)"
-            )
-    return lines

@@ -25,9 +25,7 @@ import asyncio
 import contextlib
 import inspect
 import math
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict
-from datetime import UTC, datetime
+from collections.abc import Sequence
 from typing import Any, Literal
 from uuid import UUID
 
@@ -36,110 +34,31 @@ import structlog
 
 from wrktalk_agent import metrics
 from wrktalk_agent.contract import NOTIFIER
-from wrktalk_agent.db.models import ArtifactInfo, Task
 from wrktalk_agent.db.repository import CONNECTION_ERRORS, EventStatus
 from wrktalk_agent.guard import bounded, cancel_requested, describe
-from wrktalk_agent.interfaces import (
-    BackendError,
-    Delivery,
-    DeliveryAttempt,
-    NotificationEvent,
-    NotificationKind,
-    Notifier,
-    StepTiming,
-)
-from wrktalk_agent.safe_text import visible
+from wrktalk_agent.interfaces import BackendError, Delivery, Notifier
+from wrktalk_agent.outbox_attempt import OutboxAttempt
+from wrktalk_agent.outbox_events import build_event, event_from_json, event_json, summarize
 from wrktalk_agent.services import Services
+
+__all__ = [
+    "SETTLED",
+    "WHOLE",
+    "Deliverer",
+    "OutboxAttempt",
+    "build_event",
+    "event_from_json",
+    "event_json",
+    "notifier_names",
+    "per_recipient",
+    "summarize",
+]
 
 #: Recipient of a notifier that reports no per-recipient progress (``notify`` only): the
 #: notification as a whole.
 WHOLE = "*"
-#: Longest recipient detail stored (a server's reply, an error).
-_DETAIL_LIMIT = 500
-#: Bound of one outbox statement made on a notifier's behalf.
-_DB_BOUND = 10.0
 #: Recipient states that end a recipient's part (no further sends).
 SETTLED = frozenset({"delivered", "failed", "unknown", "dropped"})
-
-
-def build_event(
-    *,
-    kind: NotificationKind,
-    settings_installation: str,
-    agent_id: str,
-    task: Task,
-    outcome: str,
-    target: ArtifactInfo | None,
-    current: ArtifactInfo | None,
-    error: str | None,
-    started_at: datetime | None,
-    steps: Sequence[StepTiming] = (),
-    rollback_error: str | None = None,
-    live: str | None = None,
-    changes: Sequence[str] = (),
-    maintenance: str | None = None,
-) -> NotificationEvent:
-    """The one builder of what notifiers are told about a task."""
-    version = target.release_version if target else task.release_version
-    return NotificationEvent(
-        kind=kind,
-        installation=settings_installation,
-        task_id=task.id,
-        task_type=task.type,
-        outcome="completed" if outcome == "completed" else "failed",
-        version=version,
-        from_version=current.release_version if current else None,
-        to_version=version,
-        error=error,
-        agent_id=agent_id,
-        started_at=started_at,
-        finished_at=datetime.now(UTC),
-        steps=tuple(steps),
-        rollback_error=rollback_error,
-        live=live,
-        changes=tuple(changes),
-        maintenance=maintenance,
-    )
-
-
-def event_json(event: NotificationEvent) -> dict[str, Any]:
-    data = asdict(event)
-    data["kind"] = event.kind.value
-    for key in ("task_id", "notification_id"):
-        data[key] = str(data[key]) if data[key] is not None else None
-    for key in ("started_at", "finished_at"):
-        data[key] = data[key].isoformat() if data[key] is not None else None
-    return data
-
-
-def event_from_json(data: Mapping[str, Any], notification_id: UUID) -> NotificationEvent:
-    def when(value: Any) -> datetime | None:
-        return datetime.fromisoformat(value) if isinstance(value, str) else None
-
-    try:
-        kind = NotificationKind(str(data.get("kind")))
-    except ValueError:
-        kind = NotificationKind.DEPLOY_FAILED
-    return NotificationEvent(
-        kind=kind,
-        installation=str(data.get("installation") or ""),
-        task_id=UUID(str(data["task_id"])),
-        task_type=str(data.get("task_type") or ""),
-        outcome="completed" if data.get("outcome") == "completed" else "failed",
-        version=data.get("version"),
-        from_version=data.get("from_version"),
-        to_version=data.get("to_version"),
-        error=data.get("error"),
-        agent_id=str(data.get("agent_id") or ""),
-        started_at=when(data.get("started_at")),
-        finished_at=when(data.get("finished_at")) or datetime.now(UTC),
-        steps=tuple(StepTiming(**s) for s in data.get("steps") or ()),
-        rollback_error=data.get("rollback_error"),
-        notification_id=notification_id,
-        live=data.get("live"),
-        changes=tuple(str(line) for line in data.get("changes") or ()),
-        maintenance=data.get("maintenance"),
-    )
 
 
 def notifier_names(notifiers: Sequence[Notifier]) -> list[str]:
@@ -149,100 +68,6 @@ def notifier_names(notifiers: Sequence[Notifier]) -> list[str]:
 def per_recipient(notifier: Notifier) -> bool:
     """Whether the notifier reports per recipient (has the optional ``deliver``)."""
     return inspect.iscoroutinefunction(NOTIFIER.optional_method(notifier, "deliver"))
-
-
-def summarize(name: str, deliveries: Sequence[Mapping[str, Any]]) -> str:
-    """One timeline line: ``smtp: 2/3 delivered; retrying: x@y (451 ...)``."""
-    if not deliveries:
-        return f"warning: {name} had no recipients (no active admins?)"
-    ok = sum(1 for d in deliveries if d["ok"])
-    line = f"{name}: {ok}/{len(deliveries)} delivered"
-    for label, states in (
-        ("retrying", {"pending", "sending"}),
-        ("failed", {"failed"}),
-        ("outcome unknown", {"unknown"}),
-        ("no longer recipients", {"dropped"}),
-    ):
-        named = [
-            f"{d['recipient']} ({d['detail']})"
-            for d in deliveries
-            if not d["ok"] and d.get("state", "failed") in states
-        ]
-        if named:
-            line += f"; {label}: {', '.join(named)}"
-    return line
-
-
-class OutboxAttempt(DeliveryAttempt):
-    """The core's :class:`DeliveryAttempt`: every send and outcome is written to the
-    outbox under the lease, before the notifier goes on."""
-
-    def __init__(
-        self,
-        repo: Any,
-        notification_id: UUID,
-        lease_token: UUID,
-        lease_seconds: float,
-        log: Any,
-        skip: frozenset[str] = frozenset(),
-        repeats: frozenset[str] = frozenset(),
-    ) -> None:
-        super().__init__(skip, repeats)
-        self.repo = repo
-        self.notification_id = notification_id
-        self.lease_token = lease_token
-        self.lease_seconds = lease_seconds
-        self.log = log
-        #: set when the lease was taken away: nothing more is sent
-        self.lost = False
-        #: what was recorded per recipient in this attempt: (outcome, detail)
-        self.recorded: dict[str, tuple[str, str]] = {}
-
-    async def sending(self, recipient: str) -> bool:
-        if self.lost or recipient in self.skip:
-            return False
-        try:
-            async with asyncio.timeout(_DB_BOUND):
-                sends = await self.repo.begin_send(
-                    self.notification_id, recipient, self.lease_token, self.lease_seconds
-                )
-        except (*CONNECTION_ERRORS, asyncpg.PostgresError) as exc:
-            # unrecorded, a send could be repeated without limit: don't send
-            self.log.warning("notify.send_unrecorded", recipient=recipient, error=describe(exc))
-            return False
-        if sends is None:
-            self.log.warning(
-                "notify.send_withheld",
-                recipient=recipient,
-                detail="lease lost or this recipient's one repeat is used up",
-            )
-            return False
-        if sends > 1:
-            self.log.info("notify.repeat", recipient=recipient, send=sends)
-        return True
-
-    async def report(self, delivery: Delivery) -> None:
-        key = (delivery.result, delivery.detail)
-        if self.recorded.get(delivery.recipient) == key:
-            return  # reported already, now returned as well
-        try:
-            async with asyncio.timeout(_DB_BOUND):
-                await self.repo.report_delivery(
-                    self.notification_id,
-                    self.lease_token,
-                    recipient=delivery.recipient,
-                    outcome=delivery.result,
-                    # server replies are not ours: storable whatever bytes they carried
-                    detail=visible(delivery.detail)[:_DETAIL_LIMIT],
-                    attempts=max(0, delivery.attempts),
-                )
-        except (*CONNECTION_ERRORS, asyncpg.PostgresError) as exc:
-            # a send left 'sending' counts as an unknown outcome: never more than one repeat
-            self.log.warning(
-                "notify.outcome_unrecorded", recipient=delivery.recipient, error=describe(exc)
-            )
-            return
-        self.recorded[delivery.recipient] = key
 
 
 class Deliverer:

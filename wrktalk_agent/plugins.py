@@ -17,26 +17,25 @@ from __future__ import annotations
 import difflib
 import importlib
 import importlib.metadata as md
-import inspect
-import os
-import re
 import types
-import typing
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 import pluggy
 from pydantic import ValidationError
-from pydantic_settings import BaseSettings
 
 from wrktalk_agent import hookspecs
 from wrktalk_agent.contract import CONTRACTS, Kind
 from wrktalk_agent.errors import PluginError, SettingsError
 from wrktalk_agent.guard import describe
-from wrktalk_agent.interfaces import RELEASE_TYPE_PATTERN, PluginContext
-from wrktalk_agent.secrets import mask_text, may_hold_secret
+from wrktalk_agent.interfaces import PluginContext
+from wrktalk_agent.plugin_checks import Backend, check_backend
+from wrktalk_agent.plugin_settings import (
+    expected_env_prefixes,
+    format_validation_error,
+    load_backend_settings,
+)
 
 __all__ = [
     "Backend",
@@ -51,8 +50,6 @@ __all__ = [
 ]
 
 _HOOK_BY_KIND: dict[Kind, str] = {kind: c.hook for kind, c in CONTRACTS.items()}
-#: Backend names become parts of environment variables and of the CLI's messages.
-_NAME = re.compile(r"[a-z][a-z0-9_-]{0,39}")
 
 
 @dataclass
@@ -81,14 +78,6 @@ class PluginInfo:
             "error": self.error,
             "error_kind": self.error_kind,
         }
-
-
-@dataclass(frozen=True)
-class Backend:
-    kind: Kind
-    name: str
-    cls: type
-    plugin: str
 
 
 class PluginRegistry:
@@ -220,7 +209,7 @@ class PluginRegistry:
                 except Exception as exc:  # third-party code: contained like an import error
                     problems.setdefault(plugin, []).append(f"{hook_name} raised {describe(exc)}")
                 for cls in registered:
-                    backend, problem = _check_backend(kind, cls, plugin)
+                    backend, problem = check_backend(kind, cls, plugin)
                     if backend is not None:
                         found.setdefault(plugin, []).append(backend)
                     if problem is not None:
@@ -351,177 +340,3 @@ def _mark(info: PluginInfo, kind: Literal["import", "invalid"], error: str) -> N
         info.error, info.error_kind = error, kind
     elif error not in info.error:
         info.error += f"; {error}"
-
-
-def expected_env_prefixes(backend_name: str, plugin: str | None = None) -> list[str]:
-    """The environment prefixes a backend's settings model may use:
-    ``WRKTALK_AGENT_<BACKEND>_`` or ``WRKTALK_AGENT_<PLUGIN>_`` (upper case, ``-`` → ``_``)."""
-    names = [backend_name] + ([plugin] if plugin and plugin != backend_name else [])
-    return [f"WRKTALK_AGENT_{re.sub(r'[^A-Za-z0-9]', '_', n).upper()}_" for n in names]
-
-
-def _check_backend(kind: Kind, cls: object, plugin: str) -> tuple[Backend | None, str | None]:
-    """The backend a registered class makes, and what is wrong with it (if anything)."""
-    if not isinstance(cls, type):
-        return None, f"registered {cls!r} as a {kind}, which is not a class"
-    name = getattr(cls, "name", None)
-    if not isinstance(name, str) or not _NAME.fullmatch(name):
-        return None, (
-            f"{kind} class {cls.__name__} has no valid name (got {name!r}; "
-            "use a lowercase name of letters, digits, '-' and '_')"
-        )
-    backend = Backend(kind=kind, name=name, cls=cls, plugin=plugin)
-    contract = CONTRACTS[kind]
-    problems = []
-    missing = [m for m in contract.required if not _implemented(cls, m)]
-    if missing:
-        problems.append(f"{kind} {name!r} lacks method(s): {', '.join(missing)}")
-    problems += [f"{kind} {name!r}: {p}" for p in contract.near_misses(cls)]
-    present = [m for m in contract.names if m not in missing]
-    not_async = [
-        m
-        for m in present
-        if callable(getattr(cls, m, None)) and not inspect.iscoroutinefunction(getattr(cls, m))
-    ]
-    if not_async:
-        problems.append(f"{kind} {name!r}: method(s) not async: {', '.join(not_async)}")
-    if kind == "deployer":
-        chart_types = getattr(cls, "chart_types", ())
-        if not isinstance(chart_types, tuple) or not all(isinstance(c, str) for c in chart_types):
-            problems.append(
-                f"deployer {name!r}: chart_types must be a tuple of strings (got {chart_types!r})"
-            )
-        else:
-            odd = [c for c in chart_types if not RELEASE_TYPE_PATTERN.fullmatch(c)]
-            if odd:
-                problems.append(
-                    f"deployer {name!r}: chart_types {odd!r} are not release type names "
-                    "(1-40 characters from [0-9A-Za-z.+_-], starting with a letter or digit)"
-                )
-    model = getattr(cls, "settings_model", None)
-    if model is not None:
-        problem = _check_settings_model(kind, name, plugin, model)
-        if problem:
-            problems.append(problem)
-    return backend, "; ".join(problems) or None
-
-
-def _implemented(cls: type, method: str) -> bool:
-    """Callable, and not a base class's abstract placeholder."""
-    function = getattr(cls, method, None)
-    return callable(function) and not getattr(function, "__isabstractmethod__", False)
-
-
-def _check_settings_model(kind: Kind, name: str, plugin: str, model: object) -> str | None:
-    if not (isinstance(model, type) and issubclass(model, BaseSettings)):
-        return f"{kind} {name!r}: settings_model must be a pydantic_settings.BaseSettings class"
-    prefix = str(model.model_config.get("env_prefix") or "")
-    allowed = expected_env_prefixes(name, plugin)
-    if prefix.upper() not in allowed:
-        # without its own prefix, a field named `home` would silently read $HOME
-        return (
-            f"{kind} {name!r}: settings model {model.__name__} reads the environment with "
-            f"prefix {prefix!r}; set model_config env_prefix={allowed[0]!r}"
-        )
-    return None
-
-
-def load_backend_settings(
-    cls: type, overrides: Mapping[str, Any] | None = None
-) -> BaseSettings | None:
-    """Instantiate ``cls.settings_model`` from the environment; ``overrides`` (field name →
-    value) take precedence. Raises :class:`SettingsError` with one line per problem."""
-    model: type[BaseSettings] | None = getattr(cls, "settings_model", None)
-    if model is None:
-        return None
-    empty = _empty_path_variables(model, overrides or {})
-    if empty:
-        raise SettingsError(empty)
-    try:
-        return model(**dict(overrides or {}))
-    except ValidationError as exc:
-        raise SettingsError(format_validation_error(exc, model)) from exc
-
-
-def _is_path(annotation: Any) -> bool:
-    if annotation is Path or (isinstance(annotation, type) and issubclass(annotation, Path)):
-        return True
-    origin = typing.get_origin(annotation)
-    if origin is typing.Annotated:
-        return _is_path(typing.get_args(annotation)[0])
-    if origin in (typing.Union, types.UnionType):
-        return any(_is_path(a) for a in typing.get_args(annotation))
-    return False
-
-
-def _empty_path_variables(model: type[BaseSettings], overrides: Mapping[str, Any]) -> list[str]:
-    """One line per path field set to an empty value in the environment."""
-    prefix = str(model.model_config.get("env_prefix") or "")
-    lines = []
-    for field_name, info in model.model_fields.items():
-        if field_name in overrides or not _is_path(info.annotation):
-            continue
-        for variable in _variables(field_name, info, prefix):
-            value = _getenv(variable)
-            if value is not None and not value.strip():
-                lines.append(f"{variable}: is empty; give a path, or unset it to use the default")
-    return lines
-
-
-def _variables(field_name: str, info: Any, prefix: str) -> list[str]:
-    alias = info.validation_alias or info.alias
-    if isinstance(alias, str):
-        return [alias.upper()]
-    choices = getattr(alias, "choices", None)
-    if choices:
-        return [c.upper() for c in choices if isinstance(c, str)]
-    return [f"{prefix}{field_name}".upper()]
-
-
-def _getenv(variable: str) -> str | None:
-    """Environment lookup as pydantic-settings does it (case-insensitive)."""
-    if variable in os.environ:
-        return os.environ[variable]
-    lowered = variable.lower()
-    for key, value in os.environ.items():
-        if key.lower() == lowered:
-            return value
-    return None
-
-
-def format_validation_error(exc: ValidationError, model: type[BaseSettings] | None) -> list[str]:
-    """One readable line per problem, naming the environment variable."""
-    prefix = ""
-    if model is not None:
-        prefix = str(model.model_config.get("env_prefix", ""))
-    lines = []
-    for err in exc.errors():
-        message = err["msg"].removeprefix("Value error, ")
-        if not err["loc"]:  # a check across fields: its message names the variables
-            lines.append(message)
-            continue
-        field_name = ".".join(str(p) for p in err["loc"] if not isinstance(p, int))
-        entries = [p for p in err["loc"] if isinstance(p, int)]
-        env_name = _env_name(model, field_name, prefix)
-        if entries:  # one entry of a list setting (e.g. the second port of DB_PORT)
-            env_name += f" (entry {entries[0] + 1})"
-        value = err.get("input")
-        shown = (
-            ""
-            if may_hold_secret(field_name) or isinstance(value, dict)
-            else f" (got {mask_text(repr(value))})"
-        )
-        lines.append(f"{env_name}: {message}{shown}")
-    return lines
-
-
-def _env_name(model: type[BaseSettings] | None, field_name: str, prefix: str) -> str:
-    if model is not None:
-        top = field_name.split(".")[0]
-        if top not in model.model_fields:  # pydantic reports an alias: it is the variable
-            return top.upper()
-        info = model.model_fields.get(top)
-        alias = getattr(info, "validation_alias", None) if info else None
-        if isinstance(alias, str):
-            return alias.upper()
-    return f"{prefix}{field_name}".upper()
