@@ -77,6 +77,29 @@ def test_no_module_outside_db_issues_sql() -> None:
     assert offenders == {}, "SQL outside wrktalk_agent/db/ (add a Repository method instead)"
 
 
+def test_inside_db_every_statement_lives_in_queries() -> None:
+    """The repository's sections hold no SQL of their own: every statement the agent runs
+    is in db/queries/ (the schema's in schema.sql and schema.py)."""
+    queries = DB / "queries"
+    sections = [p for p in sorted(DB.rglob("*.py")) if queries not in p.parents]
+    sections.remove(DB / "schema.py")
+    offenders = {}
+    for path in sections:
+        tree = ast.parse(path.read_text(), str(path))
+        found = [
+            f"{node.lineno}: SQL text {node.value.strip()[:40]!r}"
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Constant)
+            and isinstance(node.value, str)
+            and _STATEMENT.match(node.value)
+        ]
+        if found:
+            offenders[str(path.relative_to(ROOT))] = found
+    assert offenders == {}, "SQL in a repository section (move it to db/queries/)"
+    names = {p.relative_to(DB).as_posix() for p in sections}
+    assert {"repository.py", "claims.py", "outbox.py", "connection.py"} <= names
+
+
 @pytest.mark.parametrize(
     ("source", "caught"),
     [

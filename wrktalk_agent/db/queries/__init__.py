@@ -5,6 +5,7 @@ enforces it); every statement is also named here, as ``queries.POLL`` and so on.
 
 from wrktalk_agent.db.queries.claims import (
     FINISH_TASK,
+    INSERT_NOTIFICATIONS,
     LAST_POLL_EVERY,
     POLL,
     QUARANTINE,
@@ -45,7 +46,6 @@ from wrktalk_agent.db.queries.outbox import (
     FINISH_NOTIFICATION,
     GIVE_UP_RECIPIENTS,
     INSERT_ADMIN,
-    INSERT_NOTIFICATIONS,
     LOCK_LEASED_NOTIFICATION,
     NOTIFICATION_RECIPIENTS,
     PENDING_NOTIFICATIONS,

@@ -225,3 +225,10 @@ SET status = $3, completed_at = now(), result = $4, error_message = $5
 WHERE t.id = $1 AND t.claim_token = $2 AND t.status = 'inProgress'
 RETURNING {TASK_COLUMNS}
 """
+
+# The notifications an outcome promises (one row per notifier name, the event JSON), written
+# in the outcome's own transaction. $1 task, $2 notifier names, $3 event.
+INSERT_NOTIFICATIONS = """
+INSERT INTO agent_notification (task_id, notifier, event)
+SELECT $1, n.name, $3::jsonb FROM unnest($2::text[]) AS n(name)
+"""

@@ -2,10 +2,6 @@
 active admins and the SMTP settings of deployment_config."""
 
 # -- the notification outbox -------------------------------------------------------------
-INSERT_NOTIFICATIONS = """
-INSERT INTO agent_notification (task_id, notifier, event)
-SELECT $1, n.name, $3::jsonb FROM unnest($2::text[]) AS n(name)
-"""
 # Due notifications for the notifiers this agent has, leased for $2 seconds under a new
 # token each; age: seconds since the notification was promised (the database's clock).
 CLAIM_NOTIFICATIONS = """
