@@ -1,7 +1,8 @@
 """Every SQL statement the agent runs, in one place: one module per section of the
 repository (:mod:`wrktalk_agent.db.repository`), the fragments they share in
-:mod:`~wrktalk_agent.db.queries.rows`. Only :mod:`wrktalk_agent.db` imports them (a test
-enforces it); every statement is also named here, as ``queries.POLL`` and so on."""
+:mod:`~wrktalk_agent.db.queries.rows`. No module of the core or of a plugin outside
+:mod:`wrktalk_agent.db` imports them (``tests/test_sql_boundary.py``); every name is also
+importable from here, as ``queries.POLL`` (the dashboard's tests and benchmark use it)."""
 
 from wrktalk_agent.db.queries.claims import (
     FINISH_TASK,
