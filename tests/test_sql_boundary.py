@@ -39,6 +39,11 @@ def _modules() -> list[Path]:
     return [p for p in core + plugins if p not in ALLOWED]
 
 
+def _statements(module: str) -> bool:
+    """Whether ``module`` is the statements' package or one of its section modules."""
+    return module == "wrktalk_agent.db.queries" or module.startswith("wrktalk_agent.db.queries.")
+
+
 def sql_outside_db(path: Path) -> list[str]:
     """Where ``path`` holds or issues SQL: line and what."""
     found = []
@@ -46,7 +51,7 @@ def sql_outside_db(path: Path) -> list[str]:
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom) and node.module:
             names = {a.name for a in node.names}
-            if node.module == "wrktalk_agent.db.queries" or (
+            if _statements(node.module) or (
                 node.module == "wrktalk_agent.db" and "queries" in names
             ):
                 found.append(f"{node.lineno}: imports the statements (db.queries)")
@@ -54,7 +59,7 @@ def sql_outside_db(path: Path) -> list[str]:
                 found.append(f"{node.lineno}: imports the schema's SQL")
         elif isinstance(node, ast.Import):
             for alias in node.names:
-                if alias.name == "wrktalk_agent.db.queries":
+                if _statements(alias.name):
                     found.append(f"{node.lineno}: imports the statements (db.queries)")
         elif isinstance(node, ast.Constant) and isinstance(node.value, str):
             if _STATEMENT.match(node.value):
@@ -72,6 +77,29 @@ def test_no_module_outside_db_issues_sql() -> None:
     assert offenders == {}, "SQL outside wrktalk_agent/db/ (add a Repository method instead)"
 
 
+def test_inside_db_every_statement_lives_in_queries() -> None:
+    """The repository's sections hold no SQL of their own: every statement the agent runs
+    is in db/queries/ (the schema's in schema.sql and schema.py)."""
+    queries = DB / "queries"
+    sections = [p for p in sorted(DB.rglob("*.py")) if queries not in p.parents]
+    sections.remove(DB / "schema.py")
+    offenders = {}
+    for path in sections:
+        tree = ast.parse(path.read_text(), str(path))
+        found = [
+            f"{node.lineno}: SQL text {node.value.strip()[:40]!r}"
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Constant)
+            and isinstance(node.value, str)
+            and _STATEMENT.match(node.value)
+        ]
+        if found:
+            offenders[str(path.relative_to(ROOT))] = found
+    assert offenders == {}, "SQL in a repository section (move it to db/queries/)"
+    names = {p.relative_to(DB).as_posix() for p in sections}
+    assert {"repository.py", "claims.py", "outbox.py", "connection.py"} <= names
+
+
 @pytest.mark.parametrize(
     ("source", "caught"),
     [
@@ -79,6 +107,10 @@ def test_no_module_outside_db_issues_sql() -> None:
         ("await conn.execute('UPDATE agent_task SET status = $1')", True),
         ("from wrktalk_agent.db import queries as q", True),
         ("import wrktalk_agent.db.queries", True),
+        ("from wrktalk_agent.db.queries.claims import POLL", True),
+        ("from wrktalk_agent.db.queries import outbox", True),
+        ("import wrktalk_agent.db.queries.reads as dashboard", True),
+        ("from wrktalk_agent.db.queries_cache import hits", False),
         ("row = await pool.fetchrow(Q)", True),
         ('QUERY = """\n  WITH head AS (SELECT 1) SELECT * FROM head"""', True),
         ("await run.execute()", False),
