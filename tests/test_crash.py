@@ -101,8 +101,9 @@ async def test_outage_longer_than_the_lease_owner_fences_itself_no_overlap(
     owner = spawn_agent({**env, "WRKTALK_AGENT_AGENT_ID": "owner"})
     wait_until(lambda: child_starts(recording, str(t1.id)), 30)
     standby = spawn_agent({**env, "WRKTALK_AGENT_AGENT_ID": "standby"})
-    # the standby must be up before the database goes (a start without it exits 1)
-    wait_until(lambda: "agent.started" in Path(standby.log_path).read_text(), 30)  # type: ignore[attr-defined]
+    # the standby must be through its start-up before the database goes (a start without
+    # it exits 1): its listener connects after the start-up's queries
+    wait_until(lambda: "listener.connected" in Path(standby.log_path).read_text(), 30)  # type: ignore[attr-defined]
     await repo.close()
     await asyncio.to_thread(pg_server.stop)
     stopped_at = time.time()
