@@ -43,7 +43,9 @@ from wrktalk_agent.db.schema import NOTIFY_CHANNEL
 from wrktalk_agent.guard import describe
 from wrktalk_agent.log import get_logger
 from wrktalk_agent.outbox import Deliverer, notifier_names
-from wrktalk_agent.pipeline import DB_ERRORS, TaskOutcome, TaskRun
+from wrktalk_agent.pipeline.outcome import TaskOutcome
+from wrktalk_agent.pipeline.run import TaskRun
+from wrktalk_agent.pipeline.timeline import DB_ERRORS
 from wrktalk_agent.recovery import RecoveryRun
 from wrktalk_agent.services import Services
 
