@@ -48,7 +48,7 @@ class RecoveryRun:
         self.leased = LeasedTask.open(
             services, task, claimed_at=claimed_at, instance_id=instance_id
         )
-        self.s = services
+        self.services = services
         self.settings = services.settings
         self.repo = services.repo
         self.agent_id = services.settings.agent_id
@@ -79,7 +79,7 @@ class RecoveryRun:
     async def _recover(self, lease: Lease) -> TaskOutcome:
         with tolerant_rows():  # only versions and ids are read: any release row will do
             target, current = await self._releases()
-        live = await ask_live(self.s)
+        live = await ask_live(self.services)
         await self.timeline.add("recovery", "info", f"live: {live_text(live)}")
         await release_abandoned(self.leased, lease)
         try:
@@ -117,7 +117,7 @@ class RecoveryRun:
             live=live_text(live) + (f". Next: {next_step}" if next_step else ""),
         )
         written = await write_outcome(
-            self.s,
+            self.services,
             self.task,
             self.timeline,
             status=status,
