@@ -4,7 +4,7 @@ The pipeline installs :meth:`LiveOutput.line` as :data:`wrktalk_agent.process.ou
 for the duration of a task, so the output of every plugin's commands (helm, docker
 compose, a release's deploy script) arrives here line by line. Lines are
 
-* masked: each passes the task's :class:`~wrktalk_agent.pipeline.Secrets` before it is
+* masked: each passes the task's :class:`~wrktalk_agent.pipeline.redaction.Secrets` before it is
   kept (and the timeline masks every message again);
 * bounded: at most :data:`LINE_CHARS` characters a line, :data:`MAX_LINES` lines and
   :data:`MAX_BYTES` bytes a task (the end of the output is in the task result anyway);
@@ -29,7 +29,8 @@ from wrktalk_agent import process
 from wrktalk_agent.safe_text import storable
 
 if TYPE_CHECKING:
-    from wrktalk_agent.pipeline import Secrets, Timeline
+    from wrktalk_agent.pipeline.redaction import Secrets
+    from wrktalk_agent.pipeline.timeline import Timeline
 
 #: Marks a timeline message as a line of a command's output (readers strip it).
 OUTPUT_MARK = "│ "

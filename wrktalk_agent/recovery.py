@@ -16,59 +16,60 @@ A half-done deploy is never re-run. If this agent dies too, the next one takes o
 from __future__ import annotations
 
 import asyncio
-import time
 from pathlib import Path
 from typing import Any, Literal
 from uuid import UUID
 
-from wrktalk_agent import maintenance as maint
-from wrktalk_agent import metrics, outbox, process
+from wrktalk_agent import metrics, process
 from wrktalk_agent.artifacts import secure_delete
 from wrktalk_agent.db.models import ArtifactInfo, Task, tolerant_rows
 from wrktalk_agent.db.repository import FlagChange
 from wrktalk_agent.guard import describe
 from wrktalk_agent.interfaces import LiveState, NotificationKind
 from wrktalk_agent.lease import Lease, held
-from wrktalk_agent.pipeline import (
-    DB_ERRORS,
-    LeasedRun,
-    TaskOutcome,
-    ask_live,
-    live_text,
-    write_outcome,
-)
+from wrktalk_agent.pipeline.lease_run import LeasedTask, stop_fenced, until_done_or_lost
+from wrktalk_agent.pipeline.outcome import TaskOutcome, write_outcome
+from wrktalk_agent.pipeline.steps.live import ask_live, live_text
+from wrktalk_agent.pipeline.steps.maintenance import release_abandoned
+from wrktalk_agent.pipeline.steps.notify import notification
+from wrktalk_agent.pipeline.timeline import DB_ERRORS
 from wrktalk_agent.services import Services
 
 
-class RecoveryRun(LeasedRun):
-    """Recovers one taken-over task; call :meth:`execute`."""
+class RecoveryRun:
+    """Recovers one taken-over task; call :meth:`execute`. Built from the pipeline's
+    units: the leased task (lease, timeline, secrets), the live-release question, the
+    maintenance release, the notification and the outcome's one transaction."""
 
     def __init__(
         self, services: Services, task: Task, *, claimed_at: float, instance_id: UUID
     ) -> None:
-        super().__init__(services, task, claimed_at=claimed_at, instance_id=instance_id)
+        self.task = task
+        self.leased = LeasedTask.open(
+            services, task, claimed_at=claimed_at, instance_id=instance_id
+        )
+        self.services = services
+        self.settings = services.settings
+        self.repo = services.repo
+        self.agent_id = services.settings.agent_id
+        self.log = self.leased.log
+        self.timeline = self.leased.timeline
         self.abandoned = task.error_message or "abandoned: its agent stopped heartbeating"
 
     async def execute(self) -> TaskOutcome:
-        self.bind_log_context()
+        self.leased.bind_log_context()
         self.log.warning("task.abandoned", error=self.abandoned)
         metrics.ABANDONED.inc()
-        lease = self.new_lease()
+        lease = self.leased.new_lease()
         await self.timeline.add(
             "recovery", "started", f"{self.abandoned}; {self.agent_id} finds out what is live"
         )
         try:
             async with held(lease):
                 work = asyncio.create_task(self._recover(lease), name=f"recover-{self.task.id}")
-                lost = asyncio.create_task(lease.lost.wait())
-                try:
-                    await asyncio.wait({work, lost}, return_when=asyncio.FIRST_COMPLETED)
-                finally:
-                    lost.cancel()
+                await until_done_or_lost(work, lease)
                 if not work.done():
-                    process.lease_deadline(time.monotonic())  # its commands stop now
-                    work.cancel()
-                    await asyncio.wait({work}, timeout=self.settings.stale_margin / 2)
+                    await stop_fenced(work, self.settings)  # its commands stop now
                     self.log.error("recovery.fenced", reason=lease.reason)
                     return TaskOutcome.FENCED
                 return work.result()
@@ -78,9 +79,9 @@ class RecoveryRun(LeasedRun):
     async def _recover(self, lease: Lease) -> TaskOutcome:
         with tolerant_rows():  # only versions and ids are read: any release row will do
             target, current = await self._releases()
-        live = await ask_live(self.s)
+        live = await ask_live(self.services)
         await self.timeline.add("recovery", "info", f"live: {live_text(live)}")
-        await self._clear_maintenance(lease)
+        await release_abandoned(self.leased, lease)
         try:
             status, error, flags, next_step = await self._decide(live, target, current)
         except DB_ERRORS:
@@ -105,11 +106,9 @@ class RecoveryRun(LeasedRun):
             "succeeded" if status == "completed" else "failed",
             error or f"{live_text(live)}: the {self.task.type} had finished",
         )
-        event = outbox.build_event(
+        event = notification(
+            self.leased,
             kind=NotificationKind.TASK_ABANDONED,
-            settings_installation=self.settings.installation_name,
-            agent_id=self.agent_id,
-            task=self.task,
             outcome=status,
             target=target,
             current=current,
@@ -118,7 +117,7 @@ class RecoveryRun(LeasedRun):
             live=live_text(live) + (f". Next: {next_step}" if next_step else ""),
         )
         written = await write_outcome(
-            self.s,
+            self.services,
             self.task,
             self.timeline,
             status=status,
@@ -144,30 +143,6 @@ class RecoveryRun(LeasedRun):
         elif self.task.type == "rollback":
             target = await self.repo.previous_release()
         return target, current
-
-    async def _clear_maintenance(self, lease: Lease) -> None:
-        """Release the dead task's hold under this run's claim; the proxy goes off when it
-        was the last (a failed switch-off is retried by the agents' maintenance loop)."""
-        if not lease.valid:
-            return
-        assert self.task.claim_token is not None
-        done = await maint.release_for_task(self.s, self.task.id, self.task.claim_token)
-        if not done.released:
-            return
-        if done.others:
-            held = ", ".join(maint.describe_hold(h) for h in done.others)
-            await self.timeline.add("maintenance-off", "info", f"stays on: held by {held}")
-        elif done.error is not None:
-            self.log.error("maintenance.disable_failed", error=done.error, retried=True)
-            await self.timeline.add(
-                "maintenance-off",
-                "failed",
-                f"could not switch off: {done.error}; the agents retry until it is off",
-            )
-        else:
-            await self.timeline.add(
-                "maintenance-off", "succeeded", "left on by the dead task; switched off"
-            )
 
     async def _decide(
         self, live: LiveState, target: ArtifactInfo | None, current: ArtifactInfo | None

@@ -10,48 +10,33 @@ the outbox beside the loop (:mod:`wrktalk_agent.outbox`), never in its way.
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
-import json
 import math
-import os
 import random
-import re
 import signal
-import socket
 import time
 import uuid
-from collections.abc import Callable, Sequence
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import asyncpg
 
 from wrktalk_agent import __version__, maintenance, metrics, process
-from wrktalk_agent.artifacts import secure_delete
-from wrktalk_agent.bootstrap import StartupError
 from wrktalk_agent.db.models import PollResult, Task
-from wrktalk_agent.db.repository import (
-    Repository,
-    connect_listener,
-    keepalive,
-    listen_dsn,
-    pooler_hint,
-    pooler_mode,
-)
-from wrktalk_agent.db.schema import NOTIFY_CHANNEL
+from wrktalk_agent.db.repository import Repository, listen_dsn, pooler_hint, pooler_mode
 from wrktalk_agent.guard import describe
+from wrktalk_agent.housekeeping import LeftoverDirs, check_identity
+from wrktalk_agent.listener import listen, wakes
 from wrktalk_agent.log import get_logger
 from wrktalk_agent.outbox import Deliverer, notifier_names
-from wrktalk_agent.pipeline import DB_ERRORS, TaskOutcome, TaskRun
+from wrktalk_agent.pipeline.outcome import TaskOutcome
+from wrktalk_agent.pipeline.run import TaskRun
 from wrktalk_agent.recovery import RecoveryRun
 from wrktalk_agent.services import Services
+from wrktalk_agent.task_slot import POLL_ERRORS, TaskSlot, wait_any
 
-#: A poll that fails with one of these is retried after a backoff; the agent never dies.
-POLL_ERRORS: tuple[type[BaseException], ...] = (*DB_ERRORS, asyncpg.PostgresError)
 #: Exit codes of ``run``.
 EXIT_OK, EXIT_TASK_FAILED = 0, 1
-_WORKDIR = re.compile(r"task-([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})-")
 
 
 class Agent:
@@ -67,7 +52,6 @@ class Agent:
         self.stop_event = asyncio.Event()
         self.abort_event = asyncio.Event()
         self.wake = asyncio.Event()
-        self.running: TaskRun | RecoveryRun | None = None
         #: called on every loop iteration; the HTTP /healthz endpoint watches it
         self.on_tick: Callable[[], None] | None = None
         self.listener_connected = asyncio.Event()
@@ -77,14 +61,19 @@ class Agent:
         #: monotonic time of the last refresh of the pending/live-release metrics
         self._metrics_refreshed = -math.inf
         self._metrics_refresh: asyncio.Task[None] | None = None
-        #: tasks this agent ran lately: their outcome's NOTIFY wakes nothing (the loop
-        #: polls right after a task anyway), so it cannot delay the next task's pickup
-        self._ran: collections.deque[str] = collections.deque(maxlen=8)
+        self.slot = TaskSlot(
+            services,
+            instance_id=self.instance_id,
+            stop=self.stop_event,
+            abort=self.abort_event,
+            tick=self._tick,
+            ended=self._task_ended,
+            log=self.log,
+        )
         #: the server generation whose WAL timeline was last recorded (failover check)
         self._timeline_epoch: int | None = None
-        #: work dirs found at start-up that a live lease still covered: looked at again
-        self._leftover_dirs: dict[uuid.UUID, list[Path]] = {}
-        self._leftovers_checked = -math.inf
+        #: work dirs of dead tasks: deleted at start-up, or later when their task ends
+        self.leftovers = LeftoverDirs(self.repo, self.settings, self.log, self._running_task)
 
     # -- signals -----------------------------------------------------------------------
     def install_signal_handlers(self) -> None:
@@ -204,7 +193,8 @@ class Agent:
                 continue
             if once:
                 break
-            await self._recheck_leftover_dirs()
+            with contextlib.suppress(*POLL_ERRORS):
+                await self.leftovers.recheck()
             timeout = self.settings.poll_interval
             for due_in in (polled.next_due_in, polled.lease_ends_in):
                 # a task due, or a lease (or failover quiet period) over: poll right then
@@ -249,104 +239,24 @@ class Agent:
 
     async def _sleep(self, timeout: float) -> None:
         """Wait for a NOTIFY, a stop request or the timeout."""
-        await self._wait_any([self.wake, self.stop_event], timeout=timeout)
-
-    async def _wait_any(
-        self,
-        events: Sequence[asyncio.Event],
-        tasks: Sequence[asyncio.Task[Any]] = (),
-        *,
-        timeout: float = math.inf,
-    ) -> None:
-        """Wait until one of ``events`` is set or one of ``tasks`` is done, or ``timeout``
-        passes, ticking for /healthz at least every 5 s. The tasks are the caller's."""
-        helpers = [asyncio.ensure_future(event.wait()) for event in events]
-        watched: set[asyncio.Future[Any]] = {*helpers, *tasks}
-        deadline = time.monotonic() + timeout
-        try:
-            while (remaining := deadline - time.monotonic()) > 0:
-                self._tick()
-                done, _ = await asyncio.wait(
-                    watched, timeout=min(remaining, 5.0), return_when=asyncio.FIRST_COMPLETED
-                )
-                if done:
-                    return
-        finally:
-            for helper in helpers:
-                helper.cancel()
+        await wait_any([self.wake, self.stop_event], timeout=timeout, tick=self._tick)
 
     def _tick(self) -> None:
         if self.on_tick is not None:
             self.on_tick()
 
     async def _execute(self, task: Task, claimed_at: float, *, recovery: bool = False) -> str:
-        """Run one claimed (or taken-over) task, honouring the shutdown grace period."""
-        kind = RecoveryRun if recovery else TaskRun
-        run = kind(self.services, task, claimed_at=claimed_at, instance_id=self.instance_id)
-        self.running = run
-        metrics.task_started()
-        job = asyncio.create_task(run.execute(), name=f"task-{task.id}")
-        try:
-            await self._wait_any([self.stop_event], [job])
-            if not job.done():
-                await self._drain(job)
-            try:
-                outcome = job.result()
-            except Exception as exc:  # e.g. the outcome write hit a constraint: keep running;
-                # the task's lease runs out and the next poll recovers it
-                self.log.error("task.crashed", task_id=str(task.id), error=describe(exc))
-                return TaskOutcome.FAILED
-        finally:
-            self._ran.append(str(task.id))
-            self.running = None
-            metrics.task_ended()
-            process.reap_adopted()
-            self._metrics_refreshed = -math.inf  # the live release may have changed
-            self.deliverer.wake.set()
-        if outcome == TaskOutcome.FENCED and not recovery and not self.stop_event.is_set():
-            return await self._recover_lost_claim(task)
-        return outcome
+        """Run one claimed (or taken-over) task (see :class:`~wrktalk_agent.task_slot.TaskSlot`)."""
+        return await self.slot.execute(task, claimed_at, recovery=recovery)
 
-    async def _recover_lost_claim(self, task: Task) -> str:
-        """After a fence: if the task is pending again, a failover lost our claim (the
-        promoted standby never received it) though our deploy ran until it was stopped.
-        Take it back for recovery rather than let it run again from the start. Other
-        agents claim nothing during the failover's quiet period (a lease and its margin),
-        which is the time we have to get through to the new primary."""
-        deadline = time.monotonic() + self.settings.takeover_after_seconds
-        attempt = 0
-        while time.monotonic() < deadline and not self.stop_event.is_set():
-            try:
-                if await self.repo.task_status(task.id) != "pending":
-                    return TaskOutcome.FENCED
-                sent = time.monotonic()
-                again = await self.repo.claim_lost_in_failover(
-                    task.id,
-                    self.settings.agent_id,
-                    self.settings.takeover_after_seconds,
-                    claim_token=uuid.uuid4(),
-                )
-            except POLL_ERRORS as exc:
-                attempt += 1
-                self.log.warning("task.claim_check_failed", error=describe(exc))
-                await asyncio.sleep(min(1.0, 0.1 * 2**attempt))
-                continue
-            if again is None:
-                return TaskOutcome.FENCED
-            self.log.warning("task.claim_lost", task_id=str(task.id), next="recovery")
-            return await self._execute(again, sent, recovery=True)
-        return TaskOutcome.FENCED
+    @property
+    def running(self) -> TaskRun | RecoveryRun | None:
+        """The task run in progress, if any."""
+        return self.slot.running
 
-    async def _drain(self, job: asyncio.Task[TaskOutcome]) -> None:
-        grace = self.settings.shutdown_grace
-        self.log.info("task.draining", grace_seconds=grace)
-        await self._wait_any([self.abort_event], [job], timeout=grace)
-        if not job.done():
-            self.log.warning("task.interrupting", reason="grace period over or second signal")
-            job.cancel()
-            # the task catches the cancellation, records "interrupted by shutdown" and
-            # cleans up; wait for that (a third signal cannot make it skip the cleanup)
-            await asyncio.wait({job})
+    def _task_ended(self) -> None:
+        self._metrics_refreshed = -math.inf  # the live release may have changed
+        self.deliverer.wake.set()
 
     # -- start-up --------------------------------------------------------------------------
     async def startup(self) -> None:
@@ -358,147 +268,36 @@ class Agent:
         await maintenance.reconcile_at_startup(self.services, self.log)
 
     async def check_identity(self) -> None:
-        """An agent id is one live process. A process seen with our id moments ago is
-        watched for a sign of life before we go on: one means a duplicate (refused)."""
-        row = await self.repo.instance(self.settings.agent_id)
-        if row is None or row["stopped_at"] is not None or row["instance_id"] is None:
-            return
-        window = 2 * max(self.settings.poll_interval, self.settings.heartbeat_interval) + 1
-        age = float(row["age"])
-        if age > window:
-            return
-        if row["hostname"] == socket.gethostname() and (
-            row["pid"] == os.getpid() or not _pid_alive(row["pid"])
-        ):
-            return  # an earlier run of this very process slot, gone
-        who = f"host {row['hostname']}, pid {row['pid']}"
-        self.log.warning(
-            "agent.identity_check", detail=f"agent id last seen {age:.1f}s ago ({who})"
-        )
-        deadline = time.monotonic() + (window - age)
-        while time.monotonic() < deadline and not self.stop_event.is_set():
-            await asyncio.sleep(min(0.5, max(0.05, deadline - time.monotonic())))
-            again = await self.repo.instance(self.settings.agent_id)
-            if again is None or again["last_seen"] is None or row["last_seen"] is None:
-                continue
-            if again["last_seen"] > row["last_seen"] and again["instance_id"] != self.instance_id:
-                raise StartupError(
-                    [
-                        f"agent id {self.settings.agent_id!r} is in use by a live agent "
-                        f"({again['hostname']}, pid {again['pid']}): give each agent its "
-                        "own WRKTALK_AGENT_AGENT_ID"
-                    ],
-                    exit_code=2,
-                )
+        """Refuse to run beside a live process with our agent id (see
+        :func:`wrktalk_agent.housekeeping.check_identity`)."""
+        await check_identity(self.repo, self.settings, self.instance_id, self.stop_event, self.log)
 
     async def clean_work_dirs(self) -> None:
-        """Securely delete work dirs (and the secrets in them) of tasks that no live
-        agent is running: left by a crash. A task still leased to our own agent id is an
-        earlier process of ours, dead (a live one would have been refused), whose commands
-        the watchdog stopped: its dirs go too. Dirs of tasks another live agent holds are
-        looked at again later (:meth:`_recheck_leftover_dirs`), so that secrets do not
-        stay behind when that task is recovered on another host."""
-        base: Path = self.settings.work_dir
-        if not base.is_dir():
-            return
-        found: dict[uuid.UUID, list[Path]] = {}
-        for path in base.iterdir():
-            match = _WORKDIR.match(path.name)
-            if match and path.is_dir() and not path.is_symlink():
-                found.setdefault(uuid.UUID(match.group(1)), []).append(path)
-        self._leftover_dirs = await self._delete_unleased(found)
+        """Securely delete work dirs of tasks that no live agent is running (see
+        :class:`wrktalk_agent.housekeeping.LeftoverDirs`)."""
+        await self.leftovers.clean()
 
-    async def _delete_unleased(
-        self, found: dict[uuid.UUID, list[Path]]
-    ) -> dict[uuid.UUID, list[Path]]:
-        """Delete the dirs of tasks nobody else runs; returns those still in use."""
-        if not found:
-            return {}
-        leases = await self.repo.task_leases(list(found), self.settings.takeover_after_seconds)
-        running = self.running.task.id if self.running is not None else None
-        kept: dict[uuid.UUID, list[Path]] = {}
-        for task_id, paths in found.items():
-            leased, holder = leases.get(task_id, (False, None))
-            if task_id == running or (leased and holder != self.settings.agent_id):
-                kept[task_id] = paths
-                continue
-            for path in paths:
-                for problem in secure_delete(path):
-                    self.log.warning("workdir.delete_failed", problem=problem)
-            self.log.info("workdir.deleted", task_id=str(task_id), reason="left by a dead task")
-        return kept
-
-    async def _recheck_leftover_dirs(self) -> None:
-        """At most every 10 s while some are left: delete dirs whose task has ended."""
-        if not self._leftover_dirs or time.monotonic() - self._leftovers_checked < 10.0:
-            return
-        self._leftovers_checked = time.monotonic()
-        with contextlib.suppress(*POLL_ERRORS):
-            left = {t: [p for p in ps if p.exists()] for t, ps in self._leftover_dirs.items()}
-            self._leftover_dirs = await self._delete_unleased({t: p for t, p in left.items() if p})
+    def _running_task(self) -> uuid.UUID | None:
+        return self.running.task.id if self.running is not None else None
 
     # -- LISTEN ----------------------------------------------------------------------------
     async def _listen(self) -> None:
         """Keep a LISTEN connection; after (re)connecting, poll at once."""
-        attempt = 0
-        while not self.stop_event.is_set():
-            conn: asyncpg.Connection | None = None
-            try:
-                conn = await connect_listener(self.settings, timeout=10)
-                lost = asyncio.Event()
-                conn.add_termination_listener(lambda _c, lost=lost: lost.set())
-                await conn.add_listener(NOTIFY_CHANNEL, self._on_notify)
-                attempt = 0
-                self.listener_connected.set()
-                self.log.info("listener.connected")
-                self.wake.set()  # anything inserted while we were away
-                # a half-open TCP connection sends no FIN: ask the server now and then
-                every = max(self.settings.poll_interval, 30.0)
-                while not lost.is_set() and not conn.is_closed():
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(lost.wait(), timeout=every)
-                    if not lost.is_set():
-                        await keepalive(conn, 10)
-                self.log.warning("listener.lost")
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # any failure: log one line, back off, reconnect
-                self.log.warning("listener.failed", error=describe(exc))
-            finally:
-                self.listener_connected.clear()
-                if conn is not None and not conn.is_closed():
-                    with contextlib.suppress(Exception):
-                        await asyncio.wait_for(conn.close(), timeout=2)
-            attempt += 1
-            delay = min(30.0, 0.25 * 2 ** min(attempt, 7)) * random.uniform(0.8, 1.2)
-            self.wake.set()  # poll at once: NOTIFYs may have been missed
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.stop_event.wait(), timeout=delay)
+        await listen(
+            self.settings,
+            wake=self.wake,
+            stop=self.stop_event,
+            connected=self.listener_connected,
+            on_notify=self._on_notify,
+            log=self.log,
+        )
 
     def _on_notify(self, _conn: Any, _pid: int, _channel: str, payload: object) -> None:
-        try:
-            change = json.loads(str(payload))
-            status, task_id = change.get("status"), str(change.get("id"))
-        except (ValueError, AttributeError):
-            status = task_id = None
-        if status == "inProgress":  # a claim frees nothing
-            return
-        if status in ("completed", "failed") and task_id in self._ran:
-            return  # our own outcome: the loop polled after it already
-        self.wake.set()
+        if wakes(payload, self.slot.ran):
+            self.wake.set()
 
     def _side_task_done(self, task: asyncio.Task[None]) -> None:
         if not task.cancelled() and task.exception() is not None:
             self.log.error(
                 "side_task.crashed", task=task.get_name(), error=describe(task.exception())
             )
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
