@@ -23,7 +23,7 @@ AGENT = textwrap.dedent(
     """
     import os, subprocess, sys, time
     janitor = subprocess.Popen(
-        [sys.executable, "-I", "-S", sys.argv[1], "0.2"],
+        [sys.executable, "-I", "-S", sys.argv[1], "0.2", str(os.getpid())],
         stdin=subprocess.PIPE, start_new_session=True,
     )
     def send(line):
@@ -107,3 +107,57 @@ def test_when_the_agent_dies_its_task_children_stop_with_it(tmp_path: Path) -> N
     assert _wait_gone(own, 5.0), "the task's process group outlived the agent"
     assert _wait_gone(shared, 5.0), "a child in the agent's group outlived the agent"
     assert _wait_gone(janitor, 5.0), "the watchdog stayed after its agent died"
+
+
+#: A subreaper (as the agent's own parent may be: a test runner hosting an agent, or a
+#: container's init) with a process of its own, and an agent under it that starts its
+#: watchdog and dies at once — before the watchdog has even started.
+REAPER = textwrap.dedent(
+    """
+    import ctypes, subprocess, sys, time
+    ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+    bystander = subprocess.Popen(["sleep", "60"])
+    agent = subprocess.Popen(
+        [sys.executable, "-c", sys.argv[1], sys.argv[2]], stdout=subprocess.PIPE, text=True
+    )
+    janitor = agent.stdout.readline().strip()
+    agent.wait()
+    print(bystander.pid, janitor, flush=True)
+    time.sleep(60)
+    """
+)
+SHORT_LIVED_AGENT = textwrap.dedent(
+    """
+    import os, subprocess, sys
+    janitor = subprocess.Popen(
+        [sys.executable, "-I", "-S", sys.argv[1], "0.2", str(os.getpid())],
+        stdin=subprocess.PIPE, start_new_session=True,
+    )
+    print(janitor.pid, flush=True)
+    os._exit(0)
+    """
+)
+
+
+def test_a_watchdog_whose_agent_died_first_leaves_everything_else_alone(tmp_path: Path) -> None:
+    """Re-parented to a subreaper (or init) before it read who its agent was, the watchdog
+    must not take its new parent's processes for the agent's: it once stopped every
+    process under the machine's init."""
+    script = tmp_path / "reaper.py"
+    script.write_text(REAPER)
+    reaper = subprocess.Popen(
+        [sys.executable, str(script), SHORT_LIVED_AGENT, str(JANITOR)],
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        assert reaper.stdout is not None
+        bystander, janitor = (int(word) for word in reaper.stdout.readline().split())
+        assert _wait_gone(janitor, 5.0), "the watchdog stayed after its agent died"
+        time.sleep(0.5)
+        assert _alive(bystander), "the watchdog stopped a process that was not its agent's"
+        assert reaper.poll() is None, "the watchdog stopped its new parent"
+    finally:
+        os.killpg(reaper.pid, signal.SIGKILL)
+        reaper.wait()

@@ -1,7 +1,7 @@
 """The watchdog outside the agent: it enforces the lease and outlives the agent's death.
 
 Started once per agent process by :mod:`wrktalk_agent.process` (``python -I -S`` on this
-file, in a session of its own, so that neither Ctrl-Z nor a signal to the agent's process
+file with the stop grace and the agent's pid, in a session of its own, so that neither Ctrl-Z nor a signal to the agent's process
 group stops it). It reads lines from a pipe only the agent holds:
 
 ``+PGID`` / ``-PGID``
@@ -149,7 +149,8 @@ class Watch:
                 start = float(began) if began else None
             except ValueError:
                 return
-            if start is not None:  # a new lease: what ran before it is not the task's
+            if start is not None and self.agent_alive():  # a new lease: what ran
+                # before it is not the task's
                 self.baseline = {
                     (pid, ticks)
                     for pid, (_g, ticks) in _descendants(self.agent).items()
@@ -166,7 +167,14 @@ class Watch:
         elif line[0] == "-":
             self.groups.discard(pgid)
 
+    def agent_alive(self) -> bool:
+        """The agent is alive while it is our parent: at its death we are re-parented (to
+        init or a subreaper), and its pid may then name any other process."""
+        return os.getppid() == self.agent
+
     def scan(self) -> None:
+        if not self.agent_alive():
+            return
         for pid, (_pgid, start) in _descendants(self.agent).items():
             if (pid, start) not in self.baseline:
                 self.seen[pid] = start
@@ -181,7 +189,7 @@ class Watch:
                 pids.add(pid)
                 if stat[2] not in self.spared:
                     groups.add(stat[2])
-        if _stat(self.agent) is not None:  # descendants that appeared since the last scan
+        if self.agent_alive():  # descendants that appeared since the last scan
             for pid, (pgid, start) in _descendants(self.agent).items():
                 if (pid, start) not in self.baseline:
                     pids.add(pid)
@@ -226,11 +234,14 @@ def _signal(groups: set[int], pids: set[int], sig: int) -> None:
 
 def main() -> None:
     grace = float(sys.argv[1]) if len(sys.argv) > 1 else 2.0
+    # The agent names itself: had it died before we got here, our parent would be init or
+    # a subreaper, and everything under that would be taken for the agent's.
+    agent = int(sys.argv[2]) if len(sys.argv) > 2 else os.getppid()
     # Ctrl-C or Ctrl-Z in the agent's terminal, or a signal to the agent's group, is not
     # for us (we are in a session of our own; this is for a direct signal all the same).
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU):
         signal.signal(sig, signal.SIG_IGN)
-    watch = Watch(os.getppid(), grace)
+    watch = Watch(agent, grace)
     fd = sys.stdin.fileno()
     buffer = b""
     while True:

@@ -110,7 +110,7 @@ class _Janitor:
         _become_subreaper()
         try:
             self._proc = subprocess.Popen(
-                [sys.executable, "-I", "-S", str(script), f"{self.grace:g}"],
+                [sys.executable, "-I", "-S", str(script), f"{self.grace:g}", str(os.getpid())],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
