@@ -62,5 +62,9 @@ class DashboardApp(App[None]):
     def get_default_screen(self) -> Screen[None]:
         return self.main
 
+    def on_load(self) -> None:
+        self.main.prefetch()
+
     async def on_unmount(self) -> None:
+        self.main.stop_prefetch()
         await self.source.close()

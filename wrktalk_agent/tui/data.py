@@ -26,7 +26,6 @@ from wrktalk_agent.db.repository import (
     keepalive,
 )
 from wrktalk_agent.db.schema import NOTIFY_CHANNEL
-from wrktalk_agent.live_output import OUTPUT_MARK, output_text
 
 # the values a refresh returns, importable from here as before
 from wrktalk_agent.tui.snapshot import (
@@ -118,6 +117,10 @@ class DashboardSource:
 
     # -- reads -------------------------------------------------------------------------
     async def snapshot(self, filters: Filters) -> Snapshot:
+        # imported with the first whole snapshot, after the first paint (it brings the
+        # process-running machinery along)
+        from wrktalk_agent.live_output import OUTPUT_MARK, output_text
+
         async with self._repository() as repo:
             overview = await repo.dashboard_overview()
             now = self._now(overview["now"])

@@ -11,6 +11,8 @@ it is first opened; the dialogs and the task detail are imported when first open
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING, TypeVar, get_args
 from uuid import UUID
 
@@ -53,6 +55,10 @@ MAX_RETRY_DELAY = 15.0
 
 class MainScreen(Screen[None]):
     """Overview, tasks, agents and releases, refreshed live; the actions start here."""
+
+    #: the task list has the focus from the start (not the tab bar first, then the list:
+    #: each change of focus rebuilds the footer)
+    AUTO_FOCUS = "#tasks-table"
 
     BINDINGS = [
         Binding("question_mark", "help", "Help"),
@@ -97,6 +103,7 @@ class MainScreen(Screen[None]):
         self._failures = 0
         self._listening = False
         self._actions_state: tuple[bool | None, ...] = ()
+        self._first_rows: asyncio.Future[Snapshot] | None = None
 
     def compose(self) -> ComposeResult:
         with Horizontal(id="top"):
@@ -121,6 +128,16 @@ class MainScreen(Screen[None]):
         self.set_interval(1.0, self._tick_stale)
 
     # -- refresh loop ------------------------------------------------------------------
+    def prefetch(self) -> None:
+        """Send the first query before the screen is built (the app calls this on its
+        first event): the database answers while the widgets are being styled."""
+        self._first_rows = asyncio.ensure_future(self.source.first_rows(self.filters))
+
+    def stop_prefetch(self) -> None:
+        if self._first_rows is not None:
+            self._first_rows.cancel()
+            self._first_rows = None
+
     def request_refresh(self) -> None:
         """Refresh now, or right after the refresh in flight (never two at once)."""
         if self._refreshing:
@@ -136,7 +153,11 @@ class MainScreen(Screen[None]):
     async def load_snapshot(self, filters: Filters) -> None:
         try:
             if self.snapshot is None:  # first paint: a screenful of the newest tasks first
-                self.post_message(FirstRowsLoaded(await self.source.first_rows(filters)))
+                first: Awaitable[Snapshot] | None = self._first_rows
+                self._first_rows = None
+                if first is None or filters != Filters():
+                    first = self.source.first_rows(filters)
+                self.post_message(FirstRowsLoaded(await first))
             snapshot = await self.source.snapshot(filters)
         except SourceUnavailable as exc:
             self.post_message(RefreshFailed(str(exc)))

@@ -12,7 +12,6 @@ from typing import Literal
 from uuid import UUID
 
 from wrktalk_agent.db.models import AgentInstance, ArtifactInfo, Task, TaskEvent
-from wrktalk_agent.live_output import is_output, output_text
 
 Clock = Callable[[], datetime]
 TaskTypeFilter = Literal["deploy", "rollback"]
@@ -141,10 +140,14 @@ class TaskDetail:
     @cached_property
     def steps(self) -> list[TaskEvent]:
         """The timeline without the lines of output."""
+        from wrktalk_agent.live_output import is_output  # with processes: not at first paint
+
         return [e for e in self.events if not is_output(e.message)]
 
     @cached_property
     def output(self) -> list[OutputLine]:
+        from wrktalk_agent.live_output import is_output, output_text
+
         return [
             OutputLine(e.created_at, e.step, output_text(e.message))
             for e in self.events

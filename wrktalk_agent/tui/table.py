@@ -23,14 +23,13 @@ class KeyedTable(DataTable[Text]):
     COLUMNS: tuple[tuple[str, str], ...] = ()
 
     def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
+        # given to the constructor, not set once mounted: each change restyles the table
+        super().__init__(cursor_type="row", zebra_stripes=True, **kwargs)
         self._shown: list[tuple[str, Cells]] = []
         self._pending: Sequence[tuple[str, Cells]] | None = None
         self._ready = False
 
     def on_mount(self) -> None:
-        self.cursor_type = "row"
-        self.zebra_stripes = True
         for label, key in self.COLUMNS:
             self.add_column(label, key=key)
         self._ready = True
