@@ -103,7 +103,10 @@ class MainScreen(Screen[None]):
         self._failures = 0
         self._listening = False
         self._actions_state: tuple[bool | None, ...] = ()
+        #: the first query, sent before the screen was built (see prefetch)
         self._first_rows: asyncio.Future[Snapshot] | None = None
+        #: the first rows are on screen: the rest of the first snapshot may load
+        self._first_painted = asyncio.Event()
 
     def compose(self) -> ComposeResult:
         with Horizontal(id="top"):
@@ -131,7 +134,7 @@ class MainScreen(Screen[None]):
     def prefetch(self) -> None:
         """Send the first query before the screen is built (the app calls this on its
         first event): the database answers while the widgets are being styled."""
-        self._first_rows = asyncio.ensure_future(self.source.first_rows(self.filters))
+        self._first_rows = asyncio.ensure_future(self.source.first_rows(Filters()))
 
     def stop_prefetch(self) -> None:
         if self._first_rows is not None:
@@ -153,21 +156,28 @@ class MainScreen(Screen[None]):
     async def load_snapshot(self, filters: Filters) -> None:
         try:
             if self.snapshot is None:  # first paint: a screenful of the newest tasks first
-                first: Awaitable[Snapshot] | None = self._first_rows
-                self._first_rows = None
-                if first is None or filters != Filters():
-                    first = self.source.first_rows(filters)
-                self.post_message(FirstRowsLoaded(await first))
+                self.post_message(FirstRowsLoaded(await self._first_screenful(filters)))
+                # the rest once those rows are on screen: its work does not delay them
+                await self._first_painted.wait()
             snapshot = await self.source.snapshot(filters)
         except SourceUnavailable as exc:
             self.post_message(RefreshFailed(str(exc)))
         else:
             self.post_message(SnapshotLoaded(snapshot))
 
+    def _first_screenful(self, filters: Filters) -> Awaitable[Snapshot]:
+        prefetched, self._first_rows = self._first_rows, None
+        if prefetched is not None and filters == Filters():
+            return prefetched
+        if prefetched is not None:
+            prefetched.cancel()
+        return self.source.first_rows(filters)
+
     @on(FirstRowsLoaded)
     def show_first_rows(self, message: FirstRowsLoaded) -> None:
         if self.snapshot is None:  # the whole snapshot did not overtake it
             self.tasks.show_first_rows(message.snapshot)
+        self.call_after_refresh(self._first_painted.set)
 
     @on(SnapshotLoaded)
     def show_snapshot(self, message: SnapshotLoaded) -> None:
