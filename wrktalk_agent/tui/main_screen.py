@@ -137,9 +137,10 @@ class MainScreen(Screen[None]):
         self._first_rows = asyncio.ensure_future(self.source.first_rows(Filters()))
 
     def stop_prefetch(self) -> None:
-        if self._first_rows is not None:
-            self._first_rows.cancel()
-            self._first_rows = None
+        """The app stops before the screen took the first query's answer."""
+        prefetched, self._first_rows = self._first_rows, None
+        if prefetched is not None and not prefetched.cancel() and not prefetched.cancelled():
+            prefetched.exception()  # read: asyncio would log an error nobody awaited
 
     def request_refresh(self) -> None:
         """Refresh now, or right after the refresh in flight (never two at once)."""
@@ -166,11 +167,11 @@ class MainScreen(Screen[None]):
             self.post_message(SnapshotLoaded(snapshot))
 
     def _first_screenful(self, filters: Filters) -> Awaitable[Snapshot]:
-        prefetched, self._first_rows = self._first_rows, None
-        if prefetched is not None and filters == Filters():
+        """The prefetched first rows, or a new query if none was sent for these filters."""
+        if self._first_rows is not None and filters == Filters():
+            prefetched, self._first_rows = self._first_rows, None
             return prefetched
-        if prefetched is not None:
-            prefetched.cancel()
+        self.stop_prefetch()
         return self.source.first_rows(filters)
 
     @on(FirstRowsLoaded)
