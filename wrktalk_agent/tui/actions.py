@@ -13,13 +13,16 @@ from typing import TYPE_CHECKING
 from uuid import UUID
 
 from rich.text import Text
+from textual.widgets import TabbedContent
 
 from wrktalk_agent.safe_text import visible
 from wrktalk_agent.tui import format as fmt
 from wrktalk_agent.tui.data import ActionRefused, SourceUnavailable
 from wrktalk_agent.tui.messages import ActionFinished
+from wrktalk_agent.tui.releases_tab import ReleasesTable
 
 if TYPE_CHECKING:
+    from wrktalk_agent.db.models import ArtifactInfo, Task
     from wrktalk_agent.tui.dialogs import DeployChoice
     from wrktalk_agent.tui.main_screen import MainScreen
 
@@ -39,6 +42,37 @@ class WriteActions:
 
     def __init__(self, screen: MainScreen) -> None:
         self.screen = screen
+
+    def allowed(self, action: str) -> bool | None:
+        """Hidden (``False``) when read-only or on another tab, shown but disabled
+        (``None``) when the selected row does not allow it (no release selected)."""
+        if self.screen.read_only:
+            return False
+        active = self.screen.query_one(TabbedContent).active
+        if action == "deploy":
+            if active != "releases":
+                return False
+            allowed = self.selected_release() is not None
+        elif action == "cancel_task":
+            if active != "tasks":
+                return False
+            # always allowed: on a task that is not pending it says why nothing happens
+            allowed = self.selected_task() is not None
+        else:
+            allowed = True
+        return True if allowed else None
+
+    def selected_task(self) -> Task | None:
+        snapshot = self.screen.snapshot
+        if snapshot is None:
+            return None
+        key = self.screen.tasks.table.selected_key
+        return next((t for t in snapshot.tasks if str(t.id) == key), None)
+
+    def selected_release(self) -> ArtifactInfo | None:
+        """The release selected in the Releases tab (built when first shown)."""
+        table = next(self.screen.query(ReleasesTable).results(), None)
+        return None if table is None else table.selected_release(self.screen.snapshot)
 
     def _write(self, work: Awaitable[None]) -> None:
         """One write at a time, as a worker of the screen."""
@@ -89,7 +123,7 @@ class WriteActions:
         from wrktalk_agent.tui.dialogs import DeployDialog
 
         screen = self.screen
-        release = screen.selected_release()
+        release = self.selected_release()
         if release is None or screen.snapshot is None:
             screen.notify("Select a release in the Releases tab first.", severity="warning")
             return
@@ -123,7 +157,7 @@ class WriteActions:
         from wrktalk_agent.tui.dialogs import ConfirmDialog
 
         screen = self.screen
-        task = screen.selected_task()
+        task = self.selected_task()
         if task is None:
             return
         if task.status != "pending":

@@ -63,8 +63,8 @@ class DashboardApp(App[None]):
         return self.main
 
     def on_load(self) -> None:
-        self.main.prefetch()
+        # the app's first event: the first query goes out while the screen is built
+        self.source.prefetch_first_rows()
 
     async def on_unmount(self) -> None:
-        self.main.stop_prefetch()
         await self.source.close()

@@ -109,8 +109,10 @@ class DashboardSource:
         self._repo: Repository | None = None
         self._connecting = asyncio.Lock()
         self._skew = timedelta(0)
+        self._prefetched: asyncio.Future[Snapshot] | None = None
 
     async def close(self) -> None:
+        self._drop_prefetched()
         if self._repo is not None:
             repo, self._repo = self._repo, None
             await repo.close()
@@ -167,10 +169,29 @@ class DashboardSource:
             output=output,
         )
 
+    def prefetch_first_rows(self) -> None:
+        """Send the first screen's query now — the app does, before its screen is built,
+        so that the database answers while the widgets are styled. The next
+        :meth:`first_rows` with the default filters takes the answer."""
+        self._prefetched = asyncio.ensure_future(self._first_rows(Filters(), FIRST_ROWS))
+
     async def first_rows(self, filters: Filters, limit: int = FIRST_ROWS) -> Snapshot:
         """The newest ``limit`` tasks (and the steps of running ones), for the first paint
         only: agents, releases and the installation's details come with :meth:`snapshot`
         right after; a partial snapshot is never kept as the dashboard's state."""
+        prefetched, self._prefetched = self._prefetched, None
+        if prefetched is not None and (filters, limit) == (Filters(), FIRST_ROWS):
+            return await prefetched
+        self._prefetched = prefetched
+        self._drop_prefetched()
+        return await self._first_rows(filters, limit)
+
+    def _drop_prefetched(self) -> None:
+        prefetched, self._prefetched = self._prefetched, None
+        if prefetched is not None and not prefetched.cancel() and not prefetched.cancelled():
+            prefetched.exception()  # read: asyncio would log an error nobody awaited
+
+    async def _first_rows(self, filters: Filters, limit: int) -> Snapshot:
         async with self._repository() as repo:
             overview = await repo.dashboard_overview()
             tasks = await repo.dashboard_tasks(

@@ -4,15 +4,17 @@ Refresh loop: a one-shot timer re-armed when a refresh finishes, so refreshes ne
 however slow the database is; a NOTIFY on the task channel refreshes at once (or right
 after the refresh in flight). Failures back off and show in the status bar, never crash.
 
-First paint: the screen composes what the first screen shows and nothing more. The
-Agents and Releases tables are built when their tab is first shown, the search field when
-it is first opened; the dialogs and the task detail are imported when first opened.
+First paint: the app sends the first query before this screen is built
+(``DashboardSource.prefetch_first_rows``); the screen composes what the first screen shows
+and nothing more, and the rest of the first snapshot loads once the first rows are on
+screen. The Agents and Releases tables are built when their tab is first shown, the search
+field when it is first opened; the dialogs and the task detail are imported when first
+opened.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
 from typing import TYPE_CHECKING, TypeVar, get_args
 from uuid import UUID
 
@@ -24,7 +26,7 @@ from textual.containers import Horizontal
 from textual.screen import Screen
 from textual.widgets import DataTable, TabbedContent, TabPane
 
-from wrktalk_agent.db.models import SHOWN_STATUSES, Task
+from wrktalk_agent.db.models import SHOWN_STATUSES
 from wrktalk_agent.safe_text import visible
 from wrktalk_agent.tui.actions import WRITE_ACTIONS, WriteActions
 from wrktalk_agent.tui.agents_tab import AgentsTable
@@ -44,8 +46,6 @@ from wrktalk_agent.tui.widgets import DashboardFooter, MaintenanceBadge, Overvie
 
 if TYPE_CHECKING:
     from textual.timer import Timer
-
-    from wrktalk_agent.db.models import ArtifactInfo
 
 STATUS_CYCLE: tuple[str | None, ...] = (None, *SHOWN_STATUSES)
 TYPE_CYCLE: tuple[TaskTypeFilter | None, ...] = (None, *get_args(TaskTypeFilter))
@@ -103,8 +103,6 @@ class MainScreen(Screen[None]):
         self._failures = 0
         self._listening = False
         self._actions_state: tuple[bool | None, ...] = ()
-        #: the first query, sent before the screen was built (see prefetch)
-        self._first_rows: asyncio.Future[Snapshot] | None = None
         #: the first rows are on screen: the rest of the first snapshot may load
         self._first_painted = asyncio.Event()
 
@@ -131,17 +129,6 @@ class MainScreen(Screen[None]):
         self.set_interval(1.0, self._tick_stale)
 
     # -- refresh loop ------------------------------------------------------------------
-    def prefetch(self) -> None:
-        """Send the first query before the screen is built (the app calls this on its
-        first event): the database answers while the widgets are being styled."""
-        self._first_rows = asyncio.ensure_future(self.source.first_rows(Filters()))
-
-    def stop_prefetch(self) -> None:
-        """The app stops before the screen took the first query's answer."""
-        prefetched, self._first_rows = self._first_rows, None
-        if prefetched is not None and not prefetched.cancel() and not prefetched.cancelled():
-            prefetched.exception()  # read: asyncio would log an error nobody awaited
-
     def request_refresh(self) -> None:
         """Refresh now, or right after the refresh in flight (never two at once)."""
         if self._refreshing:
@@ -157,7 +144,7 @@ class MainScreen(Screen[None]):
     async def load_snapshot(self, filters: Filters) -> None:
         try:
             if self.snapshot is None:  # first paint: a screenful of the newest tasks first
-                self.post_message(FirstRowsLoaded(await self._first_screenful(filters)))
+                self.post_message(FirstRowsLoaded(await self.source.first_rows(filters)))
                 # the rest once those rows are on screen: its work does not delay them
                 await self._first_painted.wait()
             snapshot = await self.source.snapshot(filters)
@@ -165,14 +152,6 @@ class MainScreen(Screen[None]):
             self.post_message(RefreshFailed(str(exc)))
         else:
             self.post_message(SnapshotLoaded(snapshot))
-
-    def _first_screenful(self, filters: Filters) -> Awaitable[Snapshot]:
-        """The prefetched first rows, or a new query if none was sent for these filters."""
-        if self._first_rows is not None and filters == Filters():
-            prefetched, self._first_rows = self._first_rows, None
-            return prefetched
-        self.stop_prefetch()
-        return self.source.first_rows(filters)
 
     @on(FirstRowsLoaded)
     def show_first_rows(self, message: FirstRowsLoaded) -> None:
@@ -326,35 +305,9 @@ class MainScreen(Screen[None]):
             )
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        """Write actions: hidden when read-only or on another tab, shown disabled when the
-        selected row does not allow them (a task that is not pending)."""
         if action not in WRITE_ACTIONS:
             return True
-        if self.read_only:
-            return False
-        active = self.query_one(TabbedContent).active
-        if action == "deploy":
-            if active != "releases":
-                return False
-            allowed = self.selected_release() is not None
-        elif action == "cancel_task":
-            if active != "tasks":
-                return False
-            # always allowed: on a task that is not pending it says why nothing happens
-            allowed = self.selected_task() is not None
-        else:
-            allowed = True
-        return True if allowed else None  # None: shown, but disabled
-
-    def selected_task(self) -> Task | None:
-        if self.snapshot is None:
-            return None
-        key = self.tasks.table.selected_key
-        return next((t for t in self.snapshot.tasks if str(t.id) == key), None)
-
-    def selected_release(self) -> ArtifactInfo | None:
-        table = next(self.query(ReleasesTable).results(), None)
-        return None if table is None else table.selected_release(self.snapshot)
+        return self.writes.allowed(action)
 
     def action_rollback(self) -> None:
         self.writes.rollback()
