@@ -13,7 +13,7 @@ from wrktalk_agent.config import AgentSettings
 
 if TYPE_CHECKING:
     from wrktalk_agent.tui.app import DashboardApp
-    from wrktalk_agent.tui.data import Clock
+    from wrktalk_agent.tui.snapshot import Clock
 
 __all__ = ["create_app", "run"]
 

@@ -7,27 +7,17 @@ and turn its answers (or its :class:`SourceUnavailable`) into messages.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import getpass
 import socket
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from functools import cached_property
-from typing import Literal
 from uuid import UUID
 
 import asyncpg
 
 from wrktalk_agent.config import AgentSettings
-from wrktalk_agent.db.models import (
-    AgentInstance,
-    ArtifactInfo,
-    Task,
-    TaskEvent,
-    tolerant_rows,
-)
+from wrktalk_agent.db.models import Task, tolerant_rows
 from wrktalk_agent.db.repository import (
     CONNECTION_ERRORS,
     DatabaseUnavailable,
@@ -36,10 +26,42 @@ from wrktalk_agent.db.repository import (
     keepalive,
 )
 from wrktalk_agent.db.schema import NOTIFY_CHANNEL
-from wrktalk_agent.live_output import OUTPUT_MARK, is_output, output_text
 
-Clock = Callable[[], datetime]
-TaskTypeFilter = Literal["deploy", "rollback"]
+# the values a refresh returns, importable from here as before
+from wrktalk_agent.tui.snapshot import (
+    AgentState,
+    Clock,
+    Filters,
+    InstallationState,
+    LiveWarning,
+    OutputLine,
+    Running,
+    Snapshot,
+    TaskDetail,
+    TaskTypeFilter,
+    fmt_is_stale,
+)
+
+__all__ = [
+    "AGENT_WINDOW",
+    "FIRST_ROWS",
+    "RELEASE_LIMIT",
+    "TASK_LIMIT",
+    "ActionRefused",
+    "AgentState",
+    "Clock",
+    "DashboardSource",
+    "Filters",
+    "InstallationState",
+    "LiveWarning",
+    "OutputLine",
+    "Running",
+    "Snapshot",
+    "SourceUnavailable",
+    "TaskDetail",
+    "TaskTypeFilter",
+    "fmt_is_stale",
+]
 
 #: How many tasks and releases the tables show (newest first).
 TASK_LIMIT = 100
@@ -76,140 +98,6 @@ class ActionRefused(Exception):
     """An action that makes no sense in the current state (e.g. no previous release)."""
 
 
-@dataclass(frozen=True)
-class Filters:
-    #: one of models.SHOWN_STATUSES (``cancelled`` included)
-    status: str | None = None
-    task_type: TaskTypeFilter | None = None
-
-
-@dataclass(frozen=True)
-class LiveWarning:
-    """What the latest finished task found live after a recovery (an agent died or lost
-    its lease mid-task): the live version is not simply the one the flags say."""
-
-    task_id: UUID
-    version: str | None
-    state: str
-    detail: str
-    next_step: str | None
-
-    @property
-    def serious(self) -> bool:
-        return self.state != "deployed" or self.next_step is not None
-
-
-@dataclass(frozen=True)
-class InstallationState:
-    """What is live and what is queued."""
-
-    maintenance: bool
-    last_agent_poll: datetime | None
-    current_id: UUID | None
-    current_version: str | None
-    previous_id: UUID | None
-    previous_version: str | None
-    pending_count: int
-    #: pending tasks due now: a new task runs after them (and after a running one)
-    due_count: int = 0
-    maintenance_owner: str | None = None
-    maintenance_reason: str | None = None
-    maintenance_since: datetime | None = None
-    live_warning: LiveWarning | None = None
-
-
-class AgentState(AgentInstance):
-    """An agent row with the liveness it records: ``last_seen`` (polls and lease
-    heartbeats) and ``stopped_at`` (a clean stop)."""
-
-    last_seen: datetime | None = None
-    stopped_at: datetime | None = None
-    #: the agent's own lease as it recorded it (None: an agent too old to record one)
-    lease_seconds: float | None = None
-    #: the task it was running has been taken over by another agent: it is gone
-    task_taken_over: bool = False
-
-
-@dataclass(frozen=True)
-class OutputLine:
-    at: datetime
-    step: str
-    text: str
-
-
-@dataclass(frozen=True)
-class Running:
-    """A task in progress and its latest timeline entry (the step it is in)."""
-
-    task: Task
-    step: TaskEvent | None
-
-
-@dataclass(frozen=True)
-class Snapshot:
-    """Everything the main screen shows, read in one refresh."""
-
-    #: the instant ages are measured from: the database's clock, so that a laptop with a
-    #: wrong clock does not call a healthy agent stale (tests inject a fixed one)
-    now: datetime
-    filters: Filters
-    installation: InstallationState
-    tasks: list[Task]
-    running: list[Running]
-    agents: list[AgentState]
-    releases: list[ArtifactInfo]
-    stale_after: float
-    #: the newest output lines of the running task (the first, if several run)
-    output: list[OutputLine] = dataclasses.field(default_factory=list)
-
-    @cached_property
-    def step_of(self) -> dict[UUID, TaskEvent]:
-        """The current step of each running task."""
-        return {r.task.id: r.step for r in self.running if r.step is not None}
-
-    def agent_last_seen(self, agent: AgentInstance) -> datetime:
-        """An agent busy with a deploy stops polling but keeps heartbeating its task."""
-        seen = [agent.last_poll, agent.last_heartbeat, getattr(agent, "last_seen", None)]
-        return max(moment for moment in seen if moment is not None)
-
-    def agent_state(self, agent: AgentInstance) -> Literal["alive", "stale", "stopped"]:
-        """``stopped`` after a clean stop (until it polls again), ``stale`` when it has
-        not been seen for the stale period, ``alive`` otherwise."""
-        stopped_at = getattr(agent, "stopped_at", None)
-        if stopped_at is not None and agent.current_task_id is None:
-            return "stopped"
-        if getattr(agent, "task_taken_over", False):
-            return "stale"
-        if fmt_is_stale(self.agent_last_seen(agent), self.now, self.agent_stale_after(agent)):
-            return "stale"
-        return "alive"
-
-    def agent_stale_after(self, agent: AgentInstance) -> float:
-        """The agent's own lease, as it recorded it; the dashboard's setting otherwise."""
-        recorded = getattr(agent, "lease_seconds", None)
-        return float(recorded) if recorded else self.stale_after
-
-
-@dataclass(frozen=True)
-class TaskDetail:
-    now: datetime
-    task: Task
-    events: list[TaskEvent]
-
-    @cached_property
-    def steps(self) -> list[TaskEvent]:
-        """The timeline without the lines of output."""
-        return [e for e in self.events if not is_output(e.message)]
-
-    @cached_property
-    def output(self) -> list[OutputLine]:
-        return [
-            OutputLine(e.created_at, e.step, output_text(e.message))
-            for e in self.events
-            if is_output(e.message)
-        ]
-
-
 class DashboardSource:
     """The dashboard's connection to PostgreSQL: connects lazily and reconnects after
     outages (the asyncpg pool replaces broken connections), so no error here is fatal."""
@@ -221,14 +109,20 @@ class DashboardSource:
         self._repo: Repository | None = None
         self._connecting = asyncio.Lock()
         self._skew = timedelta(0)
+        self._prefetched: asyncio.Future[Snapshot] | None = None
 
     async def close(self) -> None:
+        self._drop_prefetched()
         if self._repo is not None:
             repo, self._repo = self._repo, None
             await repo.close()
 
     # -- reads -------------------------------------------------------------------------
     async def snapshot(self, filters: Filters) -> Snapshot:
+        # imported with the first whole snapshot, after the first paint (it brings the
+        # process-running machinery along)
+        from wrktalk_agent.live_output import OUTPUT_MARK, output_text
+
         async with self._repository() as repo:
             overview = await repo.dashboard_overview()
             now = self._now(overview["now"])
@@ -275,10 +169,29 @@ class DashboardSource:
             output=output,
         )
 
+    def prefetch_first_rows(self) -> None:
+        """Send the first screen's query now — the app does, before its screen is built,
+        so that the database answers while the widgets are styled. The next
+        :meth:`first_rows` with the default filters takes the answer."""
+        self._prefetched = asyncio.ensure_future(self._first_rows(Filters(), FIRST_ROWS))
+
     async def first_rows(self, filters: Filters, limit: int = FIRST_ROWS) -> Snapshot:
         """The newest ``limit`` tasks (and the steps of running ones), for the first paint
         only: agents, releases and the installation's details come with :meth:`snapshot`
         right after; a partial snapshot is never kept as the dashboard's state."""
+        prefetched, self._prefetched = self._prefetched, None
+        if prefetched is not None and (filters, limit) == (Filters(), FIRST_ROWS):
+            return await prefetched
+        self._prefetched = prefetched
+        self._drop_prefetched()
+        return await self._first_rows(filters, limit)
+
+    def _drop_prefetched(self) -> None:
+        prefetched, self._prefetched = self._prefetched, None
+        if prefetched is not None and not prefetched.cancel() and not prefetched.cancelled():
+            prefetched.exception()  # read: asyncio would log an error nobody awaited
+
+    async def _first_rows(self, filters: Filters, limit: int) -> Snapshot:
         async with self._repository() as repo:
             overview = await repo.dashboard_overview()
             tasks = await repo.dashboard_tasks(
@@ -433,10 +346,6 @@ def _live_warning(state: dict[str, object]) -> LiveWarning | None:
         detail=str(live.get("detail") or ""),
         next_step=str(next_step) if next_step else None,
     )
-
-
-def fmt_is_stale(moment: datetime | None, now: datetime, stale_after: float) -> bool:
-    return moment is None or now - moment > timedelta(seconds=stale_after)
 
 
 def _reason(exc: BaseException) -> str:

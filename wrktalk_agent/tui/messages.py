@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from textual.message import Message
 
-from wrktalk_agent.tui.data import Snapshot, TaskDetail
+from wrktalk_agent.tui.snapshot import Snapshot, TaskDetail
 
 
 class SnapshotLoaded(Message):
