@@ -87,7 +87,8 @@ async def seed_dashboard(url: str) -> Seed:
                     at(created),
                     signature,
                 )
-            # the shape the pipeline (pipeline/outcome.py) writes, with secrets planted where plugins might leak them
+            # the shape pipeline/outcome.py writes, with secrets planted where plugins
+            # might leak them
             failed_result = {
                 "steps": [{"step": "deploy", "ok": False, "seconds": 131.2}],
                 "release": {"version": "1.4.0", "from": "1.3.0"},
