@@ -2,7 +2,8 @@
 
 Started once per agent process by :mod:`wrktalk_agent.process` (``python -I -S`` on this
 file with the stop grace and the agent's pid, in a session of its own, so that neither
-Ctrl-Z nor a signal to the agent's process group stops it). It reads lines from a pipe only the agent holds:
+Ctrl-Z nor a signal to the agent's process group stops it). It reads lines from a pipe
+only the agent holds:
 
 ``+PGID`` / ``-PGID``
     a command's process group started / was reaped;
