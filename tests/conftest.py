@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -9,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import settings
 
 from wrktalk_agent.bootstrap import open_services
 from wrktalk_agent.config import AgentSettings
@@ -19,6 +21,13 @@ if str(SUPPORT) not in sys.path:
     sys.path.insert(0, str(SUPPORT))
 
 from agent_helpers import Recording  # noqa: E402
+
+# Property tests are seeded unless asked otherwise: a run gives the same examples every
+# time (CI included); `HYPOTHESIS_PROFILE=explore` draws new ones, which is how a new
+# failing example gets found (and then becomes a test of its own).
+settings.register_profile("seeded", derandomize=True)
+settings.register_profile("explore", derandomize=False)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "seeded"))
 
 
 @pytest.fixture

@@ -125,6 +125,22 @@ def test_sane_tarball_extracts_with_safe_modes(tmp_path: Path) -> None:
     assert os.access(dest / "run.sh", os.X_OK)
 
 
+@pytest.mark.parametrize("kind", [tarfile.SYMTYPE, tarfile.LNKTYPE, tarfile.REGTYPE])
+def test_a_member_over_a_directory_of_its_name_is_refused(tmp_path: Path, kind: bytes) -> None:
+    """Found by the property below: a link over a directory sent tarfile into endless
+    recursion (it falls back to copying the link's target: the link itself)."""
+    link = member("-", kind, linkname="-") if kind != tarfile.REGTYPE else member("-")
+    archive = tmp_path / "a.tar"
+    archive.write_bytes(
+        tar_with(
+            (member("-", tarfile.DIRTYPE), None),
+            (link, b"data" if kind == tarfile.REGTYPE else None),
+        )
+    )
+    with pytest.raises(ArtifactError, match="would replace the directory of that name"):
+        extract_release(archive, tmp_path / "release", **LIMITS)
+
+
 names = st.text(alphabet=st.sampled_from("ab./-_"), min_size=1, max_size=12)
 kinds = st.sampled_from([tarfile.REGTYPE, tarfile.DIRTYPE, tarfile.SYMTYPE, tarfile.LNKTYPE])
 

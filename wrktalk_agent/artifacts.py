@@ -182,6 +182,13 @@ def extract_release(
                 if os.path.normpath(member.name) == "." and not member.isdir():
                     # a link named "." sends tarfile into endless recursion
                     raise ArtifactError(f"unsafe member {member.name!r}: replaces the root")
+                target = dest / member.name
+                if not member.isdir() and target.is_dir() and not target.is_symlink():
+                    # tarfile cannot replace a directory with a link and falls back to
+                    # copying the link's target, which may be the member itself: endless
+                    raise ArtifactError(
+                        f"member {member.name!r} would replace the directory of that name"
+                    )
                 if member.mode & (stat.S_ISUID | stat.S_ISGID):
                     raise ArtifactError(f"member {member.name!r} has a setuid/setgid bit")
                 if member.isfile():
@@ -204,6 +211,10 @@ def extract_release(
                     ) from None
     except ArtifactError:
         raise
+    except RecursionError:  # tarfile following links that refer to each other
+        raise ArtifactError(
+            f"the archive's links refer to each other in a loop (at member {count})"
+        ) from None
     except (tarfile.TarError, EOFError, OSError) as exc:
         reason = str(exc) or type(exc).__name__
         if count == 0:

@@ -14,18 +14,25 @@ from typing import Any, Protocol
 from wrktalk_agent.safe_text import storable, visible
 from wrktalk_agent.secrets import MASK, is_secret_name, mask_mapping, mask_text
 
-if "structlog" in sys.modules or "rich" in sys.modules:
+#: What structlog imports of rich (when rich is installed: the TUI brings it) for traceback
+#: formatters the agent never uses — format_exc_info below turns tracebacks into text
+#: before a renderer sees them. They cost more to import than structlog itself, on every
+#: start of the agent and of the dashboard, so they are kept out while structlog loads
+#: (``import`` of a module set to None fails, and structlog falls back).
+_RICH_PARTS = ("rich", "rich.traceback", "rich.pretty")
+
+if "structlog" in sys.modules:
     import structlog
 else:
-    # structlog.dev imports rich when it is installed (the TUI brings it) for a
-    # traceback formatter the agent never uses: format_exc_info below turns tracebacks
-    # into text before a renderer sees them. rich costs more to import than structlog
-    # itself, on every start of the agent; kept out while structlog loads.
-    sys.modules["rich"] = None  # type: ignore[assignment]  # `import rich` fails
+    # rich itself may already be loaded (by Textual): then only its parts are kept out
+    _blocked = [name for name in _RICH_PARTS if name not in sys.modules]
+    for _name in _blocked:
+        sys.modules[_name] = None  # type: ignore[assignment]
     try:
         import structlog
     finally:
-        del sys.modules["rich"]
+        for _name in _blocked:
+            del sys.modules[_name]
 
 
 def redact_secrets(

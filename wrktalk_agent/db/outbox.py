@@ -10,15 +10,13 @@ from typing import Any, Literal
 from uuid import UUID
 
 import asyncpg
-import structlog
 
 from wrktalk_agent.db.base import RepositoryBase, bounded
 from wrktalk_agent.db.queries import outbox as q
 from wrktalk_agent.db.tasks import EventStatus
 from wrktalk_agent.interfaces import Recipient, SmtpConfig
+from wrktalk_agent.log import get_logger
 from wrktalk_agent.safe_text import storable
-
-_log = structlog.get_logger("wrktalk_agent")
 
 _ADDRESS = re.compile(r"[^@\s\x00-\x1f\x7f]+@[^@\s\x00-\x1f\x7f]+")
 
@@ -176,7 +174,7 @@ class OutboxMixin(RepositoryBase):
         for r in await self.pool.fetch(q.ACTIVE_ADMINS):
             problem = address_problem(r["email"])
             if problem is not None:
-                _log.warning("admin.unusable", admin_id=str(r["id"]), problem=problem)
+                get_logger().warning("admin.unusable", admin_id=str(r["id"]), problem=problem)
                 continue
             recipients.append(
                 Recipient(name=" ".join(str(r["name"] or "").split()), email=r["email"])
