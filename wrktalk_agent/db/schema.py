@@ -50,6 +50,7 @@ EXPECTED_INDEXES: dict[str, str] = {
     "agent_task_pending": "fast claims",
     "agent_task_recent": "dashboard task list",
     "agent_task_status_recent": "dashboard status filter",
+    "agent_task_cancelled_recent": "dashboard cancelled filter",
     "agent_task_finished": "dashboard: the latest finished task",
     "agent_task_event_task": "task timelines",
     "agent_notification_due": "notification delivery",
