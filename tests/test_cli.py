@@ -393,3 +393,47 @@ def test_release_diff_names_what_a_release_changes(cli, tmp_path: Path) -> None:
     assert missing.exit_code == 2 and "no release 9.9.9" in missing.output
     plain = cli("release", "diff", "2.0.0", env={"WRKTALK_AGENT_DEPLOYER": "script"})
     assert plain.exit_code == 2 and "cannot describe changes" in plain.output
+
+
+def test_every_command_module_is_named_in_the_lazy_group() -> None:
+    """A command module the group does not name would never be imported: its command
+    would be missing from `--help` and unknown when typed."""
+    import ast
+    import importlib
+
+    from wrktalk_agent.cli.common import CommandModules
+
+    cli_dir = Path(__file__).parents[1] / "wrktalk_agent" / "cli"
+    adding: dict[str, str] = {}
+    for path in sorted(cli_dir.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                for deco in node.decorator_list:
+                    call = deco.func if isinstance(deco, ast.Call) else deco
+                    if (
+                        isinstance(call, ast.Attribute)
+                        and isinstance(call.value, ast.Name)
+                        and call.value.id == "main"
+                    ):
+                        adding[node.name] = path.stem
+    assert adding == CommandModules.MODULES
+    for module in set(adding.values()):
+        importlib.import_module(f"wrktalk_agent.cli.{module}")
+    assert sorted(main.commands) == sorted(CommandModules.MODULES)
+
+
+def test_a_command_loads_only_its_own_module() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from click.testing import CliRunner\n"
+        "from wrktalk_agent.cli import main\n"
+        "CliRunner().invoke(main, ['tui', '--help'], catch_exceptions=False)\n"
+        "print(sorted(m for m in sys.modules if m.startswith('wrktalk_agent.cli.')))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "['wrktalk_agent.cli.common', 'wrktalk_agent.cli.tui']"
+    result = CliRunner().invoke(main, ["nosuch"])
+    assert result.exit_code == 2 and "No such command" in result.output

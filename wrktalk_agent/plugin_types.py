@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 from uuid import UUID
 
-from pydantic import BaseModel, SecretStr
+from pydantic import BaseModel, ConfigDict, SecretStr
 
 #: Release versions reach command lines (helm, docker compose) and file names, so they are
 #: restricted to a conservative, semver-like alphabet. A leading dash would read as a flag.
@@ -130,12 +130,16 @@ class CheckResult:
 
 
 class Recipient(BaseModel):
+    model_config = ConfigDict(defer_build=True)  # built when first used, not at import
+
     name: str
     email: str
 
 
 class SmtpConfig(BaseModel):
     """SMTP columns of ``deployment_config`` (all optional in the database)."""
+
+    model_config = ConfigDict(defer_build=True)
 
     host: str | None = None
     port: int | None = None

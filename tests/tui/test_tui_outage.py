@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 from pydantic import SecretStr
@@ -11,7 +12,7 @@ from tests.tui.conftest import NOW, DatabaseProxy, Seed
 from wrktalk_agent.config import AgentSettings
 from wrktalk_agent.db.repository import Repository
 from wrktalk_agent.testing import PgServer
-from wrktalk_agent.tui import create_app
+from wrktalk_agent.tui import create_app, data, main_screen
 from wrktalk_agent.tui.widgets import StatusBar, TasksTable
 
 pytestmark = pytest.mark.timeout(120)
@@ -88,3 +89,62 @@ async def test_starting_against_an_unreachable_database_shows_why_and_keeps_tryi
         assert app.main.snapshot is None
         await pilot.press("r", "3", "d")  # no data yet: actions do nothing, nothing crashes
         assert app.screen is app.main
+
+
+async def test_a_database_that_answers_is_drawn_once_with_its_rows(
+    seeded: Seed, make_app, wait_for, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first rows, asked for at the app's start, are in the table before the screen's
+    first frame: no empty table is drawn first (the wait made long: a slow machine)."""
+    monkeypatch.setattr(main_screen, "FIRST_FRAME_WAIT", 30.0)
+    at_first_frame: list[int] = []
+    app = make_app()
+    original = app.main._compositor_refresh
+
+    def first_frame() -> None:
+        if not at_first_frame:
+            at_first_frame.append(app.main.query_one(TasksTable).row_count)
+        original()
+
+    monkeypatch.setattr(app.main, "_compositor_refresh", first_frame)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await wait_for(pilot, lambda: app.main.snapshot is not None, "the first refresh")
+    assert at_first_frame == [6]
+
+
+async def test_a_database_that_never_answers_does_not_keep_the_screen_blank() -> None:
+    """A server that accepts and then says nothing (packets dropped further on): the screen
+    is drawn after FIRST_FRAME_WAIT, long before the connect attempt gives up, saying it is
+    connecting."""
+    held: list[asyncio.StreamWriter] = []
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    settings = AgentSettings(database_url=f"postgresql://app:s3cr3t@127.0.0.1:{port}/x")  # type: ignore[arg-type]
+    app = create_app(settings, refresh_interval=0.1)
+    drawn: list[tuple[float, str]] = []
+    original = app.main._compositor_refresh
+
+    def frame() -> None:
+        drawn.append((time.monotonic(), str(app.main.query_one(StatusBar).content)))
+        original()
+
+    app.main._compositor_refresh = frame  # type: ignore[method-assign]
+    try:
+        began = time.monotonic()
+        async with app.run_test(size=(80, 24)) as pilot:
+            while not drawn and time.monotonic() - began < data.CONNECT_TIMEOUT:
+                await pilot.pause(0.02)
+            assert drawn, "no frame drawn"
+            at, status = drawn[0]
+            assert at - began < data.CONNECT_TIMEOUT / 2, "the frame waited for the connect"
+            assert "connecting" in status
+            assert app.main.query_one(TasksTable).row_count == 0
+    finally:
+        for writer in held:
+            writer.transport.abort()
+        server.close()
+        await server.wait_closed()

@@ -5,25 +5,23 @@ and the ``main`` group they add to.
 Exit codes: 0 success, 1 failure (task failed, database unreachable, check failed),
 2 bad input or configuration. Errors are one readable line each, never a traceback.
 
-Imports are lazy: ``--help`` loads click and these modules only, and each command loads
-the database driver, pydantic models or rich when it needs them.
+Imports are lazy: a command's module is imported when that command runs (``--help``
+imports them all to list them), and each command loads the database driver, pydantic
+models or rich when it needs them.
 """
 
 from __future__ import annotations
 
-# the command modules register their commands on `main` when imported
-from wrktalk_agent.cli import (  # noqa: F401
-    check,
-    db,
-    demo,
-    maintenance,
-    plugins,
-    release,
-    run,
-    task,
-    tui,
-)
+from typing import Any
+
 from wrktalk_agent.cli.common import Failure, error_cell, load_settings, main, run_async
-from wrktalk_agent.cli.release import ReleaseType
 
 __all__ = ["Failure", "ReleaseType", "error_cell", "load_settings", "main", "run_async"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "ReleaseType":  # with its command module (loaded when first asked for)
+        from wrktalk_agent.cli.release_params import ReleaseType
+
+        return ReleaseType
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

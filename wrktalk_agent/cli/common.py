@@ -12,6 +12,7 @@ the database driver, pydantic models or rich when it needs them.
 
 from __future__ import annotations
 
+import importlib
 import os
 import re
 import sys
@@ -22,6 +23,7 @@ from uuid import UUID
 
 import click
 
+from wrktalk_agent import startup
 from wrktalk_agent.safe_text import visible
 
 if TYPE_CHECKING:
@@ -103,13 +105,14 @@ def load_settings(
 
     from wrktalk_agent.config import AgentSettings, SecretFileError
     from wrktalk_agent.log import configure_logging
-    from wrktalk_agent.plugins import format_validation_error
 
     try:
         settings = AgentSettings(**overrides)
     except SecretFileError as exc:
         raise Failure(str(exc), exit_code=2) from None
     except ValidationError as exc:
+        from wrktalk_agent.plugins import format_validation_error  # the plugin machinery
+
         raise Failure("\n".join(format_validation_error(exc, AgentSettings)), exit_code=2) from None
     level = settings.log_level
     if command_logs and level.lower() in ("debug", "info", "warning"):
@@ -313,7 +316,34 @@ def _short(task_id: UUID | None, wide: bool) -> str:
     return str(task_id) if wide else str(task_id)[:SHORT_ID]
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class CommandModules(click.Group):
+    """The top-level group: each command's module is imported when that command runs (or
+    ``--help`` lists them all), so a command loads none of the others' code."""
+
+    #: command name → module under ``wrktalk_agent.cli`` that adds it to ``main``
+    MODULES = {
+        "check": "check",
+        "db": "db",
+        "demo": "demo",
+        "maintenance": "maintenance",
+        "plugins": "plugins",
+        "release": "release",
+        "run": "run",
+        "task": "task",
+        "tui": "tui",
+    }
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*self.MODULES, *super().list_commands(ctx)})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        module = self.MODULES.get(cmd_name)
+        if module is not None and cmd_name not in self.commands:
+            importlib.import_module(f"wrktalk_agent.cli.{module}")
+        return super().get_command(ctx, cmd_name)
+
+
+@click.group(cls=CommandModules, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="wrktalk-agent", prog_name="wrktalk-agent")
 def main() -> None:
     """On-premises deployment agent for WrkTalk.
@@ -322,3 +352,4 @@ def main() -> None:
     """
     global _json_errors
     _json_errors = False  # `run` sets it (one process may invoke several commands: tests)
+    startup.loading()  # until the command has loaded what it runs

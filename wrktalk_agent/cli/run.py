@@ -39,7 +39,7 @@ def run(once: bool) -> None:
 async def _run(settings: AgentSettings, registry: PluginRegistry, *, once: bool) -> int:
     import structlog
 
-    from wrktalk_agent import __version__
+    from wrktalk_agent import __version__, startup
     from wrktalk_agent.bootstrap import open_services
     from wrktalk_agent.log import get_logger
     from wrktalk_agent.runtime import Agent
@@ -50,6 +50,7 @@ async def _run(settings: AgentSettings, registry: PluginRegistry, *, once: bool)
     log = get_logger()
     services = await open_services(settings, registry)
     agent = Agent(services)
+    startup.loaded()
     agent.install_signal_handlers()
     http = None
     try:

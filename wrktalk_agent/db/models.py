@@ -44,7 +44,9 @@ CANCELLED_PREFIX = "cancelled by "
 
 
 class _Row(BaseModel):
-    model_config = ConfigDict(extra="ignore", frozen=True)
+    # defer_build: each row model is built when first used (the dashboard's first screen
+    # needs only Task), not when the module is imported
+    model_config = ConfigDict(extra="ignore", frozen=True, defer_build=True)
 
     @field_validator("*", mode="before")
     @classmethod

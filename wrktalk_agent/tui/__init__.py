@@ -31,11 +31,14 @@ def create_app(
     the backstop between refreshes when no NOTIFY arrives. ``clock`` replaces the
     database's clock for ages and durations (tests freeze it for stable snapshots).
     """
+    from wrktalk_agent import startup
     from wrktalk_agent.tui.app import DashboardApp
 
-    return DashboardApp(
+    app = DashboardApp(
         settings, read_only=read_only, refresh_interval=refresh_interval, clock=clock
     )
+    startup.loaded()  # the command's modules are in: the collector as usual from here
+    return app
 
 
 def run(settings: AgentSettings, *, read_only: bool = False) -> int:

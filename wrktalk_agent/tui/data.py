@@ -74,6 +74,8 @@ AGENT_WINDOW = timedelta(hours=24)
 #: A query that takes longer than this counts as a lost connection (a half-open TCP
 #: connection would otherwise hang the refresh loop forever).
 QUERY_TIMEOUT = 10.0
+#: How long opening the dashboard's connection may take.
+CONNECT_TIMEOUT = 5.0
 #: The LISTEN connection is checked this often: a silent network drop sends no FIN.
 LISTENER_KEEPALIVE = 15.0
 #: Lines of live output the main screen's pane keeps for the running task.
@@ -174,6 +176,19 @@ class DashboardSource:
         so that the database answers while the widgets are styled. The next
         :meth:`first_rows` with the default filters takes the answer."""
         self._prefetched = asyncio.ensure_future(self._first_rows(Filters(), FIRST_ROWS))
+
+    async def prefetched_first_rows(self, timeout: float) -> Snapshot | None:
+        """The prefetched first rows if they arrive within ``timeout`` seconds (taken:
+        :meth:`first_rows` will not return them again); ``None`` when they are late or
+        failed — then :meth:`first_rows` waits for them or reports the failure."""
+        prefetched = self._prefetched
+        if prefetched is None:
+            return None
+        await asyncio.wait({prefetched}, timeout=timeout)
+        if not prefetched.done() or prefetched.cancelled() or prefetched.exception():
+            return None
+        self._prefetched = None
+        return prefetched.result()
 
     async def first_rows(self, filters: Filters, limit: int = FIRST_ROWS) -> Snapshot:
         """The newest ``limit`` tasks (and the steps of running ones), for the first paint
@@ -318,7 +333,9 @@ class DashboardSource:
             async with asyncio.timeout(QUERY_TIMEOUT):
                 async with self._connecting:
                     if self._repo is None:
-                        self._repo = await Repository.connect(self.settings, timeout=5.0, tui=True)
+                        self._repo = await Repository.connect(
+                            self.settings, timeout=CONNECT_TIMEOUT, tui=True
+                        )
                 with tolerant_rows():  # a row with an unknown status is shown, not fatal
                     yield self._repo
         except DatabaseUnavailable as exc:

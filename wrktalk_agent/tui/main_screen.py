@@ -51,6 +51,10 @@ STATUS_CYCLE: tuple[str | None, ...] = (None, *SHOWN_STATUSES)
 TYPE_CYCLE: tuple[TaskTypeFilter | None, ...] = (None, *get_args(TaskTypeFilter))
 #: Longest wait between attempts while the database is unreachable.
 MAX_RETRY_DELAY = 15.0
+#: how long the first frame waits for the first rows (asked for at the app's start) before
+#: it is drawn without them: a database that answers at once is drawn once, with its rows;
+#: a slow or unreachable one never keeps the screen blank for longer than this
+FIRST_FRAME_WAIT = 0.3
 
 
 class MainScreen(Screen[None]):
@@ -105,6 +109,7 @@ class MainScreen(Screen[None]):
         self._actions_state: tuple[bool | None, ...] = ()
         #: the first rows are on screen: the rest of the first snapshot may load
         self._first_painted = asyncio.Event()
+        self._first_rows_shown = False
 
     def compose(self) -> ComposeResult:
         with Horizontal(id="top"):
@@ -122,11 +127,17 @@ class MainScreen(Screen[None]):
     def tasks(self) -> TasksTab:
         return self.query_one(TasksTab)
 
-    def on_mount(self) -> None:
+    async def on_mount(self) -> None:
         self.tasks.table.focus()
-        self.request_refresh()  # the LISTEN connection follows the first snapshot
         # while the database does not answer, the age of the data shown keeps growing
         self.set_interval(1.0, self._tick_stale)
+        # The first rows were asked for when the app started: when they come within a
+        # moment, the first frame shows them (no empty table drawn first, then again);
+        # otherwise the frame is drawn at once and the rows follow.
+        first = await self.source.prefetched_first_rows(FIRST_FRAME_WAIT)
+        if first is not None:
+            self._show_first_rows(first)
+        self.request_refresh()  # the LISTEN connection follows the first snapshot
 
     # -- refresh loop ------------------------------------------------------------------
     def request_refresh(self) -> None:
@@ -143,7 +154,8 @@ class MainScreen(Screen[None]):
     @work(exclusive=True, group="refresh")
     async def load_snapshot(self, filters: Filters) -> None:
         try:
-            if self.snapshot is None:  # first paint: a screenful of the newest tasks first
+            if self.snapshot is None and not self._first_rows_shown:
+                # first paint: a screenful of the newest tasks first
                 self.post_message(FirstRowsLoaded(await self.source.first_rows(filters)))
                 # the rest once those rows are on screen: its work does not delay them
                 await self._first_painted.wait()
@@ -156,7 +168,13 @@ class MainScreen(Screen[None]):
     @on(FirstRowsLoaded)
     def show_first_rows(self, message: FirstRowsLoaded) -> None:
         if self.snapshot is None:  # the whole snapshot did not overtake it
-            self.tasks.show_first_rows(message.snapshot)
+            self._show_first_rows(message.snapshot)
+        else:
+            self.call_after_refresh(self._first_painted.set)
+
+    def _show_first_rows(self, snapshot: Snapshot) -> None:
+        self._first_rows_shown = True
+        self.tasks.show_first_rows(snapshot)
         self.call_after_refresh(self._first_painted.set)
 
     @on(SnapshotLoaded)
