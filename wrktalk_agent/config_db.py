@@ -31,7 +31,8 @@ class DatabaseSettings(BaseSettings):
     """Where the agent's database is and how to reach it: the first settings of
     :class:`~wrktalk_agent.config.AgentSettings` (a base class only, never used alone)."""
 
-    model_config = SettingsConfigDict(env_prefix="WRKTALK_AGENT_", extra="ignore")
+    # a base only: never built on its own (AgentSettings is built when first used)
+    model_config = SettingsConfigDict(env_prefix="WRKTALK_AGENT_", extra="ignore", defer_build=True)
 
     database_url: SecretStr | None = Field(
         None, description="Full PostgreSQL DSN; when set, the DB_* parts are ignored."

@@ -154,9 +154,9 @@ class MainScreen(Screen[None]):
     @work(exclusive=True, group="refresh")
     async def load_snapshot(self, filters: Filters) -> None:
         try:
-            if self.snapshot is None and not self._first_rows_shown:
-                # first paint: a screenful of the newest tasks first
-                self.post_message(FirstRowsLoaded(await self.source.first_rows(filters)))
+            if self.snapshot is None:
+                if not self._first_rows_shown:  # a screenful of the newest tasks first
+                    self.post_message(FirstRowsLoaded(await self.source.first_rows(filters)))
                 # the rest once those rows are on screen: its work does not delay them
                 await self._first_painted.wait()
             snapshot = await self.source.snapshot(filters)
