@@ -3,8 +3,9 @@
 Loading the agent, pydantic, Textual and their models creates a few hundred thousand
 long-lived objects and next to no garbage. With Python's default thresholds the collector
 walks that growing heap again and again while it is built (about 90 ms of the dashboard's
-first paint on a 2-core machine). The command line calls :func:`loading` before it imports
-anything heavy; a command calls :func:`loaded` once it has loaded what it runs, which moves
+first paint on a 2-core machine). The command line's group calls :func:`loading` before a
+command imports anything heavy; a command calls :func:`loaded` once it has loaded what it
+runs (``run`` once its agent is built, ``tui`` once its app is), which moves
 everything loaded so far out of the collector's sight (``gc.freeze``: module objects are
 never garbage) and puts the default thresholds back, so a long-running agent collects as
 usual. A command that never calls :func:`loaded` only collects its youngest objects less

@@ -14,7 +14,7 @@ from uuid import UUID
 import asyncpg
 from pydantic import ValidationError
 
-from wrktalk_agent import __version__
+import wrktalk_agent  # its __version__ when first polled (metadata: not at import)
 from wrktalk_agent.db.base import RepositoryBase, bounded
 from wrktalk_agent.db.models import PollResult, Task, tolerant_rows
 from wrktalk_agent.db.queries import claims as q
@@ -53,7 +53,7 @@ class ClaimsMixin(RepositoryBase):
             agent_id,
             socket.gethostname(),
             os.getpid(),
-            __version__,
+            wrktalk_agent.__version__,
             lease_seconds,
             claim_token,
             instance_id,
@@ -77,7 +77,7 @@ class ClaimsMixin(RepositoryBase):
                 agent_id,
                 socket.gethostname(),
                 os.getpid(),
-                __version__,
+                wrktalk_agent.__version__,
                 lease_seconds,
                 claim_token,
                 instance_id,
