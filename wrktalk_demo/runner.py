@@ -24,6 +24,7 @@ from uuid import UUID
 import asyncpg
 from aiosmtpd.controller import Controller
 
+from wrktalk_agent import startup
 from wrktalk_agent.bootstrap import StartupError, open_services
 from wrktalk_agent.config import AgentSettings
 from wrktalk_agent.db.models import Task
@@ -130,6 +131,7 @@ class Demo:
     async def run(self, stack: contextlib.AsyncExitStack) -> int:
         services = await self.setup(stack)
         self.agent = Agent(services)
+        startup.loaded()  # a long-running agent (--keep-running): the collector as usual
         ok = True
         for number, step in enumerate(STEPS, 1):
             ok = await self.run_step(services, number, step)

@@ -6,8 +6,9 @@ From the command line module (click).
 Exit codes: 0 success, 1 failure (task failed, database unreachable, check failed),
 2 bad input or configuration. Errors are one readable line each, never a traceback.
 
-Imports are lazy: ``--help`` loads click and this module only, and each command loads
-the database driver, pydantic models or rich when it needs them.
+Imports are lazy: the group (:class:`CommandModules`) imports a command's module when
+that command runs, and each command loads the database driver, pydantic models or rich
+when it needs them.
 """
 
 from __future__ import annotations
